@@ -43,3 +43,31 @@ with_lock() {
     "$@"
   )
 }
+
+# go_build_mod WORKDIR REQUIRE_PATH VERSION OUTDIR LDFLAGS PKG:NAME...
+# Builds main packages from a throwaway module that requires REQUIRE_PATH@VERSION.
+go_build_mod() {
+  local work=$1 req=$2 ver=$3 out=$4 ld=$5; shift 5
+  need_go
+  mkdir -p "$work" "$out"
+  if [ ! -f "$work/go.mod" ]; then
+    printf 'module lpm.local/build\n\ngo 1.24.0\n\nrequire %s %s\n' "$req" "$ver" >"$work/go.mod"
+    {
+      printf '//go:build tools\n\npackage build\n\nimport (\n'
+      local spec
+      for spec in "$@"; do printf '\t_ "%s"\n' "${spec%%:*}"; done
+      printf ')\n'
+    } >"$work/tools.go"
+    (cd "$work" && go mod tidy -e >/dev/null 2>&1 || true)
+  fi
+  local spec pkg name t0
+  for spec in "$@"; do
+    pkg=${spec%%:*}; name=${spec##*:}
+    [ -x "$out/$name" ] && continue
+    log "go build $name ($req $ver)"
+    t0=$SECONDS
+    (cd "$work" && nice -n 10 go build -p "${LPM_BUILD_JOBS:-2}" -trimpath -tags tools -ldflags "$ld" -o "$out/$name.tmp" "$pkg")
+    mv "$out/$name.tmp" "$out/$name"
+    log "$name built in $((SECONDS - t0))s"
+  done
+}

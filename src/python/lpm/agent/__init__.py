@@ -1,0 +1,1 @@
+"""The checkpoint agent: a gRPC CheckpointService on every node (DaemonSet)."""

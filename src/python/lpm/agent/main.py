@@ -1,0 +1,27 @@
+"""lpm-agent entry point."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from lpm.agent import config
+from lpm.agent.v1 import agent_pb2
+from lpm.app.logs import setup_logging
+
+log = logging.getLogger("lpm.agent")
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = config.parse(argv)
+    setup_logging(cfg.log_level, cfg.log_format)
+    if cfg.self_check:
+        names = sorted(agent_pb2.DESCRIPTOR.services_by_name["CheckpointService"].methods_by_name)
+        print(f"lpm-agent self-check: CheckpointService methods {', '.join(names)}; storage {cfg.storage}")
+        return 0
+    log.error("the gRPC server is not wired yet")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

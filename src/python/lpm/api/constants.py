@@ -1,0 +1,46 @@
+"""Names shared by the controller, the agent, the CLI and the CRD manifests: one vocabulary everywhere."""
+
+from __future__ import annotations
+
+from typing import Final
+
+GROUP: Final = "lpm.my.domain"
+VERSION: Final = "v1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+
+KIND_POD_MIGRATION: Final = "PodMigration"
+KIND_POD_CHECKPOINT: Final = "PodCheckpoint"
+KIND_CONTAINER_CHECKPOINT: Final = "ContainerCheckpoint"
+KIND_POD_CHECKPOINT_CONTENT: Final = "PodCheckpointContent"
+KIND_CONTAINER_CHECKPOINT_CONTENT: Final = "ContainerCheckpointContent"
+
+PLURAL_POD_MIGRATIONS: Final = "podmigrations"
+PLURAL_POD_CHECKPOINTS: Final = "podcheckpoints"
+PLURAL_CONTAINER_CHECKPOINTS: Final = "containercheckpoints"
+PLURAL_POD_CHECKPOINT_CONTENTS: Final = "podcheckpointcontents"
+PLURAL_CONTAINER_CHECKPOINT_CONTENTS: Final = "containercheckpointcontents"
+
+# Labels and annotations LPM puts on objects it creates.
+LABEL_MIGRATION: Final = f"{GROUP}/migration"
+LABEL_POD_CHECKPOINT: Final = f"{GROUP}/pod-checkpoint"
+LABEL_RESTORED: Final = f"{GROUP}/restored"
+ANNOTATION_SOURCE_POD: Final = f"{GROUP}/source-pod"
+ANNOTATION_SOURCE_NODE: Final = f"{GROUP}/source-node"
+ANNOTATION_MIGRATION: Final = f"{GROUP}/migration"
+ANNOTATION_CHECKPOINT: Final = f"{GROUP}/checkpoint"
+ANNOTATION_CHECKPOINT_ID: Final = f"{GROUP}/checkpoint-id"
+
+FINALIZER: Final = f"{GROUP}/cleanup"
+
+# The agent DaemonSet's pods carry this label; the controller finds "the agent on node X" with it.
+AGENT_LABEL_SELECTOR: Final = "app.kubernetes.io/name=lpm-agent"
+AGENT_PORT: Final = 50051
+
+# Image annotations the runtimes read to restore instead of starting fresh (CRI-O and containerd).
+IMAGE_ANNOTATION_CRIO_CHECKPOINT_NAME: Final = "io.kubernetes.cri-o.annotations.checkpoint.name"
+IMAGE_ANNOTATION_CRIU_CONTAINER_NAME: Final = "org.criu.checkpoint.container.name"
+
+CONDITION_READY: Final = "Ready"
+CONDITION_SOURCE_FROZEN: Final = "SourceFrozen"
+CONDITION_VALIDATED: Final = "Validated"
+CONDITION_BOUND: Final = "Bound"

@@ -1,0 +1,424 @@
+"""Typed models of LPM's custom resources (group lpm.my.domain, version v1).
+
+These dataclasses are the single source of truth: `lpm.api.crds` renders the CRD manifests (OpenAPI v3
+schemas, CEL rules, printer columns) from them, and `lpm.api.codec` converts them to and from the JSON the
+API server speaks. Field descriptions here become `kubectl explain` text.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional
+
+from lpm.api import constants as c
+from lpm.api.fields import spec_field
+from lpm.api.names import DNS1123_LABEL_PATTERN, DNS1123_SUBDOMAIN_PATTERN, UID_PATTERN
+
+ARTIFACT_URI_PATTERN = (
+    r"^shared://[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    r"/[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9]*[a-z0-9])?/dump\.tar\.zst$"
+)
+IMMUTABLE = [{"rule": "self == oldSelf", "message": "is immutable"}]
+
+
+class MigrationPhase(str, enum.Enum):
+    PENDING = "Pending"
+    VALIDATING = "Validating"
+    FREEZING = "Freezing"
+    CHECKPOINTING = "Checkpointing"
+    CONVERTING = "Converting"
+    RESTORING = "Restoring"
+    CLEANING = "Cleaning"
+    ROLLING_BACK = "RollingBack"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (MigrationPhase.COMPLETED, MigrationPhase.FAILED)
+
+
+class CheckpointPhase(str, enum.Enum):
+    PENDING = "Pending"
+    IN_PROGRESS = "InProgress"
+    READY = "Ready"
+    FAILED = "Failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (CheckpointPhase.READY, CheckpointPhase.FAILED)
+
+
+class SourcePolicy(str, enum.Enum):
+    """What happens to the source pod's processes from the checkpoint on."""
+
+    FREEZE = "Freeze"  # a migration: the source stops changing state, so nothing is lost or done twice
+    KEEP_RUNNING = "KeepRunning"  # a clone: the source goes on, updates after the checkpoint stay there
+
+
+class SourceCleanup(str, enum.Enum):
+    DELETE = "Delete"
+    RETAIN = "Retain"
+
+
+class DeletionPolicy(str, enum.Enum):
+    """Whether the stored checkpoint outlives the objects that made it."""
+
+    RETAIN = "Retain"
+    DELETE = "Delete"
+
+
+class ConditionStatus(str, enum.Enum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+@dataclass
+class Condition:
+    type: str = spec_field("Condition type, e.g. Ready.", required=True)
+    status: ConditionStatus = spec_field("True, False or Unknown.", required=True)
+    reason: str = spec_field("Machine-readable CamelCase reason.", default="")
+    message: str = spec_field("What happened, for a human.", default="")
+    last_transition_time: Optional[str] = spec_field("When status last changed.", format="date-time")
+    observed_generation: Optional[int] = spec_field("Generation the condition was computed from.")
+
+
+@dataclass
+class CheckpointOptions:
+    tcp_established: bool = spec_field(
+        "Checkpoint established TCP connections (CRIU --tcp-established).", default=False
+    )
+
+
+@dataclass
+class ObjectRef:
+    name: str = spec_field("Name of the object.", required=True)
+    namespace: Optional[str] = spec_field("Namespace of the object.")
+    uid: Optional[str] = spec_field("UID of the object.", pattern=UID_PATTERN)
+
+
+# --------------------------------------------------------------------------------------------- PodMigration
+
+
+@dataclass
+class PodMigrationSpec:
+    pod_name: str = spec_field(
+        "Pod to migrate, in the PodMigration's namespace.",
+        required=True,
+        pattern=DNS1123_SUBDOMAIN_PATTERN,
+        maxLength=253,
+        x_kubernetes_validations=IMMUTABLE,
+    )
+    target_node: str = spec_field(
+        "Node to move the pod to; must be Ready, schedulable and not the pod's current node.",
+        required=True,
+        pattern=DNS1123_SUBDOMAIN_PATTERN,
+        maxLength=253,
+        x_kubernetes_validations=IMMUTABLE,
+    )
+    source_policy: SourcePolicy = spec_field(
+        "Freeze (default): the source stops at the checkpoint, a true migration. KeepRunning: a clone; "
+        "the source keeps running and its later updates are not carried over.",
+        default=SourcePolicy.FREEZE,
+        x_kubernetes_validations=IMMUTABLE,
+    )
+    source_cleanup: SourceCleanup = spec_field(
+        "Delete (default) removes the source pod once the restored pod runs; Retain leaves it.",
+        default=SourceCleanup.DELETE,
+    )
+    checkpoint_retention: DeletionPolicy = spec_field(
+        "Retain (default) keeps the stored checkpoint after the migration; Delete removes it with the "
+        "PodMigration.",
+        default=DeletionPolicy.RETAIN,
+    )
+    options: CheckpointOptions = spec_field("Checkpoint options.", default_factory=CheckpointOptions)
+    timeout_seconds: int = spec_field(
+        "Give up (and roll back) if the migration is not done within this many seconds.",
+        default=600,
+        minimum=30,
+        maximum=86400,
+    )
+
+
+@dataclass
+class ContainerImage:
+    container_name: str = spec_field("Container name.", required=True)
+    image_ref: str = spec_field("Checkpoint image on the target node.", required=True)
+
+
+@dataclass
+class PodMigrationStatus:
+    phase: MigrationPhase = spec_field("Where the migration is.", default=MigrationPhase.PENDING)
+    source_node: Optional[str] = spec_field("Node the pod ran on when the migration started.")
+    pod_uid: Optional[str] = spec_field("UID of the source pod.")
+    pod_checkpoint_name: Optional[str] = spec_field("The PodCheckpoint made for this migration.")
+    checkpoint_id: Optional[str] = spec_field("Checkpoint ID shared by all containers of the checkpoint.")
+    restored_pod_name: Optional[str] = spec_field("The pod created on the target node.")
+    container_images: list[ContainerImage] = spec_field(
+        "Checkpoint image per container on the target node.", default_factory=list
+    )
+    source_frozen: bool = spec_field("Whether the source pod's containers are frozen now.", default=False)
+    reason: Optional[str] = spec_field("CamelCase reason of the current state or failure.")
+    message: Optional[str] = spec_field("What a user can do about the current state or failure.")
+    start_time: Optional[str] = spec_field("When the migration started.", format="date-time")
+    completion_time: Optional[str] = spec_field("When it reached Completed or Failed.", format="date-time")
+    phase_started_at: Optional[str] = spec_field("When the current phase began.", format="date-time")
+    phase_durations_seconds: dict[str, float] = spec_field(
+        "Seconds spent in each finished phase.", default_factory=dict
+    )
+    frozen_at: Optional[str] = spec_field("When the source was frozen.", format="date-time")
+    observed_generation: Optional[int] = spec_field("Generation last acted on.")
+    conditions: list[Condition] = spec_field("Standard conditions.", default_factory=list)
+
+
+@dataclass
+class PodMigration:
+    KIND: ClassVar[str] = c.KIND_POD_MIGRATION
+    PLURAL: ClassVar[str] = c.PLURAL_POD_MIGRATIONS
+    SHORT_NAMES: ClassVar[list[str]] = ["pmig", "lpm"]
+    NAMESPACED: ClassVar[bool] = True
+    DESCRIPTION: ClassVar[str] = "Moves a running pod, memory and all, to another node."
+    PRINTER_COLUMNS: ClassVar[list[dict[str, str]]] = [
+        {"name": "Pod", "type": "string", "jsonPath": ".spec.podName"},
+        {"name": "Source", "type": "string", "jsonPath": ".status.sourceNode"},
+        {"name": "Target", "type": "string", "jsonPath": ".spec.targetNode"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Restored", "type": "string", "jsonPath": ".status.restoredPodName", "priority": "1"},
+        {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": "1"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+    spec: PodMigrationSpec
+    metadata: dict[str, Any] = field(default_factory=dict)
+    status: PodMigrationStatus = field(default_factory=PodMigrationStatus)
+
+
+# -------------------------------------------------------------------------------------------- PodCheckpoint
+
+
+@dataclass
+class PodCheckpointSpec:
+    pod_name: str = spec_field(
+        "Pod to checkpoint, in this namespace.",
+        required=True,
+        pattern=DNS1123_SUBDOMAIN_PATTERN,
+        maxLength=253,
+        x_kubernetes_validations=IMMUTABLE,
+    )
+    options: CheckpointOptions = spec_field("Checkpoint options.", default_factory=CheckpointOptions)
+    leave_running: bool = spec_field(
+        "Thaw the pod's containers after the checkpoint instead of leaving them frozen.", default=True
+    )
+    deletion_policy: DeletionPolicy = spec_field(
+        "Retain (default) keeps the stored checkpoint when this object is deleted.", default=DeletionPolicy.RETAIN
+    )
+
+
+@dataclass
+class ContainerCheckpointState:
+    name: str = spec_field("Container name.", required=True)
+    container_checkpoint_name: Optional[str] = spec_field("The ContainerCheckpoint for this container.")
+    phase: CheckpointPhase = spec_field("Phase of that ContainerCheckpoint.", default=CheckpointPhase.PENDING)
+    artifact_uri: Optional[str] = spec_field("Stored archive.")
+
+
+@dataclass
+class PodCheckpointStatus:
+    phase: CheckpointPhase = spec_field("Where the checkpoint is.", default=CheckpointPhase.PENDING)
+    pod_uid: Optional[str] = spec_field("UID of the checkpointed pod.")
+    node_name: Optional[str] = spec_field("Node the pod ran on.")
+    checkpoint_id: Optional[str] = spec_field("Checkpoint ID shared by all containers.")
+    bound_content_name: Optional[str] = spec_field("The PodCheckpointContent bound to this object.")
+    containers: list[ContainerCheckpointState] = spec_field("Per-container progress.", default_factory=list)
+    reason: Optional[str] = spec_field("CamelCase reason of a failure.")
+    message: Optional[str] = spec_field("What went wrong, naming the container.")
+    start_time: Optional[str] = spec_field("When checkpointing started.", format="date-time")
+    completion_time: Optional[str] = spec_field("When it reached Ready or Failed.", format="date-time")
+    conditions: list[Condition] = spec_field("Standard conditions.", default_factory=list)
+
+
+@dataclass
+class PodCheckpoint:
+    KIND: ClassVar[str] = c.KIND_POD_CHECKPOINT
+    PLURAL: ClassVar[str] = c.PLURAL_POD_CHECKPOINTS
+    SHORT_NAMES: ClassVar[list[str]] = ["pcp", "podckpt"]
+    NAMESPACED: ClassVar[bool] = True
+    DESCRIPTION: ClassVar[str] = "A checkpoint of every container of one pod, stored in shared storage."
+    PRINTER_COLUMNS: ClassVar[list[dict[str, str]]] = [
+        {"name": "Pod", "type": "string", "jsonPath": ".spec.podName"},
+        {"name": "Node", "type": "string", "jsonPath": ".status.nodeName"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Content", "type": "string", "jsonPath": ".status.boundContentName", "priority": "1"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+    spec: PodCheckpointSpec
+    metadata: dict[str, Any] = field(default_factory=dict)
+    status: PodCheckpointStatus = field(default_factory=PodCheckpointStatus)
+
+
+# -------------------------------------------------------------------------------------- ContainerCheckpoint
+
+
+@dataclass
+class ContainerCheckpointSpec:
+    pod_name: str = spec_field(
+        "Pod whose container to checkpoint.",
+        required=True,
+        pattern=DNS1123_SUBDOMAIN_PATTERN,
+        maxLength=253,
+        x_kubernetes_validations=IMMUTABLE,
+    )
+    container_name: str = spec_field(
+        "Container to checkpoint.",
+        required=True,
+        pattern=DNS1123_LABEL_PATTERN,
+        maxLength=63,
+        x_kubernetes_validations=IMMUTABLE,
+    )
+    checkpoint_id: Optional[str] = spec_field(
+        "Checkpoint ID shared with the pod's other containers; derived from this object when empty.",
+        pattern=DNS1123_LABEL_PATTERN,
+        maxLength=63,
+        x_kubernetes_validations=IMMUTABLE,
+    )
+    options: CheckpointOptions = spec_field("Checkpoint options.", default_factory=CheckpointOptions)
+    deletion_policy: DeletionPolicy = spec_field(
+        "Retain (default) keeps the stored archive when this object is deleted.", default=DeletionPolicy.RETAIN
+    )
+
+
+@dataclass
+class ContainerCheckpointStatus:
+    phase: CheckpointPhase = spec_field("Where the checkpoint is.", default=CheckpointPhase.PENDING)
+    pod_uid: Optional[str] = spec_field("UID of the checkpointed pod.")
+    node_name: Optional[str] = spec_field("Node whose agent took the checkpoint.")
+    checkpoint_id: Optional[str] = spec_field("Checkpoint ID used.")
+    bound_content_name: Optional[str] = spec_field("The ContainerCheckpointContent bound to this object.")
+    artifact_uri: Optional[str] = spec_field("Stored archive.", pattern=ARTIFACT_URI_PATTERN)
+    compressed_size_bytes: Optional[int] = spec_field("Stored size.")
+    raw_size_bytes: Optional[int] = spec_field("Size of the kubelet's tar.")
+    sha256: Optional[str] = spec_field("sha256 of the stored archive.")
+    kubelet_seconds: Optional[float] = spec_field("Time in the kubelet (CRIU dump).")
+    store_seconds: Optional[float] = spec_field("Time compressing and storing.")
+    attempts: Optional[int] = spec_field("Agent calls made.")
+    reason: Optional[str] = spec_field("CamelCase reason of a failure.")
+    message: Optional[str] = spec_field("What went wrong.")
+    conditions: list[Condition] = spec_field("Standard conditions.", default_factory=list)
+
+
+@dataclass
+class ContainerCheckpoint:
+    KIND: ClassVar[str] = c.KIND_CONTAINER_CHECKPOINT
+    PLURAL: ClassVar[str] = c.PLURAL_CONTAINER_CHECKPOINTS
+    SHORT_NAMES: ClassVar[list[str]] = ["ccp", "ctrckpt"]
+    NAMESPACED: ClassVar[bool] = True
+    DESCRIPTION: ClassVar[str] = "A checkpoint of one container, taken by the agent on the pod's node."
+    PRINTER_COLUMNS: ClassVar[list[dict[str, str]]] = [
+        {"name": "Pod", "type": "string", "jsonPath": ".spec.podName"},
+        {"name": "Container", "type": "string", "jsonPath": ".spec.containerName"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Size", "type": "integer", "jsonPath": ".status.compressedSizeBytes", "priority": "1"},
+        {"name": "Artifact", "type": "string", "jsonPath": ".status.artifactURI", "priority": "1"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+    spec: ContainerCheckpointSpec
+    metadata: dict[str, Any] = field(default_factory=dict)
+    status: ContainerCheckpointStatus = field(default_factory=ContainerCheckpointStatus)
+
+
+# ----------------------------------------------------------------------------------------------- *Content
+
+
+@dataclass
+class ContentStatus:
+    ready_to_use: bool = spec_field("The stored checkpoint is complete and verified.", default=False)
+
+
+@dataclass
+class PodCheckpointContentSpec:
+    pod_checkpoint_ref: ObjectRef = spec_field(
+        "The PodCheckpoint this content is bound to.", required=True, x_kubernetes_validations=IMMUTABLE
+    )
+    pod_uid: str = spec_field("UID of the checkpointed pod.", required=True, pattern=UID_PATTERN)
+    pod_namespace: str = spec_field("Namespace of the checkpointed pod.", required=True)
+    pod_name: str = spec_field("Name of the checkpointed pod.", required=True)
+    node_name: str = spec_field("Node the pod ran on.", required=True)
+    checkpoint_id: str = spec_field("Checkpoint ID.", required=True, pattern=DNS1123_LABEL_PATTERN)
+    container_checkpoint_contents: list[str] = spec_field(
+        "ContainerCheckpointContent names, one per container.", default_factory=list
+    )
+    deletion_policy: DeletionPolicy = spec_field("Retain or Delete the stored files.", default=DeletionPolicy.RETAIN)
+
+
+@dataclass
+class PodCheckpointContent:
+    KIND: ClassVar[str] = c.KIND_POD_CHECKPOINT_CONTENT
+    PLURAL: ClassVar[str] = c.PLURAL_POD_CHECKPOINT_CONTENTS
+    SHORT_NAMES: ClassVar[list[str]] = ["pcpc"]
+    NAMESPACED: ClassVar[bool] = False
+    DESCRIPTION: ClassVar[str] = "A stored pod checkpoint (cluster-scoped), bound to one PodCheckpoint."
+    PRINTER_COLUMNS: ClassVar[list[dict[str, str]]] = [
+        {"name": "Namespace", "type": "string", "jsonPath": ".spec.podCheckpointRef.namespace"},
+        {"name": "PodCheckpoint", "type": "string", "jsonPath": ".spec.podCheckpointRef.name"},
+        {"name": "CheckpointID", "type": "string", "jsonPath": ".spec.checkpointID"},
+        {"name": "Ready", "type": "boolean", "jsonPath": ".status.readyToUse"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+    spec: PodCheckpointContentSpec
+    metadata: dict[str, Any] = field(default_factory=dict)
+    status: ContentStatus = field(default_factory=ContentStatus)
+
+
+@dataclass
+class ContainerCheckpointContentSpec:
+    container_checkpoint_ref: ObjectRef = spec_field(
+        "The ContainerCheckpoint this content is bound to.", required=True, x_kubernetes_validations=IMMUTABLE
+    )
+    artifact_uri: str = spec_field(
+        "shared://<podUID>/<checkpointID>/<container>/dump.tar.zst",
+        required=True,
+        pattern=ARTIFACT_URI_PATTERN,
+        x_kubernetes_validations=IMMUTABLE,
+    )
+    container_name: str = spec_field("Container name.", required=True, pattern=DNS1123_LABEL_PATTERN)
+    pod_uid: str = spec_field("UID of the checkpointed pod.", required=True, pattern=UID_PATTERN)
+    checkpoint_id: str = spec_field("Checkpoint ID.", required=True, pattern=DNS1123_LABEL_PATTERN)
+    node_name: str = spec_field("Node the checkpoint was taken on.", required=True)
+    sha256: Optional[str] = spec_field("sha256 of the stored archive.", pattern=r"^[0-9a-f]{64}$")
+    compressed_size_bytes: Optional[int] = spec_field("Stored size.", minimum=0)
+    raw_size_bytes: Optional[int] = spec_field("Size of the kubelet's tar.", minimum=0)
+    deletion_policy: DeletionPolicy = spec_field("Retain or Delete the stored files.", default=DeletionPolicy.RETAIN)
+
+
+@dataclass
+class ContainerCheckpointContent:
+    KIND: ClassVar[str] = c.KIND_CONTAINER_CHECKPOINT_CONTENT
+    PLURAL: ClassVar[str] = c.PLURAL_CONTAINER_CHECKPOINT_CONTENTS
+    SHORT_NAMES: ClassVar[list[str]] = ["ccpc"]
+    NAMESPACED: ClassVar[bool] = False
+    DESCRIPTION: ClassVar[str] = "A stored container checkpoint (cluster-scoped) holding the artifact URI."
+    PRINTER_COLUMNS: ClassVar[list[dict[str, str]]] = [
+        {"name": "Namespace", "type": "string", "jsonPath": ".spec.containerCheckpointRef.namespace"},
+        {"name": "ContainerCheckpoint", "type": "string", "jsonPath": ".spec.containerCheckpointRef.name"},
+        {"name": "Artifact", "type": "string", "jsonPath": ".spec.artifactURI"},
+        {"name": "Ready", "type": "boolean", "jsonPath": ".status.readyToUse"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+    spec: ContainerCheckpointContentSpec
+    metadata: dict[str, Any] = field(default_factory=dict)
+    status: ContentStatus = field(default_factory=ContentStatus)
+
+
+RESOURCES: tuple[type, ...] = (
+    PodMigration,
+    PodCheckpoint,
+    ContainerCheckpoint,
+    PodCheckpointContent,
+    ContainerCheckpointContent,
+)

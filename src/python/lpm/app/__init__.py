@@ -1,0 +1,1 @@
+"""Process plumbing shared by LPM's binaries: flags with environment fallbacks, logging."""

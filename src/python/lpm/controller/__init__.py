@@ -1,0 +1,1 @@
+"""The LPM controller: PodMigration, PodCheckpoint and ContainerCheckpoint reconcilers."""

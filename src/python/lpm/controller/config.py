@@ -1,0 +1,54 @@
+"""The controller's configuration: flags with environment fallbacks (the Deployment sets the environment)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from lpm.app.flags import add_flag, add_switch
+from lpm.app.logs import add_logging_flags
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    kubeconfig: str | None
+    namespace: str | None
+    agent_namespace: str
+    agent_tls_cert: str | None
+    agent_tls_key: str | None
+    agent_tls_ca: str | None
+    insecure_agents: bool
+    metrics_port: int
+    health_port: int
+    peering: str
+    log_level: str
+    log_format: str
+    self_check: bool
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lpm-controller",
+        description="LPM controller: reconciles PodMigration, PodCheckpoint and ContainerCheckpoint objects, "
+        "driving the checkpoint agents on the nodes.",
+    )
+    add_flag(p, "--kubeconfig", "KUBECONFIG", help="kubeconfig file; in-cluster config when unset.")
+    add_flag(p, "--namespace", "LPM_WATCH_NAMESPACE", help="Watch one namespace; all namespaces when unset.")
+    add_flag(p, "--agent-namespace", "LPM_AGENT_NAMESPACE", default="lpm-system",
+             help="Namespace of the agent DaemonSet's pods.")
+    tls = p.add_argument_group("agent client TLS")
+    add_flag(tls, "--agent-tls-cert", "LPM_AGENT_CLIENT_CERT", help="Client certificate for agents (mTLS).")
+    add_flag(tls, "--agent-tls-key", "LPM_AGENT_CLIENT_KEY", help="Its key.")
+    add_flag(tls, "--agent-tls-ca", "LPM_AGENT_CA", help="CA that signed the agents' serving certificates.")
+    add_switch(tls, "--insecure-agents", "LPM_INSECURE_AGENTS", help="Talk plaintext gRPC to agents (tests only).")
+    add_flag(p, "--metrics-port", "LPM_METRICS_PORT", type=int, default=8080, help="Prometheus metrics port.")
+    add_flag(p, "--health-port", "LPM_HEALTH_PORT", type=int, default=8081, help="Liveness/readiness port.")
+    add_flag(p, "--peering", "LPM_PEERING", default="lpm-controller",
+             help="Peering (leader election) object name; replicas sharing it run one at a time.")
+    add_logging_flags(p)
+    p.add_argument("--self-check", action="store_true", help="Check configuration, then exit.")
+    return p
+
+
+def parse(argv: list[str] | None = None) -> ControllerConfig:
+    return ControllerConfig(**vars(build_parser().parse_args(argv)))

@@ -1,0 +1,1 @@
+"""Checkpoint storage shared by the agent (writer, converter) and the controller (URIs, layout)."""
