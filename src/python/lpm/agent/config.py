@@ -42,32 +42,79 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_flag(p, "--listen", "LPM_AGENT_LISTEN", default=f"0.0.0.0:{AGENT_PORT}", help="gRPC listen address.")
     add_flag(p, "--node-name", "NODE_NAME", default="", help="This node's name (downward API spec.nodeName).")
-    add_flag(p, "--storage", "LPM_STORAGE", default="/mnt/checkpoints",
-             help="Checkpoint repository: a mounted path or nfs://host[:port]/export.")
+    add_flag(
+        p,
+        "--storage",
+        "LPM_STORAGE",
+        default="/mnt/checkpoints",
+        help="Checkpoint repository: a mounted path or nfs://host[:port]/export.",
+    )
     add_flag(p, "--kubelet-url", "LPM_KUBELET_URL", default="https://127.0.0.1:10250", help="This node's kubelet.")
     tls = p.add_argument_group("kubelet client TLS")
-    add_flag(tls, "--kubelet-client-cert", "LPM_KUBELET_CLIENT_CERT",
-             default="/etc/kubernetes/pki/apiserver-kubelet-client.crt", help="Client certificate for the kubelet.")
-    add_flag(tls, "--kubelet-client-key", "LPM_KUBELET_CLIENT_KEY",
-             default="/etc/kubernetes/pki/apiserver-kubelet-client.key", help="Its key.")
-    add_flag(tls, "--kubelet-ca", "LPM_KUBELET_CA", default="/etc/kubernetes/pki/ca.crt",
-             help="CA that signed the kubelet's serving certificate.")
+    add_flag(
+        tls,
+        "--kubelet-client-cert",
+        "LPM_KUBELET_CLIENT_CERT",
+        default="/etc/kubernetes/pki/apiserver-kubelet-client.crt",
+        help="Client certificate for the kubelet.",
+    )
+    add_flag(
+        tls,
+        "--kubelet-client-key",
+        "LPM_KUBELET_CLIENT_KEY",
+        default="/etc/kubernetes/pki/apiserver-kubelet-client.key",
+        help="Its key.",
+    )
+    add_flag(
+        tls,
+        "--kubelet-ca",
+        "LPM_KUBELET_CA",
+        default="/etc/kubernetes/pki/ca.crt",
+        help="CA that signed the kubelet's serving certificate.",
+    )
     srv = p.add_argument_group("gRPC server TLS")
     add_flag(srv, "--tls-cert", "LPM_AGENT_TLS_CERT", help="Serving certificate.")
     add_flag(srv, "--tls-key", "LPM_AGENT_TLS_KEY", help="Serving key.")
-    add_flag(srv, "--tls-client-ca", "LPM_AGENT_TLS_CLIENT_CA",
-             help="CA for client certificates; when set, clients must present one (mutual TLS).")
+    add_flag(
+        srv,
+        "--tls-client-ca",
+        "LPM_AGENT_TLS_CLIENT_CA",
+        help="CA for client certificates; when set, clients must present one (mutual TLS).",
+    )
     add_switch(srv, "--insecure", "LPM_AGENT_INSECURE", help="Serve plaintext gRPC (tests only).")
-    add_flag(p, "--max-concurrent", "LPM_AGENT_MAX_CONCURRENT", type=int, default=4,
-             help="Checkpoints and conversions running at once.")
+    add_flag(
+        p,
+        "--max-concurrent",
+        "LPM_AGENT_MAX_CONCURRENT",
+        type=int,
+        default=4,
+        help="Checkpoints and conversions running at once.",
+    )
     add_flag(p, "--zstd-level", "LPM_ZSTD_LEVEL", type=int, default=3, help="Default zstd level.")
-    add_flag(p, "--checkpoint-timeout", "LPM_CHECKPOINT_TIMEOUT", type=float, default=120.0,
-             help="Seconds allowed for one checkpoint, kubelet retries included.")
-    add_flag(p, "--freeze-deadline", "LPM_FREEZE_DEADLINE", type=float, default=300.0,
-             help="Seconds after which a frozen container nobody thawed or renewed is thawed.")
+    add_flag(
+        p,
+        "--checkpoint-timeout",
+        "LPM_CHECKPOINT_TIMEOUT",
+        type=float,
+        default=120.0,
+        help="Seconds allowed for one checkpoint, kubelet retries included.",
+    )
+    add_flag(
+        p,
+        "--freeze-deadline",
+        "LPM_FREEZE_DEADLINE",
+        type=float,
+        default=300.0,
+        help="Seconds after which a frozen container nobody thawed or renewed is thawed.",
+    )
     add_flag(p, "--cgroup-root", "LPM_CGROUP_ROOT", default="/sys/fs/cgroup", help="Where cgroups are mounted.")
-    add_flag(p, "--containerd-address", "LPM_CONTAINERD_ADDRESS", default="/run/containerd/containerd.sock",
-             help="containerd socket, for loading checkpoint images.")
+    add_flag(
+        p,
+        "--containerd-address",
+        "LPM_CONTAINERD_ADDRESS",
+        default="/run/containerd/containerd.sock",
+        help="containerd socket, for loading checkpoint images.",
+    )
     add_logging_flags(p)
     p.add_argument("--self-check", action="store_true", help="Check configuration and local tools, then exit.")
     return p

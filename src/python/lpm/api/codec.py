@@ -90,7 +90,7 @@ def _decode(tp: Any, data: Any, path: str) -> Any:
                 kwargs[f.name] = _decode(ftp, data[key], f"{path}.{key}")
             elif f.metadata.get("required"):
                 raise DecodeError(f"{path}.{key}: required field missing")
-        return tp(**kwargs)
+        return tp(**kwargs)  # type: ignore[operator]
     if origin is list:
         if not isinstance(data, list):
             raise DecodeError(f"{path}: expected a list, got {type(data).__name__}")

@@ -54,7 +54,7 @@ def schema_of(tp: Any) -> dict[str, Any]:
                 prop["default"] = default.value
             elif isinstance(default, (bool, int, float, str)):
                 prop["default"] = default
-            elif f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(ftp):  # type: ignore[misc]
+            elif f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(ftp):
                 prop["default"] = {}
             if meta.get("required"):
                 required.append(json_name(f))
@@ -166,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         stale = [n for n, t in rendered.items() if not (args.check / n).exists() or (args.check / n).read_text() != t]
         for name in stale:
-            print(f"{args.check / name} is out of date; run python -m lpm.api.crds --write {args.check}", file=sys.stderr)
+            print(
+                f"{args.check / name} is out of date; run python -m lpm.api.crds --write {args.check}", file=sys.stderr
+            )
         return 1 if stale else 0
     for name, text in rendered.items():
         print(f"---\n# {name}\n{text}", end="")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 from lpm.api import constants as c
 from lpm.api.fields import spec_field
@@ -81,8 +81,8 @@ class Condition:
     status: ConditionStatus = spec_field("True, False or Unknown.", required=True)
     reason: str = spec_field("Machine-readable CamelCase reason.", default="")
     message: str = spec_field("What happened, for a human.", default="")
-    last_transition_time: Optional[str] = spec_field("When status last changed.", format="date-time")
-    observed_generation: Optional[int] = spec_field("Generation the condition was computed from.")
+    last_transition_time: str | None = spec_field("When status last changed.", format="date-time")
+    observed_generation: int | None = spec_field("Generation the condition was computed from.")
 
 
 @dataclass
@@ -95,8 +95,8 @@ class CheckpointOptions:
 @dataclass
 class ObjectRef:
     name: str = spec_field("Name of the object.", required=True)
-    namespace: Optional[str] = spec_field("Namespace of the object.")
-    uid: Optional[str] = spec_field("UID of the object.", pattern=UID_PATTERN)
+    namespace: str | None = spec_field("Namespace of the object.")
+    uid: str | None = spec_field("UID of the object.", pattern=UID_PATTERN)
 
 
 # --------------------------------------------------------------------------------------------- PodMigration
@@ -129,8 +129,7 @@ class PodMigrationSpec:
         default=SourceCleanup.DELETE,
     )
     checkpoint_retention: DeletionPolicy = spec_field(
-        "Retain (default) keeps the stored checkpoint after the migration; Delete removes it with the "
-        "PodMigration.",
+        "Retain (default) keeps the stored checkpoint after the migration; Delete removes it with the " "PodMigration.",
         default=DeletionPolicy.RETAIN,
     )
     options: CheckpointOptions = spec_field("Checkpoint options.", default_factory=CheckpointOptions)
@@ -151,25 +150,25 @@ class ContainerImage:
 @dataclass
 class PodMigrationStatus:
     phase: MigrationPhase = spec_field("Where the migration is.", default=MigrationPhase.PENDING)
-    source_node: Optional[str] = spec_field("Node the pod ran on when the migration started.")
-    pod_uid: Optional[str] = spec_field("UID of the source pod.")
-    pod_checkpoint_name: Optional[str] = spec_field("The PodCheckpoint made for this migration.")
-    checkpoint_id: Optional[str] = spec_field("Checkpoint ID shared by all containers of the checkpoint.")
-    restored_pod_name: Optional[str] = spec_field("The pod created on the target node.")
+    source_node: str | None = spec_field("Node the pod ran on when the migration started.")
+    pod_uid: str | None = spec_field("UID of the source pod.")
+    pod_checkpoint_name: str | None = spec_field("The PodCheckpoint made for this migration.")
+    checkpoint_id: str | None = spec_field("Checkpoint ID shared by all containers of the checkpoint.")
+    restored_pod_name: str | None = spec_field("The pod created on the target node.")
     container_images: list[ContainerImage] = spec_field(
         "Checkpoint image per container on the target node.", default_factory=list
     )
     source_frozen: bool = spec_field("Whether the source pod's containers are frozen now.", default=False)
-    reason: Optional[str] = spec_field("CamelCase reason of the current state or failure.")
-    message: Optional[str] = spec_field("What a user can do about the current state or failure.")
-    start_time: Optional[str] = spec_field("When the migration started.", format="date-time")
-    completion_time: Optional[str] = spec_field("When it reached Completed or Failed.", format="date-time")
-    phase_started_at: Optional[str] = spec_field("When the current phase began.", format="date-time")
+    reason: str | None = spec_field("CamelCase reason of the current state or failure.")
+    message: str | None = spec_field("What a user can do about the current state or failure.")
+    start_time: str | None = spec_field("When the migration started.", format="date-time")
+    completion_time: str | None = spec_field("When it reached Completed or Failed.", format="date-time")
+    phase_started_at: str | None = spec_field("When the current phase began.", format="date-time")
     phase_durations_seconds: dict[str, float] = spec_field(
         "Seconds spent in each finished phase.", default_factory=dict
     )
-    frozen_at: Optional[str] = spec_field("When the source was frozen.", format="date-time")
-    observed_generation: Optional[int] = spec_field("Generation last acted on.")
+    frozen_at: str | None = spec_field("When the source was frozen.", format="date-time")
+    observed_generation: int | None = spec_field("Generation last acted on.")
     conditions: list[Condition] = spec_field("Standard conditions.", default_factory=list)
 
 
@@ -219,23 +218,23 @@ class PodCheckpointSpec:
 @dataclass
 class ContainerCheckpointState:
     name: str = spec_field("Container name.", required=True)
-    container_checkpoint_name: Optional[str] = spec_field("The ContainerCheckpoint for this container.")
+    container_checkpoint_name: str | None = spec_field("The ContainerCheckpoint for this container.")
     phase: CheckpointPhase = spec_field("Phase of that ContainerCheckpoint.", default=CheckpointPhase.PENDING)
-    artifact_uri: Optional[str] = spec_field("Stored archive.")
+    artifact_uri: str | None = spec_field("Stored archive.")
 
 
 @dataclass
 class PodCheckpointStatus:
     phase: CheckpointPhase = spec_field("Where the checkpoint is.", default=CheckpointPhase.PENDING)
-    pod_uid: Optional[str] = spec_field("UID of the checkpointed pod.")
-    node_name: Optional[str] = spec_field("Node the pod ran on.")
-    checkpoint_id: Optional[str] = spec_field("Checkpoint ID shared by all containers.")
-    bound_content_name: Optional[str] = spec_field("The PodCheckpointContent bound to this object.")
+    pod_uid: str | None = spec_field("UID of the checkpointed pod.")
+    node_name: str | None = spec_field("Node the pod ran on.")
+    checkpoint_id: str | None = spec_field("Checkpoint ID shared by all containers.")
+    bound_content_name: str | None = spec_field("The PodCheckpointContent bound to this object.")
     containers: list[ContainerCheckpointState] = spec_field("Per-container progress.", default_factory=list)
-    reason: Optional[str] = spec_field("CamelCase reason of a failure.")
-    message: Optional[str] = spec_field("What went wrong, naming the container.")
-    start_time: Optional[str] = spec_field("When checkpointing started.", format="date-time")
-    completion_time: Optional[str] = spec_field("When it reached Ready or Failed.", format="date-time")
+    reason: str | None = spec_field("CamelCase reason of a failure.")
+    message: str | None = spec_field("What went wrong, naming the container.")
+    start_time: str | None = spec_field("When checkpointing started.", format="date-time")
+    completion_time: str | None = spec_field("When it reached Ready or Failed.", format="date-time")
     conditions: list[Condition] = spec_field("Standard conditions.", default_factory=list)
 
 
@@ -278,7 +277,7 @@ class ContainerCheckpointSpec:
         maxLength=63,
         x_kubernetes_validations=IMMUTABLE,
     )
-    checkpoint_id: Optional[str] = spec_field(
+    checkpoint_id: str | None = spec_field(
         "Checkpoint ID shared with the pod's other containers; derived from this object when empty.",
         pattern=DNS1123_LABEL_PATTERN,
         maxLength=63,
@@ -293,19 +292,19 @@ class ContainerCheckpointSpec:
 @dataclass
 class ContainerCheckpointStatus:
     phase: CheckpointPhase = spec_field("Where the checkpoint is.", default=CheckpointPhase.PENDING)
-    pod_uid: Optional[str] = spec_field("UID of the checkpointed pod.")
-    node_name: Optional[str] = spec_field("Node whose agent took the checkpoint.")
-    checkpoint_id: Optional[str] = spec_field("Checkpoint ID used.")
-    bound_content_name: Optional[str] = spec_field("The ContainerCheckpointContent bound to this object.")
-    artifact_uri: Optional[str] = spec_field("Stored archive.", pattern=ARTIFACT_URI_PATTERN)
-    compressed_size_bytes: Optional[int] = spec_field("Stored size.")
-    raw_size_bytes: Optional[int] = spec_field("Size of the kubelet's tar.")
-    sha256: Optional[str] = spec_field("sha256 of the stored archive.")
-    kubelet_seconds: Optional[float] = spec_field("Time in the kubelet (CRIU dump).")
-    store_seconds: Optional[float] = spec_field("Time compressing and storing.")
-    attempts: Optional[int] = spec_field("Agent calls made.")
-    reason: Optional[str] = spec_field("CamelCase reason of a failure.")
-    message: Optional[str] = spec_field("What went wrong.")
+    pod_uid: str | None = spec_field("UID of the checkpointed pod.")
+    node_name: str | None = spec_field("Node whose agent took the checkpoint.")
+    checkpoint_id: str | None = spec_field("Checkpoint ID used.")
+    bound_content_name: str | None = spec_field("The ContainerCheckpointContent bound to this object.")
+    artifact_uri: str | None = spec_field("Stored archive.", pattern=ARTIFACT_URI_PATTERN)
+    compressed_size_bytes: int | None = spec_field("Stored size.")
+    raw_size_bytes: int | None = spec_field("Size of the kubelet's tar.")
+    sha256: str | None = spec_field("sha256 of the stored archive.")
+    kubelet_seconds: float | None = spec_field("Time in the kubelet (CRIU dump).")
+    store_seconds: float | None = spec_field("Time compressing and storing.")
+    attempts: int | None = spec_field("Agent calls made.")
+    reason: str | None = spec_field("CamelCase reason of a failure.")
+    message: str | None = spec_field("What went wrong.")
     conditions: list[Condition] = spec_field("Standard conditions.", default_factory=list)
 
 
@@ -389,9 +388,9 @@ class ContainerCheckpointContentSpec:
     pod_uid: str = spec_field("UID of the checkpointed pod.", required=True, pattern=UID_PATTERN)
     checkpoint_id: str = spec_field("Checkpoint ID.", required=True, pattern=DNS1123_LABEL_PATTERN)
     node_name: str = spec_field("Node the checkpoint was taken on.", required=True)
-    sha256: Optional[str] = spec_field("sha256 of the stored archive.", pattern=r"^[0-9a-f]{64}$")
-    compressed_size_bytes: Optional[int] = spec_field("Stored size.", minimum=0)
-    raw_size_bytes: Optional[int] = spec_field("Size of the kubelet's tar.", minimum=0)
+    sha256: str | None = spec_field("sha256 of the stored archive.", pattern=r"^[0-9a-f]{64}$")
+    compressed_size_bytes: int | None = spec_field("Stored size.", minimum=0)
+    raw_size_bytes: int | None = spec_field("Size of the kubelet's tar.", minimum=0)
     deletion_policy: DeletionPolicy = spec_field("Retain or Delete the stored files.", default=DeletionPolicy.RETAIN)
 
 

@@ -41,7 +41,12 @@ def add_logging_flags(parser: Any) -> None:
     from lpm.app.flags import add_flag
 
     group = parser.add_argument_group("logging")
-    add_flag(group, "--log-level", "LPM_LOG_LEVEL", default="info", choices=["debug", "info", "warning", "error"],
-             help="Log level.")
-    add_flag(group, "--log-format", "LPM_LOG_FORMAT", default="text", choices=["text", "json"],
-             help="Log format.")
+    add_flag(
+        group,
+        "--log-level",
+        "LPM_LOG_LEVEL",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="Log level.",
+    )
+    add_flag(group, "--log-format", "LPM_LOG_FORMAT", default="text", choices=["text", "json"], help="Log format.")

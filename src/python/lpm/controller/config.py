@@ -34,8 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_flag(p, "--kubeconfig", "KUBECONFIG", help="kubeconfig file; in-cluster config when unset.")
     add_flag(p, "--namespace", "LPM_WATCH_NAMESPACE", help="Watch one namespace; all namespaces when unset.")
-    add_flag(p, "--agent-namespace", "LPM_AGENT_NAMESPACE", default="lpm-system",
-             help="Namespace of the agent DaemonSet's pods.")
+    add_flag(
+        p,
+        "--agent-namespace",
+        "LPM_AGENT_NAMESPACE",
+        default="lpm-system",
+        help="Namespace of the agent DaemonSet's pods.",
+    )
     tls = p.add_argument_group("agent client TLS")
     add_flag(tls, "--agent-tls-cert", "LPM_AGENT_CLIENT_CERT", help="Client certificate for agents (mTLS).")
     add_flag(tls, "--agent-tls-key", "LPM_AGENT_CLIENT_KEY", help="Its key.")
@@ -43,8 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_switch(tls, "--insecure-agents", "LPM_INSECURE_AGENTS", help="Talk plaintext gRPC to agents (tests only).")
     add_flag(p, "--metrics-port", "LPM_METRICS_PORT", type=int, default=8080, help="Prometheus metrics port.")
     add_flag(p, "--health-port", "LPM_HEALTH_PORT", type=int, default=8081, help="Liveness/readiness port.")
-    add_flag(p, "--peering", "LPM_PEERING", default="lpm-controller",
-             help="Peering (leader election) object name; replicas sharing it run one at a time.")
+    add_flag(
+        p,
+        "--peering",
+        "LPM_PEERING",
+        default="lpm-controller",
+        help="Peering (leader election) object name; replicas sharing it run one at a time.",
+    )
     add_logging_flags(p)
     p.add_argument("--self-check", action="store_true", help="Check configuration, then exit.")
     return p
