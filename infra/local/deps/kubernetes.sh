@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build Kubernetes control-plane and node binaries from the Go module proxy, cached by version.
-# Output: $LPM_CACHE/kubernetes-$K8S_VERSION/bin/{kube-apiserver,kube-controller-manager,kube-scheduler,kubelet,kube-proxy}
+# Output: $LPM_CACHE/kubernetes-$K8S_VERSION/bin/{kube-apiserver,kube-controller-manager,kube-scheduler,kubelet,kube-proxy,kubectl}
 # Prints the bin dir on stdout.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -8,7 +8,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$HERE/common.sh"
 
 K8S_VERSION=${K8S_VERSION:-v1.34.4}
-COMPONENTS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+COMPONENTS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 OUT=$LPM_CACHE/kubernetes-$K8S_VERSION
 
 build() {
@@ -42,6 +42,7 @@ package k8sbuild
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kubectl"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-proxy"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
