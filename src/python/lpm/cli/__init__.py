@@ -1,0 +1,1 @@
+"""`kubectl lpm`: the kubectl plugin for LPM."""

@@ -1,0 +1,1 @@
+"""The analytics-counter demo workload (the seed's "Analytics Counter")."""

@@ -1,0 +1,89 @@
+"""A stream processor that keeps all of its state in memory: the workload LPM's demo migrates.
+
+Every tick it "processes" one event from a deterministic stream: the event counter goes up by one, the revenue
+total grows by that event's amount and the processing position advances. Each tick prints one JSON line:
+
+    {"seq": 41, "events": 41, "revenue_cents": 104512, "position": 4100, "ts": 1764000000.123, "host": "..."}
+
+so a reader can check the state continues after a migration: `seq` never resets, never skips and never repeats
+(an update lost or done twice shows as a gap or a repeat). `--ballast-mib` holds extra state in memory
+(pseudo-random pages with a running checksum) to measure migrations of larger processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import socket
+import sys
+import time
+
+
+def event_amount_cents(seq: int) -> int:
+    """Deterministic revenue of event `seq`, so anyone can recompute the expected total."""
+    return 100 + (seq * 7919) % 5000
+
+
+def expected_revenue_cents(events: int) -> int:
+    return sum(event_amount_cents(i) for i in range(1, events + 1))
+
+
+BALLAST_SEED = b"lpm-ballast"
+
+
+def make_ballast(mib: int) -> bytearray:
+    """`mib` MiB of incompressible memory (CRIU must carry every page, zstd cannot shrink it)."""
+    return bytearray(hashlib.shake_256(BALLAST_SEED).digest(mib << 20)) if mib else bytearray()
+
+
+def ballast_intact(ballast: bytearray) -> bool:
+    """True when every byte of the ballast is still what it was generated as."""
+    return bytes(ballast) == hashlib.shake_256(BALLAST_SEED).digest(len(ballast))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="analytics-counter", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=float(os.environ.get("INTERVAL", "0.2")),
+        help="seconds between events [env INTERVAL]",
+    )
+    parser.add_argument(
+        "--ballast-mib",
+        type=int,
+        default=int(os.environ.get("BALLAST_MIB", "0")),
+        help="extra in-memory state, MiB [env BALLAST_MIB]",
+    )
+    parser.add_argument("--verify-every", type=int, default=50, help="check the ballast every N events")
+    args = parser.parse_args(argv)
+
+    ballast = make_ballast(args.ballast_mib)
+    events = 0
+    revenue = 0
+    position = 0
+    while True:
+        events += 1
+        revenue += event_amount_cents(events)
+        position += 100
+        line = {
+            "seq": events,
+            "events": events,
+            "revenue_cents": revenue,
+            "position": position,
+            "ts": round(time.time(), 3),
+            "host": socket.gethostname(),
+        }
+        if ballast:
+            line["ballast_mib"] = len(ballast) >> 20
+            if events % args.verify_every == 0:
+                line["ballast_intact"] = ballast_intact(ballast)
+        sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.flush()
+        time.sleep(args.interval)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
