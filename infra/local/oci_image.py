@@ -225,7 +225,7 @@ def cmd_busybox(args: argparse.Namespace) -> None:
         busybox_rootfs(root, args.busybox, extra)
         layer = Path(td) / "layer.tar"
         tar_directory(root, layer)
-        cfg: dict = {"Env": ["PATH=/bin"]}
+        cfg: dict = {"Env": ["PATH=/bin"], "Cmd": ["sh"]}
         if args.cmd:
             cfg["Cmd"] = json.loads(args.cmd)
         print(write_image(Path(args.out), args.name, layer, config=cfg))
