@@ -125,7 +125,7 @@ def _pod(name: str, node: str, image: str) -> dict:
             "dnsPolicy": "Default",
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 1,
-            "automountServiceAccountToken": False,
+            "automountServiceAccountToken": True,
             "containers": [{
                 "name": CONTAINER,
                 "image": image,
