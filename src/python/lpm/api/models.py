@@ -206,6 +206,13 @@ class PodCheckpointSpec:
         maxLength=253,
         x_kubernetes_validations=IMMUTABLE,
     )
+    checkpoint_id: str | None = spec_field(
+        "Checkpoint ID shared by all containers; derived from this object when empty. A PodMigration sets it to "
+        "the ID it froze the source pod under.",
+        pattern=DNS1123_LABEL_PATTERN,
+        maxLength=63,
+        x_kubernetes_validations=IMMUTABLE,
+    )
     options: CheckpointOptions = spec_field("Checkpoint options.", default_factory=CheckpointOptions)
     leave_running: bool = spec_field(
         "Thaw the pod's containers after the checkpoint instead of leaving them frozen.", default=True
@@ -284,6 +291,9 @@ class ContainerCheckpointSpec:
         x_kubernetes_validations=IMMUTABLE,
     )
     options: CheckpointOptions = spec_field("Checkpoint options.", default_factory=CheckpointOptions)
+    leave_running: bool = spec_field(
+        "Let the container run on after the checkpoint; false keeps it frozen (a migration's source).", default=True
+    )
     deletion_policy: DeletionPolicy = spec_field(
         "Retain (default) keeps the stored archive when this object is deleted.", default=DeletionPolicy.RETAIN
     )
