@@ -273,3 +273,77 @@ def test_checkpoint_on_node1_restore_on_node2(kube, namespace, tmp_path):
     except OSError:
         pass
     shared.unlink(missing_ok=True)
+
+
+def test_nodes_daemonset_hostpath_and_in_cluster_api(kube, namespace):
+    """What the LPM agent DaemonSet relies on: per-node hostPath, the node PKI, the kubelet and the apiserver."""
+    from kubernetes import client
+
+    ns = namespace
+    nodes = {n.metadata.name: n for n in kube.list_node().items}
+    assert set(nodes) >= {SOURCE_NODE, TARGET_NODE}
+    for name, node in nodes.items():
+        ready = [c for c in node.status.conditions if c.type == "Ready"]
+        assert ready and ready[0].status == "True", f"{name} not Ready"
+        ips = {a.address for a in node.status.addresses if a.type == "InternalIP"}
+        assert NODE_IPS[name] in ips
+    marker = f"/var/lib/kubelet/checkpoints/lpm-substrate-{ns}"
+    script = (
+        f'echo "$NODE" > {marker}; '
+        # in-cluster apiserver address injected by the kubelet (ClusterIP via kube-proxy in the node netns)
+        'wget -q -O /tmp/v --no-check-certificate https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/version '
+        '&& echo "api-ok $(grep gitVersion /tmp/v)"; '
+        # the kubelet on this node's own address, with the node PKI mounted from the host
+        'ls /etc/kubernetes/pki | tr "\\n" " "; echo; sleep 3600'
+    )
+    ds = {
+        "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "probe"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "probe"}},
+            "template": {
+                "metadata": {"labels": {"app": "probe"}},
+                "spec": {
+                    "hostNetwork": True, "dnsPolicy": "ClusterFirstWithHostNet", "terminationGracePeriodSeconds": 1,
+                    "containers": [{
+                        "name": "probe", "image": COUNTER_IMAGE, "imagePullPolicy": "Never",
+                        "command": ["sh", "-c", script],
+                        "env": [{"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+                        "volumeMounts": [
+                            {"name": "ckpt", "mountPath": "/var/lib/kubelet/checkpoints"},
+                            {"name": "pki", "mountPath": "/etc/kubernetes/pki", "readOnly": True},
+                        ],
+                    }],
+                    "volumes": [
+                        {"name": "ckpt", "hostPath": {"path": "/var/lib/kubelet/checkpoints"}},
+                        {"name": "pki", "hostPath": {"path": "/etc/kubernetes/pki"}},
+                    ],
+                },
+            },
+        },
+    }
+    # COUNTER_IMAGE is loaded on both nodes by the migration test; load it again in case this test runs alone.
+    with tempfile.TemporaryDirectory(prefix="lpm-probe-") as td:
+        root = Path(td) / "rootfs"
+        oci_image.busybox_rootfs(root)
+        layer = Path(td) / "layer.tar"
+        oci_image.tar_directory(root, layer)
+        archive = Path(td) / "img.tar"
+        oci_image.write_image(archive, COUNTER_IMAGE, layer, config={"Env": ["PATH=/bin"], "Cmd": ["sh"]})
+        cluster("load-image", str(archive))
+    client.AppsV1Api(kube.api_client).create_namespaced_daemon_set(ns, ds)
+    deadline = time.time() + 90
+    outputs: dict[str, str] = {}
+    while time.time() < deadline and len(outputs) < 2:
+        for pod in kube.list_namespaced_pod(ns, label_selector="app=probe").items:
+            if pod.status.phase == "Running" and pod.spec.node_name not in outputs:
+                log = kube.read_namespaced_pod_log(pod.metadata.name, ns)
+                if "api-ok" in log and "apiserver-kubelet-client.crt" in log:
+                    outputs[pod.spec.node_name] = log
+        time.sleep(0.5)
+    assert set(outputs) == {SOURCE_NODE, TARGET_NODE}, outputs
+    for node in (SOURCE_NODE, TARGET_NODE):
+        # hostPath means "this node": each node's marker landed in that node's own /var/lib/kubelet
+        on_host = STATE / "nodes" / node / "kubelet" / "checkpoints" / f"lpm-substrate-{ns}"
+        assert on_host.read_text().strip() == node
+        on_host.unlink()
+        assert "ca.crt" in outputs[node] and "v1.34" in outputs[node]
