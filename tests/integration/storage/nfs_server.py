@@ -71,7 +71,15 @@ def build_image() -> str:
 def _remove_orphans() -> None:
     """Containers left by a test process that died without cleaning up (its owner PID is gone)."""
     listing = subprocess.run(
-        ["podman", "ps", "-a", "--filter", f"label={OWNER_LABEL}", "--format", f'{{{{.ID}}}} {{{{index .Labels "{OWNER_LABEL}"}}}}'],
+        [
+            "podman",
+            "ps",
+            "-a",
+            "--filter",
+            f"label={OWNER_LABEL}",
+            "--format",
+            f'{{{{.ID}}}} {{{{index .Labels "{OWNER_LABEL}"}}}}',
+        ],
         env=podman_env(),
         stdout=subprocess.PIPE,
         text=True,

@@ -1,0 +1,266 @@
+"""Checkpoint-store backend that speaks NFSv3 itself (nfs-rs), for agents that cannot mount the volume.
+
+Selected by `nfs://host[:port]/export[/subdir][?mountport=N&uid=N&gid=N]`. Only the primitives live here
+(temp file, write, durable commit, rename, read stream, list, remove); the layout, manifest, completion
+marker, sha256 verification and atomic publish are the store's (store.py), shared with the POSIX backend.
+
+Failure handling, which a kernel mount would otherwise hide:
+- The server unreachable or restarted (connection refused/reset, RPC timeout): reconnect and redo the
+  operation, with bounded exponential backoff (RetryPolicy); then `NfsUnavailable` naming the server, the
+  operation and the path. An nfs-rs client does not recover from a server restart by itself, so every retry
+  uses a fresh client. Reads and writes are positional (`read_at`/`write_at` at the stream's own offset),
+  so redoing one is idempotent; a rename whose reply was lost is checked against the namespace.
+- A handle gone stale (NFS3ERR_STALE: another client renamed over or removed the file): reopen by name
+  and continue at the same offset. Artifacts are immutable once published, and the store verifies sha256
+  over the whole stream, so a replacement with different bytes is reported, never silently mixed in.
+- A full export (NFS3ERR_NOSPC) is an `OSError(ENOSPC)` that says which export is full.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import logging
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, TypeVar
+
+import nfs_rs
+
+log = logging.getLogger(__name__)
+
+SCHEME: Final = "nfs"
+DEFAULT_PORT: Final = 2049
+# Query options passed through to the client; anything else is rejected (a typo must not be ignored).
+CLIENT_OPTIONS: Final = frozenset({"mountport", "uid", "gid", "noresvport", "version"})
+T = TypeVar("T")
+
+
+class NfsUnavailable(ConnectionError):
+    """The NFS server could not be reached within the retry budget."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries of operations that failed in transport (server down, restarting, unreachable)."""
+
+    attempts: int = 6
+    first_backoff: float = 0.2
+    max_backoff: float = 3.0
+    connect_timeout: float = 5.0
+    operation_timeout: float = 15.0
+
+    def backoffs(self) -> list[float]:
+        delays, delay = [], self.first_backoff
+        for _ in range(self.attempts - 1):
+            delays.append(delay)
+            delay = min(delay * 2, self.max_backoff)
+        return delays
+
+
+@dataclass(frozen=True)
+class NfsLocation:
+    """A parsed `nfs://` storage URL."""
+
+    host: str
+    port: int
+    path: str  # the export, optionally followed by a subdirectory of it (the repository root)
+    options: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def parse(cls, url: str) -> NfsLocation:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != SCHEME:
+            raise ValueError(f"storage URL {url!r} must start with {SCHEME}://")
+        if not parts.hostname:
+            raise ValueError(f"storage URL {url!r} names no server: use {SCHEME}://host[:port]/export")
+        path = parts.path.rstrip("/")
+        if not path.startswith("/") or "/../" in f"{path}/" or "\x00" in path:
+            raise ValueError(f"storage URL {url!r} names no export: use {SCHEME}://host[:port]/export")
+        try:
+            port = parts.port or DEFAULT_PORT
+        except ValueError:
+            raise ValueError(f"storage URL {url!r} has an invalid port") from None
+        options = urllib.parse.parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+        for key, value in options:
+            if key not in CLIENT_OPTIONS:
+                raise ValueError(f"storage URL {url!r}: unknown option {key!r} (known: {sorted(CLIENT_OPTIONS)})")
+            if key == "version" and value != "3":
+                # NFSv3 only: nfs-rs's NFSv4 listdir fails against ganesha, and v3 is what was measured.
+                raise ValueError(f"storage URL {url!r}: only version=3 is supported")
+        return cls(parts.hostname, port, path, tuple((k, v) for k, v in options if k != "version"))
+
+    @property
+    def client_url(self) -> str:
+        query = urllib.parse.urlencode([("version", "3"), *self.options])
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{SCHEME}://{host}:{self.port}{self.path}?{query}"
+
+    def __str__(self) -> str:
+        return f"{SCHEME}://{self.host}:{self.port}{self.path}"
+
+
+def _is_transport(exc: BaseException) -> bool:
+    return isinstance(
+        exc,
+        nfs_rs.NfsConnectionError
+        | nfs_rs.NfsTimeoutError
+        | nfs_rs.NfsRetryableError
+        | nfs_rs.NfsRpcError
+        | nfs_rs.NfsClosedResourceError,
+    ) or (isinstance(exc, nfs_rs.NfsError) and exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ECONNREFUSED))
+
+
+def _is_stale(exc: BaseException) -> bool:
+    return isinstance(exc, nfs_rs.NfsError) and (
+        exc.code_name in ("NFS3ERR_STALE", "NFS3ERR_BADHANDLE") or exc.errno == errno.ESTALE
+    )
+
+
+class NfsSession:
+    """One server connection, replaced by a fresh one whenever the transport fails."""
+
+    def __init__(self, location: NfsLocation, retry: RetryPolicy) -> None:
+        self.location = location
+        self.retry = retry
+        self.generation = 0
+        self._client: nfs_rs.Client | None = None
+
+    @property
+    def client(self) -> nfs_rs.Client:
+        if self._client is None:
+            self._client = nfs_rs.Client.connect(
+                self.location.client_url,
+                connect_timeout=self.retry.connect_timeout,
+                operation_timeout=self.retry.operation_timeout,
+            )
+        return self._client
+
+    def reset(self) -> None:
+        client, self._client = self._client, None
+        self.generation += 1
+        if client is not None:
+            try:
+                client.close()
+            except nfs_rs.NfsError as exc:  # the old connection is already broken: nothing to release
+                log.debug("closing broken NFS client: %s", exc)
+
+    def close(self) -> None:
+        self.reset()
+
+    def call(
+        self, what: str, path: str, op: Callable[[nfs_rs.Client], T], on_retry: Callable[[], None] = lambda: None
+    ) -> T:
+        """Runs `op(client)`, reconnecting and redoing it after transport failures, within the retry budget.
+
+        `on_retry` runs before each redo (a file reader reopens its handle there). NFS error statuses
+        (not found, exists, no space, ...) are not transport failures and go straight to the caller.
+        """
+        delays = self.retry.backoffs()
+        started = time.monotonic()
+        for attempt in range(self.retry.attempts):
+            try:
+                return op(self.client)
+            except nfs_rs.NfsError as exc:
+                if exc.errno == errno.ENOSPC or exc.code_name == "NFS3ERR_NOSPC":
+                    raise OSError(
+                        errno.ENOSPC,
+                        f"NFS export {self.location} is full (no space left on device) during {what}",
+                        path,
+                    ) from exc
+                if not _is_transport(exc):
+                    raise
+                if attempt == len(delays):
+                    raise NfsUnavailable(
+                        f"NFS server {self.location.host}:{self.location.port} unavailable: {what} of {path!r} "
+                        f"failed {self.retry.attempts} times over {time.monotonic() - started:.1f}s; last error: {exc}"
+                    ) from exc
+                log.warning("NFS %s of %s failed (%s); reconnecting in %.1fs", what, path, exc, delays[attempt])
+                time.sleep(delays[attempt])
+                self.reset()
+                on_retry()
+        raise AssertionError("unreachable")
+
+
+class NfsFile(io.RawIOBase):
+    """A file opened by name whose handle is renewed when it goes stale or the connection is replaced.
+
+    I/O is positional at this object's own offset, so a redone read or write is idempotent.
+    """
+
+    def __init__(self, session: NfsSession, path: str, mode: str) -> None:
+        super().__init__()
+        self._session = session
+        self._path = path
+        self._mode = mode
+        self._offset = 0
+        self._file: nfs_rs.File | None = None
+        self._generation = -1
+        self._handle()  # open now, so "not found" and "no space" surface at open time
+
+    @property
+    def name(self) -> str:
+        return self._path
+
+    def _handle(self) -> nfs_rs.File:
+        if self._file is None or self._generation != self._session.generation:
+            # A reopen after the first open must not truncate what was already written.
+            mode = self._mode if self._generation < 0 else ("r+b" if self.writable() else "rb")
+            self._file = self._session.call("open", self._path, lambda c: c.open(self._path, mode))
+            self._generation = self._session.generation
+        return self._file
+
+    def _drop(self) -> None:
+        self._file = None
+
+    def _io(self, what: str, op: Callable[[nfs_rs.File], T]) -> T:
+        for _ in range(3):
+            try:
+                return self._session.call(what, self._path, lambda _c: op(self._handle()), on_retry=self._drop)
+            except nfs_rs.NfsError as exc:
+                if not _is_stale(exc):
+                    raise
+                log.info("NFS handle of %s went stale (%s); reopening by name", self._path, exc)
+                self._drop()
+        raise OSError(errno.ESTALE, f"NFS handle of {self._path!r} kept going stale on reopen", self._path)
+
+    def readable(self) -> bool:
+        return "r" in self._mode or "+" in self._mode
+
+    def writable(self) -> bool:
+        return "w" in self._mode or "a" in self._mode or "+" in self._mode
+
+    def seekable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self._offset
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = self._io("read", lambda f: f.readinto_at(buffer, self._offset))
+        self._offset += n
+        return n
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        # nfs-rs returns from write_at only once the bytes are durable (UNSTABLE writes + COMMIT).
+        n = self._io("write", lambda f: f.write_at(data, self._offset))
+        self._offset += n
+        return n
+
+    def sync(self) -> None:
+        """Durability point. nfs-rs commits every write before returning, so there is nothing left to flush."""
+        self._io("flush", lambda f: f.flush())
+
+    def close(self) -> None:
+        if self._file is not None and not self.closed:
+            file, self._file = self._file, None
+            try:
+                file.close()
+            except nfs_rs.NfsError as exc:
+                # Writes were already committed; a close that fails because the server restarted loses nothing.
+                if not (_is_transport(exc) or _is_stale(exc) or isinstance(exc, nfs_rs.NfsFileCloseError)):
+                    raise
+                log.debug("closing NFS file %s: %s", self._path, exc)
+        super().close()
