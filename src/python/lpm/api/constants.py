@@ -29,6 +29,8 @@ ANNOTATION_SOURCE_NODE: Final = f"{GROUP}/source-node"
 ANNOTATION_MIGRATION: Final = f"{GROUP}/migration"
 ANNOTATION_CHECKPOINT: Final = f"{GROUP}/checkpoint"
 ANNOTATION_CHECKPOINT_ID: Final = f"{GROUP}/checkpoint-id"
+# UID of the PodMigration that made a restored pod: how the controller knows the pod is its own.
+ANNOTATION_MIGRATION_UID: Final = f"{GROUP}/migration-uid"
 
 FINALIZER: Final = f"{GROUP}/cleanup"
 

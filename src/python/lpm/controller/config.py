@@ -17,10 +17,14 @@ class ControllerConfig:
     agent_tls_cert: str | None
     agent_tls_key: str | None
     agent_tls_ca: str | None
+    agent_tls_server_name: str | None
     insecure_agents: bool
     metrics_port: int
     health_port: int
     peering: str
+    standalone: bool
+    resync_seconds: float
+    workers: int
     log_level: str
     log_format: str
     self_check: bool
@@ -45,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(tls, "--agent-tls-cert", "LPM_AGENT_CLIENT_CERT", help="Client certificate for agents (mTLS).")
     add_flag(tls, "--agent-tls-key", "LPM_AGENT_CLIENT_KEY", help="Its key.")
     add_flag(tls, "--agent-tls-ca", "LPM_AGENT_CA", help="CA that signed the agents' serving certificates.")
+    add_flag(
+        tls,
+        "--agent-tls-server-name",
+        "LPM_AGENT_TLS_SERVER_NAME",
+        help="Name to verify in the agents' serving certificates; their address when unset.",
+    )
     add_switch(tls, "--insecure-agents", "LPM_INSECURE_AGENTS", help="Talk plaintext gRPC to agents (tests only).")
     add_flag(p, "--metrics-port", "LPM_METRICS_PORT", type=int, default=8080, help="Prometheus metrics port.")
     add_flag(p, "--health-port", "LPM_HEALTH_PORT", type=int, default=8081, help="Liveness/readiness port.")
@@ -55,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="lpm-controller",
         help="Peering (leader election) object name; replicas sharing it run one at a time.",
     )
+    add_switch(p, "--standalone", "LPM_STANDALONE", help="Run without peering (no leader election; one replica only).")
+    add_flag(
+        p,
+        "--resync-seconds",
+        "LPM_RESYNC_SECONDS",
+        type=float,
+        default=2.0,
+        help="Re-check unfinished objects this often (waiting for pods, agents, children).",
+    )
+    add_flag(p, "--workers", "LPM_WORKERS", type=int, default=32, help="Reconcile threads (agent calls block one).")
     add_logging_flags(p)
     p.add_argument("--self-check", action="store_true", help="Check configuration, then exit.")
     return p

@@ -1,4 +1,4 @@
-"""lpm-controller entry point."""
+"""lpm-controller entry point: configuration, logging, metrics, then the kopf runtime."""
 
 from __future__ import annotations
 
@@ -12,6 +12,39 @@ from lpm.controller import config
 log = logging.getLogger("lpm.controller")
 
 
+def build_runtime(cfg: config.ControllerConfig):  # type: ignore[no-untyped-def]
+    from kubernetes import client
+    from kubernetes import config as kconfig
+
+    from lpm.api import constants as c
+    from lpm.controller.agents import TLS, Agents
+    from lpm.controller.cycle import Runtime
+    from lpm.controller.kube import Kube
+
+    if cfg.kubeconfig:
+        api_client = kconfig.new_client_from_config(config_file=cfg.kubeconfig)
+    else:
+        kconfig.load_incluster_config()
+        api_client = client.ApiClient()
+    api_client.configuration.connection_pool_maxsize = max(cfg.workers, 4)
+    api_client.rest_client.pool_manager.connection_pool_kw["maxsize"] = max(cfg.workers, 4)
+    kube = Kube(api_client)
+
+    def agent_pods(node: str) -> list[dict[str, object]]:
+        return kube.list(
+            "pods", cfg.agent_namespace, label_selector=c.AGENT_LABEL_SELECTOR, field_selector=f"spec.nodeName={node}"
+        )
+
+    tls = TLS(
+        cert=cfg.agent_tls_cert,
+        key=cfg.agent_tls_key,
+        ca=cfg.agent_tls_ca,
+        server_name=cfg.agent_tls_server_name,
+        insecure=cfg.insecure_agents,
+    )
+    return Runtime(kube=kube, agents=Agents(agent_pods, cfg.agent_namespace, tls))
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = config.parse(argv)
     setup_logging(cfg.log_level, cfg.log_format)
@@ -19,8 +52,26 @@ def main(argv: list[str] | None = None) -> int:
         kinds = ", ".join(r.KIND for r in RESOURCES)  # type: ignore[attr-defined]
         print(f"lpm-controller self-check: kinds {kinds}; agents in namespace {cfg.agent_namespace}")
         return 0
-    log.error("the reconcilers are not wired yet")
-    return 2
+    if not cfg.insecure_agents and not (cfg.agent_tls_cert and cfg.agent_tls_key and cfg.agent_tls_ca):
+        log.error("agent mTLS needs --agent-tls-cert, --agent-tls-key and --agent-tls-ca (or --insecure-agents)")
+        return 2
+    from prometheus_client import start_http_server
+
+    from lpm.controller import runtime
+
+    if cfg.metrics_port:
+        start_http_server(cfg.metrics_port)
+    rt = build_runtime(cfg)
+    runtime.run(
+        rt,
+        namespace=cfg.namespace,
+        standalone=cfg.standalone,
+        peering=cfg.peering,
+        resync_seconds=cfg.resync_seconds,
+        workers=cfg.workers,
+        liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz" if cfg.health_port else None,
+    )
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,180 @@
+"""The controller's only door to the checkpoint agents: find the agent on a node, call it over (m)TLS gRPC.
+
+The agent is the DaemonSet pod labelled `app.kubernetes.io/name=lpm-agent` in the agent namespace whose
+`spec.nodeName` is the node; its address is the pod IP (the host IP when it has none) and the container port
+named `grpc` (AGENT_PORT when no port is named). gRPC status codes become retryable or permanent `Outcome`s
+whose message tells a user what to check.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from lpm.agent.v1 import agent_pb2, agent_pb2_grpc
+from lpm.api import constants as c
+from lpm.controller.effects import AgentCall, Outcome
+
+log = logging.getLogger(__name__)
+
+# method -> (request type, deadline seconds)
+METHODS: dict[str, tuple[type, float]] = {
+    "GetCapabilities": (agent_pb2.GetCapabilitiesRequest, 5.0),
+    "Freeze": (agent_pb2.FreezeRequest, 30.0),
+    "Thaw": (agent_pb2.ThawRequest, 30.0),
+    "Checkpoint": (agent_pb2.CheckpointRequest, 900.0),
+    "CompleteCheckpoint": (agent_pb2.CompleteCheckpointRequest, 60.0),
+    "ConvertCheckpointToImage": (agent_pb2.ConvertRequest, 600.0),
+}
+
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+_HINTS: dict[grpc.StatusCode, str] = {
+    grpc.StatusCode.UNAVAILABLE: "is the lpm-agent pod on that node running and reachable from the controller?",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the agent did not answer in time; check its logs and the node's load",
+    grpc.StatusCode.UNAUTHENTICATED: "check that the controller's client certificate (LPM_AGENT_CLIENT_CERT) is "
+    "signed by the CA the agents trust",
+    grpc.StatusCode.PERMISSION_DENIED: "the agent refused the controller's identity; check the client certificate",
+    grpc.StatusCode.UNIMPLEMENTED: "the agent is older than the controller; upgrade the agent DaemonSet",
+}
+
+
+def _camel(code: grpc.StatusCode) -> str:
+    return "".join(part.capitalize() for part in code.name.split("_"))
+
+
+def grpc_outcome(code: grpc.StatusCode, details: str, node: str, method: str) -> Outcome:
+    """A gRPC failure as a value a user can act on."""
+    hint = _HINTS.get(code, "")
+    message = f"agent on node {node}: {method} failed: {details or code.name}" + (f" ({hint})" if hint else "")
+    return Outcome.failure(f"Agent{_camel(code)}", message, retryable=code in RETRYABLE)
+
+
+@dataclass(frozen=True)
+class TLS:
+    cert: str | None = None
+    key: str | None = None
+    ca: str | None = None
+    server_name: str | None = None
+    insecure: bool = False
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: str | None) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca), private_key=read(self.key), certificate_chain=read(self.cert)
+        )
+
+
+class AgentNotFound(Exception):
+    pass
+
+
+class Agents:
+    """Finds agents and calls them. Thread-safe; channels are cached per address."""
+
+    def __init__(
+        self,
+        list_agent_pods: Callable[[str], list[dict[str, Any]]],
+        namespace: str,
+        tls: TLS,
+        address_ttl: float = 30.0,
+    ) -> None:
+        self._list = list_agent_pods  # node name -> agent pods on it (a Kubernetes list call)
+        self.namespace = namespace
+        self.tls = tls
+        self.address_ttl = address_ttl
+        self._lock = threading.Lock()
+        self._addresses: dict[str, tuple[str, float]] = {}
+        self._channels: dict[str, grpc.Channel] = {}
+
+    def address(self, node: str) -> str:
+        with self._lock:
+            hit = self._addresses.get(node)
+            if hit and time.monotonic() - hit[1] < self.address_ttl:
+                return hit[0]
+        pods = [p for p in self._list(node) if (p.get("status") or {}).get("phase") == "Running"]
+        for pod in pods:
+            ip = (pod.get("status") or {}).get("podIP") or (pod.get("status") or {}).get("hostIP")
+            if not ip:
+                continue
+            port = c.AGENT_PORT
+            for ctr in (pod.get("spec") or {}).get("containers") or []:
+                for p in ctr.get("ports") or []:
+                    if p.get("name") == "grpc":
+                        port = int(p["containerPort"])
+            addr = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+            with self._lock:
+                self._addresses[node] = (addr, time.monotonic())
+            return addr
+        raise AgentNotFound(
+            f"no Running lpm-agent pod ({c.AGENT_LABEL_SELECTOR}) on node {node} in namespace {self.namespace}; "
+            "is the agent DaemonSet scheduled there?"
+        )
+
+    def _channel(self, addr: str) -> grpc.Channel:
+        with self._lock:
+            ch = self._channels.get(addr)
+            if ch is None:
+                options = [("grpc.max_receive_message_length", 16 << 20)]
+                if self.tls.server_name:
+                    options.append(("grpc.ssl_target_name_override", self.tls.server_name))
+                if self.tls.insecure:
+                    ch = grpc.insecure_channel(addr, options=options)
+                else:
+                    ch = grpc.secure_channel(addr, self.tls.credentials(), options=options)
+                self._channels[addr] = ch
+            return ch
+
+    def _forget(self, node: str) -> None:
+        with self._lock:
+            self._addresses.pop(node, None)
+
+    def call(self, effect: AgentCall) -> Outcome:
+        return self.invoke(effect.node, effect.METHOD, effect.request)
+
+    def invoke(self, node: str, method: str, request: Mapping[str, Any]) -> Outcome:
+        req_type, deadline = METHODS[method]
+        try:
+            addr = self.address(node)
+        except AgentNotFound as exc:
+            return Outcome.failure("AgentNotFound", str(exc), retryable=True)
+        except Exception as exc:
+            return Outcome.failure("AgentLookupFailed", f"listing agent pods for node {node}: {exc}", retryable=True)
+        message = json_format.ParseDict(dict(request), req_type(), ignore_unknown_fields=True)
+        stub = agent_pb2_grpc.CheckpointServiceStub(self._channel(addr))
+        try:
+            response = getattr(stub, method)(message, timeout=deadline)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            if code is grpc.StatusCode.UNAVAILABLE:
+                self._forget(node)  # the agent may have moved to another IP
+            log.info("agent %s (%s) %s: %s %s", node, addr, method, code.name, details)
+            return grpc_outcome(code, details, node, method)
+        value = json_format.MessageToDict(response, preserving_proto_field_name=True)
+        return Outcome.success(value)
+
+    def close(self) -> None:
+        with self._lock:
+            for ch in self._channels.values():
+                ch.close()
+            self._channels.clear()

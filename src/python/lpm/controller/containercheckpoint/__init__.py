@@ -1,0 +1,1 @@
+"""ContainerCheckpoint: the agent on the pod's node checkpoints one container; a bound ContainerCheckpointContent."""

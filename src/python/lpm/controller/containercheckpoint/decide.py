@@ -1,0 +1,190 @@
+"""ContainerCheckpoint: what to do next. Pure: no I/O, `now` comes in.
+
+Pending/InProgress -> agent(pod's node).Checkpoint -> ContainerCheckpointContent (cluster-scoped, deterministic
+name, bound to this object by UID; this object's status names it) -> Ready=True. Failures end Failed with
+Ready=False and the agent's reason. Agent outages are retried until DEADLINE_SECONDS after creation.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from lpm.api import constants as c
+from lpm.api.codec import encode
+from lpm.api.conditions import set_condition
+from lpm.api.models import (
+    CheckpointPhase,
+    ConditionStatus,
+    ContainerCheckpoint,
+    ContainerCheckpointContent,
+    ContainerCheckpointContentSpec,
+    ContainerCheckpointStatus,
+    ObjectRef,
+)
+from lpm.api.names import checkpoint_id_for, content_name
+from lpm.controller import clock
+from lpm.controller.effects import (
+    Action,
+    CallCheckpoint,
+    CreateContent,
+    DeleteObject,
+    Effect,
+    EmitEvent,
+    MarkContentReady,
+    Outcome,
+    PatchStatus,
+)
+from lpm.controller.views import PodView
+
+CP = CheckpointPhase
+DEADLINE_SECONDS = 600.0
+
+
+def container_content_name(namespace: str, name: str, uid: str) -> str:
+    return content_name("ccpc", namespace, name, uid)
+
+
+@dataclass(frozen=True)
+class Observed:
+    container_checkpoint: ContainerCheckpoint
+    now: datetime
+    pod: PodView | None = None
+    content: ContainerCheckpointContent | None = None
+    outcomes: Mapping[str, Outcome] = field(default_factory=dict)
+
+
+def _seconds(value: object) -> float | None:
+    """A google.protobuf.Duration in JSON ("1.5s") -> seconds."""
+    if isinstance(value, str) and value.endswith("s"):
+        try:
+            return float(value[:-1])
+        except ValueError:
+            return None
+    return None
+
+
+def decide(obs: Observed) -> list[Action]:
+    cc = obs.container_checkpoint
+    st: ContainerCheckpointStatus = copy.deepcopy(cc.status)
+    if st.phase.terminal or cc.metadata.get("deletionTimestamp"):
+        return []
+    ns, name, uid = (str(cc.metadata.get(k, "")) for k in ("namespace", "name", "uid"))
+    now = clock.fmt(obs.now)
+    effects: list[Effect] = []
+    events: list[EmitEvent] = []
+    ctr = cc.spec.container_name
+
+    def answer() -> list[Action]:
+        out: list[Action] = list(effects)
+        if st != cc.status:
+            out.append(PatchStatus(st))
+        out.extend(events)
+        return out
+
+    def finish(phase: CheckpointPhase, reason: str, message: str) -> list[Action]:
+        st.phase, st.reason, st.message = phase, reason, message
+        ready = ConditionStatus.TRUE if phase is CP.READY else ConditionStatus.FALSE
+        st.conditions = set_condition(st.conditions, c.CONDITION_READY, ready, reason, message, now)
+        events.append(EmitEvent("Normal" if phase is CP.READY else "Warning", reason, message))
+        return answer()
+
+    cname = container_content_name(ns, name, uid)
+    content = obs.content
+    if content is not None:
+        if content.spec.container_checkpoint_ref.uid != uid:
+            return finish(CP.FAILED, "ContentConflict", f"ContainerCheckpointContent {cname} is bound elsewhere")
+        # Stored and bound already (a previous cycle died before recording it): adopt it.
+        if not content.status.ready_to_use:
+            out = obs.outcomes.get(MarkContentReady(c.PLURAL_CONTAINER_CHECKPOINT_CONTENTS, cname).key)
+            if out is None:
+                effects.append(MarkContentReady(c.PLURAL_CONTAINER_CHECKPOINT_CONTENTS, cname))
+                return answer()
+        return _ready(st, content.spec, cname, finish)
+
+    pod = obs.pod
+    if pod is None or (st.pod_uid and pod.uid != st.pod_uid):
+        return finish(CP.FAILED, "PodNotFound", f"pod {ns}/{cc.spec.pod_name} no longer exists")
+    if not pod.running or not pod.node_name:
+        return finish(CP.FAILED, "PodNotRunning", f"pod {cc.spec.pod_name} is {pod.phase}; it must be Running")
+    if ctr not in pod.containers:
+        return finish(
+            CP.FAILED, "ContainerNotFound", f"pod {cc.spec.pod_name} has no container {ctr} ({', '.join(pod.containers)})"
+        )
+    if st.phase is CP.PENDING:
+        st.phase = CP.IN_PROGRESS
+        st.pod_uid, st.node_name = pod.uid, pod.node_name
+        st.checkpoint_id = cc.spec.checkpoint_id or checkpoint_id_for(
+            str(cc.metadata.get("creationTimestamp") or now), uid
+        )
+        st.conditions = set_condition(
+            st.conditions, c.CONDITION_READY, ConditionStatus.FALSE, "InProgress", f"checkpointing {ctr}", now
+        )
+    request = {
+        "pod_namespace": ns,
+        "pod_name": cc.spec.pod_name,
+        "container_name": ctr,
+        "pod_uid": st.pod_uid or "",
+        "checkpoint_id": st.checkpoint_id or "",
+        "options": {"tcp_established": cc.spec.options.tcp_established, "leave_running": cc.spec.leave_running},
+    }
+    called = obs.outcomes.get(CallCheckpoint(st.node_name or "", request).key)
+    if called is None:
+        effects.append(CallCheckpoint(st.node_name or "", request))
+        return answer()
+    if not called.ok:
+        age = clock.seconds_between(str(cc.metadata.get("creationTimestamp") or ""), obs.now) or 0.0
+        if called.retryable and age < DEADLINE_SECONDS:
+            st.reason, st.message = called.reason, called.message
+            return answer()
+        return finish(CP.FAILED, called.reason or "CheckpointFailed", called.message)
+    art = called.value.get("artifact") or {}
+    st.kubelet_seconds = _seconds(called.value.get("kubelet_duration"))
+    st.store_seconds = _seconds(called.value.get("store_duration"))
+    st.attempts = int(called.value.get("attempts") or 1)
+    spec = ContainerCheckpointContentSpec(
+        container_checkpoint_ref=ObjectRef(name=name, namespace=ns, uid=uid),
+        artifact_uri=str(art.get("artifact_uri") or ""),
+        container_name=ctr,
+        pod_uid=st.pod_uid or "",
+        checkpoint_id=st.checkpoint_id or "",
+        node_name=st.node_name or "",
+        sha256=art.get("sha256") or None,
+        compressed_size_bytes=int(art["compressed_size_bytes"]) if art.get("compressed_size_bytes") else None,
+        raw_size_bytes=int(art["raw_size_bytes"]) if art.get("raw_size_bytes") else None,
+        deletion_policy=cc.spec.deletion_policy,
+    )
+    body = encode(ContainerCheckpointContent(spec=spec))
+    body["metadata"] = {"name": cname, "labels": {c.LABEL_POD_CHECKPOINT: name}}
+    created = obs.outcomes.get(CreateContent(c.PLURAL_CONTAINER_CHECKPOINT_CONTENTS, None, body).key)
+    if created is None:
+        effects.append(CreateContent(c.PLURAL_CONTAINER_CHECKPOINT_CONTENTS, None, body))
+        return answer()
+    if not created.ok:
+        if created.retryable:
+            st.reason, st.message = created.reason, created.message
+            return answer()
+        return finish(CP.FAILED, "ContentInvalid", f"agent result rejected: {created.message}")
+    marked = obs.outcomes.get(MarkContentReady(c.PLURAL_CONTAINER_CHECKPOINT_CONTENTS, cname).key)
+    if marked is None:
+        effects.append(MarkContentReady(c.PLURAL_CONTAINER_CHECKPOINT_CONTENTS, cname))
+        return answer()
+    return _ready(st, spec, cname, finish)
+
+
+def _ready(st: ContainerCheckpointStatus, spec: ContainerCheckpointContentSpec, cname: str, finish) -> list[Action]:  # type: ignore[no-untyped-def]
+    st.bound_content_name = cname
+    st.artifact_uri = spec.artifact_uri
+    st.sha256 = spec.sha256
+    st.compressed_size_bytes = spec.compressed_size_bytes
+    st.raw_size_bytes = spec.raw_size_bytes
+    st.pod_uid, st.checkpoint_id, st.node_name = spec.pod_uid, spec.checkpoint_id, spec.node_name
+    return finish(CP.READY, "Ready", f"stored as {spec.artifact_uri}")
+
+
+def decide_finalize(cc: ContainerCheckpoint) -> list[Action]:
+    if cc.spec.deletion_policy.value != "Delete" or not cc.status.bound_content_name:
+        return []
+    return [DeleteObject(c.PLURAL_CONTAINER_CHECKPOINT_CONTENTS, None, cc.status.bound_content_name)]

@@ -1,0 +1,117 @@
+"""One reconcile cycle, shared by the three shells: run a decider to a fixed point, executing the effects it
+asks for, then apply its one status patch and its events.
+
+`Runtime` bundles the doors to the world (Kubernetes, agents, the clock) so tests can hand the shells a real
+API server and an agent double, and serializes cycles per object so that a watch event and a timer tick
+never reconcile the same object at the same time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+from prometheus_client import Counter as PromCounter
+
+from lpm.api.codec import encode
+from lpm.controller import clock
+from lpm.controller.agents import Agents
+from lpm.controller.effects import (
+    Action,
+    AgentCall,
+    CreateObject,
+    DeleteObject,
+    Effect,
+    MarkContentReady,
+    Outcome,
+    effects_of,
+    events_of,
+    status_of,
+)
+from lpm.controller.kube import Kube
+
+log = logging.getLogger(__name__)
+CYCLES = PromCounter("lpm_controller_reconcile_total", "Reconcile cycles", ["kind", "result"])
+MAX_PASSES = 8
+
+
+class HasOutcomes(Protocol):
+    outcomes: Mapping[str, Outcome]
+
+
+O = TypeVar("O")
+
+
+@dataclass
+class Runtime:
+    kube: Kube
+    agents: Agents
+    now: Callable[[], datetime] = clock.utcnow
+    _locks: dict[tuple[str, str, str], threading.Lock] = field(default_factory=dict)
+    _dirty: set[tuple[str, str, str]] = field(default_factory=set)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def execute(self, effect: Effect) -> Outcome:
+        if isinstance(effect, AgentCall):
+            return self.agents.call(effect)
+        if isinstance(effect, CreateObject):
+            return self.kube.create(effect.plural, effect.namespace, effect.body)
+        if isinstance(effect, DeleteObject):
+            return self.kube.delete(
+                effect.plural, effect.namespace, effect.name, effect.uid, effect.grace_period_seconds
+            )
+        if isinstance(effect, MarkContentReady):
+            return self.kube.mark_content_ready(effect.plural, effect.name)
+        raise TypeError(f"unknown effect {effect!r}")
+
+    def serialized(self, key: tuple[str, str, str], fn: Callable[[], None]) -> None:
+        """Run `fn` unless a cycle for `key` is already running; then that cycle runs once more instead."""
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+            if not lock.acquire(blocking=False):
+                self._dirty.add(key)
+                return
+        try:
+            while True:
+                fn()
+                with self._guard:
+                    if key not in self._dirty:
+                        break
+                    self._dirty.discard(key)
+        finally:
+            with self._guard:
+                lock.release()
+                self._locks.pop(key, None)
+
+
+def to_fixed_point(decide: Callable[[O], list[Action]], observed: O, execute: Callable[[Effect], Outcome]) -> list[Action]:
+    """Call `decide` until it asks for no effect it has no outcome for; return its last answer."""
+    outcomes: dict[str, Outcome] = {}
+    actions: list[Action] = []
+    for _ in range(MAX_PASSES):
+        actions = decide(dataclasses.replace(observed, outcomes=dict(outcomes)))  # type: ignore[type-var]
+        new = [e for e in effects_of(actions) if e.key not in outcomes]
+        if not new:
+            return actions
+        for effect in new:
+            outcomes[effect.key] = execute(effect)
+            log.debug("effect %s -> %s", effect.key, outcomes[effect.key])
+    return actions
+
+
+def apply(rt: Runtime, plural: str, obj: Mapping[str, Any], actions: list[Action]) -> bool:
+    """Write the status (one PUT, guarded by resourceVersion) and, if it landed, the events."""
+    patch = status_of(actions)
+    if patch is not None:
+        if not rt.kube.replace_status(plural, obj, encode(patch.status)):
+            CYCLES.labels(plural, "conflict").inc()
+            return False
+    for ev in events_of(actions):
+        rt.kube.emit_event(obj, ev.type, ev.reason, ev.message)
+    CYCLES.labels(plural, "ok").inc()
+    return True

@@ -1,0 +1,197 @@
+"""The vocabulary shared by the three reconcilers: effects a decider asks for, and their outcomes.
+
+A reconcile cycle is: read the world -> `decide(observed)` -> execute the effects it asked for -> feed their
+outcomes back into `decide` (same observation, plus outcomes) until it asks for nothing new -> apply the one
+status patch and the events of the last answer. Deciders look outcomes up by `Effect.key`, so an effect whose
+outcome is known is never asked for twice in a cycle, and the pure part stays free of I/O.
+
+Effects are idempotent by construction (deterministic names, UID preconditions, agent calls keyed by
+checkpoint ID), which is what makes a cycle safe to kill and rerun at any point.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an effect did. `reason` is CamelCase, `message` tells a user what to do about it."""
+
+    ok: bool
+    retryable: bool = False
+    reason: str = ""
+    message: str = ""
+    value: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def success(cls, value: Mapping[str, Any] | None = None, reason: str = "") -> Outcome:
+        return cls(ok=True, reason=reason, value=dict(value or {}))
+
+    @classmethod
+    def failure(cls, reason: str, message: str, retryable: bool) -> Outcome:
+        return cls(ok=False, retryable=retryable, reason=reason, message=message)
+
+
+class Effect:
+    """Something the shell does to the world. Subclasses are frozen dataclasses."""
+
+    @property
+    def key(self) -> str:
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------------- agent calls
+
+
+@dataclass(frozen=True)
+class AgentCall(Effect):
+    """One CheckpointService rpc on the agent of `node`; `request` is the message in JSON (proto field names)."""
+
+    METHOD: ClassVar[str] = ""
+    node: str
+    request: Mapping[str, Any]
+
+    @property
+    def key(self) -> str:
+        return f"{self.METHOD}:{self.node}:{json.dumps(self.request, sort_keys=True, default=str)}"
+
+
+@dataclass(frozen=True)
+class ProbeAgent(AgentCall):
+    METHOD: ClassVar[str] = "GetCapabilities"
+
+
+@dataclass(frozen=True)
+class FreezeSource(AgentCall):
+    METHOD: ClassVar[str] = "Freeze"
+
+
+@dataclass(frozen=True)
+class ThawSource(AgentCall):
+    METHOD: ClassVar[str] = "Thaw"
+
+
+@dataclass(frozen=True)
+class CallCheckpoint(AgentCall):
+    METHOD: ClassVar[str] = "Checkpoint"
+
+
+@dataclass(frozen=True)
+class CompleteCheckpoint(AgentCall):
+    METHOD: ClassVar[str] = "CompleteCheckpoint"
+
+
+@dataclass(frozen=True)
+class ConvertImage(AgentCall):
+    METHOD: ClassVar[str] = "ConvertCheckpointToImage"
+
+
+# ------------------------------------------------------------------------------------- Kubernetes writes
+
+
+@dataclass(frozen=True)
+class CreateObject(Effect):
+    """Create `body` (a full manifest). AlreadyExists counts as success: names are deterministic."""
+
+    plural: str
+    namespace: str | None
+    body: Mapping[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.body["metadata"]["name"])
+
+    @property
+    def key(self) -> str:
+        return f"create:{self.plural}:{self.namespace}:{self.name}"
+
+
+@dataclass(frozen=True)
+class CreatePodCheckpoint(CreateObject):
+    pass
+
+
+@dataclass(frozen=True)
+class CreateContainerCheckpoint(CreateObject):
+    pass
+
+
+@dataclass(frozen=True)
+class CreateContent(CreateObject):
+    pass
+
+
+@dataclass(frozen=True)
+class CreateRestoredPod(CreateObject):
+    pass
+
+
+@dataclass(frozen=True)
+class DeleteObject(Effect):
+    """Delete by name, only if the object still has `uid` (never someone else's object of the same name).
+    NotFound counts as success."""
+
+    plural: str
+    namespace: str | None = None
+    name: str = ""
+    uid: str | None = None
+    grace_period_seconds: int | None = None
+
+    @property
+    def key(self) -> str:
+        return f"delete:{self.plural}:{self.namespace}:{self.name}"
+
+
+@dataclass(frozen=True)
+class DeletePod(DeleteObject):
+    plural: str = "pods"
+
+
+@dataclass(frozen=True)
+class MarkContentReady(Effect):
+    """Set `status.readyToUse: true` on a cluster-scoped *Content."""
+
+    plural: str
+    name: str
+
+    @property
+    def key(self) -> str:
+        return f"ready:{self.plural}:{self.name}"
+
+
+# ------------------------------------------------------------------------ records of the reconciled object
+
+
+@dataclass(frozen=True)
+class PatchStatus:
+    """The reconciled object's new status (a model); applied once, at the end of the cycle."""
+
+    status: Any
+
+
+@dataclass(frozen=True)
+class EmitEvent:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+Action = Effect | PatchStatus | EmitEvent
+
+
+def effects_of(actions: list[Action]) -> list[Effect]:
+    return [a for a in actions if isinstance(a, Effect)]
+
+
+def status_of(actions: list[Action]) -> PatchStatus | None:
+    patches = [a for a in actions if isinstance(a, PatchStatus)]
+    assert len(patches) <= 1, "a decider patches status at most once per answer"
+    return patches[0] if patches else None
+
+
+def events_of(actions: list[Action]) -> list[EmitEvent]:
+    return [a for a in actions if isinstance(a, EmitEvent)]

@@ -1,0 +1,1 @@
+"""PodCheckpoint: one ContainerCheckpoint per container, then a sealed, bound PodCheckpointContent."""

@@ -1,0 +1,221 @@
+"""PodCheckpoint: what to do next. Pure: no I/O, `now` comes in.
+
+Pending -> InProgress (one owned ContainerCheckpoint per container, all under one checkpoint ID)
+        -> every container Ready: agent.CompleteCheckpoint (writes .checkpoint-complete), create the
+           PodCheckpointContent bound to this object (and this object to it) -> Ready
+        -> any container Failed: Failed, naming the container.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from lpm.api import constants as c
+from lpm.api.codec import encode
+from lpm.api.conditions import set_condition
+from lpm.api.models import (
+    CheckpointPhase,
+    ConditionStatus,
+    ContainerCheckpoint,
+    ContainerCheckpointSpec,
+    ContainerCheckpointState,
+    ObjectRef,
+    PodCheckpoint,
+    PodCheckpointContent,
+    PodCheckpointContentSpec,
+    PodCheckpointStatus,
+)
+from lpm.api.names import checkpoint_id_for, child_name, content_name
+from lpm.controller import clock
+from lpm.controller.effects import (
+    Action,
+    CompleteCheckpoint,
+    CreateContainerCheckpoint,
+    CreateContent,
+    DeleteObject,
+    Effect,
+    EmitEvent,
+    MarkContentReady,
+    Outcome,
+    PatchStatus,
+)
+from lpm.controller.views import PodView
+
+CP = CheckpointPhase
+
+
+def container_checkpoint_name(pod_checkpoint_name: str, container: str) -> str:
+    return child_name(pod_checkpoint_name, container)
+
+
+def pod_content_name(namespace: str, name: str, uid: str) -> str:
+    return content_name("pcpc", namespace, name, uid)
+
+
+@dataclass(frozen=True)
+class Observed:
+    pod_checkpoint: PodCheckpoint
+    now: datetime
+    pod: PodView | None = None
+    # container name -> its ContainerCheckpoint (None when not created yet)
+    children: Mapping[str, ContainerCheckpoint | None] = field(default_factory=dict)
+    content: PodCheckpointContent | None = None
+    outcomes: Mapping[str, Outcome] = field(default_factory=dict)
+
+
+def _owner_ref(pc: PodCheckpoint) -> dict[str, object]:
+    return {
+        "apiVersion": c.API_VERSION,
+        "kind": c.KIND_POD_CHECKPOINT,
+        "name": pc.metadata.get("name"),
+        "uid": pc.metadata.get("uid"),
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def decide(obs: Observed) -> list[Action]:
+    pc = obs.pod_checkpoint
+    st: PodCheckpointStatus = copy.deepcopy(pc.status)
+    if st.phase.terminal or pc.metadata.get("deletionTimestamp"):
+        return []
+    ns, name, uid = (str(pc.metadata.get(k, "")) for k in ("namespace", "name", "uid"))
+    now = clock.fmt(obs.now)
+    effects: list[Effect] = []
+    events: list[EmitEvent] = []
+
+    def outcome(effect: Effect) -> Outcome | None:
+        out = obs.outcomes.get(effect.key)
+        if out is None:
+            effects.append(effect)
+        return out
+
+    def finish(phase: CheckpointPhase, reason: str, message: str) -> list[Action]:
+        st.phase, st.reason, st.message = phase, reason, message
+        st.completion_time = now
+        ready = ConditionStatus.TRUE if phase is CP.READY else ConditionStatus.FALSE
+        st.conditions = set_condition(st.conditions, c.CONDITION_READY, ready, reason, message, now)
+        events.append(EmitEvent("Normal" if phase is CP.READY else "Warning", reason, message))
+        return _answer(pc.status, st, effects, events)
+
+    if st.phase is CP.PENDING:
+        pod = obs.pod
+        if pod is None:
+            return finish(CP.FAILED, "PodNotFound", f"pod {ns}/{pc.spec.pod_name} does not exist")
+        if not pod.running or not pod.node_name:
+            return finish(CP.FAILED, "PodNotRunning", f"pod {pc.spec.pod_name} is {pod.phase}; it must be Running")
+        st.phase = CP.IN_PROGRESS
+        st.pod_uid, st.node_name = pod.uid, pod.node_name
+        st.checkpoint_id = pc.spec.checkpoint_id or checkpoint_id_for(
+            str(pc.metadata.get("creationTimestamp") or now), uid
+        )
+        st.start_time = now
+        st.containers = [
+            ContainerCheckpointState(name=ctr, container_checkpoint_name=container_checkpoint_name(name, ctr))
+            for ctr in pod.containers
+        ]
+        st.conditions = set_condition(
+            st.conditions, c.CONDITION_READY, ConditionStatus.FALSE, "InProgress", "checkpointing containers", now
+        )
+        events.append(EmitEvent("Normal", "InProgress", f"checkpointing {len(pod.containers)} container(s)"))
+
+    # InProgress: make sure every child exists, then follow them.
+    for state in st.containers:
+        child = obs.children.get(state.name)
+        if child is None:
+            spec = ContainerCheckpointSpec(
+                pod_name=pc.spec.pod_name,
+                container_name=state.name,
+                checkpoint_id=st.checkpoint_id,
+                options=pc.spec.options,
+                leave_running=pc.spec.leave_running,
+                deletion_policy=pc.spec.deletion_policy,
+            )
+            body = encode(ContainerCheckpoint(spec=spec))
+            body["metadata"] = {
+                "name": state.container_checkpoint_name,
+                "namespace": ns,
+                "labels": {c.LABEL_POD_CHECKPOINT: name},
+                "ownerReferences": [_owner_ref(pc)],
+            }
+            outcome(CreateContainerCheckpoint(c.PLURAL_CONTAINER_CHECKPOINTS, ns, body))
+            continue
+        state.phase = child.status.phase
+        state.artifact_uri = child.status.artifact_uri
+        if child.status.phase is CP.FAILED:
+            why = child.status.message or child.status.reason or "no details"
+            return finish(CP.FAILED, child.status.reason or "ContainerCheckpointFailed", f"container {state.name}: {why}")
+    if not st.containers or any(s.phase is not CP.READY for s in st.containers):
+        return _answer(pc.status, st, effects, events)
+
+    # All containers stored: seal, then bind the content.
+    cname = pod_content_name(ns, name, uid)
+    content = obs.content
+    if content is not None and content.spec.pod_checkpoint_ref.uid != uid:
+        return finish(CP.FAILED, "ContentConflict", f"PodCheckpointContent {cname} is bound to another PodCheckpoint")
+    sealed = outcome(
+        CompleteCheckpoint(
+            st.node_name or "",
+            {
+                "pod_uid": st.pod_uid or "",
+                "checkpoint_id": st.checkpoint_id or "",
+                "container_names": [s.name for s in st.containers],
+            },
+        )
+    )
+    if sealed is None:
+        return _answer(pc.status, st, effects, events)
+    if not sealed.ok:
+        if sealed.retryable:
+            st.reason, st.message = sealed.reason, sealed.message
+            return _answer(pc.status, st, effects, events)
+        return finish(CP.FAILED, sealed.reason or "CompleteFailed", sealed.message)
+    if content is None:
+        spec = PodCheckpointContentSpec(
+            pod_checkpoint_ref=ObjectRef(name=name, namespace=ns, uid=uid),
+            pod_uid=st.pod_uid or "",
+            pod_namespace=ns,
+            pod_name=pc.spec.pod_name,
+            node_name=st.node_name or "",
+            checkpoint_id=st.checkpoint_id or "",
+            container_checkpoint_contents=[
+                obs.children[s.name].status.bound_content_name or ""  # type: ignore[union-attr]
+                for s in st.containers
+            ],
+            deletion_policy=pc.spec.deletion_policy,
+        )
+        body = encode(PodCheckpointContent(spec=spec))
+        body["metadata"] = {"name": cname, "labels": {c.LABEL_POD_CHECKPOINT: name}}
+        created = outcome(CreateContent(c.PLURAL_POD_CHECKPOINT_CONTENTS, None, body))
+        if created is None:
+            return _answer(pc.status, st, effects, events)
+        if not created.ok:
+            st.reason, st.message = created.reason, created.message
+            return _answer(pc.status, st, effects, events)
+    if content is None or not content.status.ready_to_use:
+        marked = outcome(MarkContentReady(c.PLURAL_POD_CHECKPOINT_CONTENTS, cname))
+        if marked is None or not marked.ok:
+            return _answer(pc.status, st, effects, events)
+    st.bound_content_name = cname
+    st.conditions = set_condition(st.conditions, c.CONDITION_BOUND, ConditionStatus.TRUE, "Bound", cname, now)
+    return finish(CP.READY, "Ready", f"{len(st.containers)} container(s) stored as {st.checkpoint_id}")
+
+
+def _answer(
+    old: PodCheckpointStatus, new: PodCheckpointStatus, effects: list[Effect], events: list[EmitEvent]
+) -> list[Action]:
+    out: list[Action] = list(effects)
+    if new != old:
+        out.append(PatchStatus(new))
+    out.extend(events)
+    return out
+
+
+def decide_finalize(pc: PodCheckpoint) -> list[Action]:
+    """On deletion: the stored checkpoint goes only when deletionPolicy is Delete."""
+    if pc.spec.deletion_policy.value != "Delete" or not pc.status.bound_content_name:
+        return []
+    return [DeleteObject(c.PLURAL_POD_CHECKPOINT_CONTENTS, None, pc.status.bound_content_name)]

@@ -1,0 +1,540 @@
+"""PodMigration: what to do next, decided from what was observed. Pure: no I/O, `now` comes in.
+
+    Pending -> Validating -> Freezing -> Checkpointing -> Converting -> Restoring -> Cleaning -> Completed
+                   |            any failure (or timeout) from Freezing to Restoring -> RollingBack -> Failed
+                   +-> Failed (nothing was touched)
+
+Safety rules the property tests check, and how this module keeps them:
+- at most one restored pod: its name is a function of the migration UID, created with AlreadyExists = success;
+- the source is deleted only in Cleaning, which is entered only once the restored pod is observed Running;
+- rollback deletes the restored pod and waits until it is *gone* before thawing the source, so two unfrozen
+  copies never run at once;
+- terminal phases return no actions at all.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from lpm.api import constants as c
+from lpm.api.codec import encode
+from lpm.api.conditions import set_condition
+from lpm.api.models import (
+    CheckpointPhase,
+    ConditionStatus,
+    ContainerImage,
+    MigrationPhase,
+    PodCheckpoint,
+    PodCheckpointSpec,
+    PodMigration,
+    PodMigrationStatus,
+    SourceCleanup,
+    SourcePolicy,
+)
+from lpm.api.names import checkpoint_id_for
+from lpm.controller import clock
+from lpm.controller.effects import (
+    Action,
+    ConvertImage,
+    CreatePodCheckpoint,
+    CreateRestoredPod,
+    DeleteObject,
+    DeletePod,
+    Effect,
+    EmitEvent,
+    FreezeSource,
+    Outcome,
+    PatchStatus,
+    ProbeAgent,
+    ThawSource,
+)
+from lpm.controller.podmigration.restore import build_restored_pod, pod_checkpoint_name, restored_pod_name
+from lpm.controller.views import NodeView, PodView
+
+P = MigrationPhase
+# Phases in which the migration has touched the source and a failure must roll back.
+ROLLBACK_PHASES = frozenset({P.FREEZING, P.CHECKPOINTING, P.CONVERTING, P.RESTORING})
+# Agents that are down get this long (or the migration's timeout, if shorter) before validation gives up.
+AGENT_WAIT_SECONDS = 120.0
+# A rollback that cannot thaw (agent unreachable) ends Failed after this long; the agent's own auto-thaw
+# deadline (set on Freeze) still thaws the source.
+ROLLBACK_THAW_SECONDS = 120.0
+# The agent thaws by itself this long after the migration's deadline if nobody calls Thaw.
+AUTO_THAW_MARGIN_SECONDS = 120
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything the decider may look at. The shell fills in what `reads_for(phase)` names."""
+
+    migration: PodMigration
+    now: datetime
+    source_pod: PodView | None = None
+    source_node: NodeView | None = None
+    target_node: NodeView | None = None
+    older_active_migrations: tuple[str, ...] = ()
+    pod_checkpoint: PodCheckpoint | None = None
+    restored_pod: PodView | None = None
+    outcomes: Mapping[str, Outcome] = field(default_factory=dict)
+
+
+def reads_for(phase: MigrationPhase) -> frozenset[str]:
+    """Which parts of the world a phase looks at, so the shell reads no more than needed."""
+    if phase in (P.PENDING, P.VALIDATING):
+        return frozenset({"source_pod", "nodes", "migrations"})
+    if phase in (P.FREEZING, P.CHECKPOINTING, P.CONVERTING):
+        return frozenset({"source_pod", "pod_checkpoint"})
+    if phase in (P.RESTORING, P.CLEANING, P.ROLLING_BACK):
+        return frozenset({"source_pod", "pod_checkpoint", "restored_pod"})
+    return frozenset()
+
+
+def is_active(migration: PodMigration) -> bool:
+    return not migration.status.phase.terminal
+
+
+class _Plan:
+    """Accumulates one answer: effects to run, the new status, events for each phase change."""
+
+    def __init__(self, obs: Observed) -> None:
+        self.obs = obs
+        self.m = obs.migration
+        self.status: PodMigrationStatus = copy.deepcopy(obs.migration.status)
+        self.effects: list[Effect] = []
+        self.events: list[EmitEvent] = []
+        self.now = clock.fmt(obs.now)
+
+    # ----------------------------------------------------------------------------------------- helpers
+    def outcome(self, effect: Effect) -> Outcome | None:
+        """The effect's outcome if it already ran this cycle; otherwise ask for it and return None."""
+        out = self.obs.outcomes.get(effect.key)
+        if out is None:
+            self.effects.append(effect)
+        return out
+
+    def note(self, reason: str, message: str) -> None:
+        self.status.reason, self.status.message = reason, message
+
+    def enter(self, phase: MigrationPhase, reason: str, message: str) -> None:
+        st = self.status
+        old = st.phase
+        spent = clock.seconds_between(st.phase_started_at, self.obs.now)
+        if spent is not None:
+            st.phase_durations_seconds[old.value] = round(st.phase_durations_seconds.get(old.value, 0.0) + spent, 6)
+        st.phase = phase
+        st.phase_started_at = self.now
+        st.reason, st.message = reason, message
+        if phase.terminal:
+            st.completion_time = self.now
+        gen = self.m.metadata.get("generation")
+        if phase is P.COMPLETED:
+            ready = (ConditionStatus.TRUE, reason, message)
+        elif phase is P.FAILED:
+            ready = (ConditionStatus.FALSE, reason, message)
+        else:
+            ready = (ConditionStatus.FALSE, phase.value, message)
+        st.conditions = set_condition(st.conditions, c.CONDITION_READY, *ready, self.now, gen)
+        st.observed_generation = gen
+        warning = phase in (P.FAILED, P.ROLLING_BACK)
+        self.events.append(EmitEvent("Warning" if warning else "Normal", phase.value, message))
+
+    def fail(self, reason: str, message: str) -> None:
+        """Failed without having touched anything (validation)."""
+        self.status.conditions = set_condition(
+            self.status.conditions, c.CONDITION_VALIDATED, ConditionStatus.FALSE, reason, message, self.now
+        )
+        self.enter(P.FAILED, reason, message)
+
+    def actions(self) -> list[Action]:
+        out: list[Action] = list(self.effects)
+        if self.status != self.m.status:
+            out.append(PatchStatus(self.status))
+        out.extend(self.events)
+        return out
+
+    # ---------------------------------------------------------------------------------------- identity
+    @property
+    def ns(self) -> str:
+        return str(self.m.metadata.get("namespace", ""))
+
+    @property
+    def uid(self) -> str:
+        return str(self.m.metadata.get("uid", ""))
+
+    def source(self) -> PodView | None:
+        """The source pod, but only the very pod this migration started with (names can be reused)."""
+        pod = self.obs.source_pod
+        if pod is None or (self.status.pod_uid and pod.uid != self.status.pod_uid):
+            return None
+        return pod
+
+    def restored_is_ours(self) -> bool:
+        rp = self.obs.restored_pod
+        return rp is not None and rp.annotations.get(c.ANNOTATION_MIGRATION_UID) == self.uid
+
+    def containers(self) -> list[str]:
+        pod = self.source()
+        return list(pod.containers) if pod else []
+
+    def agent_pod_request(self) -> dict[str, object]:
+        st = self.status
+        return {
+            "pod_namespace": self.ns,
+            "pod_name": self.m.spec.pod_name,
+            "pod_uid": st.pod_uid or "",
+            "container_names": self.containers(),
+            "checkpoint_id": st.checkpoint_id or "",
+        }
+
+
+def decide(obs: Observed) -> list[Action]:
+    plan = _Plan(obs)
+    phase = plan.status.phase
+    if phase.terminal or obs.migration.metadata.get("deletionTimestamp"):
+        return []
+    elapsed = clock.seconds_between(plan.status.start_time, obs.now) or 0.0
+    timeout = obs.migration.spec.timeout_seconds
+    if phase in ROLLBACK_PHASES and elapsed > timeout:
+        _rollback(
+            plan,
+            "Timeout",
+            f"the migration did not finish within spec.timeoutSeconds={timeout}s (it was {phase.value}); "
+            "the source pod was thawed and keeps running. Check the agents' logs, or raise timeoutSeconds.",
+        )
+        return plan.actions()
+    {
+        P.PENDING: _pending,
+        P.VALIDATING: _validating,
+        P.FREEZING: _freezing,
+        P.CHECKPOINTING: _checkpointing,
+        P.CONVERTING: _converting,
+        P.RESTORING: _restoring,
+        P.CLEANING: _cleaning,
+        P.ROLLING_BACK: _rolling_back,
+    }[phase](plan)
+    return plan.actions()
+
+
+# ------------------------------------------------------------------------------------------------ phases
+
+
+def _pending(plan: _Plan) -> None:
+    plan.status.start_time = plan.now
+    plan.status.phase_started_at = plan.now
+    plan.enter(P.VALIDATING, "Validating", f"checking pod {plan.m.spec.pod_name} and node {plan.m.spec.target_node}")
+    _validating(plan)
+
+
+def _validating(plan: _Plan) -> None:
+    obs, m = plan.obs, plan.m
+    pod_name, target = m.spec.pod_name, m.spec.target_node
+    pod = obs.source_pod
+    if pod is None:
+        return plan.fail("PodNotFound", f"pod {plan.ns}/{pod_name} does not exist; check spec.podName")
+    if not pod.running:
+        state = "terminating" if pod.deleting else pod.phase
+        return plan.fail("PodNotRunning", f"pod {pod_name} is {state}; only Running pods can be migrated")
+    if pod.controller:
+        return plan.fail(
+            "PodHasController",
+            f"pod {pod_name} is managed by {pod.controller}, which would recreate it and fight the restored copy; "
+            f"detach it first (kubectl delete {pod.controller.split('/')[0].lower()} "
+            f"{pod.controller.split('/', 1)[1]} --cascade=orphan, or remove the ownerReference) and retry",
+        )
+    if not pod.node_name:
+        return plan.fail("PodNotScheduled", f"pod {pod_name} is not bound to a node yet")
+    if target == pod.node_name:
+        return plan.fail("TargetIsSourceNode", f"pod {pod_name} already runs on {target}; choose another node")
+    node = obs.target_node
+    if node is None:
+        return plan.fail("TargetNodeNotFound", f"node {target} does not exist (kubectl get nodes)")
+    if node.deleting or not node.ready:
+        return plan.fail("TargetNodeNotReady", f"target node {target} is NotReady: {node.ready_message}")
+    if node.unschedulable:
+        return plan.fail(
+            "TargetNodeUnschedulable", f"target node {target} is cordoned; uncordon it or choose another node"
+        )
+    if obs.older_active_migrations:
+        other = obs.older_active_migrations[0]
+        return plan.fail(
+            "AnotherMigrationActive",
+            f"PodMigration {other} is already migrating pod {pod_name}; wait for it to finish or delete it",
+        )
+    waited = clock.seconds_between(plan.status.start_time, obs.now) or 0.0
+    freeze = m.spec.source_policy is SourcePolicy.FREEZE
+    pending_probe = False
+    for role, node_name in (("source", pod.node_name), ("target", target)):
+        out = plan.outcome(ProbeAgent(node_name, {}))
+        if out is None:
+            pending_probe = True
+            continue
+        if not out.ok:
+            if out.retryable and waited < min(AGENT_WAIT_SECONDS, m.spec.timeout_seconds):
+                plan.note(out.reason or "AgentUnavailable", out.message)
+                pending_probe = True
+                continue
+            return plan.fail(out.reason or "AgentUnavailable", out.message)
+        caps = out.value
+        missing = []
+        if role == "source" and not caps.get("checkpoint_supported"):
+            missing.append("checkpoint")
+        if role == "source" and freeze and not caps.get("freeze_supported"):
+            missing.append("freeze")
+        if role == "target" and not caps.get("convert_supported"):
+            missing.append("convert to image")
+        if missing:
+            problems = "; ".join(str(p) for p in caps.get("problems") or []) or "no details reported"
+            return plan.fail(
+                "AgentNotCapable",
+                f"the agent on {role} node {node_name} cannot {', '.join(missing)}: {problems}",
+            )
+    if pending_probe:
+        return None
+    st = plan.status
+    st.pod_uid = pod.uid
+    st.source_node = pod.node_name
+    st.checkpoint_id = checkpoint_id_for(
+        str(m.metadata.get("creationTimestamp") or plan.now), plan.uid or pod.uid
+    )
+    st.pod_checkpoint_name = pod_checkpoint_name(str(m.metadata.get("name")))
+    st.restored_pod_name = restored_pod_name(pod_name, plan.uid)
+    st.conditions = set_condition(
+        st.conditions, c.CONDITION_VALIDATED, ConditionStatus.TRUE, "Validated", "pod, nodes and agents ok", plan.now
+    )
+    if freeze:
+        plan.enter(P.FREEZING, "Freezing", f"freezing pod {pod_name} on {pod.node_name}")
+        return _freezing(plan)
+    plan.enter(P.CHECKPOINTING, "Checkpointing", f"checkpointing pod {pod_name} (KeepRunning: a clone)")
+    return _checkpointing(plan)
+
+
+def _freezing(plan: _Plan) -> None:
+    st = plan.status
+    remaining = max(0.0, plan.m.spec.timeout_seconds - (clock.seconds_between(st.start_time, plan.obs.now) or 0.0))
+    request = dict(plan.agent_pod_request(), auto_thaw_after=f"{int(remaining) + AUTO_THAW_MARGIN_SECONDS}s")
+    out = plan.outcome(FreezeSource(st.source_node or "", request))
+    if out is None:
+        return
+    if not out.ok:
+        if out.retryable:
+            return plan.note(out.reason or "FreezeRetrying", out.message)
+        return _rollback(plan, out.reason or "FreezeFailed", out.message)
+    st.source_frozen = True
+    st.frozen_at = plan.now
+    st.conditions = set_condition(
+        st.conditions, c.CONDITION_SOURCE_FROZEN, ConditionStatus.TRUE, "Frozen", "source containers frozen", plan.now
+    )
+    plan.enter(P.CHECKPOINTING, "Checkpointing", f"checkpointing pod {plan.m.spec.pod_name}")
+    _checkpointing(plan)
+
+
+def _pod_checkpoint_manifest(plan: _Plan) -> dict[str, object]:
+    m, st = plan.m, plan.status
+    spec = PodCheckpointSpec(
+        pod_name=m.spec.pod_name,
+        checkpoint_id=st.checkpoint_id,
+        options=m.spec.options,
+        leave_running=m.spec.source_policy is SourcePolicy.KEEP_RUNNING,
+        deletion_policy=m.spec.checkpoint_retention,
+    )
+    body = encode(PodCheckpoint(spec=spec))
+    body["metadata"] = {
+        "name": st.pod_checkpoint_name,
+        "namespace": plan.ns,
+        "labels": {c.LABEL_MIGRATION: str(m.metadata.get("name"))},
+        "ownerReferences": [
+            {
+                "apiVersion": c.API_VERSION,
+                "kind": c.KIND_POD_MIGRATION,
+                "name": str(m.metadata.get("name")),
+                "uid": plan.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    }
+    return body
+
+
+def _owned(metadata: Mapping[str, object], uid: str) -> bool:
+    refs = metadata.get("ownerReferences") or []
+    return any(isinstance(r, Mapping) and r.get("uid") == uid for r in refs)  # type: ignore[union-attr]
+
+
+def _checkpointing(plan: _Plan) -> None:
+    pc = plan.obs.pod_checkpoint
+    if pc is None:
+        if plan.source() is None:
+            return _rollback(plan, "SourcePodGone", f"pod {plan.m.spec.pod_name} disappeared before its checkpoint")
+        out = plan.outcome(CreatePodCheckpoint(c.PLURAL_POD_CHECKPOINTS, plan.ns, _pod_checkpoint_manifest(plan)))
+        if out is not None and not out.ok:
+            if out.retryable:
+                return plan.note(out.reason, out.message)
+            return _rollback(plan, "CheckpointCreateFailed", out.message)
+        return None
+    if not _owned(pc.metadata, plan.uid):
+        return _rollback(
+            plan,
+            "PodCheckpointNameTaken",
+            f"PodCheckpoint {pc.metadata.get('name')} exists and does not belong to this migration; delete or "
+            "rename it and create a new PodMigration",
+        )
+    if pc.status.phase is CheckpointPhase.FAILED:
+        return _rollback(
+            plan, pc.status.reason or "CheckpointFailed", f"checkpoint failed: {pc.status.message or 'no details'}"
+        )
+    if pc.status.phase is not CheckpointPhase.READY:
+        return None
+    plan.enter(P.CONVERTING, "Converting", f"converting the checkpoint to images on {plan.m.spec.target_node}")
+    _converting(plan)
+
+
+def _converting(plan: _Plan) -> None:
+    pc = plan.obs.pod_checkpoint
+    if pc is None or pc.status.phase is not CheckpointPhase.READY:
+        return _rollback(plan, "CheckpointGone", "the PodCheckpoint disappeared or is no longer Ready")
+    st = plan.status
+    done = {ci.container_name for ci in st.container_images}
+    for ctr in pc.status.containers:
+        if ctr.name in done:
+            continue
+        request = {"artifact_uri": ctr.artifact_uri or "", "container_name": ctr.name, "image_name": ""}
+        out = plan.outcome(ConvertImage(plan.m.spec.target_node, request))
+        if out is None:
+            continue
+        if out.ok and out.value.get("image_ref"):
+            st.container_images.append(ContainerImage(ctr.name, str(out.value["image_ref"])))
+        elif out.retryable:
+            plan.note(out.reason or "ConvertRetrying", out.message)
+        else:
+            return _rollback(plan, out.reason or "ConvertFailed", out.message or "the agent returned no image")
+    if {ci.container_name for ci in st.container_images} >= {ctr.name for ctr in pc.status.containers}:
+        plan.enter(P.RESTORING, "Restoring", f"starting pod {st.restored_pod_name} on {plan.m.spec.target_node}")
+        _restoring(plan)
+
+
+def _restoring(plan: _Plan) -> None:
+    st, rp = plan.status, plan.obs.restored_pod
+    name = st.restored_pod_name or restored_pod_name(plan.m.spec.pod_name, plan.uid)
+    if rp is None:
+        created = plan.obs.outcomes.get(f"create:pods:{plan.ns}:{name}")
+        if created is not None and created.ok:
+            return None  # created this cycle; the next one observes it
+        source = plan.source()
+        if source is None:
+            return _rollback(plan, "SourcePodGone", f"pod {plan.m.spec.pod_name} disappeared before it was restored")
+        body = build_restored_pod(
+            source.raw,
+            name=name,
+            target_node=plan.m.spec.target_node,
+            images={ci.container_name: ci.image_ref for ci in st.container_images},
+            migration_name=str(plan.m.metadata.get("name")),
+            migration_uid=plan.uid,
+            pod_checkpoint_name=st.pod_checkpoint_name or "",
+            checkpoint_id=st.checkpoint_id or "",
+        )
+        out = plan.outcome(CreateRestoredPod("pods", plan.ns, body))
+        if out is not None and not out.ok:
+            if out.retryable:
+                return plan.note(out.reason, out.message)
+            return _rollback(plan, "RestoreFailed", f"could not create pod {name}: {out.message}")
+        return None
+    if not plan.restored_is_ours():
+        return _rollback(
+            plan, "RestoredPodNameTaken", f"a pod named {name} exists and was not made by this migration; delete it"
+        )
+    if rp.running and not rp.problem:
+        plan.enter(P.CLEANING, "Cleaning", f"pod {name} runs on {plan.m.spec.target_node}; removing the source")
+        return _cleaning(plan)
+    if rp.deleting or rp.phase in ("Failed", "Succeeded") or rp.problem:
+        detail = rp.problem or f"it is {'terminating' if rp.deleting else rp.phase}"
+        return _rollback(plan, "RestoredPodFailed", f"restored pod {name} did not come up: {detail}")
+    plan.note("WaitingForRestoredPod", f"waiting for pod {name} to run on {plan.m.spec.target_node}")
+    return None
+
+
+def _cleaning(plan: _Plan) -> None:
+    st, m = plan.status, plan.m
+    src = plan.source()
+    done_msg = f"pod {m.spec.pod_name} now runs as {st.restored_pod_name} on {m.spec.target_node}"
+    if m.spec.source_cleanup is SourceCleanup.DELETE and src is not None and not src.deleting:
+        # A frozen source cannot shut down gracefully, and must not: its state now lives in the restored pod.
+        grace = 0 if st.source_frozen else None
+        out = plan.outcome(DeletePod(namespace=plan.ns, name=src.name, uid=src.uid, grace_period_seconds=grace))
+        if out is None:
+            return None
+        if not out.ok:
+            return plan.note(out.reason or "SourceDeleteRetrying", f"could not delete the source pod: {out.message}")
+    if m.spec.source_cleanup is SourceCleanup.DELETE:
+        st.source_frozen = False
+    plan.enter(P.COMPLETED, "Completed", done_msg)
+
+
+# ---------------------------------------------------------------------------------------------- rollback
+
+
+def _rollback(plan: _Plan, reason: str, message: str) -> None:
+    plan.enter(P.ROLLING_BACK, reason, message)
+    _rolling_back(plan)
+
+
+def _rolling_back(plan: _Plan) -> None:
+    st, rp = plan.status, plan.obs.restored_pod
+    if plan.restored_is_ours() and rp is not None:
+        plan.outcome(
+            DeletePod(namespace=plan.ns, name=rp.name, uid=rp.uid, grace_period_seconds=0),
+        )
+        return None  # wait until it is gone: only then may the source run again
+    src = plan.source()
+    if plan.m.spec.source_policy is SourcePolicy.FREEZE and src is not None:
+        out = plan.outcome(ThawSource(st.source_node or src.node_name or "", plan.agent_pod_request()))
+        if out is None:
+            return None
+        if not out.ok:
+            waited = clock.seconds_between(st.phase_started_at, plan.obs.now) or 0.0
+            if waited < ROLLBACK_THAW_SECONDS:
+                return None
+            reason, message = st.reason or "RollbackFailed", st.message or ""
+            message += f"; could not thaw the source ({out.message}); its agent thaws it at the freeze deadline"
+            plan.enter(P.FAILED, reason, message)
+            return None
+        st.source_frozen = False
+        st.conditions = set_condition(
+            st.conditions, c.CONDITION_SOURCE_FROZEN, ConditionStatus.FALSE, "Thawed", "source thawed", plan.now
+        )
+    plan.enter(P.FAILED, st.reason or "Failed", st.message or "the migration failed")
+
+
+# -------------------------------------------------------------------------------------------- finalizer
+
+
+@dataclass(frozen=True)
+class Finalization:
+    actions: list[Action]
+    done: bool
+
+
+def decide_finalize(obs: Observed) -> Finalization:
+    """A PodMigration is being deleted: undo what an unfinished migration made; never touch the source pod
+    beyond thawing it, never the restored pod of a migration that got as far as Cleaning."""
+    plan = _Plan(obs)
+    st = plan.status
+    effects: list[Action] = []
+    done = True
+    if st.phase in ROLLBACK_PHASES or st.phase is P.ROLLING_BACK:
+        rp = obs.restored_pod
+        if plan.restored_is_ours() and rp is not None:
+            effects.append(DeletePod(namespace=plan.ns, name=rp.name, uid=rp.uid, grace_period_seconds=0))
+            done = False
+        elif plan.m.spec.source_policy is SourcePolicy.FREEZE and plan.source() is not None:
+            thaw = ThawSource(st.source_node or "", plan.agent_pod_request())
+            out = obs.outcomes.get(thaw.key)
+            if out is None:
+                effects.append(thaw)
+            done = out is not None and (out.ok or not out.retryable)
+    if plan.m.spec.checkpoint_retention.value == "Delete" and st.pod_checkpoint_name:
+        effects.append(DeleteObject(c.PLURAL_POD_CHECKPOINTS, plan.ns, st.pod_checkpoint_name))
+    return Finalization(effects, done)

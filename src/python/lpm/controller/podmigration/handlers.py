@@ -1,0 +1,89 @@
+"""PodMigration shell: read the world, run `decide`, execute its effects, write one status. No decisions here."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from lpm.api import constants as c
+from lpm.api.codec import decode
+from lpm.api.models import PodCheckpoint, PodMigration
+from lpm.controller.cycle import Runtime, apply, to_fixed_point
+from lpm.controller.podmigration.decide import Observed, decide, decide_finalize, is_active, reads_for
+from lpm.controller.podmigration.restore import pod_checkpoint_name, restored_pod_name
+from lpm.controller.views import NodeView, PodView
+
+log = logging.getLogger(__name__)
+PLURAL = c.PLURAL_POD_MIGRATIONS
+
+
+def observe(rt: Runtime, obj: dict[str, Any]) -> Observed:
+    m = decode(PodMigration, obj)
+    meta = m.metadata
+    ns, name, uid = str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid"))
+    reads = reads_for(m.status.phase) | ({"restored_pod"} if meta.get("deletionTimestamp") else set())
+    pod = target = pc = restored = None
+    older: tuple[str, ...] = ()
+    if "source_pod" in reads:
+        raw = rt.kube.get("pods", ns, m.spec.pod_name)
+        pod = PodView.from_api(raw) if raw else None
+    if "nodes" in reads:
+        raw = rt.kube.get("nodes", None, m.spec.target_node)
+        target = NodeView.from_api(raw) if raw else None
+    if "migrations" in reads:
+        mine = (str(meta.get("creationTimestamp")), name)
+        older = tuple(
+            other["metadata"]["name"]
+            for other in rt.kube.list(PLURAL, ns)
+            if (other.get("spec") or {}).get("podName") == m.spec.pod_name
+            and other["metadata"]["uid"] != uid
+            and (str(other["metadata"].get("creationTimestamp")), other["metadata"]["name"]) < mine
+            and is_active(decode(PodMigration, other))
+        )
+    if "pod_checkpoint" in reads or meta.get("deletionTimestamp"):
+        raw = rt.kube.get(c.PLURAL_POD_CHECKPOINTS, ns, m.status.pod_checkpoint_name or pod_checkpoint_name(name))
+        pc = decode(PodCheckpoint, raw) if raw else None
+    if "restored_pod" in reads:
+        raw = rt.kube.get("pods", ns, m.status.restored_pod_name or restored_pod_name(m.spec.pod_name, uid))
+        restored = PodView.from_api(raw) if raw else None
+    return Observed(
+        migration=m,
+        now=rt.now(),
+        source_pod=pod,
+        target_node=target,
+        older_active_migrations=older,
+        pod_checkpoint=pc,
+        restored_pod=restored,
+    )
+
+
+def reconcile(rt: Runtime, namespace: str, name: str) -> None:
+    rt.serialized((PLURAL, namespace, name), lambda: _cycle(rt, namespace, name))
+
+
+def _cycle(rt: Runtime, namespace: str, name: str) -> None:
+    obj = rt.kube.get(PLURAL, namespace, name)
+    if obj is None:
+        return
+    m = decode(PodMigration, obj)
+    if m.status.phase.terminal or m.metadata.get("deletionTimestamp"):
+        return
+    actions = to_fixed_point(decide, observe(rt, obj), rt.execute)
+    apply(rt, PLURAL, obj, actions)
+
+
+def finalize(rt: Runtime, namespace: str, name: str) -> bool:
+    """Undo an unfinished migration before its object goes. True when done (the finalizer may be removed)."""
+    obj = rt.kube.get(PLURAL, namespace, name)
+    if obj is None:
+        return True
+    observed = observe(rt, obj)
+    outcomes: dict[str, Any] = {}
+    for _ in range(4):
+        fin = decide_finalize(Observed(**{**observed.__dict__, "outcomes": dict(outcomes)}))
+        new = [a for a in fin.actions if getattr(a, "key", None) and a.key not in outcomes]  # type: ignore[union-attr]
+        if not new:
+            return fin.done
+        for effect in new:
+            outcomes[effect.key] = rt.execute(effect)  # type: ignore[union-attr,arg-type]
+    return False

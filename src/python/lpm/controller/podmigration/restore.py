@@ -1,0 +1,97 @@
+"""The restored pod: a copy of the source pod bound to the target node, each container started from its
+checkpoint image (CONTEXT.md section 2: restore = OCI checkpoint image, not the seed's annotation).
+
+Owned pods: LPM refuses to migrate a pod that has a controller (ReplicaSet, StatefulSet, Job, DaemonSet, ...)
+during validation. Such a controller would recreate the source pod as soon as the migration deletes it, and it
+would adopt the restored pod (same labels, no controller) and then scale one of the two copies away — possibly
+the restored one. Detaching the pod first (`kubectl delete <kind> <name> --cascade=orphan`, or removing the
+ownerReference) makes the ownership explicit. The restored pod never carries ownerReferences, not even to the
+PodMigration: deleting a finished PodMigration must never delete the pod it moved.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+from lpm.api import constants as c
+from lpm.api.names import DNS1123_LABEL_MAX, child_name
+
+_STRIP_SPEC = ("nodeName", "schedulingGates", "ephemeralContainers", "preemptionPolicy")
+# Only used by whoever originally scheduled the pod; the migration binds the copy to the target itself.
+_HOSTNAME_LABEL = "kubernetes.io/hostname"
+
+
+def restored_pod_name(pod_name: str, migration_uid: str) -> str:
+    """`<pod>-<5 hex of the migration UID>`: the same for every retry of one migration, different for the next.
+
+    Kept to 63 characters so the pod's hostname equals its name.
+    """
+    tag = hashlib.sha256(migration_uid.encode()).hexdigest()[:5]
+    return child_name(pod_name, tag, limit=DNS1123_LABEL_MAX)
+
+
+def pod_checkpoint_name(migration_name: str) -> str:
+    return child_name(migration_name, "checkpoint")
+
+
+def build_restored_pod(
+    source: Mapping[str, Any],
+    *,
+    name: str,
+    target_node: str,
+    images: Mapping[str, str],
+    migration_name: str,
+    migration_uid: str,
+    pod_checkpoint_name: str,
+    checkpoint_id: str,
+) -> dict[str, Any]:
+    meta = source.get("metadata") or {}
+    spec = copy.deepcopy(dict(source.get("spec") or {}))
+    for key in _STRIP_SPEC:
+        spec.pop(key, None)
+    spec["nodeName"] = target_node
+    selector = dict(spec.get("nodeSelector") or {})
+    selector.pop(_HOSTNAME_LABEL, None)
+    if selector:
+        spec["nodeSelector"] = selector
+    else:
+        spec.pop("nodeSelector", None)
+    affinity = dict(spec.get("affinity") or {})
+    affinity.pop("nodeAffinity", None)
+    if affinity:
+        spec["affinity"] = affinity
+    else:
+        spec.pop("affinity", None)
+    for container in spec.get("containers") or []:
+        container["image"] = images[container["name"]]
+        container["imagePullPolicy"] = "Never"
+    labels = dict(meta.get("labels") or {})
+    labels[c.LABEL_RESTORED] = "true"
+    labels[c.LABEL_MIGRATION] = migration_name
+    annotations = {
+        k: v for k, v in (meta.get("annotations") or {}).items() if k != "kubectl.kubernetes.io/last-applied-configuration"
+    }
+    annotations.update(
+        {
+            c.ANNOTATION_SOURCE_POD: f"{meta.get('namespace')}/{meta.get('name')}",
+            c.ANNOTATION_SOURCE_NODE: str((source.get("spec") or {}).get("nodeName") or ""),
+            c.ANNOTATION_MIGRATION: migration_name,
+            c.ANNOTATION_MIGRATION_UID: migration_uid,
+            c.ANNOTATION_CHECKPOINT: pod_checkpoint_name,
+            c.ANNOTATION_CHECKPOINT_ID: checkpoint_id,
+        }
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": meta.get("namespace"),
+            "labels": labels,
+            "annotations": annotations,
+        },
+        "spec": spec,
+    }

@@ -1,0 +1,122 @@
+"""Wires the three shells into kopf: watches, a resync timer per unfinished object, finalizers, peering.
+
+Why kopf: it is the maintained Python operator runtime (watch streams with resumption, per-object
+serialization, finalizer handling, retries with backoff, peering for active/standby replicas), so LPM's
+code is only the deciders and shells. Handlers are plain functions run in kopf's thread pool.
+
+- `on.event` reconciles on every change of the object (including the controller's own status writes, which is
+  how a migration moves from one phase to the next without waiting);
+- a timer re-checks every unfinished object each `resync_seconds` (pods becoming Running, agents coming
+  back); both go through `Runtime.serialized`, so one object never has two cycles at once;
+- kopf's finalizer is LPM's (`lpm.my.domain/cleanup`), and `on.delete` runs the kind's `finalize`;
+- kopf's own bookkeeping lives in annotations under lpm.my.domain (the CRD schemas prune unknown status).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from types import ModuleType
+from typing import Any
+
+import kopf
+
+from lpm.api import constants as c
+from lpm.controller.containercheckpoint import handlers as containercheckpoint
+from lpm.controller.cycle import Runtime
+from lpm.controller.podcheckpoint import handlers as podcheckpoint
+from lpm.controller.podmigration import handlers as podmigration
+
+log = logging.getLogger(__name__)
+TERMINAL = frozenset({"Completed", "Failed", "Ready"})
+KINDS: tuple[tuple[str, ModuleType], ...] = (
+    (c.PLURAL_POD_MIGRATIONS, podmigration),
+    (c.PLURAL_POD_CHECKPOINTS, podcheckpoint),
+    (c.PLURAL_CONTAINER_CHECKPOINTS, containercheckpoint),
+)
+
+
+def _active(body: Any, **_: Any) -> bool:
+    return (body.get("status") or {}).get("phase") not in TERMINAL
+
+
+def build_registry(rt: Runtime, *, resync_seconds: float, workers: int, peering: str) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.finalizer = c.FINALIZER
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=c.GROUP)
+        settings.posting.level = logging.WARNING  # LPM posts its own Events on phase changes
+        settings.execution.max_workers = workers
+        settings.peering.name = peering
+        settings.peering.mandatory = False
+        settings.watching.server_timeout = 300
+        settings.networking.request_timeout = 60
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        cfg = rt.kube.api_client.configuration
+        auth = (cfg.api_key or {}).get("authorization") or ""
+        scheme, _, token = auth.partition(" ")
+        return kopf.ConnectionInfo(
+            server=cfg.host,
+            ca_path=cfg.ssl_ca_cert,
+            insecure=not cfg.verify_ssl,
+            scheme=scheme or None,
+            token=token or None,
+            certificate_path=cfg.cert_file,
+            private_key_path=cfg.key_file,
+            default_namespace="default",
+        )
+
+    for plural, module in KINDS:
+        _register(registry, rt, plural, module, resync_seconds)
+    return registry
+
+
+def _register(registry: kopf.OperatorRegistry, rt: Runtime, plural: str, module: ModuleType, resync: float) -> None:
+    def tick(namespace: str, name: str, **_: Any) -> None:
+        module.reconcile(rt, namespace, name)
+
+    def changed(namespace: str, name: str, type: str, **_: Any) -> None:
+        if type != "DELETED":
+            module.reconcile(rt, namespace, name)
+
+    def deleting(namespace: str, name: str, **_: Any) -> None:
+        if not module.finalize(rt, namespace, name):
+            raise kopf.TemporaryError("waiting for cleanup to finish", delay=1)
+
+    kopf.timer(c.GROUP, c.VERSION, plural, registry=registry, interval=resync, when=_active, id="resync")(tick)
+    kopf.on.event(c.GROUP, c.VERSION, plural, registry=registry, when=_active, id="changed")(changed)
+    kopf.on.delete(c.GROUP, c.VERSION, plural, registry=registry, id="cleanup", backoff=1)(deleting)
+
+
+def run(
+    rt: Runtime,
+    *,
+    namespace: str | None,
+    standalone: bool,
+    peering: str,
+    resync_seconds: float,
+    workers: int,
+    liveness_endpoint: str | None = None,
+    stop_flag: threading.Event | None = None,
+    ready_flag: threading.Event | None = None,
+) -> None:
+    """Run the operator in the calling thread until `stop_flag` is set (or forever)."""
+    registry = build_registry(rt, resync_seconds=resync_seconds, workers=workers, peering=peering)
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            standalone=standalone,
+            peering_name=peering,
+            clusterwide=namespace is None,
+            namespaces=[namespace] if namespace else (),
+            liveness_endpoint=liveness_endpoint,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
+    )
