@@ -264,3 +264,71 @@ class NfsFile(io.RawIOBase):
                     raise
                 log.debug("closing NFS file %s: %s", self._path, exc)
         super().close()
+
+
+class NfsBackend:
+    """`store.Backend` over NFSv3: the repository root is the URL's export (plus optional subdirectory)."""
+
+    def __init__(self, url: str, retry: RetryPolicy | None = None) -> None:
+        self.location = NfsLocation.parse(url)
+        self.session = NfsSession(self.location, retry or RetryPolicy())
+
+    def describe(self) -> str:
+        return str(self.location)
+
+    def _call(self, what: str, path: str, op: Callable[[nfs_rs.Client], T]) -> T:
+        return self.session.call(what, path, op)
+
+    def open_write(self, path: str) -> NfsFile:
+        parent = path.rpartition("/")[0]
+        if parent:
+            self._call("mkdir", parent, lambda c: c.mkdir(parent, 0o755, parents=True, exist_ok=True))
+        return NfsFile(self.session, path, "wb")
+
+    def open_read(self, path: str) -> NfsFile:
+        return NfsFile(self.session, path, "rb")
+
+    def rename(self, source: str, destination: str) -> None:
+        def rename(c: nfs_rs.Client) -> None:
+            try:
+                c.rename(source, destination)
+            except nfs_rs.NfsNotFoundError:
+                # A redo after a lost reply: the first attempt already moved it.
+                if self.session.generation and c.exists(destination) and not c.exists(source):
+                    return
+                raise
+
+        self._call("rename", source, rename)
+
+    def exists(self, path: str) -> bool:
+        return self._call("stat", path, lambda c: c.exists(path))
+
+    def listdir(self, path: str) -> list[str]:
+        def listdir(c: nfs_rs.Client) -> list[str]:
+            try:
+                return c.listdir(path)
+            except (nfs_rs.NfsNotFoundError, nfs_rs.NfsNotADirectoryError):
+                return []
+
+        return self._call("listdir", path, listdir)
+
+    def remove(self, path: str) -> None:
+        def remove(c: nfs_rs.Client) -> None:
+            try:
+                c.remove(path, missing_ok=True)
+            except nfs_rs.NfsIsADirectoryError:
+                pass
+
+        self._call("remove", path, remove)
+
+    def rmdir(self, path: str) -> None:
+        def rmdir(c: nfs_rs.Client) -> None:
+            try:
+                c.rmdir(path)
+            except (nfs_rs.NfsNotFoundError, nfs_rs.NfsNotADirectoryError, nfs_rs.NfsOSError):
+                pass
+
+        self._call("rmdir", path, rmdir)
+
+    def close(self) -> None:
+        self.session.close()
