@@ -28,9 +28,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
 fi
 
-nofile="$(ulimit -Hn)"; nproc="$(ulimit -Hu)"
-[ "$nofile" = unlimited ] && nofile=1048576
-[ "$nproc" = unlimited ] && nproc=1048576
+# Container ulimits: at most this shell's hard limits, and capped (nproc at the hard limit itself failed here:
+# runc's init runs with a lower one than the login shell).
+cap() { local hard="$1" max="$2"; if [ "$hard" = unlimited ] || [ "$hard" -gt "$max" ]; then echo "$max"; else echo "$hard"; fi; }
+nofile="$(cap "$(ulimit -Hn)" 20000)"; nproc="$(cap "$(ulimit -Hu)" 32768)"
 conf_dir=/etc/containers/containers.conf.d
 conf="$conf_dir/50-lpm.conf"
 want="$(cat <<CONF
