@@ -107,6 +107,8 @@ def run(
     ready_flag: threading.Event | None = None,
 ) -> None:
     """Run the operator in the calling thread until `stop_flag` is set (or forever)."""
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        logging.getLogger("kopf").setLevel(logging.WARNING)  # "Timer succeeded" on every tick is noise
     registry = build_registry(rt, resync_seconds=resync_seconds, workers=workers, peering=peering)
     asyncio.run(
         kopf.operator(

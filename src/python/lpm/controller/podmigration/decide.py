@@ -223,7 +223,8 @@ def decide(obs: Observed) -> list[Action]:
 
 def _pending(plan: _Plan) -> None:
     plan.status.start_time = plan.now
-    plan.status.phase_started_at = plan.now
+    # Time spent Pending is the wait for a controller to pick the migration up.
+    plan.status.phase_started_at = str(plan.m.metadata.get("creationTimestamp") or plan.now)
     plan.enter(P.VALIDATING, "Validating", f"checking pod {plan.m.spec.pod_name} and node {plan.m.spec.target_node}")
     _validating(plan)
 
