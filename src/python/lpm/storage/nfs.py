@@ -29,6 +29,8 @@ from typing import Final, TypeVar
 
 import nfs_rs
 
+from lpm.storage.store import DIR_MODE, FILE_MODE
+
 log = logging.getLogger(__name__)
 
 SCHEME: Final = "nfs"
@@ -282,8 +284,11 @@ class NfsBackend:
     def open_write(self, path: str) -> NfsFile:
         parent = path.rpartition("/")[0]
         if parent:
-            self._call("mkdir", parent, lambda c: c.mkdir(parent, 0o755, parents=True, exist_ok=True))
-        return NfsFile(self.session, path, "wb")
+            self._call("mkdir", parent, lambda c: c.mkdir(parent, DIR_MODE, parents=True, exist_ok=True))
+        stream = NfsFile(self.session, path, "wb")
+        # Checkpoints hold process memory: same modes as the POSIX backend (the server applies no umask here).
+        self._call("chmod", path, lambda c: c.chmod(path, FILE_MODE))
+        return stream
 
     def open_read(self, path: str) -> NfsFile:
         return NfsFile(self.session, path, "rb")
