@@ -1,0 +1,273 @@
+"""What every install of LPM must look like, checked on the rendered overlays (kubectl kustomize)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from lpm.agent import config as agent_config
+from lpm.api import constants
+from lpm.controller import config as controller_config
+from unit.deploy.manifests import NAMESPACE, OVERLAYS, of_kind, one, render, repo_root
+
+ALL = (*OVERLAYS, "deploy")
+
+# Host paths the agent may write, and why. Anything else it mounts from the host must be read-only.
+AGENT_WRITABLE_HOST_PATHS = {
+    "/var/lib/kubelet/checkpoints": "removes the kubelet's archives once they are in the repository",
+    "/sys/fs/cgroup": "freezes and thaws source containers through their freezer cgroup",
+    "/run/containerd/containerd.sock": "loads checkpoint images into the node's containerd",
+}
+AGENT_READ_ONLY_HOST_PATHS = {"/etc/kubernetes/pki"}
+RBAC_VERBS_NEVER = {"*", "escalate", "bind", "impersonate"}
+
+
+def _pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    return obj["spec"]["template"]["spec"]
+
+
+def _container(obj: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in _pod_spec(obj)["containers"] if c["name"] == name)
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_kustomization_renders_with_kubectl(name: str) -> None:
+    kinds = {o["kind"] for o in render(name)}
+    assert {"Namespace", "CustomResourceDefinition", "Deployment", "DaemonSet", "PersistentVolumeClaim"} <= kinds
+
+
+def test_deploy_kustomization_is_the_nfs_overlay() -> None:
+    assert render("deploy") == render("nfs")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_everything_namespaced_lives_in_lpm_system(name: str) -> None:
+    cluster_scoped = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+    cluster_scoped |= {"StorageClass", "PersistentVolume"}
+    for o in render(name):
+        if o["kind"] not in cluster_scoped:
+            assert o["metadata"].get("namespace") == NAMESPACE, f"{o['kind']}/{o['metadata']['name']}"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_rbac_has_no_wildcards_and_no_privilege_escalation_verbs(name: str) -> None:
+    objs = render(name)
+    roles = [*of_kind(objs, "Role"), *of_kind(objs, "ClusterRole")]
+    assert roles
+    for role in roles:
+        for rule in role["rules"]:
+            where = f"{role['kind']}/{role['metadata']['name']} {rule}"
+            assert "*" not in rule.get("apiGroups", []), where
+            assert not any("*" in r for r in rule.get("resources", [])), where
+            assert not RBAC_VERBS_NEVER & set(rule["verbs"]), where
+            assert "nonResourceURLs" not in rule, where
+            assert not rule.get("resourceNames") or "*" not in rule["resourceNames"], where
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_controller_may_touch_only_lpm_kinds_pods_nodes_events_and_crd_listing(name: str) -> None:
+    role = one(render(name), "ClusterRole", "lpm-controller")
+    allowed_groups = {constants.GROUP, "", "apiextensions.k8s.io"}
+    granted: dict[str, set[str]] = {}
+    for rule in role["rules"]:
+        assert set(rule["apiGroups"]) <= allowed_groups, rule
+        for res in rule["resources"]:
+            granted.setdefault(res, set()).update(rule["verbs"])
+    lpm_kinds = {
+        constants.PLURAL_POD_MIGRATIONS,
+        constants.PLURAL_POD_CHECKPOINTS,
+        constants.PLURAL_CONTAINER_CHECKPOINTS,
+        constants.PLURAL_POD_CHECKPOINT_CONTENTS,
+        constants.PLURAL_CONTAINER_CHECKPOINT_CONTENTS,
+    }
+    base = {r.split("/")[0] for r in granted}
+    assert base == lpm_kinds | {"pods", "nodes", "events", "customresourcedefinitions"}
+    assert granted["nodes"] == {"get", "list", "watch"}
+    assert granted["customresourcedefinitions"] == {"list", "watch"}
+    assert granted["events"] == {"create", "patch"}
+    assert "update" not in granted["pods"] and "patch" not in granted["pods"]
+    for kind in lpm_kinds:
+        assert {"get", "list", "watch"} <= granted[kind], kind
+        assert {"update", "patch"} & granted[f"{kind}/status"], kind
+    # Nothing reads Secrets or ConfigMaps through the API.
+    assert "secrets" not in granted and "configmaps" not in granted
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_agent_has_no_api_access(name: str) -> None:
+    objs = render(name)
+    bound = [
+        b
+        for b in (*of_kind(objs, "RoleBinding"), *of_kind(objs, "ClusterRoleBinding"))
+        if any(s.get("name") == "lpm-agent" for s in b["subjects"])
+    ]
+    assert bound == []
+    ds = one(objs, "DaemonSet", "lpm-agent")
+    assert _pod_spec(ds)["automountServiceAccountToken"] is False
+    assert one(objs, "ServiceAccount", "lpm-agent")["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_agent_mounts_nothing_writable_from_the_host_beyond_the_allow_list(name: str) -> None:
+    ds = one(render(name), "DaemonSet", "lpm-agent")
+    spec = _pod_spec(ds)
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+    mounted: set[str] = set()
+    for c in [*spec.get("initContainers", []), *spec["containers"]]:
+        for m in c.get("volumeMounts", []):
+            path = host_paths.get(m["name"])
+            if path is None:
+                continue
+            mounted.add(path)
+            if not m.get("readOnly", False):
+                assert path in AGENT_WRITABLE_HOST_PATHS, f"{c['name']} mounts host {path} writable"
+            if path in AGENT_READ_ONLY_HOST_PATHS:
+                assert m.get("readOnly") is True, f"{path} must be mounted read-only"
+            assert m.get("mountPropagation", "None") == "None", f"{path} propagates mounts"
+    assert AGENT_READ_ONLY_HOST_PATHS | {"/var/lib/kubelet/checkpoints", "/sys/fs/cgroup"} <= mounted
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_agent_runs_without_privileges_or_host_pid(name: str) -> None:
+    ds = one(render(name), "DaemonSet", "lpm-agent")
+    spec = _pod_spec(ds)
+    assert not spec.get("hostPID") and not spec.get("hostIPC")
+    agent = _container(ds, "agent")
+    sc = agent["securityContext"]
+    assert sc.get("privileged") is not True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert {"operator": "Exists"} in spec["tolerations"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_agent_serves_grpc_on_its_port_with_mtls_from_a_secret(name: str) -> None:
+    objs = render(name)
+    ds = one(objs, "DaemonSet", "lpm-agent")
+    assert ds["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == "lpm-agent"
+    key, value = constants.AGENT_LABEL_SELECTOR.split("=")
+    assert ds["spec"]["template"]["metadata"]["labels"][key] == value
+    agent = _container(ds, "agent")
+    assert [p["containerPort"] for p in agent["ports"]] == [constants.AGENT_PORT]
+    assert agent["readinessProbe"] and agent["livenessProbe"]
+    env = _env(agent)
+    secrets = {v["name"]: v["secret"]["secretName"] for v in _pod_spec(ds)["volumes"] if "secret" in v}
+    tls_dir = next(m["mountPath"] for m in agent["volumeMounts"] if m["name"] in secrets)
+    for var in ("LPM_AGENT_TLS_CERT", "LPM_AGENT_TLS_KEY", "LPM_AGENT_TLS_CLIENT_CA"):
+        assert env[var].startswith(tls_dir + "/"), var
+    assert "LPM_AGENT_INSECURE" not in env
+    repo = next(m for m in agent["volumeMounts"] if m["mountPath"] == env["LPM_STORAGE"])
+    claim = next(v for v in _pod_spec(ds)["volumes"] if v["name"] == repo["name"])
+    assert claim["persistentVolumeClaim"]["claimName"] == "checkpoint-repo"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_controller_is_one_locked_down_replica_with_probes_and_metrics(name: str) -> None:
+    objs = render(name)
+    dep = one(objs, "Deployment", "lpm-controller")
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    spec = _pod_spec(dep)
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    c = _container(dep, "controller")
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    env = _env(c)
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"metrics": int(env["LPM_METRICS_PORT"]), "health": int(env["LPM_HEALTH_PORT"])}
+    for probe in (c["livenessProbe"], c["readinessProbe"]):
+        assert probe["httpGet"]["port"] == "health"
+    assert env["LPM_STANDALONE"] == "true"  # one replica: see the comment in base/controller/deployment.yaml
+    assert "LPM_INSECURE_AGENTS" not in env
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_checkpoint_repo_is_a_20gi_rwx_claim(name: str) -> None:
+    pvc = one(render(name), "PersistentVolumeClaim", "checkpoint-repo")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "20Gi"
+
+
+@pytest.mark.parametrize("name", ("nfs", "vagrant"))
+def test_nfs_overlays_provision_nfs_rwx_with_the_upstream_provisioner(name: str) -> None:
+    objs = render(name)
+    assert one(objs, "PersistentVolumeClaim", "checkpoint-repo")["spec"]["storageClassName"] == "nfs-rwx"
+    sc = one(objs, "StorageClass", "nfs-rwx")
+    dep = one(objs, "Deployment", "nfs-subdir-external-provisioner")
+    c = _container(dep, "nfs-subdir-external-provisioner")
+    assert c["image"] == "registry.k8s.io/sig-storage/nfs-subdir-external-provisioner:v4.0.2"
+    env = _env(c)
+    assert env["PROVISIONER_NAME"] == sc["provisioner"]
+    nfs = next(v["nfs"] for v in _pod_spec(dep)["volumes"] if v["name"] == "nfs-root")
+    cm = one(objs, "ConfigMap", "lpm-nfs")["data"]
+    assert (env["NFS_SERVER"], env["NFS_PATH"]) == (nfs["server"], nfs["path"]) == (cm["NFS_SERVER"], cm["NFS_PATH"])
+
+
+def test_vagrant_overlay_uses_the_masters_nfs_export() -> None:
+    cm = one(render("vagrant"), "ConfigMap", "lpm-nfs")["data"]
+    assert cm["NFS_SERVER"] == "192.168.56.10"
+
+
+def test_local_overlay_binds_the_shared_dir_and_never_pulls() -> None:
+    objs = render("local")
+    pvc = one(objs, "PersistentVolumeClaim", "checkpoint-repo")
+    pv = one(objs, "PersistentVolume", pvc["spec"]["volumeName"])
+    assert pv["spec"]["claimRef"] == {"namespace": NAMESPACE, "name": "checkpoint-repo"}
+    assert pv["spec"]["storageClassName"] == pvc["spec"]["storageClassName"]
+    assert pv["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert pv["spec"]["hostPath"]["path"] == "/var/lib/lpm-local/shared-checkpoints"
+    for kind, name in (("Deployment", "lpm-controller"), ("DaemonSet", "lpm-agent")):
+        for c in _pod_spec(one(objs, kind, name))["containers"]:
+            assert c["image"].startswith("localhost/lpm/") and c["imagePullPolicy"] == "Never"
+
+
+def _known_env(parser: Any) -> set[str]:
+    names = {a.env for a in parser._actions if hasattr(a, "env")}
+    names |= {m for a in parser._actions for m in re.findall(r"\[env (\w+)", a.help or "")}
+    return names
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_lpm_variable_the_manifests_set_is_a_flag_of_the_binary(name: str) -> None:
+    objs = render(name)
+    helpers = {"POD_ID", "HOST_IP"}  # kopf's identity; input to LPM_KUBELET_URL
+    for kind, obj_name, container, parser in (
+        ("Deployment", "lpm-controller", "controller", controller_config.build_parser()),
+        ("DaemonSet", "lpm-agent", "agent", agent_config.build_parser()),
+    ):
+        unknown = set(_env(_container(one(objs, kind, obj_name), container))) - _known_env(parser) - helpers
+        assert not unknown, f"{obj_name} sets variables its binary does not read: {sorted(unknown)}"
+
+
+def _build_args() -> dict[str, str]:
+    text = (repo_root() / "pants.toml").read_text()
+    return dict(re.findall(r'"(LPM_[A-Z_]+)=([^"]+)"', text))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_images_are_the_ones_pants_builds(name: str) -> None:
+    version = _build_args()["LPM_VERSION"]
+    objs = render(name)
+    images = {
+        _container(one(objs, "Deployment", "lpm-controller"), "controller")["image"],
+        _container(one(objs, "DaemonSet", "lpm-agent"), "agent")["image"],
+    }
+    assert images == {f"localhost/lpm/controller:{version}", f"localhost/lpm/agent:{version}"}
+
+
+def test_pants_builds_on_the_base_image_the_recipe_names() -> None:
+    import subprocess
+
+    script = repo_root() / "src" / "docker" / "python-base" / "build.sh"
+    tag = subprocess.run(["bash", str(script), "--tag"], check=True, capture_output=True, text=True).stdout.strip()
+    assert _build_args()["LPM_PYTHON_BASE"] == tag, "update LPM_PYTHON_BASE in pants.toml [docker].build_args"
