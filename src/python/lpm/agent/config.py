@@ -29,6 +29,20 @@ class AgentConfig:
     freeze_deadline: float
     cgroup_root: str
     containerd_address: str
+    kubelet_checkpoint_dir: str
+    kubelet_node_checkpoint_dir: str
+    kubelet_retries: int
+    kubelet_backoff_initial: float
+    kubelet_backoff_factor: float
+    state_dir: str
+    work_dir: str
+    runtime: str
+    ctr: str
+    podman: str
+    criu: str
+    zstd_threads: int
+    queue_timeout: float
+    shutdown_grace: float
     log_level: str
     log_format: str
     self_check: bool
@@ -114,6 +128,83 @@ def build_parser() -> argparse.ArgumentParser:
         "LPM_CONTAINERD_ADDRESS",
         default="/run/containerd/containerd.sock",
         help="containerd socket, for loading checkpoint images.",
+    )
+    kub = p.add_argument_group("kubelet checkpoints")
+    add_flag(
+        kub,
+        "--kubelet-checkpoint-dir",
+        "LPM_KUBELET_CHECKPOINT_DIR",
+        default="/var/lib/kubelet/checkpoints",
+        help="Where this agent sees the kubelet's checkpoint directory (a hostPath mount).",
+    )
+    add_flag(
+        kub,
+        "--kubelet-node-checkpoint-dir",
+        "LPM_KUBELET_NODE_CHECKPOINT_DIR",
+        default="/var/lib/kubelet/checkpoints",
+        help="The same directory as the kubelet names it on the node (the prefix of the paths it returns).",
+    )
+    add_flag(
+        kub,
+        "--kubelet-retries",
+        "LPM_KUBELET_RETRIES",
+        type=int,
+        default=5,
+        help="Retries of a kubelet call after connection errors or 5xx (never 4xx).",
+    )
+    add_flag(
+        kub,
+        "--kubelet-backoff-initial",
+        "LPM_KUBELET_BACKOFF_INITIAL",
+        type=float,
+        default=2.0,
+        help="Seconds before the first retry.",
+    )
+    add_flag(
+        kub,
+        "--kubelet-backoff-factor",
+        "LPM_KUBELET_BACKOFF_FACTOR",
+        type=float,
+        default=2.0,
+        help="Each further retry waits this many times longer.",
+    )
+    add_flag(
+        p,
+        "--state-dir",
+        "LPM_AGENT_STATE_DIR",
+        default="/var/lib/lpm-agent",
+        help="Freeze records (auto-thaw deadlines survive an agent restart).",
+    )
+    add_flag(p, "--work-dir", "LPM_AGENT_WORK_DIR", default="", help="Scratch space for image archives [tmp].")
+    add_flag(
+        p,
+        "--runtime",
+        "LPM_RUNTIME",
+        default="containerd",
+        choices=["containerd", "podman"],
+        help="Image store checkpoint images are loaded into (podman = containers-storage, shared with CRI-O).",
+    )
+    add_flag(p, "--ctr", "LPM_CTR", default="ctr", help="containerd's ctr binary.")
+    add_flag(p, "--podman", "LPM_PODMAN", default="podman", help="podman binary.")
+    add_flag(p, "--criu", "LPM_CRIU", default="criu", help="criu binary (version reporting only).")
+    add_flag(
+        p, "--zstd-threads", "LPM_ZSTD_THREADS", type=int, default=0, help="zstd worker threads (0: one per CPU)."
+    )
+    add_flag(
+        p,
+        "--queue-timeout",
+        "LPM_AGENT_QUEUE_TIMEOUT",
+        type=float,
+        default=30.0,
+        help="Seconds a checkpoint/conversion waits for a slot before RESOURCE_EXHAUSTED.",
+    )
+    add_flag(
+        p,
+        "--shutdown-grace",
+        "LPM_AGENT_SHUTDOWN_GRACE",
+        type=float,
+        default=30.0,
+        help="Seconds running calls get to finish after SIGTERM.",
     )
     add_logging_flags(p)
     p.add_argument("--self-check", action="store_true", help="Check configuration and local tools, then exit.")

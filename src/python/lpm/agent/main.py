@@ -1,4 +1,4 @@
-"""lpm-agent entry point."""
+"""lpm-agent entry point: parse flags, wire the service, serve until SIGTERM."""
 
 from __future__ import annotations
 
@@ -19,8 +19,13 @@ def main(argv: list[str] | None = None) -> int:
         names = sorted(agent_pb2.DESCRIPTOR.services_by_name["CheckpointService"].methods_by_name)
         print(f"lpm-agent self-check: CheckpointService methods {', '.join(names)}; storage {cfg.storage}")
         return 0
-    log.error("the gRPC server is not wired yet")
-    return 2
+    from lpm.agent.server import AgentServer, build_deps  # grpc server stack only when serving
+
+    server = AgentServer(cfg, build_deps(cfg))
+    server.install_signal_handlers()
+    server.start()
+    server.wait()
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,331 @@
+"""Freeze and thaw a pod's containers on this node (the cgroup freezer), keyed by checkpoint ID.
+
+Why: the kubelet leaves a checkpointed container running, so whatever the source does after its checkpoint
+would be lost and, until the source is deleted, two copies would run. Frozen before the checkpoint, the
+source cannot change state; CRIU dumps an already-frozen cgroup and leaves it frozen (verified with runc
+here: tests/integration/agent). Thaw is the rollback.
+
+Rules:
+- Freeze/Thaw are idempotent per checkpoint ID: a repeated Freeze renews the auto-thaw deadline; Thaw of a
+  thawed or unknown container is a no-op. A container frozen for one checkpoint ID is not re-frozen for
+  another (`FreezeConflict`), so two migrations cannot fight over one pod.
+- Nothing stays frozen forever: each freeze has a deadline (`auto_thaw_at`), enforced by a background timer
+  and persisted as one small JSON file per checkpoint ID under the state directory, so an agent that
+  restarts thaws on schedule (or at once, if the deadline passed while it was down).
+- cgroup v1 (`freezer.state`: FROZEN/THAWED, FREEZING while in progress) and v2 (`cgroup.freeze` +
+  `cgroup.events`) are both handled; the hierarchy is picked per cgroup directory.
+
+Finding a container's cgroup is a small injectable function (`Locate`): the default asks the kubelet's
+`/pods` for the container ID and searches the freezer hierarchy for `<...>/pod<uid>/<containerID>` (cgroupfs
+driver) or `...pod<uid_with_underscores>.slice/<runtime>-<containerID>.scope` (systemd driver).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+log = logging.getLogger(__name__)
+
+FROZEN: Final = "FROZEN"
+THAWED: Final = "THAWED"
+SETTLE_TIMEOUT: Final = 10.0
+
+# (pod UID, container name) -> the container's cgroup directory (v1 freezer hierarchy or v2 unified)
+Locate = Callable[[str, str], Path]
+
+
+class FreezerError(Exception):
+    pass
+
+
+class ContainerNotFound(FreezerError, LookupError):
+    pass
+
+
+class FreezeConflict(FreezerError):
+    pass
+
+
+def _v2(cgroup: Path) -> bool:
+    return (cgroup / "cgroup.freeze").exists()
+
+
+def cgroup_state(cgroup: Path) -> str:
+    """FROZEN or THAWED (FREEZING counts as not yet frozen)."""
+    if _v2(cgroup):
+        events = (cgroup / "cgroup.events").read_text()
+        return FROZEN if "frozen 1" in events.splitlines() else THAWED
+    state = (cgroup / "freezer.state").read_text().strip()
+    return FROZEN if state == FROZEN else THAWED
+
+
+def _set(cgroup: Path, want: str, timeout: float = SETTLE_TIMEOUT) -> None:
+    if not cgroup.is_dir():
+        raise ContainerNotFound(f"cgroup {cgroup} is gone (container exited?)")
+    if _v2(cgroup):
+        (cgroup / "cgroup.freeze").write_text("1" if want == FROZEN else "0")
+    else:
+        (cgroup / "freezer.state").write_text(want)
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while cgroup_state(cgroup) != want:
+        if time.monotonic() > deadline:
+            raise FreezerError(f"cgroup {cgroup} did not become {want} within {timeout:.0f}s")
+        if not _v2(cgroup) and want == FROZEN:
+            # v1 may stay FREEZING if a task was in uninterruptible sleep: writing again retries the freeze.
+            (cgroup / "freezer.state").write_text(want)
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def freeze_cgroup(cgroup: Path) -> None:
+    _set(cgroup, FROZEN)
+
+
+def thaw_cgroup(cgroup: Path) -> None:
+    _set(cgroup, THAWED)
+
+
+def freezer_root(cgroup_root: Path) -> Path:
+    """The hierarchy to search: the v1 freezer controller if mounted, else the unified (v2) root."""
+    v1 = cgroup_root / "freezer"
+    if (v1 / "freezer.state").exists() or v1.is_dir():
+        return v1
+    return cgroup_root
+
+
+def find_container_cgroup(root: Path, pod_uid: str, container_id: str, max_depth: int = 6) -> Path:
+    """Search `root` for the pod's directory, then the container's inside it (cgroupfs or systemd naming)."""
+    pod_names = {f"pod{pod_uid}", f"pod{pod_uid.replace('-', '_')}"}
+    frontier = [root]
+    for _ in range(max_depth):
+        next_frontier = []
+        for d in frontier:
+            try:
+                children = [c for c in d.iterdir() if c.is_dir()]
+            except OSError:
+                continue
+            for child in children:
+                name = child.name.removesuffix(".slice")
+                if any(name == p or name.endswith("-" + p) for p in pod_names):
+                    for ctr in child.iterdir():
+                        if ctr.is_dir() and (ctr.name == container_id or container_id in ctr.name):
+                            return ctr
+                    raise ContainerNotFound(f"container {container_id} has no cgroup under {child}")
+                next_frontier.append(child)
+        frontier = next_frontier
+    raise ContainerNotFound(f"no cgroup for pod {pod_uid} under {root}")
+
+
+def container_id_from_pods(pods: list[dict[str, Any]], pod_uid: str, container: str) -> str:
+    """The runtime's container ID from the kubelet's pod list (`containerd://<id>` -> `<id>`)."""
+    for pod in pods:
+        if (pod.get("metadata") or {}).get("uid") != pod_uid:
+            continue
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            if status.get("name") == container and status.get("containerID"):
+                return str(status["containerID"]).split("://", 1)[-1]
+        raise ContainerNotFound(f"pod {pod_uid} has no running container named {container!r}")
+    raise ContainerNotFound(f"pod {pod_uid} is not on this node")
+
+
+def kubelet_locator(list_pods: Callable[[], list[dict[str, Any]]], cgroup_root: Path) -> Locate:
+    root = freezer_root(cgroup_root)
+
+    def locate(pod_uid: str, container: str) -> Path:
+        return find_container_cgroup(root, pod_uid, container_id_from_pods(list_pods(), pod_uid, container))
+
+    return locate
+
+
+@dataclass
+class FreezeRecord:
+    checkpoint_id: str
+    pod_uid: str
+    containers: dict[str, str]  # container name -> cgroup path
+    auto_thaw_at: float  # wall clock (time.time()), so it survives a restart
+    pod_namespace: str = ""
+    pod_name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    name: str
+    frozen: bool
+    auto_thaw_at: float | None
+
+
+class Freezer:
+    """Freeze/thaw with persisted deadlines. Thread-safe; `start()` resumes records left by a previous run."""
+
+    def __init__(self, locate: Locate, state_dir: Path, default_deadline: float = 300.0) -> None:
+        self.locate = locate
+        self.state_dir = Path(state_dir)
+        self.default_deadline = default_deadline
+        self._lock = threading.RLock()
+        self._records: dict[str, FreezeRecord] = {}
+        self._timers: dict[str, threading.Timer] = {}
+
+    # ---- persistence -----------------------------------------------------------------------------------
+
+    def _file(self, checkpoint_id: str) -> Path:
+        return self.state_dir / f"freeze-{checkpoint_id}.json"
+
+    def _persist(self, record: FreezeRecord) -> None:
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        target = self._file(record.checkpoint_id)
+        temp = target.with_name(f".{target.name}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with open(fd, "w") as f:
+            json.dump(asdict(record), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, target)
+
+    def _forget(self, checkpoint_id: str) -> None:
+        self._records.pop(checkpoint_id, None)
+        timer = self._timers.pop(checkpoint_id, None)
+        if timer is not None:
+            timer.cancel()
+        self._file(checkpoint_id).unlink(missing_ok=True)
+
+    def start(self) -> None:
+        """Reload records a previous agent left; thaw the overdue ones now, schedule the rest."""
+        if not self.state_dir.is_dir():
+            return
+        for path in sorted(self.state_dir.glob("freeze-*.json")):
+            try:
+                record = FreezeRecord(**json.loads(path.read_text()))
+            except (ValueError, TypeError) as exc:
+                log.error("ignoring unreadable freeze record %s: %s", path, exc)
+                continue
+            with self._lock:
+                self._records[record.checkpoint_id] = record
+                self._schedule(record)
+            log.info("resumed freeze of checkpoint %s (auto-thaw at %.0f)", record.checkpoint_id, record.auto_thaw_at)
+
+    def stop(self) -> None:
+        """Cancel timers (records stay on disk: the next agent enforces them)."""
+        with self._lock:
+            for timer in self._timers.values():
+                timer.cancel()
+            self._timers.clear()
+
+    def _schedule(self, record: FreezeRecord) -> None:
+        old = self._timers.pop(record.checkpoint_id, None)
+        if old is not None:
+            old.cancel()
+        delay = max(0.0, record.auto_thaw_at - time.time())
+        timer = threading.Timer(delay, self._expire, args=(record.checkpoint_id, record.auto_thaw_at))
+        timer.daemon = True
+        self._timers[record.checkpoint_id] = timer
+        timer.start()
+
+    def _expire(self, checkpoint_id: str, due: float) -> None:
+        with self._lock:
+            record = self._records.get(checkpoint_id)
+            if record is None or record.auto_thaw_at != due:
+                return  # thawed or renewed meanwhile
+            log.warning(
+                "checkpoint %s: nobody thawed or renewed pod %s within its deadline; thawing %s",
+                checkpoint_id,
+                record.pod_uid,
+                ", ".join(record.containers),
+            )
+            try:
+                self._thaw_record(record)
+            except Exception:
+                log.exception("auto-thaw of checkpoint %s failed; retrying in 5s", checkpoint_id)
+                record.auto_thaw_at = time.time() + 5
+                self._schedule(record)
+
+    # ---- operations ------------------------------------------------------------------------------------
+
+    def holder(self, pod_uid: str, container: str) -> str | None:
+        with self._lock:
+            for record in self._records.values():
+                if record.pod_uid == pod_uid and container in record.containers:
+                    return record.checkpoint_id
+        return None
+
+    def freeze(
+        self,
+        checkpoint_id: str,
+        pod_uid: str,
+        containers: list[str],
+        deadline: float | None = None,
+        pod_namespace: str = "",
+        pod_name: str = "",
+    ) -> list[ContainerState]:
+        if not containers:
+            raise ValueError("freeze needs at least one container name")
+        with self._lock:
+            for name in containers:
+                other = self.holder(pod_uid, name)
+                if other is not None and other != checkpoint_id:
+                    raise FreezeConflict(
+                        f"container {name} of pod {pod_uid} is frozen for checkpoint {other}; thaw that first"
+                    )
+            cgroups = {name: self.locate(pod_uid, name) for name in containers}
+            record = self._records.get(checkpoint_id)
+            if record is None:
+                record = FreezeRecord(checkpoint_id, pod_uid, {}, 0.0, pod_namespace, pod_name)
+            if record.pod_uid != pod_uid:
+                raise FreezeConflict(f"checkpoint {checkpoint_id} already froze pod {record.pod_uid}, not {pod_uid}")
+            record.containers.update({n: str(p) for n, p in cgroups.items()})
+            record.auto_thaw_at = time.time() + (deadline or self.default_deadline)
+            # Persist before freezing: a crash right after the freeze must still lead to a thaw.
+            self._records[checkpoint_id] = record
+            self._persist(record)
+            self._schedule(record)
+            try:
+                for name, cgroup in cgroups.items():
+                    freeze_cgroup(cgroup)
+            except BaseException:
+                self._thaw_record(record)
+                raise
+            log.info("checkpoint %s: froze %s of pod %s", checkpoint_id, ", ".join(containers), pod_uid)
+            return [ContainerState(n, True, record.auto_thaw_at) for n in containers]
+
+    def _thaw_record(self, record: FreezeRecord, names: list[str] | None = None) -> None:
+        errors = []
+        for name, cgroup in list(record.containers.items()):
+            if names is not None and name not in names:
+                continue
+            try:
+                thaw_cgroup(Path(cgroup))
+            except ContainerNotFound:
+                pass  # the container is gone: nothing left to thaw
+            except OSError as exc:
+                if Path(cgroup).exists():
+                    errors.append(f"{name}: {exc}")
+            record.containers.pop(name, None)
+        if record.containers:
+            self._persist(record)
+        else:
+            self._forget(record.checkpoint_id)
+        if errors:
+            raise FreezerError(f"checkpoint {record.checkpoint_id}: thaw failed for {'; '.join(errors)}")
+
+    def thaw(self, checkpoint_id: str, pod_uid: str, containers: list[str]) -> list[ContainerState]:
+        """Thaw what `checkpoint_id` froze (all of it when `containers` is empty). Unknown -> a no-op."""
+        with self._lock:
+            record = self._records.get(checkpoint_id)
+            names = containers or (list(record.containers) if record else [])
+            if record is not None:
+                self._thaw_record(record, containers or None)
+                log.info("checkpoint %s: thawed %s of pod %s", checkpoint_id, ", ".join(names), pod_uid)
+            return [ContainerState(n, False, None) for n in names]
+
+    def status(self, checkpoint_id: str) -> FreezeRecord | None:
+        with self._lock:
+            return self._records.get(checkpoint_id)

@@ -1,0 +1,488 @@
+"""gRPC wiring of the agent: CheckpointService, health, reflection, (m)TLS, bounded concurrency, shutdown.
+
+Every failure leaves as a status code the controller can act on:
+  INVALID_ARGUMENT    a name, UID, checkpoint ID or artifact URI that is not well formed
+  NOT_FOUND           pod/container unknown to the kubelet or this node; artifact not in the repository
+  FAILED_PRECONDITION checkpoint refused (kubelet 401/403/4xx, unsupported), no completion marker, frozen by
+                      another checkpoint, freezer missing
+  UNAVAILABLE         kubelet unreachable or 5xx after its retries; the repository unreachable
+  RESOURCE_EXHAUSTED  every checkpoint/conversion slot busy for --queue-timeout; repository full
+  DATA_LOSS           stored bytes do not match their manifest (sha256/size)
+  INTERNAL            anything else (the message says what)
+Checkpoints and conversions share `--max-concurrent` slots; Freeze/Thaw/GetCapabilities never wait for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from google.protobuf import duration_pb2, timestamp_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from lpm.agent import freezer as fz
+from lpm.agent.config import AgentConfig
+from lpm.agent.images import ImageError, ImageLoader, default_image_ref
+from lpm.agent.kubelet import (
+    Backoff,
+    KubeletClient,
+    KubeletError,
+    KubeletForbidden,
+    KubeletNotFound,
+    KubeletRejected,
+    KubeletUnavailable,
+)
+from lpm.agent.v1 import agent_pb2, agent_pb2_grpc
+from lpm.api.names import InvalidName, require_label, require_subdomain, require_uid
+from lpm.storage.store import (
+    ArchiveInfo,
+    CheckpointIncomplete,
+    CheckpointStore,
+    IntegrityError,
+    Manifest,
+    StorageFull,
+    open_backend,
+    utc_now,
+)
+from lpm.storage.uri import ArtifactRef, CheckpointKey
+
+log = logging.getLogger(__name__)
+
+AGENT_VERSION = "0.1.0"
+SERVICE_NAME = "lpm.agent.v1.CheckpointService"
+T = TypeVar("T")
+
+
+class Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+def _timestamp(epoch: float) -> timestamp_pb2.Timestamp:
+    t = timestamp_pb2.Timestamp()
+    t.FromNanoseconds(int(epoch * 1e9))
+    return t
+
+
+def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The one place that turns errors into gRPC status codes."""
+    match exc:
+        case Abort():
+            return exc.code, str(exc)
+        case InvalidName() | ValueError() if not isinstance(exc, KubeletError):
+            return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        case KubeletNotFound() | fz.ContainerNotFound():
+            return grpc.StatusCode.NOT_FOUND, str(exc)
+        case KubeletUnavailable():
+            return grpc.StatusCode.UNAVAILABLE, str(exc)
+        case KubeletForbidden() | KubeletRejected() | fz.FreezeConflict() | CheckpointIncomplete():
+            return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+        case IntegrityError():
+            return grpc.StatusCode.DATA_LOSS, str(exc)
+        case StorageFull():
+            return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+        case FileNotFoundError():
+            return grpc.StatusCode.NOT_FOUND, f"not found: {exc.filename or exc}"
+        case ConnectionError():
+            return grpc.StatusCode.UNAVAILABLE, str(exc)
+        case ImageError() | fz.FreezerError():
+            return grpc.StatusCode.INTERNAL, str(exc)
+    return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
+
+
+def _tool_version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    for line in out.splitlines():
+        if line.startswith("Version:"):
+            return line.split(":", 1)[1].strip()
+    return out.strip().splitlines()[0] if out.strip() else ""
+
+
+@dataclass
+class Deps:
+    """What the service works with; tests build it with doubles for the timing and the locator."""
+
+    node_name: str
+    store: CheckpointStore
+    kubelet: KubeletClient
+    freezer: fz.Freezer
+    images: ImageLoader
+    max_concurrent: int = 4
+    queue_timeout: float = 30.0
+    checkpoint_timeout: float = 120.0
+    zstd_level: int = 3
+    zstd_threads: int = 0
+    criu_version: str = ""
+    runtime_version: str = ""
+    cgroup_root: Path = Path("/sys/fs/cgroup")
+
+
+class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
+    def __init__(self, deps: Deps) -> None:
+        self.d = deps
+        self._slots = threading.BoundedSemaphore(max(1, deps.max_concurrent))
+
+    # ---- plumbing --------------------------------------------------------------------------------------
+
+    def _call(self, context: grpc.ServicerContext, method: str, body: Callable[[], T]) -> T:
+        started = time.monotonic()
+        try:
+            result = body()
+        except Exception as exc:
+            code, message = _status_for(exc)
+            level = logging.ERROR if code == grpc.StatusCode.INTERNAL else logging.WARNING
+            log.log(level, "%s failed (%s): %s", method, code.name, message, exc_info=code == grpc.StatusCode.INTERNAL)
+            self._abort(context, code, message)
+        log.info("%s ok in %.2fs", method, time.monotonic() - started)
+        return result
+
+    @staticmethod
+    def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+        context.abort(code, message)
+        raise AssertionError("unreachable")  # context.abort raises
+
+    @contextmanager
+    def _slot(self, context: grpc.ServicerContext, what: str) -> Iterator[None]:
+        remaining = context.time_remaining()
+        wait = self.d.queue_timeout if remaining is None else max(0.0, min(self.d.queue_timeout, remaining))
+        if not self._slots.acquire(timeout=wait):
+            raise Abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"agent on {self.d.node_name}: all {self.d.max_concurrent} checkpoint/conversion slots busy for "
+                f"{wait:.0f}s; retry later ({what})",
+            )
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    def _deadline(self, context: grpc.ServicerContext, requested: float) -> float:
+        budget = requested or self.d.checkpoint_timeout
+        remaining = context.time_remaining()
+        if remaining is not None:
+            budget = min(budget, remaining - 1.0)
+        if budget <= 0:
+            raise Abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no time left for the checkpoint")
+        return budget
+
+    # ---- rpcs ------------------------------------------------------------------------------------------
+
+    def Checkpoint(  # noqa: N802 - gRPC method name
+        self, request: agent_pb2.CheckpointRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.CheckpointResponse:
+        return self._call(context, "Checkpoint", lambda: self._checkpoint(request, context))
+
+    def _checkpoint(
+        self, request: agent_pb2.CheckpointRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.CheckpointResponse:
+        require_label("namespace", request.pod_namespace)
+        require_subdomain("pod name", request.pod_name)
+        ref = ArtifactRef(request.pod_uid, request.checkpoint_id, request.container_name)
+        opts = request.options
+        level = opts.zstd_level or self.d.zstd_level
+        if not 1 <= level <= 22:
+            raise ValueError(f"zstd level {level} is not in 1..22")
+        timeout = self._deadline(context, opts.timeout.ToNanoseconds() / 1e9 if opts.HasField("timeout") else 0.0)
+        with self._slot(context, f"checkpoint {ref.uri}"):
+            started = time.monotonic()
+            if not opts.leave_running:
+                # A migration: the source must not run on after its checkpoint. Idempotent if the controller
+                # already froze the pod for this checkpoint ID.
+                self.d.freezer.freeze(
+                    request.checkpoint_id,
+                    request.pod_uid,
+                    [request.container_name],
+                    pod_namespace=request.pod_namespace,
+                    pod_name=request.pod_name,
+                )
+            result = self.d.kubelet.checkpoint(
+                request.pod_namespace, request.pod_name, request.container_name, timeout - (time.monotonic() - started)
+            )
+            checkpointed_at = time.time()
+            kubelet_seconds = time.monotonic() - started
+            try:
+                with open(result.local_path, "rb") as raw:
+                    manifest = self.d.store.put_archive(
+                        ref,
+                        raw,  # type: ignore[arg-type]
+                        zstd_level=level,
+                        zstd_threads=self.d.zstd_threads,
+                        info=ArchiveInfo(
+                            pod_namespace=request.pod_namespace,
+                            pod_name=request.pod_name,
+                            node_name=self.d.node_name,
+                            source_archive=result.local_path.name,
+                            checkpointed_at=datetime.fromtimestamp(checkpointed_at, UTC).isoformat(),
+                            criu_version=self.d.criu_version,
+                            runtime_name=self.d.images.runtime,
+                            runtime_version=self.d.runtime_version,
+                        ),
+                    )
+            finally:
+                # The archive holds the container's memory and is root-only on the node: never leave it there.
+                result.local_path.unlink(missing_ok=True)
+            return agent_pb2.CheckpointResponse(
+                checkpoint_id=request.checkpoint_id,
+                artifact=self._artifact(manifest),
+                node_name=self.d.node_name,
+                kubelet_duration=_duration(kubelet_seconds),
+                store_duration=_duration(manifest.info.store_seconds),
+                checkpointed_at=_timestamp(checkpointed_at),
+                attempts=result.attempts,
+            )
+
+    @staticmethod
+    def _artifact(m: Manifest) -> agent_pb2.ArtifactInfo:
+        return agent_pb2.ArtifactInfo(
+            artifact_uri=m.uri,
+            compressed_size_bytes=m.size,
+            raw_size_bytes=m.info.raw_size,
+            sha256=m.sha256,
+            raw_sha256=m.info.raw_sha256,
+            zstd_level=m.info.zstd_level,
+        )
+
+    def CompleteCheckpoint(  # noqa: N802
+        self, request: agent_pb2.CompleteCheckpointRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.CompleteCheckpointResponse:
+        def body() -> agent_pb2.CompleteCheckpointResponse:
+            key = CheckpointKey(request.pod_uid, request.checkpoint_id)
+            names = [require_label("container name", n) for n in request.container_names]
+            if not names:
+                raise ValueError("container_names is empty")
+            manifests = self.d.store.complete(key, names)
+            return agent_pb2.CompleteCheckpointResponse(artifacts=[self._artifact(m) for m in manifests])
+
+        return self._call(context, "CompleteCheckpoint", body)
+
+    def ConvertCheckpointToImage(  # noqa: N802
+        self, request: agent_pb2.ConvertRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.ConvertResponse:
+        def body() -> agent_pb2.ConvertResponse:
+            ref = ArtifactRef.parse(request.artifact_uri)
+            container = require_label("container name", request.container_name or ref.container)
+            image_ref = request.image_name or default_image_ref(ref)
+            if any(ch.isspace() for ch in image_ref) or image_ref.startswith("-"):
+                raise ValueError(f"image name {image_ref!r} is not a valid reference")
+            with self._slot(context, f"convert {ref.uri}"):
+                loaded = self.d.images.convert(self.d.store, ref, container, image_ref)
+            return agent_pb2.ConvertResponse(
+                image_ref=loaded.image_ref,
+                image_id=loaded.image_id,
+                duration=_duration(loaded.seconds),
+                node_name=self.d.node_name,
+            )
+
+        return self._call(context, "ConvertCheckpointToImage", body)
+
+    def _states(self, states: list[fz.ContainerState]) -> list[agent_pb2.ContainerFreezeStatus]:
+        out = []
+        for s in states:
+            status = agent_pb2.ContainerFreezeStatus(
+                container_name=s.name,
+                state=agent_pb2.FREEZE_STATE_FROZEN if s.frozen else agent_pb2.FREEZE_STATE_THAWED,
+            )
+            if s.auto_thaw_at is not None:
+                status.auto_thaw_at.CopyFrom(_timestamp(s.auto_thaw_at))
+            out.append(status)
+        return out
+
+    def Freeze(  # noqa: N802
+        self, request: agent_pb2.FreezeRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.FreezeResponse:
+        def body() -> agent_pb2.FreezeResponse:
+            require_uid("pod UID", request.pod_uid)
+            require_label("checkpoint ID", request.checkpoint_id)
+            names = [require_label("container name", n) for n in request.container_names]
+            if not names:
+                raise ValueError("container_names is empty")
+            after = request.auto_thaw_after.ToNanoseconds() / 1e9 if request.HasField("auto_thaw_after") else None
+            states = self.d.freezer.freeze(
+                request.checkpoint_id,
+                request.pod_uid,
+                names,
+                deadline=after or None,
+                pod_namespace=request.pod_namespace,
+                pod_name=request.pod_name,
+            )
+            return agent_pb2.FreezeResponse(containers=self._states(states))
+
+        return self._call(context, "Freeze", body)
+
+    def Thaw(self, request: agent_pb2.ThawRequest, context: grpc.ServicerContext) -> agent_pb2.ThawResponse:  # noqa: N802
+        def body() -> agent_pb2.ThawResponse:
+            require_uid("pod UID", request.pod_uid)
+            require_label("checkpoint ID", request.checkpoint_id)
+            names = [require_label("container name", n) for n in request.container_names]
+            states = self.d.freezer.thaw(request.checkpoint_id, request.pod_uid, names)
+            return agent_pb2.ThawResponse(containers=self._states(states))
+
+        return self._call(context, "Thaw", body)
+
+    def GetCapabilities(  # noqa: N802
+        self, request: agent_pb2.GetCapabilitiesRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.Capabilities:
+        problems = []
+        freeze_ok = fz.freezer_root(self.d.cgroup_root) != self.d.cgroup_root or (
+            self.d.cgroup_root / "cgroup.controllers"
+        ).exists()
+        if not freeze_ok:
+            problems.append(f"no cgroup freezer under {self.d.cgroup_root}")
+        if not self.d.criu_version:
+            problems.append("criu not found on the agent's PATH (version unknown; the runtime's CRIU is what counts)")
+        convert_ok = bool(self.d.runtime_version)
+        if not convert_ok:
+            problems.append(f"{self.d.images.runtime} not reachable with its CLI: checkpoint images cannot be loaded")
+        return agent_pb2.Capabilities(
+            node_name=self.d.node_name,
+            agent_version=AGENT_VERSION,
+            criu_version=self.d.criu_version,
+            runtime_name=self.d.images.runtime,
+            runtime_version=self.d.runtime_version,
+            checkpoint_supported=True,
+            freeze_supported=freeze_ok,
+            convert_supported=convert_ok,
+            problems=problems,
+        )
+
+
+def build_deps(cfg: AgentConfig, locate: fz.Locate | None = None, backoff: Backoff | None = None) -> Deps:
+    """Production wiring from flags; `locate` and `backoff` are the seams tests use."""
+    store = CheckpointStore(open_backend(cfg.storage), cfg.node_name)
+    kubelet = KubeletClient(
+        cfg.kubelet_url,
+        client_cert=cfg.kubelet_client_cert or None,
+        client_key=cfg.kubelet_client_key or None,
+        ca=cfg.kubelet_ca or None,
+        checkpoint_dir=cfg.kubelet_checkpoint_dir,
+        node_checkpoint_dir=cfg.kubelet_node_checkpoint_dir,
+        backoff=backoff
+        or Backoff(retries=cfg.kubelet_retries, initial=cfg.kubelet_backoff_initial, factor=cfg.kubelet_backoff_factor),
+    )
+    cgroup_root = Path(cfg.cgroup_root)
+    freezer = fz.Freezer(
+        locate or fz.kubelet_locator(kubelet.pods, cgroup_root), Path(cfg.state_dir), cfg.freeze_deadline
+    )
+    images = ImageLoader(
+        runtime=cfg.runtime,
+        containerd_address=cfg.containerd_address,
+        ctr=cfg.ctr,
+        podman=cfg.podman,
+        work_dir=cfg.work_dir,
+    )
+    try:
+        runtime_version = images.version()
+    except ImageError as exc:
+        log.warning("runtime version unknown: %s", exc)
+        runtime_version = ""
+    criu = shutil.which(cfg.criu)
+    return Deps(
+        node_name=cfg.node_name or os.uname().nodename,
+        store=store,
+        kubelet=kubelet,
+        freezer=freezer,
+        images=images,
+        max_concurrent=cfg.max_concurrent,
+        queue_timeout=cfg.queue_timeout,
+        checkpoint_timeout=cfg.checkpoint_timeout,
+        zstd_level=cfg.zstd_level,
+        zstd_threads=cfg.zstd_threads,
+        criu_version=_tool_version([criu, "--version"]) if criu else "",
+        runtime_version=runtime_version,
+        cgroup_root=cgroup_root,
+    )
+
+
+class AgentServer:
+    """The running agent: gRPC server + health + the freezer's timers. `start()`, then `wait()` or `stop()`."""
+
+    def __init__(self, cfg: AgentConfig, deps: Deps) -> None:
+        self.cfg = cfg
+        self.deps = deps
+        self.health = health.HealthServicer()
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=deps.max_concurrent + 8, thread_name_prefix="lpm-agent"),
+            maximum_concurrent_rpcs=deps.max_concurrent * 4 + 16,
+        )
+        agent_pb2_grpc.add_CheckpointServiceServicer_to_server(CheckpointService(deps), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server,
+        )
+        self.port = self._bind()
+        self._stopped = threading.Event()
+
+    def _bind(self) -> int:
+        if self.cfg.insecure:
+            log.warning("serving PLAINTEXT gRPC on %s (--insecure)", self.cfg.listen)
+            return self.server.add_insecure_port(self.cfg.listen)
+        if not (self.cfg.tls_cert and self.cfg.tls_key):
+            raise SystemExit("lpm-agent: --tls-cert and --tls-key are required (or --insecure for plaintext, tests only)")
+        key = Path(self.cfg.tls_key).read_bytes()
+        cert = Path(self.cfg.tls_cert).read_bytes()
+        client_ca = Path(self.cfg.tls_client_ca).read_bytes() if self.cfg.tls_client_ca else None
+        creds = grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
+        log.info(
+            "serving gRPC with TLS on %s (%s)", self.cfg.listen, "mutual TLS" if client_ca else "no client certificates"
+        )
+        return self.server.add_secure_port(self.cfg.listen, creds)
+
+    def start(self) -> None:
+        removed = self.deps.store.clean_stale_temps()
+        if removed:
+            log.info("start-up: removed stale temp files %s", removed)
+        self.deps.freezer.start()
+        self.server.start()
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        log.info("lpm-agent %s on node %s listening on port %d", AGENT_VERSION, self.deps.node_name, self.port)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Graceful: report NOT_SERVING, refuse new calls, let running ones finish within `grace`."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.enter_graceful_shutdown()
+        self.server.stop(self.cfg.shutdown_grace if grace is None else grace).wait()
+        self.deps.freezer.stop()  # frozen containers stay frozen; their records make the next agent thaw them
+        self.deps.kubelet.close()
+        self.deps.store.close()
+        log.info("lpm-agent stopped")
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+    def install_signal_handlers(self) -> None:
+        def on_signal(signum: int, _frame: Any) -> None:
+            log.info("signal %d: shutting down gracefully", signum)
+            threading.Thread(target=self.stop, name="shutdown", daemon=True).start()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
