@@ -3,8 +3,9 @@
     ./pants run tests/bench/storage/bench_nfs.py [-- --size-mib 256 --rounds 3]
 
 Starts the same podman API + nfs-ganesha container as the contract suite, then alternates, per round:
-backend write (temp file, positional writes, durable commit, rename; sha256 as the store does), backend read
-(streamed, sha256 verified), `nfs-cp` upload and `nfs-cp` download. Prints per-round seconds, medians,
+store write through NfsBackend (temp file, sha256, durable sync, rename, manifest, completion marker; fed in
+the 1 MiB chunks put_archive produces), store read (marker, manifest, streamed archive verified against its
+sha256), `nfs-cp` upload and `nfs-cp` download of the same bytes. Prints per-round seconds, medians,
 MiB/s and the backend/nfs-cp ratio of medians. Not part of `pants test`: it measures, it asserts nothing.
 """
 
@@ -18,33 +19,37 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 
 from integration.storage.nfs_server import nfs_server, podman_api
 
-from lpm.storage.nfs import NfsFile, NfsLocation, NfsSession, RetryPolicy
+from lpm.storage.nfs import NfsBackend
+from lpm.storage.store import WRITE_CHUNK, CheckpointStore
+from lpm.storage.uri import CheckpointKey
 
 CHUNK = 8 << 20
+store_chunk = WRITE_CHUNK  # what put_archive hands the backend (zstd output chunks)
+POD = "6a2b3c4d-1111-4222-8333-944455556666"
 
 
-def backend_write(session: NfsSession, source: pathlib.Path, name: str) -> str:
+def backend_write(store: CheckpointStore, source: pathlib.Path, key: CheckpointKey) -> str:
+    """The store's publish path: temp file, sha256, durable sync, rename, manifest, completion marker."""
+
+    def stream() -> Iterator[bytes]:
+        with open(source, "rb") as src:
+            while chunk := src.read(store_chunk):
+                yield chunk
+
+    manifest = store.write_artifact(key.artifact("app"), stream())
+    store.complete(key, ["app"], verify_data=False)
+    return manifest.sha256
+
+
+def backend_read(store: CheckpointStore, key: CheckpointKey) -> str:
+    """The store's read path: marker, manifest, streamed archive verified against its sha256."""
     digest = hashlib.sha256()
-    tmp = f".{name}.tmp"
-    with open(source, "rb") as src, NfsFile(session, tmp, "wb") as out:
-        while chunk := src.read(CHUNK):
-            digest.update(chunk)
-            out.write(chunk)
-        out.sync()
-    session.call("rename", name, lambda c: c.rename(tmp, name))
-    return digest.hexdigest()
-
-
-def backend_read(session: NfsSession, name: str) -> str:
-    digest = hashlib.sha256()
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    with NfsFile(session, name, "rb") as f:
-        while n := f.readinto(buf):
-            digest.update(view[:n])
+    for chunk in store.read_artifact(key.artifact("app")):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -77,18 +82,18 @@ def main() -> None:
         expected = hashlib.sha256(source.read_bytes()).hexdigest()
 
         with podman_api(work), nfs_server(export) as server:
-            location = NfsLocation.parse(server.url())
-            session = NfsSession(location, RetryPolicy())
+            store = CheckpointStore(NfsBackend(server.url()))
             base = "nfs://127.0.0.1/export"  # libnfs takes the ports from the query
             query = f"?version=3&nfsport={server.nfs_port}&mountport={server.mount_port}"
             times: dict[str, list[float]] = {
                 k: [] for k in ("backend write", "backend read", "nfs-cp write", "nfs-cp read")
             }
             for r in range(args.rounds):
-                t, digest = timed(backend_write, session, source, f"backend-{r}.bin")
+                key = CheckpointKey(POD, f"bench-{r}")
+                t, digest = timed(backend_write, store, source, key)
                 assert digest == expected
                 times["backend write"].append(t)
-                t, digest = timed(backend_read, session, f"backend-{r}.bin")
+                t, digest = timed(backend_read, store, key)
                 assert digest == expected, "backend read returned other bytes"
                 times["backend read"].append(t)
                 t, _ = timed(nfs_cp, str(source), f"{base}/nfscp-{r}.bin{query}")
@@ -99,9 +104,11 @@ def main() -> None:
                 if hashlib.sha256(back.read_bytes()).hexdigest() != expected:
                     raise SystemExit("nfs-cp round trip returned other bytes")
                 back.unlink()
+                store.delete(key)
                 for p in export.iterdir():
-                    p.unlink()
-            session.close()
+                    if p.is_file():
+                        p.unlink()
+            store.close()
 
     mib = size / (1 << 20)
     print(f"\n{args.size_mib} MiB, {args.rounds} rounds, NFSv3 over TCP to nfs-ganesha on 127.0.0.1 (slirp4netns)")
