@@ -187,9 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "--ctr", "LPM_CTR", default="ctr", help="containerd's ctr binary.")
     add_flag(p, "--podman", "LPM_PODMAN", default="podman", help="podman binary.")
     add_flag(p, "--criu", "LPM_CRIU", default="criu", help="criu binary (version reporting only).")
-    add_flag(
-        p, "--zstd-threads", "LPM_ZSTD_THREADS", type=int, default=0, help="zstd worker threads (0: one per CPU)."
-    )
+    add_flag(p, "--zstd-threads", "LPM_ZSTD_THREADS", type=int, default=0, help="zstd worker threads (0: one per CPU).")
     add_flag(
         p,
         "--queue-timeout",

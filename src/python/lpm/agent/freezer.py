@@ -288,7 +288,7 @@ class Freezer:
             self._persist(record)
             self._schedule(record)
             try:
-                for name, cgroup in cgroups.items():
+                for cgroup in cgroups.values():
                     freeze_cgroup(cgroup)
             except BaseException:
                 self._thaw_record(record)

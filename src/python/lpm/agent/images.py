@@ -233,7 +233,9 @@ class ImageLoader:
                 if line.strip().startswith("Version:"):
                     return "containerd " + line.split(":", 1)[1].strip()
             return "containerd"
-        return "podman " + _run([self.podman, "version", "--format", "{{.Client.Version}}"], "podman version", 10).strip()
+        return (
+            "podman " + _run([self.podman, "version", "--format", "{{.Client.Version}}"], "podman version", 10).strip()
+        )
 
     def convert(self, store: CheckpointStore, ref: ArtifactRef, container_name: str, image_ref: str) -> LoadedImage:
         """Stored checkpoint -> checkpoint image in this node's runtime. Verifies the archive on the way."""

@@ -76,16 +76,21 @@ class Backoff:
         return [min(self.initial * self.factor**i, self.max_wait) for i in range(self.retries)]
 
 
+DEFAULT_BACKOFF: Final = Backoff()
+
+
 class _DeadlineRetry(Retry):
     """urllib3's Retry with the seed's delays and an overall deadline (time.monotonic())."""
 
-    def __init__(self, *args: Any, schedule: Backoff = Backoff(), deadline: float = float("inf"), **kw: Any) -> None:
+    def __init__(
+        self, *args: Any, schedule: Backoff = DEFAULT_BACKOFF, deadline: float = float("inf"), **kw: Any
+    ) -> None:
         super().__init__(*args, **kw)
         self.schedule = schedule
         self.deadline = deadline
 
     def new(self, **kw: Any) -> _DeadlineRetry:
-        fresh: _DeadlineRetry = super().new(**kw)  # type: ignore[assignment]
+        fresh: _DeadlineRetry = super().new(**kw)
         fresh.schedule = self.schedule
         fresh.deadline = self.deadline
         return fresh
@@ -130,7 +135,7 @@ class KubeletClient:
         ca: str | None,
         checkpoint_dir: str = KUBELET_CHECKPOINT_DIR,
         node_checkpoint_dir: str = KUBELET_CHECKPOINT_DIR,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = DEFAULT_BACKOFF,
         connect_timeout: float = 10.0,
     ) -> None:
         parsed = urllib.parse.urlsplit(url)

@@ -56,7 +56,6 @@ from lpm.storage.store import (
     Manifest,
     StorageFull,
     open_backend,
-    utc_now,
 )
 from lpm.storage.uri import ArtifactRef, CheckpointKey
 
@@ -191,7 +190,7 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
 
     # ---- rpcs ------------------------------------------------------------------------------------------
 
-    def Checkpoint(  # noqa: N802 - gRPC method name
+    def Checkpoint(
         self, request: agent_pb2.CheckpointRequest, context: grpc.ServicerContext
     ) -> agent_pb2.CheckpointResponse:
         return self._call(context, "Checkpoint", lambda: self._checkpoint(request, context))
@@ -228,7 +227,7 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                 with open(result.local_path, "rb") as raw:
                     manifest = self.d.store.put_archive(
                         ref,
-                        raw,  # type: ignore[arg-type]
+                        raw,
                         zstd_level=level,
                         zstd_threads=self.d.zstd_threads,
                         info=ArchiveInfo(
@@ -266,7 +265,7 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             zstd_level=m.info.zstd_level,
         )
 
-    def CompleteCheckpoint(  # noqa: N802
+    def CompleteCheckpoint(
         self, request: agent_pb2.CompleteCheckpointRequest, context: grpc.ServicerContext
     ) -> agent_pb2.CompleteCheckpointResponse:
         def body() -> agent_pb2.CompleteCheckpointResponse:
@@ -279,7 +278,7 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
 
         return self._call(context, "CompleteCheckpoint", body)
 
-    def ConvertCheckpointToImage(  # noqa: N802
+    def ConvertCheckpointToImage(
         self, request: agent_pb2.ConvertRequest, context: grpc.ServicerContext
     ) -> agent_pb2.ConvertResponse:
         def body() -> agent_pb2.ConvertResponse:
@@ -311,9 +310,7 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             out.append(status)
         return out
 
-    def Freeze(  # noqa: N802
-        self, request: agent_pb2.FreezeRequest, context: grpc.ServicerContext
-    ) -> agent_pb2.FreezeResponse:
+    def Freeze(self, request: agent_pb2.FreezeRequest, context: grpc.ServicerContext) -> agent_pb2.FreezeResponse:
         def body() -> agent_pb2.FreezeResponse:
             require_uid("pod UID", request.pod_uid)
             require_label("checkpoint ID", request.checkpoint_id)
@@ -333,7 +330,7 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
 
         return self._call(context, "Freeze", body)
 
-    def Thaw(self, request: agent_pb2.ThawRequest, context: grpc.ServicerContext) -> agent_pb2.ThawResponse:  # noqa: N802
+    def Thaw(self, request: agent_pb2.ThawRequest, context: grpc.ServicerContext) -> agent_pb2.ThawResponse:
         def body() -> agent_pb2.ThawResponse:
             require_uid("pod UID", request.pod_uid)
             require_label("checkpoint ID", request.checkpoint_id)
@@ -343,13 +340,14 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
 
         return self._call(context, "Thaw", body)
 
-    def GetCapabilities(  # noqa: N802
+    def GetCapabilities(
         self, request: agent_pb2.GetCapabilitiesRequest, context: grpc.ServicerContext
     ) -> agent_pb2.Capabilities:
         problems = []
-        freeze_ok = fz.freezer_root(self.d.cgroup_root) != self.d.cgroup_root or (
-            self.d.cgroup_root / "cgroup.controllers"
-        ).exists()
+        freeze_ok = (
+            fz.freezer_root(self.d.cgroup_root) != self.d.cgroup_root
+            or (self.d.cgroup_root / "cgroup.controllers").exists()
+        )
         if not freeze_ok:
             problems.append(f"no cgroup freezer under {self.d.cgroup_root}")
         if not self.d.criu_version:
@@ -442,7 +440,9 @@ class AgentServer:
             log.warning("serving PLAINTEXT gRPC on %s (--insecure)", self.cfg.listen)
             return self.server.add_insecure_port(self.cfg.listen)
         if not (self.cfg.tls_cert and self.cfg.tls_key):
-            raise SystemExit("lpm-agent: --tls-cert and --tls-key are required (or --insecure for plaintext, tests only)")
+            raise SystemExit(
+                "lpm-agent: --tls-cert and --tls-key are required (or --insecure for plaintext, tests only)"
+            )
         key = Path(self.cfg.tls_key).read_bytes()
         cert = Path(self.cfg.tls_cert).read_bytes()
         client_ca = Path(self.cfg.tls_client_ca).read_bytes() if self.cfg.tls_client_ca else None

@@ -41,9 +41,6 @@ from typing import BinaryIO, Final, Protocol
 import zstandard
 
 from lpm.storage.uri import (
-    ARCHIVE_NAME,
-    COMPLETE_MARKER,
-    MANIFEST_NAME,
     ArtifactRef,
     CheckpointKey,
     resolve_under,
@@ -278,7 +275,7 @@ class CheckpointStore:
         cctx = zstandard.ZstdCompressor(
             level=zstd_level, threads=zstd_threads if zstd_threads > 0 else -1, write_checksum=True
         )
-        stream = cctx.read_to_iter(tap, read_size=WRITE_CHUNK, write_size=WRITE_CHUNK)
+        stream = cctx.read_to_iter(tap, read_size=WRITE_CHUNK, write_size=WRITE_CHUNK)  # type: ignore[arg-type]
         base = info or ArchiveInfo()
 
         def details() -> ArchiveInfo:
@@ -458,7 +455,7 @@ class _PosixWriter:
     def __init__(self, path: pathlib.Path) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
         os.fchmod(fd, FILE_MODE)  # the mode above is filtered by the umask, and an existing file keeps its own
-        self._file = open(fd, "wb")  # noqa: SIM115 - closed by close()
+        self._file = open(fd, "wb")  # - closed by close()
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         return self._file.write(data)
@@ -501,7 +498,7 @@ class PosixBackend:
         return _PosixWriter(target)
 
     def open_read(self, path: str) -> ReadStream:
-        return open(self._path(path), "rb", buffering=0)  # noqa: SIM115 - the caller closes it
+        return open(self._path(path), "rb", buffering=0)  # - the caller closes it
 
     def rename(self, source: str, destination: str) -> None:
         target = self._path(destination)
