@@ -85,9 +85,8 @@ def reads_for(phase: MigrationPhase) -> frozenset[str]:
     """Which parts of the world a phase looks at, so the shell reads no more than needed."""
     if phase in (P.PENDING, P.VALIDATING):
         return frozenset({"source_pod", "nodes", "migrations"})
-    if phase in (P.FREEZING, P.CHECKPOINTING, P.CONVERTING):
-        return frozenset({"source_pod", "pod_checkpoint"})
-    if phase in (P.RESTORING, P.CLEANING, P.ROLLING_BACK):
+    if phase in (P.FREEZING, P.CHECKPOINTING, P.CONVERTING, P.RESTORING, P.CLEANING, P.ROLLING_BACK):
+        # The restored pod is read in every phase that may roll back: a rollback must see it to remove it.
         return frozenset({"source_pod", "pod_checkpoint", "restored_pod"})
     return frozenset()
 
@@ -306,8 +305,10 @@ def _validating(plan: _Plan) -> None:
         st.conditions, c.CONDITION_VALIDATED, ConditionStatus.TRUE, "Validated", "pod, nodes and agents ok", plan.now
     )
     if freeze:
+        # Write-ahead: Freezing is recorded before the agent is asked to freeze, so a controller killed right
+        # after the Freeze call finds a phase that knows it must thaw on failure.
         plan.enter(P.FREEZING, "Freezing", f"freezing pod {pod_name} on {pod.node_name}")
-        return _freezing(plan)
+        return None
     plan.enter(P.CHECKPOINTING, "Checkpointing", f"checkpointing pod {pod_name} (KeepRunning: a clone)")
     return _checkpointing(plan)
 
@@ -413,8 +414,8 @@ def _converting(plan: _Plan) -> None:
         else:
             return _rollback(plan, out.reason or "ConvertFailed", out.message or "the agent returned no image")
     if {ci.container_name for ci in st.container_images} >= {ctr.name for ctr in pc.status.containers}:
+        # Write-ahead again: the restored pod is created only in a recorded Restoring phase.
         plan.enter(P.RESTORING, "Restoring", f"starting pod {st.restored_pod_name} on {plan.m.spec.target_node}")
-        _restoring(plan)
 
 
 def _restoring(plan: _Plan) -> None:

@@ -1,0 +1,179 @@
+"""Hypothesis state machine: the three pure deciders driven through a simulated cluster with random
+interleavings of reconciles, controller crashes mid-cycle, agent outages and failures, lost replies,
+API conflicts, kubelet outcomes, node changes and time passing. After every step the safety invariants
+hold; at the end, once the world calms down, the migration always reaches a terminal phase."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from lpm.api.models import MigrationPhase
+from property.controller.world import SOURCE, TARGET, World
+
+METHODS = ["GetCapabilities", "Freeze", "Thaw", "Checkpoint", "CompleteCheckpoint", "ConvertCheckpointToImage"]
+
+
+class MigrationMachine(RuleBasedStateMachine):
+    world: World
+
+    @initialize(
+        containers=st.lists(st.sampled_from(["app", "db", "cache"]), min_size=1, max_size=3, unique=True),
+        policy=st.sampled_from(["Freeze", "Freeze", "KeepRunning"]),
+        cleanup=st.sampled_from(["Delete", "Delete", "Retain"]),
+        timeout=st.sampled_from([30, 120, 600]),
+    )
+    def setup(self, containers, policy, cleanup, timeout):
+        self.world = World(containers, policy, cleanup, timeout)
+        self.idle_advances = 0
+
+    # ------------------------------------------------------------------------------------------ rules
+    @rule(crash_after=st.none() | st.integers(min_value=0, max_value=3))
+    def reconcile_migration(self, crash_after):
+        self.world.reconcile_migration(crash_after)
+        self.idle_advances = 0
+
+    @rule(crash_after=st.none() | st.integers(min_value=0, max_value=3))
+    def reconcile_checkpoints(self, crash_after):
+        self.world.reconcile_checkpoints(crash_after)
+
+    # Two plain "everything reconciles" rules make progress likelier than any single fault.
+    @rule()
+    def reconcile_everything(self):
+        self.world.reconcile_checkpoints()
+        self.world.reconcile_migration()
+        self.idle_advances = 0
+
+    @rule()
+    def reconcile_everything_and_kubelet(self):
+        self.reconcile_everything()
+        self.world.kubelet()
+
+    @rule(node=st.sampled_from([SOURCE, TARGET]), down=st.booleans())
+    def agent_availability(self, node, down):
+        self.world.agents[node].down = down
+
+    @rule(node=st.sampled_from([SOURCE, TARGET]), method=st.sampled_from(METHODS), permanent=st.booleans())
+    def agent_fails_next_call(self, node, method, permanent):
+        self.world.agents[node].fail_next[method] = permanent
+
+    @rule(node=st.sampled_from([SOURCE, TARGET]))
+    def agent_loses_next_reply(self, node):
+        self.world.agents[node].lose_reply_next = True
+
+    @rule(fault=st.sampled_from(["reject", "lost"]))
+    def api_fault(self, fault):
+        self.world.api_faults.append(fault)
+
+    @rule(crashes=st.booleans())
+    def kubelet(self, crashes):
+        self.world.kubelet_crashes = crashes
+        self.world.kubelet()
+
+    @rule(ready=st.booleans())
+    def target_node_readiness(self, ready):
+        self.world.set_target_ready(ready)
+
+    # The controller is never down for long: time moves at most a few steps between reconciles.
+    @precondition(lambda self: self.idle_advances < 3)
+    @rule(seconds=st.sampled_from([1, 5, 30]))
+    def time_passes(self, seconds):
+        self.world.advance(seconds)
+        self.idle_advances += 1
+
+    # ------------------------------------------------------------------------------------- invariants
+    @invariant()
+    def no_violation_recorded(self):
+        # includes: source deleted only once a restored pod runs; terminal phases never change
+        assert not self.world.violations, self.world.violations
+
+    @invariant()
+    def at_most_one_restored_pod(self):
+        assert len(self.world.restored_names_created) <= 1, self.world.restored_names_created
+        assert len(self.world.restored_pods()) <= 1
+
+    @invariant()
+    def never_two_unfrozen_copies(self):
+        w = self.world
+        if w.migration.spec.source_policy.value != "Freeze":
+            return  # a clone runs both copies on purpose
+        source = w.source()
+        running_copy = [
+            p
+            for p in w.restored_pods()
+            if p["status"]["phase"] == "Running" and not p["status"].get("containerStatuses")
+        ]
+        if source is not None and running_copy:
+            assert w.source_uid in w.frozen, "source unfrozen while the restored pod runs"
+
+    @invariant()
+    def failure_has_reason_and_leaves_source_thawed(self):
+        w = self.world
+        st_ = w.migration.status
+        if st_.phase is MigrationPhase.FAILED:
+            assert st_.reason and st_.message
+            if w.source() is not None and "could not thaw" not in st_.message:
+                assert w.source_uid not in w.frozen, f"Failed ({st_.reason}) but the source is still frozen"
+            assert not w.restored_pods() or st_.reason == "RestoredPodNameTaken"
+
+    @invariant()
+    def checkpoint_failures_have_reasons(self):
+        for (plural, _, _), obj in self.world.store.items():
+            status = obj.get("status") or {}
+            if plural.endswith("checkpoints") and status.get("phase") == "Failed":
+                assert status.get("reason") and status.get("message"), obj
+
+    @invariant()
+    def contents_bound_one_to_one(self):
+        store = self.world.store
+        refs: dict[str, str] = {}
+        for (plural, _, name), obj in store.items():
+            if plural == "containercheckpointcontents":
+                ref = obj["spec"]["containerCheckpointRef"]["uid"]
+            elif plural == "podcheckpointcontents":
+                ref = obj["spec"]["podCheckpointRef"]["uid"]
+            else:
+                continue
+            assert ref not in refs, f"two contents bound to {ref}"
+            refs[ref] = name
+        for (plural, _, _), obj in store.items():
+            bound = (obj.get("status") or {}).get("boundContentName")
+            if plural in ("containercheckpoints", "podcheckpoints") and bound:
+                assert refs.get(obj["metadata"]["uid"]) == bound
+
+    def teardown(self):
+        """Liveness: once agents and API calm down, the migration finishes (either way)."""
+        w = getattr(self, "world", None)
+        if w is None:
+            return
+        for agent in w.agents.values():
+            agent.down = False
+            agent.fail_next.clear()
+            agent.lose_reply_next = False
+        w.api_faults.clear()
+        for _ in range(200):
+            if w.migration.status.phase.terminal:
+                break
+            w.reconcile_checkpoints()
+            w.reconcile_migration()
+            w.kubelet()
+            w.advance(5)
+            self.no_violation_recorded()
+            self.never_two_unfrozen_copies()
+        event(f"ended {w.migration.status.phase.value} ({w.migration.status.reason})")
+        assert w.migration.status.phase.terminal, f"stuck in {w.migration.status.phase}: {w.migration.status}"
+        self.failure_has_reason_and_leaves_source_thawed()
+        if w.migration.status.phase is MigrationPhase.COMPLETED:
+            assert len(w.restored_pods()) == 1
+            if w.migration.spec.source_cleanup.value == "Delete":
+                assert w.source() is None
+
+
+MigrationMachine.TestCase.settings = settings(
+    max_examples=1500,
+    stateful_step_count=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestMigrationMachine = MigrationMachine.TestCase

@@ -1,0 +1,349 @@
+"""A simulated cluster for the pure deciders: an object store with resourceVersions, nodes, pods, agents
+that freeze/thaw/checkpoint and can be down or fail, a kubelet that starts (or crashes) restored pods, and
+API faults (rejected writes, and writes that landed but whose reply was lost).
+
+The simulated shells hold no memory between cycles: every cycle reads the store, exactly like a controller
+process that was just restarted. A cycle can also "crash" after any number of effects, before its status
+write, like a controller killed mid-cycle.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from lpm.api import constants as c
+from lpm.api.codec import decode, encode
+from lpm.api.models import (
+    ContainerCheckpoint,
+    ContainerCheckpointContent,
+    PodCheckpoint,
+    PodCheckpointContent,
+    PodMigration,
+)
+from lpm.controller import clock
+from lpm.controller.containercheckpoint import decide as ccd
+from lpm.controller.effects import (
+    Action,
+    AgentCall,
+    CreateObject,
+    DeleteObject,
+    Effect,
+    MarkContentReady,
+    Outcome,
+    effects_of,
+    status_of,
+)
+from lpm.controller.podcheckpoint import decide as pcd
+from lpm.controller.podmigration import decide as pmd
+from lpm.controller.podmigration.restore import pod_checkpoint_name, restored_pod_name
+from lpm.controller.views import NodeView, PodView
+from lpm.storage.uri import ArtifactRef
+
+NS = "default"
+SOURCE, TARGET = "node-a", "node-b"
+Key = tuple[str, str | None, str]
+
+
+class AgentSim:
+    def __init__(self) -> None:
+        self.down = False
+        self.fail_next: dict[str, bool] = {}  # method -> permanent?
+        self.lose_reply_next = False
+
+
+class World:
+    def __init__(self, containers: list[str], source_policy: str, source_cleanup: str, timeout: int) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+        self.store: dict[Key, dict[str, Any]] = {}
+        self.rv = 0
+        self.agents = {SOURCE: AgentSim(), TARGET: AgentSim()}
+        self.frozen: dict[str, datetime] = {}  # pod uid -> agent's auto-thaw deadline
+        self.api_faults: list[str] = []  # "reject" | "lost", consumed by writes
+        self.kubelet_crashes = False
+        self.history: list[str] = []
+        self.violations: list[str] = []
+        self.restored_names_created: set[str] = set()
+        self.ever_terminal: str | None = None
+        for node in (SOURCE, TARGET):
+            self._put(("nodes", None, node), {"metadata": {"name": node}, "spec": {}, "status": _ready(True)})
+        self.source_uid = self._create_pod(
+            {
+                "metadata": {"name": "web", "namespace": NS, "labels": {"app": "web"}},
+                "spec": {"nodeName": SOURCE, "containers": [{"name": n, "image": f"img/{n}"} for n in containers]},
+            },
+            phase="Running",
+        )
+        self.migration_key: Key = ("podmigrations", NS, "mig")
+        self._put(
+            self.migration_key,
+            {
+                "apiVersion": c.API_VERSION,
+                "kind": c.KIND_POD_MIGRATION,
+                "metadata": {"name": "mig", "namespace": NS, "generation": 1},
+                "spec": {
+                    "podName": "web",
+                    "targetNode": TARGET,
+                    "sourcePolicy": source_policy,
+                    "sourceCleanup": source_cleanup,
+                    "timeoutSeconds": timeout,
+                },
+            },
+        )
+
+    # ------------------------------------------------------------------------------------------- store
+    def _put(self, key: Key, obj: dict[str, Any]) -> dict[str, Any]:
+        self.rv += 1
+        meta = obj.setdefault("metadata", {})
+        meta.setdefault("uid", str(uuid.UUID(int=self.rv)))
+        meta.setdefault("creationTimestamp", self.now.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        meta["resourceVersion"] = str(self.rv)
+        self.store[key] = obj
+        return obj
+
+    def _create_pod(self, body: dict[str, Any], phase: str = "Pending") -> str:
+        body = copy.deepcopy(body)
+        body["status"] = {"phase": phase}
+        obj = self._put(("pods", NS, body["metadata"]["name"]), body)
+        return str(obj["metadata"]["uid"])
+
+    def get(self, plural: str, ns: str | None, name: str) -> dict[str, Any] | None:
+        obj = self.store.get((plural, ns, name))
+        return copy.deepcopy(obj) if obj else None
+
+    def _fault(self) -> str | None:
+        return self.api_faults.pop(0) if self.api_faults else None
+
+    @property
+    def migration(self) -> PodMigration:
+        return decode(PodMigration, self.store[self.migration_key])
+
+    def restored_pods(self) -> list[dict[str, Any]]:
+        uid = self.store[self.migration_key]["metadata"]["uid"]
+        return [
+            o
+            for (plural, _, _), o in self.store.items()
+            if plural == "pods" and (o["metadata"].get("annotations") or {}).get(c.ANNOTATION_MIGRATION_UID) == uid
+        ]
+
+    def source(self) -> dict[str, Any] | None:
+        pod = self.store.get(("pods", NS, "web"))
+        return pod if pod and pod["metadata"]["uid"] == self.source_uid else None
+
+    # ----------------------------------------------------------------------------------------- effects
+    def execute(self, effect: Effect) -> Outcome:
+        if isinstance(effect, AgentCall):
+            return self._agent(effect)
+        fault = self._fault()
+        if fault == "reject":
+            return Outcome.failure("Conflict", "injected: the write was rejected", retryable=True)
+        out = self._write(effect)
+        if fault == "lost":
+            return Outcome.failure("ServerTimeout", "injected: the reply was lost", retryable=True)
+        return out
+
+    def _write(self, effect: Effect) -> Outcome:
+        if isinstance(effect, CreateObject):
+            key = (effect.plural, effect.namespace, effect.name)
+            if key in self.store:
+                return Outcome.success(reason="AlreadyExists")
+            body = copy.deepcopy(dict(effect.body))
+            if effect.plural == "pods":
+                self.restored_names_created.add(effect.name)
+                self.history.append(f"create restored pod {effect.name}")
+                self._create_pod(body)
+            else:
+                self._put(key, body)
+            return Outcome.success()
+        if isinstance(effect, DeleteObject):
+            key = (effect.plural, effect.namespace, effect.name)
+            obj = self.store.get(key)
+            if obj is None or (effect.uid and obj["metadata"]["uid"] != effect.uid):
+                return Outcome.success(reason="NotFound")
+            if effect.plural == "pods" and obj["metadata"]["uid"] == self.source_uid:
+                running = [p for p in self.restored_pods() if p["status"]["phase"] == "Running"]
+                if not running:
+                    self.violations.append("source pod deleted before a restored pod was Running")
+                self.frozen.pop(self.source_uid, None)
+            del self.store[key]
+            self.history.append(f"delete {effect.plural}/{effect.name}")
+            return Outcome.success()
+        if isinstance(effect, MarkContentReady):
+            obj = self.store.get((effect.plural, None, effect.name))
+            if obj is None:
+                return Outcome.failure("NotFound", "content gone", retryable=True)
+            obj.setdefault("status", {})["readyToUse"] = True
+            self._put((effect.plural, None, effect.name), obj)
+            return Outcome.success()
+        raise TypeError(effect)
+
+    def _agent(self, call: AgentCall) -> Outcome:
+        agent = self.agents[call.node]
+        if agent.down:
+            return Outcome.failure("AgentUnavailable", f"agent on node {call.node} is down", retryable=True)
+        if call.METHOD in agent.fail_next:
+            permanent = agent.fail_next.pop(call.METHOD)
+            return Outcome.failure(f"Agent{call.METHOD}Failed", f"injected {call.METHOD} failure", not permanent)
+        req = call.request
+        value: dict[str, Any] = {}
+        if call.METHOD == "GetCapabilities":
+            value = {"checkpoint_supported": True, "freeze_supported": True, "convert_supported": True}
+        elif call.METHOD == "Freeze":
+            assert call.node == SOURCE, "freeze goes to the source node's agent"
+            secs = float(str(req.get("auto_thaw_after", "600s")).rstrip("s"))
+            if req["pod_uid"] == self.source_uid and self.source() is not None:
+                self.frozen[req["pod_uid"]] = self.now + timedelta(seconds=secs)
+        elif call.METHOD == "Thaw":
+            self.frozen.pop(req["pod_uid"], None)
+        elif call.METHOD == "Checkpoint":
+            ref = ArtifactRef(req["pod_uid"], req["checkpoint_id"], req["container_name"])
+            value = {"artifact": {"artifact_uri": ref.uri, "compressed_size_bytes": "10"}, "attempts": 1}
+        elif call.METHOD == "ConvertCheckpointToImage":
+            ref = ArtifactRef.parse(req["artifact_uri"])
+            value = {"image_ref": f"localhost/lpm-checkpoint/{ref.container}:{ref.checkpoint_id}"}
+        if agent.lose_reply_next:
+            agent.lose_reply_next = False
+            return Outcome.failure("AgentDeadlineExceeded", "injected: reply lost", retryable=True)
+        return Outcome.success(value)
+
+    # ----------------------------------------------------------------------------------------- cycles
+    def _cycle(
+        self, key: Key, model: type, observe: Callable[[dict[str, Any]], Any], decide: Callable[[Any], list[Action]],
+        crash_after: int | None,
+    ) -> None:
+        obj = self.get(*key)
+        if obj is None:
+            return
+        observed = observe(obj)
+        outcomes: dict[str, Outcome] = {}
+        done = 0
+        actions: list[Action] = []
+        for _ in range(8):
+            actions = decide(dataclasses.replace(observed, outcomes=dict(outcomes)))
+            new = [e for e in effects_of(actions) if e.key not in outcomes]
+            if not new:
+                break
+            for effect in new:
+                if crash_after is not None and done >= crash_after:
+                    return  # killed mid-cycle: no status write
+                outcomes[effect.key] = self.execute(effect)
+                done += 1
+        patch = status_of(actions)
+        if patch is None:
+            return
+        fault = self._fault()
+        if fault == "reject":
+            return
+        current = self.store.get(key)
+        if current is None or current["metadata"]["resourceVersion"] != obj["metadata"]["resourceVersion"]:
+            return  # conflict
+        current["status"] = encode(patch.status)
+        self._put(key, current)
+
+    def reconcile_migration(self, crash_after: int | None = None) -> None:
+        self._cycle(self.migration_key, PodMigration, self._observe_migration, pmd.decide, crash_after)
+        self._check_terminal()
+
+    def _observe_migration(self, obj: dict[str, Any]) -> pmd.Observed:
+        m = decode(PodMigration, obj)
+        reads = pmd.reads_for(m.status.phase)
+        uid = obj["metadata"]["uid"]
+        pod = self.get("pods", NS, "web") if "source_pod" in reads else None
+        node = self.get("nodes", None, TARGET) if "nodes" in reads else None
+        pc = self.get(c.PLURAL_POD_CHECKPOINTS, NS, m.status.pod_checkpoint_name or pod_checkpoint_name("mig"))
+        rp = self.get("pods", NS, m.status.restored_pod_name or restored_pod_name("web", uid))
+        return pmd.Observed(
+            migration=m,
+            now=self.now,
+            source_pod=PodView.from_api(pod) if pod else None,
+            target_node=NodeView.from_api(node) if node else None,
+            pod_checkpoint=decode(PodCheckpoint, pc) if pc and "pod_checkpoint" in reads else None,
+            restored_pod=PodView.from_api(rp) if rp and "restored_pod" in reads else None,
+        )
+
+    def reconcile_checkpoints(self, crash_after: int | None = None) -> None:
+        for (plural, ns, name) in list(self.store):
+            if plural == c.PLURAL_POD_CHECKPOINTS:
+                self._cycle((plural, ns, name), PodCheckpoint, self._observe_pc, pcd.decide, crash_after)
+            elif plural == c.PLURAL_CONTAINER_CHECKPOINTS:
+                self._cycle((plural, ns, name), ContainerCheckpoint, self._observe_cc, ccd.decide, crash_after)
+
+    def _observe_pc(self, obj: dict[str, Any]) -> pcd.Observed:
+        pc = decode(PodCheckpoint, obj)
+        uid = obj["metadata"]["uid"]
+        pod = self.get("pods", NS, pc.spec.pod_name)
+        children = {}
+        for (plural, _, _), o in self.store.items():
+            if plural == c.PLURAL_CONTAINER_CHECKPOINTS and any(
+                r.get("uid") == uid for r in o["metadata"].get("ownerReferences") or []
+            ):
+                cc = decode(ContainerCheckpoint, copy.deepcopy(o))
+                children[cc.spec.container_name] = cc
+        content = self.get(c.PLURAL_POD_CHECKPOINT_CONTENTS, None, pcd.pod_content_name(NS, obj["metadata"]["name"], uid))
+        return pcd.Observed(
+            pod_checkpoint=pc,
+            now=self.now,
+            pod=PodView.from_api(pod) if pod else None,
+            children=children,
+            content=decode(PodCheckpointContent, content) if content else None,
+        )
+
+    def _observe_cc(self, obj: dict[str, Any]) -> ccd.Observed:
+        cc = decode(ContainerCheckpoint, obj)
+        pod = self.get("pods", NS, cc.spec.pod_name)
+        content = self.get(
+            c.PLURAL_CONTAINER_CHECKPOINT_CONTENTS,
+            None,
+            ccd.container_content_name(NS, obj["metadata"]["name"], obj["metadata"]["uid"]),
+        )
+        return ccd.Observed(
+            container_checkpoint=cc,
+            now=self.now,
+            pod=PodView.from_api(pod) if pod else None,
+            content=decode(ContainerCheckpointContent, content) if content else None,
+        )
+
+    # ------------------------------------------------------------------------------------- the world
+    def kubelet(self) -> None:
+        for pod in self.restored_pods():
+            if pod["status"]["phase"] == "Pending":
+                if self.kubelet_crashes:
+                    pod["status"] = {
+                        "phase": "Running",
+                        "containerStatuses": [
+                            {"name": "x", "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "boom"}}}
+                        ],
+                    }
+                else:
+                    pod["status"] = {"phase": "Running"}
+                self._put(("pods", NS, pod["metadata"]["name"]), pod)
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+        for uid, deadline in list(self.frozen.items()):
+            if self.now >= deadline:
+                del self.frozen[uid]  # the agent's own auto-thaw
+
+    def set_target_ready(self, ready: bool) -> None:
+        node = self.store[("nodes", None, TARGET)]
+        node["status"] = _ready(ready)
+        self._put(("nodes", None, TARGET), node)
+
+    def _check_terminal(self) -> None:
+        phase = self.migration.status.phase
+        if self.ever_terminal and phase.value != self.ever_terminal:
+            self.violations.append(f"terminal phase {self.ever_terminal} changed to {phase.value}")
+        if phase.terminal and not self.ever_terminal:
+            self.ever_terminal = phase.value
+
+
+def _ready(ready: bool) -> dict[str, Any]:
+    return {"conditions": [{"type": "Ready", "status": "True" if ready else "False", "message": "sim"}]}
+
+
+def elapsed(world: World) -> float:
+    return clock.seconds_between(world.migration.status.start_time, world.now) or 0.0

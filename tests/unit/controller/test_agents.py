@@ -1,0 +1,90 @@
+"""The agent client: finding the agent on a node, and gRPC failures as retryable/permanent outcomes,
+against a real gRPC server (the agent double) on localhost."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from integration.controller import agent_double
+from lpm.controller.agents import TLS, Agents, grpc_outcome
+from lpm.controller.effects import CallCheckpoint, ProbeAgent
+
+UID = "0f8fad5b-d9cb-469f-a165-70867728950e"
+
+
+def agent_pods(port, node="node-a", ip="127.0.0.1"):
+    pod = agent_double.agent_pod(node, port, "lpm-system")
+    pod["status"] = {"phase": "Running", "podIP": ip}
+    return [pod]
+
+
+@pytest.fixture
+def double():
+    d = agent_double.serve("node-a")
+    yield d
+    d.server.stop(0)
+
+
+def test_checkpoint_call_returns_the_artifact(double):
+    agents = Agents(lambda node: agent_pods(double.port), "lpm-system", TLS(insecure=True))
+    req = {"pod_namespace": "ns", "pod_name": "web", "container_name": "app", "pod_uid": UID, "checkpoint_id": "c1"}
+    out = agents.call(CallCheckpoint("node-a", req))
+    assert out.ok, out
+    assert out.value["artifact"]["artifact_uri"] == f"shared://{UID}/c1/app/dump.tar.zst"
+    assert double.calls_to("Checkpoint")[0]["container_name"] == "app"
+    agents.close()
+
+
+def test_permanent_agent_error_keeps_its_details(double):
+    double.fail("GetCapabilities", grpc.StatusCode.FAILED_PRECONDITION, "CRIU 3.x is too old")
+    agents = Agents(lambda node: agent_pods(double.port), "lpm-system", TLS(insecure=True))
+    out = agents.call(ProbeAgent("node-a", {}))
+    assert not out.ok and not out.retryable
+    assert out.reason == "AgentFailedPrecondition" and "CRIU 3.x is too old" in out.message and "node-a" in out.message
+
+
+def test_unreachable_agent_is_retryable_with_a_hint():
+    agents = Agents(lambda node: agent_pods(1), "lpm-system", TLS(insecure=True))
+    out = agents.call(ProbeAgent("node-a", {}))
+    assert not out.ok and out.retryable and out.reason == "AgentUnavailable"
+    assert "running and reachable" in out.message
+
+
+def test_no_agent_pod_on_the_node_says_so():
+    agents = Agents(lambda node: [], "lpm-system", TLS(insecure=True))
+    out = agents.call(ProbeAgent("node-x", {}))
+    assert out.reason == "AgentNotFound" and "node-x" in out.message and "lpm-system" in out.message
+
+
+def test_address_prefers_the_named_grpc_port_and_falls_back_to_host_ip():
+    pod = agent_double.agent_pod("n", 7443, "lpm-system")
+    pod["status"] = {"phase": "Running", "hostIP": "10.1.2.3"}
+    assert Agents(lambda node: [pod], "lpm-system", TLS(insecure=True)).address("n") == "10.1.2.3:7443"
+    del pod["spec"]["containers"][0]["ports"]
+    assert Agents(lambda node: [pod], "lpm-system", TLS(insecure=True)).address("n") == "10.1.2.3:50051"
+
+
+@pytest.mark.parametrize(
+    ("code", "retryable"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, True),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, True),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, True),
+        (grpc.StatusCode.INVALID_ARGUMENT, False),
+        (grpc.StatusCode.NOT_FOUND, False),
+        (grpc.StatusCode.FAILED_PRECONDITION, False),
+        (grpc.StatusCode.UNAUTHENTICATED, False),
+        (grpc.StatusCode.PERMISSION_DENIED, False),
+        (grpc.StatusCode.UNIMPLEMENTED, False),
+        (grpc.StatusCode.INTERNAL, False),
+    ],
+)
+def test_status_codes_map_to_retryable_or_permanent(code, retryable):
+    out = grpc_outcome(code, "details", "node-a", "Checkpoint")
+    assert out.retryable is retryable and out.reason.startswith("Agent") and "node-a" in out.message
+
+
+def test_authentication_failures_point_at_the_certificates():
+    out = grpc_outcome(grpc.StatusCode.UNAUTHENTICATED, "bad cert", "node-a", "Freeze")
+    assert "LPM_AGENT_CLIENT_CERT" in out.message

@@ -1,0 +1,130 @@
+"""PodCheckpoint and ContainerCheckpoint deciders."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from lpm.api.models import (
+    CheckpointPhase,
+    ContainerCheckpoint,
+    ContainerCheckpointSpec,
+    ContainerCheckpointStatus,
+    PodCheckpoint,
+    PodCheckpointSpec,
+)
+from lpm.controller.containercheckpoint import decide as ccd
+from lpm.controller.effects import (
+    CallCheckpoint,
+    CompleteCheckpoint,
+    CreateContainerCheckpoint,
+    CreateContent,
+    MarkContentReady,
+    Outcome,
+    PatchStatus,
+)
+from lpm.controller.podcheckpoint import decide as pcd
+from lpm.controller.views import PodView
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+PUID = "0f8fad5b-d9cb-469f-a165-70867728950e"
+
+
+def pod(containers=("app", "db"), phase="Running"):
+    return PodView("web", "ns", PUID, "node-a", phase, False, tuple(containers))
+
+
+def status(actions):
+    return next(a.status for a in actions if isinstance(a, PatchStatus))
+
+
+def pc(**spec):
+    meta = {"name": "snap", "namespace": "ns", "uid": "11111111-1111-1111-1111-111111111111", "creationTimestamp": "2026-01-01T00:00:00Z"}
+    return PodCheckpoint(spec=PodCheckpointSpec(pod_name="web", **spec), metadata=meta)
+
+
+def test_podcheckpoint_creates_one_owned_child_per_container_sharing_one_id():
+    actions = pcd.decide(pcd.Observed(pod_checkpoint=pc(), now=NOW, pod=pod()))
+    creates = [a for a in actions if isinstance(a, CreateContainerCheckpoint)]
+    assert [a.name for a in creates] == ["snap-app", "snap-db"]
+    ids = {a.body["spec"]["checkpointID"] for a in creates}
+    assert ids == {"20260101t000000z-11111111"}
+    assert all(a.body["metadata"]["ownerReferences"][0]["kind"] == "PodCheckpoint" for a in creates)
+    assert status(actions).phase is CheckpointPhase.IN_PROGRESS
+
+
+def test_podcheckpoint_uses_the_migrations_checkpoint_id():
+    actions = pcd.decide(pcd.Observed(pod_checkpoint=pc(checkpoint_id="given-id"), now=NOW, pod=pod()))
+    assert status(actions).checkpoint_id == "given-id"
+
+
+def _in_progress(children_phase):
+    started = pc()
+    started.status = status(pcd.decide(pcd.Observed(pod_checkpoint=started, now=NOW, pod=pod())))
+    kids = {}
+    for name in ("app", "db"):
+        cc = ContainerCheckpoint(spec=ContainerCheckpointSpec(pod_name="web", container_name=name), metadata={"name": f"snap-{name}"})
+        cc.status = ContainerCheckpointStatus(
+            phase=children_phase[name], artifact_uri=f"shared://{PUID}/x/{name}/dump.tar.zst",
+            bound_content_name=f"ccpc-{name}", reason="AgentFailedPrecondition", message="kubelet said no",
+        )
+        kids[name] = cc
+    return started, kids
+
+
+def test_one_failed_container_fails_the_podcheckpoint_naming_it():
+    started, kids = _in_progress({"app": CheckpointPhase.READY, "db": CheckpointPhase.FAILED})
+    st = status(pcd.decide(pcd.Observed(pod_checkpoint=started, now=NOW, children=kids)))
+    assert st.phase is CheckpointPhase.FAILED and "container db" in st.message and "kubelet said no" in st.message
+
+
+def test_all_ready_seals_then_binds_content():
+    started, kids = _in_progress({"app": CheckpointPhase.READY, "db": CheckpointPhase.READY})
+    obs = pcd.Observed(pod_checkpoint=started, now=NOW, children=kids)
+    (seal,) = [a for a in pcd.decide(obs) if isinstance(a, CompleteCheckpoint)]
+    assert seal.node == "node-a" and seal.request["container_names"] == ["app", "db"]
+    outcomes = {seal.key: Outcome.success()}
+    (create,) = [a for a in pcd.decide(pcd.Observed(pod_checkpoint=started, now=NOW, children=kids, outcomes=outcomes)) if isinstance(a, CreateContent)]
+    assert create.body["spec"]["podCheckpointRef"]["uid"] == started.metadata["uid"]
+    assert create.body["spec"]["containerCheckpointContents"] == ["ccpc-app", "ccpc-db"]
+    outcomes[create.key] = Outcome.success()
+    (mark,) = [a for a in pcd.decide(pcd.Observed(pod_checkpoint=started, now=NOW, children=kids, outcomes=outcomes)) if isinstance(a, MarkContentReady)]
+    outcomes[mark.key] = Outcome.success()
+    st = status(pcd.decide(pcd.Observed(pod_checkpoint=started, now=NOW, children=kids, outcomes=outcomes)))
+    assert st.phase is CheckpointPhase.READY and st.bound_content_name == create.name
+
+
+def cc():
+    meta = {"name": "snap-app", "namespace": "ns", "uid": "22222222-2222-2222-2222-222222222222", "creationTimestamp": "2026-01-01T00:00:00Z"}
+    return ContainerCheckpoint(spec=ContainerCheckpointSpec(pod_name="web", container_name="app", checkpoint_id="cid"), metadata=meta)
+
+
+def test_containercheckpoint_calls_the_agent_on_the_pods_node_then_binds_content():
+    obj = cc()
+    (call,) = [a for a in ccd.decide(ccd.Observed(container_checkpoint=obj, now=NOW, pod=pod())) if isinstance(a, CallCheckpoint)]
+    assert call.node == "node-a" and call.request["checkpoint_id"] == "cid"
+    uri = f"shared://{PUID}/cid/app/dump.tar.zst"
+    outcomes = {call.key: Outcome.success({"artifact": {"artifact_uri": uri, "compressed_size_bytes": "10"}})}
+    (create,) = [a for a in ccd.decide(ccd.Observed(container_checkpoint=obj, now=NOW, pod=pod(), outcomes=outcomes)) if isinstance(a, CreateContent)]
+    assert create.body["spec"]["artifactURI"] == uri and create.body["spec"]["containerCheckpointRef"]["uid"] == obj.metadata["uid"]
+    assert create.namespace is None, "contents are cluster-scoped"
+    outcomes[create.key] = Outcome.success()
+    outcomes[MarkContentReady("containercheckpointcontents", create.name).key] = Outcome.success()
+    st = status(ccd.decide(ccd.Observed(container_checkpoint=obj, now=NOW, pod=pod(), outcomes=outcomes)))
+    assert st.phase is CheckpointPhase.READY and st.artifact_uri == uri and st.bound_content_name == create.name
+    ready = next(c for c in st.conditions if c.type == "Ready")
+    assert ready.status.value == "True"
+
+
+def test_containercheckpoint_failure_sets_ready_false_with_reason():
+    obj = cc()
+    (call,) = [a for a in ccd.decide(ccd.Observed(container_checkpoint=obj, now=NOW, pod=pod())) if isinstance(a, CallCheckpoint)]
+    bad = {call.key: Outcome.failure("AgentFailedPrecondition", "checkpointing not enabled in CRI-O", retryable=False)}
+    st = status(ccd.decide(ccd.Observed(container_checkpoint=obj, now=NOW, pod=pod(), outcomes=bad)))
+    assert st.phase is CheckpointPhase.FAILED and st.reason == "AgentFailedPrecondition"
+    ready = next(c for c in st.conditions if c.type == "Ready")
+    assert (ready.status.value, ready.reason) == ("False", "AgentFailedPrecondition")
+
+
+def test_missing_container_fails_with_the_containers_listed():
+    st = status(ccd.decide(ccd.Observed(container_checkpoint=cc(), now=NOW, pod=pod(containers=("web",)))))
+    assert st.reason == "ContainerNotFound" and "(web)" in st.message

@@ -1,0 +1,249 @@
+"""PodMigration's pure decider, scenario by scenario (the state machine in tests/property covers interleavings)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from lpm.api import constants as c
+from lpm.api.models import (
+    CheckpointPhase,
+    ContainerCheckpointState,
+    ContainerImage,
+    MigrationPhase,
+    PodCheckpoint,
+    PodCheckpointSpec,
+    PodMigration,
+    PodMigrationSpec,
+    PodMigrationStatus,
+)
+from lpm.controller.effects import (
+    ConvertImage,
+    CreatePodCheckpoint,
+    CreateRestoredPod,
+    DeletePod,
+    EmitEvent,
+    FreezeSource,
+    Outcome,
+    PatchStatus,
+    ProbeAgent,
+    ThawSource,
+)
+from lpm.controller.podmigration.decide import Observed, decide, decide_finalize
+from lpm.controller.views import NodeView, PodView
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+MUID = "aaaaaaaa-0000-0000-0000-000000000001"
+PUID = "bbbbbbbb-0000-0000-0000-000000000002"
+CAPS = {"checkpoint_supported": True, "freeze_supported": True, "convert_supported": True}
+
+
+def migration(phase=MigrationPhase.PENDING, **status):
+    st = PodMigrationStatus(phase=phase, **status)
+    if phase is not MigrationPhase.PENDING:
+        st.start_time = st.start_time or "2026-01-01T11:59:50Z"
+        st.pod_uid = st.pod_uid or PUID
+        st.source_node = st.source_node or "node-a"
+        st.checkpoint_id = st.checkpoint_id or "20260101t115950z-aaaaaaaa"
+        st.pod_checkpoint_name = st.pod_checkpoint_name or "mig-checkpoint"
+        st.restored_pod_name = st.restored_pod_name or "web-12345"
+        st.phase_started_at = st.phase_started_at or "2026-01-01T11:59:55Z"
+    meta = {"name": "mig", "namespace": "ns", "uid": MUID, "creationTimestamp": "2026-01-01T11:59:50Z", "generation": 1}
+    return PodMigration(spec=PodMigrationSpec(pod_name="web", target_node="node-b"), metadata=meta, status=st)
+
+
+def pod(name="web", uid=PUID, node="node-a", phase="Running", owner=None, annotations=None, problem=None, deleting=False):
+    raw = {
+        "metadata": {"name": name, "namespace": "ns", "uid": uid, "labels": {"app": "web"}},
+        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "img"}]},
+    }
+    return PodView(
+        name=name, namespace="ns", uid=uid, node_name=node, phase=phase, deleting=deleting, containers=("app",),
+        controller=owner, annotations=annotations or {}, problem=problem, raw=raw,
+    )
+
+
+NODE_B = NodeView("node-b", ready=True, ready_message="ok", unschedulable=False)
+
+
+def obs(m, **kw):
+    kw.setdefault("now", NOW)
+    return Observed(migration=m, **kw)
+
+
+def status(actions):
+    return next(a.status for a in actions if isinstance(a, PatchStatus))
+
+
+def probes_ok():
+    return {ProbeAgent("node-a", {}).key: Outcome.success(CAPS), ProbeAgent("node-b", {}).key: Outcome.success(CAPS)}
+
+
+def test_pending_validates_by_probing_both_agents_first():
+    actions = decide(obs(migration(), source_pod=pod(), target_node=NODE_B))
+    assert [a for a in actions if isinstance(a, ProbeAgent)] == [ProbeAgent("node-a", {}), ProbeAgent("node-b", {})]
+    assert status(actions).phase is MigrationPhase.VALIDATING
+    assert not any(isinstance(a, FreezeSource) for a in actions)
+
+
+def test_valid_migration_records_freezing_before_freezing():
+    actions = decide(obs(migration(), source_pod=pod(), target_node=NODE_B, outcomes=probes_ok()))
+    st = status(actions)
+    assert st.phase is MigrationPhase.FREEZING and st.pod_uid == PUID and st.source_node == "node-a"
+    assert not any(isinstance(a, FreezeSource) for a in actions), "write-ahead: freeze in the next cycle"
+    assert {e.reason for e in actions if isinstance(e, EmitEvent)} == {"Validating", "Freezing"}
+
+
+def test_validation_failures_have_actionable_reasons():
+    cases = [
+        (dict(source_pod=None, target_node=NODE_B), "PodNotFound"),
+        (dict(source_pod=pod(phase="Pending"), target_node=NODE_B), "PodNotRunning"),
+        (dict(source_pod=pod(owner="StatefulSet/web"), target_node=NODE_B), "PodHasController"),
+        (dict(source_pod=pod(node="node-b"), target_node=NODE_B), "TargetIsSourceNode"),
+        (dict(source_pod=pod(), target_node=None), "TargetNodeNotFound"),
+        (dict(source_pod=pod(), target_node=NodeView("node-b", False, "runtime down", False)), "TargetNodeNotReady"),
+        (dict(source_pod=pod(), target_node=NodeView("node-b", True, "", True)), "TargetNodeUnschedulable"),
+        (dict(source_pod=pod(), target_node=NODE_B, older_active_migrations=("other",)), "AnotherMigrationActive"),
+    ]
+    for kw, reason in cases:
+        st = status(decide(obs(migration(), **kw)))
+        assert (st.phase, st.reason) == (MigrationPhase.FAILED, reason), kw
+        assert st.message
+
+
+def test_statefulset_message_says_how_to_detach():
+    st = status(decide(obs(migration(), source_pod=pod(owner="StatefulSet/web"), target_node=NODE_B)))
+    assert "kubectl delete statefulset web --cascade=orphan" in st.message
+
+
+def test_incapable_agent_fails_validation_naming_the_problem():
+    outcomes = probes_ok()
+    outcomes[ProbeAgent("node-b", {}).key] = Outcome.success({"checkpoint_supported": True, "problems": ["no CRIU"]})
+    st = status(decide(obs(migration(), source_pod=pod(), target_node=NODE_B, outcomes=outcomes)))
+    assert st.reason == "AgentNotCapable" and "target node node-b" in st.message and "no CRIU" in st.message
+
+
+def test_unreachable_agent_is_retried_then_fails():
+    outcomes = probes_ok()
+    outcomes[ProbeAgent("node-a", {}).key] = Outcome.failure("AgentUnavailable", "down", retryable=True)
+    m = migration(MigrationPhase.VALIDATING)
+    st = status(decide(obs(m, source_pod=pod(), target_node=NODE_B, outcomes=outcomes)))
+    assert st.phase is MigrationPhase.VALIDATING and st.reason == "AgentUnavailable"
+    late = NOW + timedelta(seconds=600)
+    st = status(decide(obs(m, now=late, source_pod=pod(), target_node=NODE_B, outcomes=outcomes)))
+    assert st.phase is MigrationPhase.FAILED
+
+
+def test_freezing_calls_the_source_agent_with_an_auto_thaw_deadline():
+    actions = decide(obs(migration(MigrationPhase.FREEZING), source_pod=pod()))
+    (freeze,) = [a for a in actions if isinstance(a, FreezeSource)]
+    assert freeze.node == "node-a" and freeze.request["container_names"] == ["app"]
+    assert freeze.request["auto_thaw_after"].endswith("s")
+    ok = decide(obs(migration(MigrationPhase.FREEZING), source_pod=pod(), outcomes={freeze.key: Outcome.success()}))
+    st = status(ok)
+    assert st.phase is MigrationPhase.CHECKPOINTING and st.source_frozen
+    (create,) = [a for a in ok if isinstance(a, CreatePodCheckpoint)]
+    assert create.body["spec"]["checkpointID"] == st.checkpoint_id
+    assert create.body["spec"]["leaveRunning"] is False
+    assert create.body["metadata"]["ownerReferences"][0]["uid"] == MUID
+
+
+def test_permanent_freeze_failure_rolls_back_and_thaws():
+    m = migration(MigrationPhase.FREEZING)
+    (freeze,) = [a for a in decide(obs(m, source_pod=pod())) if isinstance(a, FreezeSource)]
+    actions = decide(obs(m, source_pod=pod(), outcomes={freeze.key: Outcome.failure("AgentFailedPrecondition", "no cgroup", False)}))
+    thaw = [a for a in actions if isinstance(a, ThawSource)]
+    assert thaw and status(actions).phase is MigrationPhase.ROLLING_BACK
+
+
+def _ready_checkpoint(uid=MUID):
+    return PodCheckpoint(
+        spec=PodCheckpointSpec(pod_name="web"),
+        metadata={"name": "mig-checkpoint", "ownerReferences": [{"uid": uid}]},
+        status=__import__("lpm.api.models", fromlist=["PodCheckpointStatus"]).PodCheckpointStatus(
+            phase=CheckpointPhase.READY,
+            containers=[ContainerCheckpointState(name="app", phase=CheckpointPhase.READY, artifact_uri=f"shared://{PUID}/c/app/dump.tar.zst")],
+        ),
+    )
+
+
+def test_ready_checkpoint_is_converted_on_the_target_node():
+    actions = decide(obs(migration(MigrationPhase.CHECKPOINTING, source_frozen=True), source_pod=pod(), pod_checkpoint=_ready_checkpoint()))
+    (conv,) = [a for a in actions if isinstance(a, ConvertImage)]
+    assert conv.node == "node-b" and conv.request["container_name"] == "app"
+    done = decide(obs(migration(MigrationPhase.CHECKPOINTING, source_frozen=True), source_pod=pod(), pod_checkpoint=_ready_checkpoint(),
+                      outcomes={conv.key: Outcome.success({"image_ref": "localhost/ckpt/app:1"})}))
+    st = status(done)
+    assert st.phase is MigrationPhase.RESTORING and st.container_images == [ContainerImage("app", "localhost/ckpt/app:1")]
+    assert not any(isinstance(a, CreateRestoredPod) for a in done), "write-ahead: create in the next cycle"
+
+
+def test_someone_elses_checkpoint_of_the_same_name_is_not_used():
+    actions = decide(obs(migration(MigrationPhase.CHECKPOINTING, source_frozen=True), source_pod=pod(), pod_checkpoint=_ready_checkpoint(uid="x")))
+    assert status(actions).reason == "PodCheckpointNameTaken"
+
+
+def _restoring():
+    return migration(MigrationPhase.RESTORING, source_frozen=True, container_images=[ContainerImage("app", "localhost/ckpt/app:1")])
+
+
+def test_restoring_creates_the_restored_pod_on_the_target_from_the_checkpoint_image():
+    actions = decide(obs(_restoring(), source_pod=pod(), pod_checkpoint=_ready_checkpoint()))
+    (create,) = [a for a in actions if isinstance(a, CreateRestoredPod)]
+    body = create.body
+    assert body["spec"]["nodeName"] == "node-b"
+    assert body["spec"]["containers"][0]["image"] == "localhost/ckpt/app:1"
+    assert body["spec"]["containers"][0]["imagePullPolicy"] == "Never"
+    assert body["metadata"]["annotations"][c.ANNOTATION_MIGRATION_UID] == MUID
+    assert not any(isinstance(a, DeletePod) for a in actions), "the source stays until the copy runs"
+
+
+def test_source_is_deleted_only_once_restored_pod_runs():
+    restored = pod(name="web-12345", uid="cc", node="node-b", phase="Pending", annotations={c.ANNOTATION_MIGRATION_UID: MUID})
+    waiting = decide(obs(_restoring(), source_pod=pod(), restored_pod=restored))
+    assert not any(isinstance(a, DeletePod) for a in waiting)
+    running = pod(name="web-12345", uid="cc", node="node-b", annotations={c.ANNOTATION_MIGRATION_UID: MUID})
+    actions = decide(obs(_restoring(), source_pod=pod(), restored_pod=running))
+    (delete,) = [a for a in actions if isinstance(a, DeletePod)]
+    assert (delete.name, delete.uid, delete.grace_period_seconds) == ("web", PUID, 0)
+    st = status(decide(obs(_restoring(), source_pod=pod(), restored_pod=running, outcomes={delete.key: Outcome.success()})))
+    assert st.phase is MigrationPhase.COMPLETED and st.completion_time
+    assert set(st.phase_durations_seconds) >= {"Restoring", "Cleaning"}
+
+
+def test_rollback_removes_the_restored_pod_before_thawing():
+    restored = pod(name="web-12345", uid="cc", node="node-b", problem="container app: CrashLoopBackOff", annotations={c.ANNOTATION_MIGRATION_UID: MUID})
+    actions = decide(obs(_restoring(), source_pod=pod(), restored_pod=restored))
+    assert [type(a) for a in actions if not isinstance(a, (PatchStatus, EmitEvent))] == [DeletePod]
+    st = status(actions)
+    assert st.phase is MigrationPhase.ROLLING_BACK and st.reason == "RestoredPodFailed"
+    m2 = migration(MigrationPhase.ROLLING_BACK, source_frozen=True, reason=st.reason, message=st.message)
+    again = decide(obs(m2, source_pod=pod(), restored_pod=None))
+    (thaw,) = [a for a in again if isinstance(a, ThawSource)]
+    final = status(decide(obs(m2, source_pod=pod(), outcomes={thaw.key: Outcome.success()})))
+    assert final.phase is MigrationPhase.FAILED and not final.source_frozen and final.reason == "RestoredPodFailed"
+
+
+def test_foreign_pod_with_the_restored_name_is_never_deleted():
+    foreign = pod(name="web-12345", uid="zz", node="node-b")
+    actions = decide(obs(_restoring(), source_pod=pod(), restored_pod=foreign))
+    assert not any(isinstance(a, DeletePod) and a.name == "web-12345" for a in actions)
+    assert status(actions).reason == "RestoredPodNameTaken"
+
+
+def test_timeout_rolls_back():
+    m = migration(MigrationPhase.CHECKPOINTING, source_frozen=True)
+    st = status(decide(obs(m, now=NOW + timedelta(seconds=700), source_pod=pod())))
+    assert st.reason == "Timeout" and "timeoutSeconds=600" in st.message
+
+
+def test_terminal_phases_never_act():
+    for phase in (MigrationPhase.COMPLETED, MigrationPhase.FAILED):
+        assert decide(obs(migration(phase), source_pod=pod(), target_node=NODE_B)) == []
+
+
+def test_finalizer_cleans_an_unfinished_migration_but_never_a_completed_one():
+    restored = pod(name="web-12345", uid="cc", node="node-b", annotations={c.ANNOTATION_MIGRATION_UID: MUID})
+    fin = decide_finalize(obs(_restoring(), source_pod=pod(), restored_pod=restored))
+    assert not fin.done and any(isinstance(a, DeletePod) and a.name == "web-12345" for a in fin.actions)
+    fin = decide_finalize(obs(migration(MigrationPhase.COMPLETED), restored_pod=restored))
+    assert fin.done and fin.actions == []

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lpm.api import constants as c
+from lpm.api.names import is_dns1123_label
+from lpm.controller.podmigration.restore import build_restored_pod, restored_pod_name
+
+SOURCE = {
+    "metadata": {
+        "name": "web",
+        "namespace": "ns",
+        "uid": "u",
+        "resourceVersion": "9",
+        "labels": {"app": "web"},
+        "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}", "team": "a"},
+        "ownerReferences": [{"kind": "ReplicaSet", "name": "rs", "uid": "x"}],
+    },
+    "spec": {
+        "nodeName": "node-a",
+        "nodeSelector": {"kubernetes.io/hostname": "node-a", "disk": "ssd"},
+        "affinity": {"nodeAffinity": {"x": 1}, "podAntiAffinity": {"y": 2}},
+        "containers": [{"name": "app", "image": "img:1", "imagePullPolicy": "Always"}],
+        "ephemeralContainers": [{"name": "debug"}],
+    },
+    "status": {"phase": "Running", "podIP": "10.0.0.1"},
+}
+
+
+def test_restored_pod_is_a_clean_copy_bound_to_the_target():
+    pod = build_restored_pod(
+        SOURCE, name="web-abcde", target_node="node-b", images={"app": "localhost/ckpt/app:1"},
+        migration_name="m", migration_uid="mu", pod_checkpoint_name="m-checkpoint", checkpoint_id="cid",
+    )
+    meta, spec = pod["metadata"], pod["spec"]
+    assert set(meta) == {"name", "namespace", "labels", "annotations"}, "no uid, resourceVersion, ownerReferences"
+    assert meta["labels"] == {"app": "web", c.LABEL_RESTORED: "true", c.LABEL_MIGRATION: "m"}
+    assert "kubectl.kubernetes.io/last-applied-configuration" not in meta["annotations"]
+    assert meta["annotations"]["team"] == "a"
+    assert meta["annotations"][c.ANNOTATION_SOURCE_POD] == "ns/web"
+    assert meta["annotations"][c.ANNOTATION_SOURCE_NODE] == "node-a"
+    assert meta["annotations"][c.ANNOTATION_CHECKPOINT_ID] == "cid"
+    assert spec["nodeName"] == "node-b"
+    assert spec["nodeSelector"] == {"disk": "ssd"}
+    assert spec["affinity"] == {"podAntiAffinity": {"y": 2}}
+    assert "ephemeralContainers" not in spec
+    assert spec["containers"] == [{"name": "app", "image": "localhost/ckpt/app:1", "imagePullPolicy": "Never"}]
+    assert "status" not in pod
+    assert SOURCE["spec"]["nodeName"] == "node-a", "the source manifest is not modified"
+
+
+@given(st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,250}[a-z0-9])?\Z"), st.uuids())
+def test_restored_pod_name_is_deterministic_and_a_valid_label(pod, uid):
+    name = restored_pod_name(pod, str(uid))
+    assert name == restored_pod_name(pod, str(uid))
+    assert is_dns1123_label(name)
