@@ -18,6 +18,7 @@ Failure handling, which a kernel mount would otherwise hide:
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import functools
 import io
@@ -206,6 +207,8 @@ class NfsFile(io.RawIOBase):
         self._offset = 0  # read position
         self._written = 0  # bytes sent to the server
         self._pending = bytearray()  # written by the caller, not yet sent (see write)
+        self._sender: concurrent.futures.ThreadPoolExecutor | None = None
+        self._in_flight: concurrent.futures.Future[None] | None = None
         self._file: nfs_rs.File | None = None
         self._generation = -1
         self._handle()  # open now, so "not found" and "no space" surface at open time
@@ -257,27 +260,44 @@ class NfsFile(io.RawIOBase):
         # Batched: nfs-rs commits every write_at call before returning (UNSTABLE WRITEs, then COMMIT), so
         # the 1 MiB chunks a compressor yields would each cost a COMMIT round trip. One call per WRITE_BATCH
         # keeps its 8 concurrent 4 MiB WRITEs busy; sync() is the durability point, as fsync is on POSIX.
+        # A full batch goes out on a background thread while the caller produces (and hashes) the next one;
+        # its error surfaces at the next write or at sync.
         self._pending += data
         if len(self._pending) >= WRITE_BATCH:
-            self._write_pending()
+            self._wait_in_flight()
+            batch, offset = self._pending, self._written
+            self._pending = bytearray()
+            self._written += len(batch)
+            if self._sender is None:
+                self._sender = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nfs-write")
+            self._in_flight = self._sender.submit(self._send, batch, offset)
         return len(data)
 
-    def _write_pending(self) -> None:
-        with memoryview(self._pending) as view:
+    def _send(self, batch: bytearray, offset: int) -> None:
+        with memoryview(batch) as view:
             done = 0
             while done < len(view):
-                done += self._io("write", functools.partial(_write_at, view[done:], self._written + done))
-        self._written += done
-        self._pending = bytearray()
+                done += self._io("write", functools.partial(_write_at, view[done:], offset + done))
+
+    def _wait_in_flight(self) -> None:
+        future, self._in_flight = self._in_flight, None
+        if future is not None:
+            future.result()
 
     def sync(self) -> None:
         """Makes everything written durable: sends what is batched (nfs-rs commits before returning)."""
-        self._write_pending()
+        self._wait_in_flight()
+        batch, self._pending = self._pending, bytearray()
+        self._send(batch, self._written)
+        self._written += len(batch)
         self._io("flush", lambda f: f.flush())
 
     def close(self) -> None:
         """Releases the handle. A batch not yet synced is dropped, as a crash would drop unsynced data."""
         self._pending = bytearray()
+        if self._sender is not None:
+            self._sender.shutdown(wait=True)  # let a batch in flight settle before the handle goes
+            self._sender = None
         if self._file is not None and not self.closed:
             file, self._file = self._file, None
             try:
