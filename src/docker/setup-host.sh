@@ -10,8 +10,9 @@
 #    refuses cgroup v1 hybrid hosts), cgroupfs and the file events logger (no systemd), default ulimits at the
 #    hard limits (the host lacks CAP_SYS_RESOURCE, so raising them fails with setrlimit EPERM). Images live in
 #    root's default store, /var/lib/containers/storage.
-# 3. Builds the Python base image from Debian packages (src/docker/python-base/build.sh; cached by content hash,
-#    ~1.5 min the first time) and checks that pants.toml's LPM_PYTHON_BASE names it.
+# 3. Builds the base images from Debian packages (src/docker/python-base/build.sh, ~1.5 min the first time;
+#    src/docker/agent-base/build.sh adds containerd's ctr, ~5 s; both cached by content hash) and checks that
+#    pants.toml's LPM_PYTHON_BASE and LPM_AGENT_BASE name them.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 log() { echo "docker-setup: $*" >&2; }
@@ -52,10 +53,14 @@ if [ "$(cat "$conf" 2>/dev/null)" != "$want" ]; then
   mv "$conf.tmp" "$conf"
 fi
 
-tag="$("$here/python-base/build.sh")"
-configured="$(sed -n 's/.*LPM_PYTHON_BASE=\([^"]*\)".*/\1/p' "$here/../../pants.toml")"
-if [ "$tag" != "$configured" ]; then
-  log "pants.toml [docker].build_args has LPM_PYTHON_BASE=$configured but the base image is $tag; update pants.toml"
-  exit 1
-fi
-log "ready: base image $tag"
+for base in python-base:LPM_PYTHON_BASE agent-base:LPM_AGENT_BASE; do
+  tag="$("$here/${base%%:*}/build.sh")"
+  arg="${base#*:}"
+  configured="$(sed -n "s/.*\"$arg=\([^\"]*\)\".*/\1/p" "$here/../../pants.toml")"
+  if [ "$tag" != "$configured" ]; then
+    log "pants.toml [docker].build_args has $arg=$configured but the image is $tag; update pants.toml"
+    exit 1
+  fi
+  log "base image $tag"
+done
+log ready

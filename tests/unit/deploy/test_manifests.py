@@ -19,6 +19,7 @@ AGENT_WRITABLE_HOST_PATHS = {
     "/var/lib/kubelet/checkpoints": "removes the kubelet's archives once they are in the repository",
     "/sys/fs/cgroup": "freezes and thaws source containers through their freezer cgroup",
     "/run/containerd/containerd.sock": "loads checkpoint images into the node's containerd",
+    "/var/lib/lpm-agent": "keeps freeze records (auto-thaw deadlines) across agent restarts",
 }
 AGENT_READ_ONLY_HOST_PATHS = {"/etc/kubernetes/pki"}
 RBAC_VERBS_NEVER = {"*", "escalate", "bind", "impersonate"}
@@ -265,9 +266,10 @@ def test_images_are_the_ones_pants_builds(name: str) -> None:
     assert images == {f"localhost/lpm/controller:{version}", f"localhost/lpm/agent:{version}"}
 
 
-def test_pants_builds_on_the_base_image_the_recipe_names() -> None:
+@pytest.mark.parametrize("recipe,arg", [("python-base", "LPM_PYTHON_BASE"), ("agent-base", "LPM_AGENT_BASE")])
+def test_pants_builds_on_the_base_images_the_recipes_name(recipe: str, arg: str) -> None:
     import subprocess
 
-    script = repo_root() / "src" / "docker" / "python-base" / "build.sh"
+    script = repo_root() / "src" / "docker" / recipe / "build.sh"
     tag = subprocess.run(["bash", str(script), "--tag"], check=True, capture_output=True, text=True).stdout.strip()
-    assert _build_args()["LPM_PYTHON_BASE"] == tag, "update LPM_PYTHON_BASE in pants.toml [docker].build_args"
+    assert _build_args()[arg] == tag, f"update {arg} in pants.toml [docker].build_args (then src/docker/setup-host.sh)"

@@ -54,6 +54,7 @@ def test_deploy_and_image_scripts_pass_shellcheck() -> None:
         root / "deploy" / "certs" / "generate.sh",
         root / "src" / "docker" / "setup-host.sh",
         root / "src" / "docker" / "python-base" / "build.sh",
+        root / "src" / "docker" / "agent-base" / "build.sh",
     ]
     proc = subprocess.run([_tool("shellcheck"), *map(str, scripts)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
