@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import itertools
 import pathlib
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import nfs_rs
 import pytest
-from integration.storage.nfs_server import SMALL_EXPORT, SMALL_EXPORT_SIZE, NfsServer, nfs_server, podman_api
+from integration.storage.nfs_server import (
+    SMALL_EXPORT,
+    SMALL_EXPORT_SIZE,
+    NfsServer,
+    nfs_server,
+    podman_api,
+    scratch_tmpfs,
+)
 
 from lpm.storage.nfs import NfsBackend, RetryPolicy
 from lpm.storage.store import CheckpointStore, PosixBackend
@@ -34,12 +40,8 @@ def nfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NfsServer]:
 @pytest.fixture(scope="session")
 def small_volume(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib.Path]:
     """A tmpfs as small as the NFS server's `/small` export, for the POSIX backend's "volume full"."""
-    mountpoint = tmp_path_factory.mktemp("small-volume")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SMALL_EXPORT_SIZE}", "lpm-test", str(mountpoint)], check=True)
-    try:
+    with scratch_tmpfs(tmp_path_factory.mktemp("small-volume"), SMALL_EXPORT_SIZE) as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 @dataclass

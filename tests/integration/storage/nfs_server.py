@@ -11,6 +11,7 @@ Shared by the contract suite (conftest.py) and the benchmark (tests/bench/storag
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import pathlib
 import shutil
@@ -34,6 +35,8 @@ MAIN_EXPORT: Final = "/export"
 SMALL_EXPORT: Final = "/small"
 SMALL_EXPORT_SIZE: Final = "8m"
 READY_LINE: Final = "NFS SERVER INITIALIZED"
+PR_SET_PDEATHSIG: Final = 1
+SCRATCH_MOUNT_PREFIX: Final = "lpm-test-storage-"
 
 
 def _repo_file(relative: str) -> pathlib.Path:
@@ -92,6 +95,22 @@ def _remove_orphans() -> None:
 
 
 @contextlib.contextmanager
+def scratch_tmpfs(mountpoint: pathlib.Path, size: str) -> Iterator[pathlib.Path]:
+    """A tmpfs of `size` at `mountpoint`, unmounted after; ones left by dead test processes are unmounted first."""
+    for line in pathlib.Path("/proc/self/mounts").read_text().splitlines():
+        source, target = line.split()[:2]
+        pid = source.removeprefix(SCRATCH_MOUNT_PREFIX)
+        if source.startswith(SCRATCH_MOUNT_PREFIX) and pid.isdigit() and not pathlib.Path(f"/proc/{pid}").exists():
+            subprocess.run(["umount", "-l", target], check=False)
+    source = f"{SCRATCH_MOUNT_PREFIX}{os.getpid()}"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", source, str(mountpoint)], check=True)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+@contextlib.contextmanager
 def podman_api(workdir: pathlib.Path) -> Iterator[str]:
     """Runs `podman system service` on a private socket and points testcontainers at it while open."""
     ensure_host()
@@ -106,6 +125,7 @@ def podman_api(workdir: pathlib.Path) -> Iterator[str]:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent,  # the test process may be SIGKILLed (timeout): never leave the service
         )
     saved = {k: os.environ.get(k) for k in ("DOCKER_HOST", "TESTCONTAINERS_RYUK_DISABLED", "CONTAINERS_CONF")}
     try:
@@ -132,6 +152,11 @@ def podman_api(workdir: pathlib.Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             service.kill()
             service.wait()
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _ping(sock: pathlib.Path) -> bool:
