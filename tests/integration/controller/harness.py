@@ -157,6 +157,7 @@ class FakeKubelet:
     api: Any
     behaviour: dict[str, str] = field(default_factory=dict)  # namespace -> "run" | "crash" | "hang"
     interval: float = 0.3
+    writes: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -181,6 +182,7 @@ class FakeKubelet:
                         continue
                     if mode == "run":
                         set_pod_running(self.api, pod.metadata.namespace, pod.metadata.name, ip="10.0.0.2")
+                        self.writes += 1
                     elif mode == "crash":
                         v1.patch_namespaced_pod_status(
                             pod.metadata.name,

@@ -102,7 +102,7 @@ def test_validation_fails_before_touching_anything(api, ns, agents, controller, 
 
 def test_second_migration_of_the_same_pod_is_refused(api, ns, controller):
     harness.make_pod(api, ns, "web", "node-a")
-    harness.create_migration(api, ns, "first", "web", "node-b", sourceCleanup="Retain")
+    harness.create_migration(api, ns, "first", "web", "node-b", sourcePolicy="KeepRunning", sourceCleanup="Retain")
     harness.create_migration(api, ns, "second", "web", "node-c")
     second = harness.wait_phase(api, ns, "second", {"Completed", "Failed"})["status"]
     first = harness.wait_phase(api, ns, "first", {"Completed", "Failed"})["status"]

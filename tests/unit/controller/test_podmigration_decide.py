@@ -104,6 +104,10 @@ def test_validation_failures_have_actionable_reasons():
         (dict(source_pod=pod(), target_node=NodeView("node-b", True, "", True)), "TargetNodeUnschedulable"),
         (dict(source_pod=pod(), target_node=NODE_B, older_active_migrations=("other",)), "AnotherMigrationActive"),
     ]
+    retained = migration()
+    retained.spec.source_cleanup = __import__("lpm.api.models", fromlist=["SourceCleanup"]).SourceCleanup.RETAIN
+    st = status(decide(obs(retained, source_pod=pod(), target_node=NODE_B)))
+    assert st.reason == "FrozenSourceRetained" and "KeepRunning" in st.message
     for kw, reason in cases:
         st = status(decide(obs(migration(), **kw)))
         assert (st.phase, st.reason) == (MigrationPhase.FAILED, reason), kw

@@ -27,6 +27,7 @@ from lpm.controller.containercheckpoint import handlers as containercheckpoint
 from lpm.controller.cycle import Runtime
 from lpm.controller.podcheckpoint import handlers as podcheckpoint
 from lpm.controller.podmigration import handlers as podmigration
+from lpm.controller.restored_pods import RestoredPodWatcher
 
 log = logging.getLogger(__name__)
 TERMINAL = frozenset({"Completed", "Failed", "Ready"})
@@ -77,20 +78,37 @@ def build_registry(rt: Runtime, *, resync_seconds: float, workers: int, peering:
     return registry
 
 
+# A child's change is news for its owner: reconcile the owner at once instead of at its next resync.
+_OWNER_KINDS: dict[str, ModuleType] = {
+    c.KIND_POD_MIGRATION: podmigration,
+    c.KIND_POD_CHECKPOINT: podcheckpoint,
+}
+
+
+def _poke_owners(rt: Runtime, namespace: str, body: Any) -> None:
+    for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
+        owner = _OWNER_KINDS.get(ref.get("kind"))
+        if owner is not None and ref.get("apiVersion") == c.API_VERSION:
+            owner.reconcile(rt, namespace, ref["name"])
+
+
 def _register(registry: kopf.OperatorRegistry, rt: Runtime, plural: str, module: ModuleType, resync: float) -> None:
     def tick(namespace: str, name: str, **_: Any) -> None:
         module.reconcile(rt, namespace, name)
 
-    def changed(namespace: str, name: str, type: str, **_: Any) -> None:
-        if type != "DELETED":
+    def changed(namespace: str, name: str, type: str, body: Any, **_: Any) -> None:
+        if type == "DELETED":
+            return
+        if _active(body):
             module.reconcile(rt, namespace, name)
+        _poke_owners(rt, namespace, body)
 
     def deleting(namespace: str, name: str, **_: Any) -> None:
         if not module.finalize(rt, namespace, name):
             raise kopf.TemporaryError("waiting for cleanup to finish", delay=1)
 
     kopf.timer(c.GROUP, c.VERSION, plural, registry=registry, interval=resync, when=_active, id="resync")(tick)
-    kopf.on.event(c.GROUP, c.VERSION, plural, registry=registry, when=_active, id="changed")(changed)
+    kopf.on.event(c.GROUP, c.VERSION, plural, registry=registry, id="changed")(changed)
     kopf.on.delete(c.GROUP, c.VERSION, plural, registry=registry, id="cleanup", backoff=1)(deleting)
 
 
@@ -110,6 +128,23 @@ def run(
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger("kopf").setLevel(logging.WARNING)  # "Timer succeeded" on every tick is noise
     registry = build_registry(rt, resync_seconds=resync_seconds, workers=workers, peering=peering)
+    watcher_stop = threading.Event()
+    RestoredPodWatcher(rt, namespace, watcher_stop).start()
+    try:
+        _run_kopf(registry, namespace, standalone, peering, liveness_endpoint, stop_flag, ready_flag)
+    finally:
+        watcher_stop.set()
+
+
+def _run_kopf(
+    registry: kopf.OperatorRegistry,
+    namespace: str | None,
+    standalone: bool,
+    peering: str,
+    liveness_endpoint: str | None,
+    stop_flag: threading.Event | None,
+    ready_flag: threading.Event | None,
+) -> None:
     asyncio.run(
         kopf.operator(
             registry=registry,

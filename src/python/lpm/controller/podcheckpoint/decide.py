@@ -120,7 +120,6 @@ def decide(obs: Observed) -> list[Action]:
         st.conditions = set_condition(
             st.conditions, c.CONDITION_READY, ConditionStatus.FALSE, "InProgress", "checkpointing containers", now
         )
-        events.append(EmitEvent("Normal", "InProgress", f"checkpointing {len(pod.containers)} container(s)"))
 
     # InProgress: make sure every child exists, then follow them.
     for state in st.containers:

@@ -231,6 +231,13 @@ def _pending(plan: _Plan) -> None:
 def _validating(plan: _Plan) -> None:
     obs, m = plan.obs, plan.m
     pod_name, target = m.spec.pod_name, m.spec.target_node
+    if m.spec.source_policy is SourcePolicy.FREEZE and m.spec.source_cleanup is SourceCleanup.RETAIN:
+        return plan.fail(
+            "FrozenSourceRetained",
+            "sourcePolicy Freeze with sourceCleanup Retain would leave a frozen source pod that its agent thaws "
+            "later, running next to the restored copy; use sourceCleanup Delete, or sourcePolicy KeepRunning "
+            "for a clone",
+        )
     pod = obs.source_pod
     if pod is None:
         return plan.fail("PodNotFound", f"pod {plan.ns}/{pod_name} does not exist; check spec.podName")
@@ -537,6 +544,12 @@ def decide_finalize(obs: Observed) -> Finalization:
             if out is None:
                 effects.append(thaw)
             done = out is not None and (out.ok or not out.retryable)
+    if st.phase is P.CLEANING and plan.m.spec.source_cleanup is SourceCleanup.DELETE:
+        # The restored pod already runs: finish the move rather than leave a frozen source behind.
+        src = plan.source()
+        if src is not None and not src.deleting:
+            grace = 0 if st.source_frozen else None
+            effects.append(DeletePod(namespace=plan.ns, name=src.name, uid=src.uid, grace_period_seconds=grace))
     if plan.m.spec.checkpoint_retention.value == "Delete" and st.pod_checkpoint_name:
         effects.append(DeleteObject(c.PLURAL_POD_CHECKPOINTS, plan.ns, st.pod_checkpoint_name))
     return Finalization(effects, done)
