@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from unit.deploy.manifests import kubectl
 
 LOCAL_KUBECONFIG = Path(os.environ.get("LPM_LOCAL_STATE", "/var/lib/lpm-local")) / "kubeconfig"

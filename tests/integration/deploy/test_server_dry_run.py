@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from unit.deploy.manifests import NAMESPACE, OVERLAYS, kubectl, render, repo_root
 
 

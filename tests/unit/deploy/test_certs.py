@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from unit.deploy.manifests import one, render, repo_root
 
 

@@ -6,11 +6,11 @@ import re
 from typing import Any
 
 import pytest
+from unit.deploy.manifests import NAMESPACE, OVERLAYS, of_kind, one, render, repo_root
 
 from lpm.agent import config as agent_config
 from lpm.api import constants
 from lpm.controller import config as controller_config
-from unit.deploy.manifests import NAMESPACE, OVERLAYS, of_kind, one, render, repo_root
 
 ALL = (*OVERLAYS, "deploy")
 

@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from unit.deploy.manifests import repo_root
 
 
@@ -23,9 +22,7 @@ def _tool(name: str) -> str:
 
 
 def test_vagrantfile_is_valid_ruby() -> None:
-    proc = subprocess.run(
-        [_tool("ruby"), "-c", str(_vagrant_dir() / "Vagrantfile")], capture_output=True, text=True
-    )
+    proc = subprocess.run([_tool("ruby"), "-c", str(_vagrant_dir() / "Vagrantfile")], capture_output=True, text=True)
     assert proc.returncode == 0 and "Syntax OK" in proc.stdout, proc.stderr
 
 
