@@ -23,9 +23,8 @@ import warnings
 from pathlib import Path
 
 import urllib3
-from kubernetes import config
-
 from integration.controller import apiserver, harness
+from kubernetes import config
 
 warnings.filterwarnings("ignore")
 
@@ -70,7 +69,9 @@ def main() -> None:
         created_s = time.monotonic() - t0
         phases: dict[str, int] = {}
         while time.monotonic() - t0 < args.timeout:
-            items = harness.custom(api).list_namespaced_custom_object("lpm.my.domain", "v1", ns, "podmigrations")["items"]
+            items = harness.custom(api).list_namespaced_custom_object("lpm.my.domain", "v1", ns, "podmigrations")[
+                "items"
+            ]
             phases = {}
             for item in items:
                 phase = (item.get("status") or {}).get("phase", "Pending")
@@ -82,7 +83,7 @@ def main() -> None:
         time.sleep(2)  # trailing events
         writes_total = plane.write_count() - writes_before
         own = args.migrations + kubelet.writes  # the benchmark's PodMigration creates + stand-in kubelet patches
-        ctl_metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()  # noqa: S310
+        ctl_metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
         explicit = sum(
             float(line.rsplit(" ", 1)[1])
             for line in ctl_metrics.splitlines()
@@ -90,7 +91,9 @@ def main() -> None:
         )
         durations = [
             (item.get("status") or {}).get("phaseDurationsSeconds", {})
-            for item in harness.custom(api).list_namespaced_custom_object("lpm.my.domain", "v1", ns, "podmigrations")["items"]
+            for item in harness.custom(api).list_namespaced_custom_object("lpm.my.domain", "v1", ns, "podmigrations")[
+                "items"
+            ]
         ]
         total_per = [sum(d.values()) for d in durations if d]
         result = {

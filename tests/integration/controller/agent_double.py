@@ -136,10 +136,16 @@ def agent_pod(node: str, port: int, namespace: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": f"lpm-agent-{node}", "namespace": namespace, "labels": {"app.kubernetes.io/name": "lpm-agent"}},
+        "metadata": {
+            "name": f"lpm-agent-{node}",
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/name": "lpm-agent"},
+        },
         "spec": {
             "nodeName": node,
-            "containers": [{"name": "agent", "image": "lpm-agent:test", "ports": [{"name": "grpc", "containerPort": port}]}],
+            "containers": [
+                {"name": "agent", "image": "lpm-agent:test", "ports": [{"name": "grpc", "containerPort": port}]}
+            ],
         },
     }
 

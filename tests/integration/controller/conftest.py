@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import urllib3
-from kubernetes import config
-
 from integration.controller import apiserver, harness
+from kubernetes import config
 
 warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
 NODES = ["node-a", "node-b", "node-c"]

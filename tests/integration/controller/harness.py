@@ -4,6 +4,7 @@ restored pods Running, agent doubles registered as agent pods, and the real cont
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -16,9 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client
-
 from integration.controller import agent_double
+from kubernetes import client
 
 AGENT_NAMESPACE = "lpm-system"
 RESTORED = "lpm.my.domain/restored"
@@ -209,7 +209,7 @@ class FakeKubelet:
                                 }
                             },
                         )
-            except Exception:  # noqa: BLE001 - the stand-in kubelet must keep going
+            except Exception:  # - the stand-in kubelet must keep going
                 pass
             self._stop.wait(self.interval)
 
@@ -223,7 +223,7 @@ def register_agents(api: Any, nodes: list[str], delay: float = 0.0) -> dict[str,
         name = f"lpm-agent-{node}"
         try:
             core(api).delete_namespaced_pod(name, AGENT_NAMESPACE, grace_period_seconds=0)
-            agent_double.wait_for("old agent pod gone", lambda n=name: _absent(api, n), timeout=20)
+            agent_double.wait_for("old agent pod gone", functools.partial(_absent, api, name), timeout=20)
         except client.exceptions.ApiException:
             pass
         core(api).create_namespaced_pod(AGENT_NAMESPACE, agent_double.agent_pod(node, double.port, AGENT_NAMESPACE))

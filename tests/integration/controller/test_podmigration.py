@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from kubernetes import client
-
 from integration.controller import harness
 
 PHASES = ["Pending", "Validating", "Freezing", "Checkpointing", "Converting", "Restoring", "Cleaning"]
@@ -71,7 +69,9 @@ def test_migration_goes_through_every_phase_and_restores_from_checkpoint_images(
         assert ccc["spec"]["artifactURI"] == cc["status"]["artifactURI"] == state["artifactURI"]
         assert cc["status"]["phase"] == "Ready"
 
-    reasons = harness.wait(lambda: "Completed" in _events(api, ns, "move-web") and _events(api, ns, "move-web"), "events")
+    reasons = harness.wait(
+        lambda: "Completed" in _events(api, ns, "move-web") and _events(api, ns, "move-web"), "events"
+    )
     for phase in ["Validating", "Freezing", "Checkpointing", "Converting", "Restoring", "Cleaning", "Completed"]:
         assert phase in reasons, reasons
 
@@ -89,7 +89,13 @@ def test_migration_goes_through_every_phase_and_restores_from_checkpoint_images(
 def test_validation_fails_before_touching_anything(api, ns, agents, controller, target, owner, reason):
     ref = None
     if owner:
-        ref = {"apiVersion": "apps/v1", "kind": owner, "name": "web-rs", "uid": "11111111-2222-3333-4444-555555555555", "controller": True}
+        ref = {
+            "apiVersion": "apps/v1",
+            "kind": owner,
+            "name": "web-rs",
+            "uid": "11111111-2222-3333-4444-555555555555",
+            "controller": True,
+        }
     harness.make_pod(api, ns, "web", "node-a", owner=ref)
     harness.create_migration(api, ns, "m", "web", target)
     st = harness.wait_phase(api, ns, "m", {"Completed", "Failed"})["status"]
@@ -112,7 +118,9 @@ def test_second_migration_of_the_same_pod_is_refused(api, ns, controller):
 
 def test_checkpoint_failure_rolls_back_thaws_source_and_names_the_container(api, ns, agents, controller):
     harness.make_pod(api, ns, "web", "node-a", containers=("app", "db"))
-    agents["node-a"].fail("Checkpoint", grpc.StatusCode.FAILED_PRECONDITION, "kubelet: checkpointing is not supported", times=2)
+    agents["node-a"].fail(
+        "Checkpoint", grpc.StatusCode.FAILED_PRECONDITION, "kubelet: checkpointing is not supported", times=2
+    )
     harness.create_migration(api, ns, "m", "web", "node-b")
     st = harness.wait_phase(api, ns, "m", {"Completed", "Failed"})["status"]
     assert st["phase"] == "Failed", st
@@ -159,7 +167,9 @@ def test_killing_the_controller_mid_migration_never_makes_a_second_restored_pod(
     assert restored == [st["restoredPodName"]]
 
 
-def test_deleting_an_unfinished_migration_removes_its_restored_pod_and_thaws_the_source(api, ns, agents, kubelet, controller):
+def test_deleting_an_unfinished_migration_removes_its_restored_pod_and_thaws_the_source(
+    api, ns, agents, kubelet, controller
+):
     kubelet.behaviour[ns] = "hang"
     harness.make_pod(api, ns, "web", "node-a")
     harness.create_migration(api, ns, "m", "web", "node-b", checkpointRetention="Delete")
@@ -168,7 +178,10 @@ def test_deleting_an_unfinished_migration_removes_its_restored_pod_and_thaws_the
     harness.wait(lambda: harness.get_cr(api, ns, "podmigrations", "m") is None, "PodMigration gone")
     assert list(_pods(api, ns)) == ["web"], "the half-made restored pod is removed, the source stays"
     assert agents["node-a"].calls_to("Thaw") and not agents["node-a"].frozen
-    harness.wait(lambda: harness.get_cr(api, ns, "podcheckpoints", "m-checkpoint") is None, "checkpoint deleted (retention Delete)")
+    harness.wait(
+        lambda: harness.get_cr(api, ns, "podcheckpoints", "m-checkpoint") is None,
+        "checkpoint deleted (retention Delete)",
+    )
 
 
 def test_clone_keeps_source_running_and_unfrozen(api, ns, agents, controller):
@@ -184,20 +197,42 @@ def test_clone_keeps_source_running_and_unfrozen(api, ns, agents, controller):
 def test_standalone_podcheckpoint_becomes_ready_with_bound_content(api, ns, controller):
     harness.make_pod(api, ns, "db", "node-c", containers=("postgres",))
     harness.custom(api).create_namespaced_custom_object(
-        "lpm.my.domain", "v1", ns, "podcheckpoints",
-        {"apiVersion": "lpm.my.domain/v1", "kind": "PodCheckpoint", "metadata": {"name": "snap"}, "spec": {"podName": "db"}},
+        "lpm.my.domain",
+        "v1",
+        ns,
+        "podcheckpoints",
+        {
+            "apiVersion": "lpm.my.domain/v1",
+            "kind": "PodCheckpoint",
+            "metadata": {"name": "snap"},
+            "spec": {"podName": "db"},
+        },
     )
-    harness.wait(lambda: (harness.get_cr(api, ns, "podcheckpoints", "snap") or {}).get("status", {}).get("phase") == "Ready", "Ready")
+    harness.wait(
+        lambda: (harness.get_cr(api, ns, "podcheckpoints", "snap") or {}).get("status", {}).get("phase") == "Ready",
+        "Ready",
+    )
     pc = harness.get_cr(api, ns, "podcheckpoints", "snap")
     assert pc["status"]["boundContentName"] and pc["status"]["containers"][0]["artifactURI"].startswith("shared://")
 
 
 def test_podcheckpoint_of_missing_pod_fails_with_reason(api, ns, controller):
     harness.custom(api).create_namespaced_custom_object(
-        "lpm.my.domain", "v1", ns, "podcheckpoints",
-        {"apiVersion": "lpm.my.domain/v1", "kind": "PodCheckpoint", "metadata": {"name": "snap"}, "spec": {"podName": "ghost"}},
+        "lpm.my.domain",
+        "v1",
+        ns,
+        "podcheckpoints",
+        {
+            "apiVersion": "lpm.my.domain/v1",
+            "kind": "PodCheckpoint",
+            "metadata": {"name": "snap"},
+            "spec": {"podName": "ghost"},
+        },
     )
-    harness.wait(lambda: (harness.get_cr(api, ns, "podcheckpoints", "snap") or {}).get("status", {}).get("phase") == "Failed", "Failed")
+    harness.wait(
+        lambda: (harness.get_cr(api, ns, "podcheckpoints", "snap") or {}).get("status", {}).get("phase") == "Failed",
+        "Failed",
+    )
     st = harness.get_cr(api, ns, "podcheckpoints", "snap")["status"]
     assert st["reason"] == "PodNotFound" and "ghost" in st["message"]
     cond = next(c for c in st["conditions"] if c["type"] == "Ready")

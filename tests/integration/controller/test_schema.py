@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from kubernetes import client
-
 from integration.controller import harness
+from kubernetes import client
 
 
 def _create(api, ns, body, plural="podmigrations"):
@@ -39,13 +38,27 @@ def test_all_five_crds_are_established(api):
     [
         ({"podName": "Bad_Name", "targetNode": "node-b"}, "spec.podName", "should match"),
         ({"podName": "web"}, "spec.targetNode", "Required value"),
-        ({"podName": "web", "targetNode": "node-b", "timeoutSeconds": 5}, "spec.timeoutSeconds", "greater than or equal to 30"),
-        ({"podName": "web", "targetNode": "node-b", "sourcePolicy": "Teleport"}, "spec.sourcePolicy", "Unsupported value"),
-        ({"podName": "web", "targetNode": "node-b", "sourceCleanup": "Maybe"}, "spec.sourceCleanup", "Unsupported value"),
+        (
+            {"podName": "web", "targetNode": "node-b", "timeoutSeconds": 5},
+            "spec.timeoutSeconds",
+            "greater than or equal to 30",
+        ),
+        (
+            {"podName": "web", "targetNode": "node-b", "sourcePolicy": "Teleport"},
+            "spec.sourcePolicy",
+            "Unsupported value",
+        ),
+        (
+            {"podName": "web", "targetNode": "node-b", "sourceCleanup": "Maybe"},
+            "spec.sourceCleanup",
+            "Unsupported value",
+        ),
     ],
 )
 def test_invalid_podmigration_spec_is_rejected_naming_the_field(api, ns, spec, field, words):
-    message = _rejection(api, ns, {"apiVersion": "lpm.my.domain/v1", "kind": "PodMigration", "metadata": {"name": "bad"}, "spec": spec})
+    message = _rejection(
+        api, ns, {"apiVersion": "lpm.my.domain/v1", "kind": "PodMigration", "metadata": {"name": "bad"}, "spec": spec}
+    )
     assert field in message and words in message, message
 
 

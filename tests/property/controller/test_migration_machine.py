@@ -8,9 +8,9 @@ from __future__ import annotations
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from property.controller.world import SOURCE, TARGET, World
 
 from lpm.api.models import MigrationPhase
-from property.controller.world import SOURCE, TARGET, World
 
 METHODS = ["GetCapabilities", "Freeze", "Thaw", "Checkpoint", "CompleteCheckpoint", "ConvertCheckpointToImage"]
 

@@ -212,7 +212,11 @@ class World:
 
     # ----------------------------------------------------------------------------------------- cycles
     def _cycle(
-        self, key: Key, model: type, observe: Callable[[dict[str, Any]], Any], decide: Callable[[Any], list[Action]],
+        self,
+        key: Key,
+        model: type,
+        observe: Callable[[dict[str, Any]], Any],
+        decide: Callable[[Any], list[Action]],
         crash_after: int | None,
     ) -> None:
         obj = self.get(*key)
@@ -266,7 +270,7 @@ class World:
         )
 
     def reconcile_checkpoints(self, crash_after: int | None = None) -> None:
-        for (plural, ns, name) in list(self.store):
+        for plural, ns, name in list(self.store):
             if plural == c.PLURAL_POD_CHECKPOINTS:
                 self._cycle((plural, ns, name), PodCheckpoint, self._observe_pc, pcd.decide, crash_after)
             elif plural == c.PLURAL_CONTAINER_CHECKPOINTS:
@@ -283,7 +287,9 @@ class World:
             ):
                 cc = decode(ContainerCheckpoint, copy.deepcopy(o))
                 children[cc.spec.container_name] = cc
-        content = self.get(c.PLURAL_POD_CHECKPOINT_CONTENTS, None, pcd.pod_content_name(NS, obj["metadata"]["name"], uid))
+        content = self.get(
+            c.PLURAL_POD_CHECKPOINT_CONTENTS, None, pcd.pod_content_name(NS, obj["metadata"]["name"], uid)
+        )
         return pcd.Observed(
             pod_checkpoint=pc,
             now=self.now,

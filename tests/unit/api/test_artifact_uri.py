@@ -15,7 +15,25 @@ from lpm.storage.uri import ArtifactRef, InvalidArtifactURI, resolve_under
 
 ROOT = pathlib.Path("/mnt/checkpoints")
 UID = "0f8fad5b-d9cb-469f-a165-70867728950e"
-TRICKS = ["..", ".", "", "/", "//", "%2e%2e", "..%2f", "\x00", "\\..\\", "．．", "a/../b", "~", " ", "\n", "A", "-x", "x-"]
+TRICKS = [
+    "..",
+    ".",
+    "",
+    "/",
+    "//",
+    "%2e%2e",
+    "..%2f",
+    "\x00",
+    "\\..\\",
+    "\uff0e\uff0e",
+    "a/../b",
+    "~",
+    " ",
+    "\n",
+    "A",
+    "-x",
+    "x-",
+]
 component = st.one_of(st.sampled_from(TRICKS), st.text(max_size=12), st.from_regex(r"\A[a-z0-9-]{1,12}\Z"))
 
 
@@ -28,7 +46,12 @@ def _safe(ref: ArtifactRef) -> None:
 
 
 @settings(max_examples=500)
-@given(uid=st.one_of(st.just(UID), component), ckpt=component, ctr=component, tail=st.sampled_from(["dump.tar.zst", "dump.tar.zst/..", "../dump.tar.zst", "x"]))
+@given(
+    uid=st.one_of(st.just(UID), component),
+    ckpt=component,
+    ctr=component,
+    tail=st.sampled_from(["dump.tar.zst", "dump.tar.zst/..", "../dump.tar.zst", "x"]),
+)
 @example(uid=UID, ckpt="..", ctr="app", tail="dump.tar.zst")
 @example(uid="..", ckpt="c", ctr="app", tail="dump.tar.zst")
 def test_parse_never_yields_a_path_outside_the_repository(uid, ckpt, ctr, tail):
@@ -53,7 +76,11 @@ def test_arbitrary_strings_parse_only_when_canonical(text):
 
 
 @settings(max_examples=200)
-@given(st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?\Z"), st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?\Z"), st.uuids())
+@given(
+    st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?\Z"),
+    st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?\Z"),
+    st.uuids(),
+)
 def test_valid_refs_round_trip(ckpt, ctr, uid):
     ref = ArtifactRef(str(uid), ckpt, ctr)
     _safe(ref)

@@ -19,8 +19,12 @@ def _crd_dir() -> Path:
 def test_checked_in_crds_match_the_models():
     folder = _crd_dir()
     rendered = render_all()
-    stale = [name for name, text in rendered.items() if not (folder / name).exists() or (folder / name).read_text() != text]
-    assert not stale, f"{stale} out of date; run: cd src/python && python3 -m lpm.api.crds --write ../../deploy/kustomize/base/crds"
+    stale = [
+        name for name, text in rendered.items() if not (folder / name).exists() or (folder / name).read_text() != text
+    ]
+    assert (
+        not stale
+    ), f"{stale} out of date; run: cd src/python && python3 -m lpm.api.crds --write ../../deploy/kustomize/base/crds"
 
 
 def test_no_stray_crd_files():

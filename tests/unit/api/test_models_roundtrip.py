@@ -23,14 +23,15 @@ UID = st.uuids().map(str)
 def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
     tp, optional = unwrap_optional(tp)
     origin = typing.get_origin(tp)
+    inner: st.SearchStrategy[Any]
     if dataclasses.is_dataclass(tp):
-        fields = {}
+        fields: dict[str, st.SearchStrategy[Any]] = {}
         for f, ftp in model_fields(tp):  # type: ignore[arg-type]
             if f.name == "metadata":
                 fields[f.name] = st.just({})
             else:
                 fields[f.name] = strategy_for(ftp)
-        inner = st.builds(tp, **fields)
+        inner = st.builds(typing.cast(Any, tp), **fields)
     elif origin is list:
         inner = st.lists(strategy_for(typing.get_args(tp)[0]), max_size=3)
     elif origin is dict:
@@ -112,7 +113,10 @@ def test_schema_rejects_pod_names_that_are_not_dns_subdomains(pod):
 
 @given(timeout=st.integers().filter(lambda t: t < 30 or t > 86400))
 def test_schema_rejects_timeouts_out_of_range(timeout):
-    assert any("timeoutSeconds" in e for e in _validate(SPEC_SCHEMA, {"podName": "p", "targetNode": "n", "timeoutSeconds": timeout}))
+    assert any(
+        "timeoutSeconds" in e
+        for e in _validate(SPEC_SCHEMA, {"podName": "p", "targetNode": "n", "timeoutSeconds": timeout})
+    )
 
 
 def test_schema_requires_pod_and_target():

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import grpc
 import pytest
-
 from integration.controller import agent_double
+
 from lpm.controller.agents import TLS, Agents, grpc_outcome
 from lpm.controller.effects import CallCheckpoint, ProbeAgent
 

@@ -38,7 +38,12 @@ def status(actions):
 
 
 def pc(**spec):
-    meta = {"name": "snap", "namespace": "ns", "uid": "11111111-1111-1111-1111-111111111111", "creationTimestamp": "2026-01-01T00:00:00Z"}
+    meta = {
+        "name": "snap",
+        "namespace": "ns",
+        "uid": "11111111-1111-1111-1111-111111111111",
+        "creationTimestamp": "2026-01-01T00:00:00Z",
+    }
     return PodCheckpoint(spec=PodCheckpointSpec(pod_name="web", **spec), metadata=meta)
 
 
@@ -62,10 +67,15 @@ def _in_progress(children_phase):
     started.status = status(pcd.decide(pcd.Observed(pod_checkpoint=started, now=NOW, pod=pod())))
     kids = {}
     for name in ("app", "db"):
-        cc = ContainerCheckpoint(spec=ContainerCheckpointSpec(pod_name="web", container_name=name), metadata={"name": f"snap-{name}"})
+        cc = ContainerCheckpoint(
+            spec=ContainerCheckpointSpec(pod_name="web", container_name=name), metadata={"name": f"snap-{name}"}
+        )
         cc.status = ContainerCheckpointStatus(
-            phase=children_phase[name], artifact_uri=f"shared://{PUID}/x/{name}/dump.tar.zst",
-            bound_content_name=f"ccpc-{name}", reason="AgentFailedPrecondition", message="kubelet said no",
+            phase=children_phase[name],
+            artifact_uri=f"shared://{PUID}/x/{name}/dump.tar.zst",
+            bound_content_name=f"ccpc-{name}",
+            reason="AgentFailedPrecondition",
+            message="kubelet said no",
         )
         kids[name] = cc
     return started, kids
@@ -80,32 +90,58 @@ def test_one_failed_container_fails_the_podcheckpoint_naming_it():
 def test_all_ready_seals_then_binds_content():
     started, kids = _in_progress({"app": CheckpointPhase.READY, "db": CheckpointPhase.READY})
     obs = pcd.Observed(pod_checkpoint=started, now=NOW, children=kids)
-    (seal,) = [a for a in pcd.decide(obs) if isinstance(a, CompleteCheckpoint)]
+    (seal,) = (a for a in pcd.decide(obs) if isinstance(a, CompleteCheckpoint))
     assert seal.node == "node-a" and seal.request["container_names"] == ["app", "db"]
     outcomes = {seal.key: Outcome.success()}
-    (create,) = [a for a in pcd.decide(pcd.Observed(pod_checkpoint=started, now=NOW, children=kids, outcomes=outcomes)) if isinstance(a, CreateContent)]
+    (create,) = (
+        a
+        for a in pcd.decide(pcd.Observed(pod_checkpoint=started, now=NOW, children=kids, outcomes=outcomes))
+        if isinstance(a, CreateContent)
+    )
     assert create.body["spec"]["podCheckpointRef"]["uid"] == started.metadata["uid"]
     assert create.body["spec"]["containerCheckpointContents"] == ["ccpc-app", "ccpc-db"]
     outcomes[create.key] = Outcome.success()
-    (mark,) = [a for a in pcd.decide(pcd.Observed(pod_checkpoint=started, now=NOW, children=kids, outcomes=outcomes)) if isinstance(a, MarkContentReady)]
+    (mark,) = (
+        a
+        for a in pcd.decide(pcd.Observed(pod_checkpoint=started, now=NOW, children=kids, outcomes=outcomes))
+        if isinstance(a, MarkContentReady)
+    )
     outcomes[mark.key] = Outcome.success()
     st = status(pcd.decide(pcd.Observed(pod_checkpoint=started, now=NOW, children=kids, outcomes=outcomes)))
     assert st.phase is CheckpointPhase.READY and st.bound_content_name == create.name
 
 
 def cc():
-    meta = {"name": "snap-app", "namespace": "ns", "uid": "22222222-2222-2222-2222-222222222222", "creationTimestamp": "2026-01-01T00:00:00Z"}
-    return ContainerCheckpoint(spec=ContainerCheckpointSpec(pod_name="web", container_name="app", checkpoint_id="cid"), metadata=meta)
+    meta = {
+        "name": "snap-app",
+        "namespace": "ns",
+        "uid": "22222222-2222-2222-2222-222222222222",
+        "creationTimestamp": "2026-01-01T00:00:00Z",
+    }
+    return ContainerCheckpoint(
+        spec=ContainerCheckpointSpec(pod_name="web", container_name="app", checkpoint_id="cid"), metadata=meta
+    )
 
 
 def test_containercheckpoint_calls_the_agent_on_the_pods_node_then_binds_content():
     obj = cc()
-    (call,) = [a for a in ccd.decide(ccd.Observed(container_checkpoint=obj, now=NOW, pod=pod())) if isinstance(a, CallCheckpoint)]
+    (call,) = (
+        a
+        for a in ccd.decide(ccd.Observed(container_checkpoint=obj, now=NOW, pod=pod()))
+        if isinstance(a, CallCheckpoint)
+    )
     assert call.node == "node-a" and call.request["checkpoint_id"] == "cid"
     uri = f"shared://{PUID}/cid/app/dump.tar.zst"
     outcomes = {call.key: Outcome.success({"artifact": {"artifact_uri": uri, "compressed_size_bytes": "10"}})}
-    (create,) = [a for a in ccd.decide(ccd.Observed(container_checkpoint=obj, now=NOW, pod=pod(), outcomes=outcomes)) if isinstance(a, CreateContent)]
-    assert create.body["spec"]["artifactURI"] == uri and create.body["spec"]["containerCheckpointRef"]["uid"] == obj.metadata["uid"]
+    (create,) = (
+        a
+        for a in ccd.decide(ccd.Observed(container_checkpoint=obj, now=NOW, pod=pod(), outcomes=outcomes))
+        if isinstance(a, CreateContent)
+    )
+    assert (
+        create.body["spec"]["artifactURI"] == uri
+        and create.body["spec"]["containerCheckpointRef"]["uid"] == obj.metadata["uid"]
+    )
     assert create.namespace is None, "contents are cluster-scoped"
     outcomes[create.key] = Outcome.success()
     outcomes[MarkContentReady("containercheckpointcontents", create.name).key] = Outcome.success()
@@ -117,7 +153,11 @@ def test_containercheckpoint_calls_the_agent_on_the_pods_node_then_binds_content
 
 def test_containercheckpoint_failure_sets_ready_false_with_reason():
     obj = cc()
-    (call,) = [a for a in ccd.decide(ccd.Observed(container_checkpoint=obj, now=NOW, pod=pod())) if isinstance(a, CallCheckpoint)]
+    (call,) = (
+        a
+        for a in ccd.decide(ccd.Observed(container_checkpoint=obj, now=NOW, pod=pod()))
+        if isinstance(a, CallCheckpoint)
+    )
     bad = {call.key: Outcome.failure("AgentFailedPrecondition", "checkpointing not enabled in CRI-O", retryable=False)}
     st = status(ccd.decide(ccd.Observed(container_checkpoint=obj, now=NOW, pod=pod(), outcomes=bad)))
     assert st.phase is CheckpointPhase.FAILED and st.reason == "AgentFailedPrecondition"

@@ -51,14 +51,25 @@ def migration(phase=MigrationPhase.PENDING, **status):
     return PodMigration(spec=PodMigrationSpec(pod_name="web", target_node="node-b"), metadata=meta, status=st)
 
 
-def pod(name="web", uid=PUID, node="node-a", phase="Running", owner=None, annotations=None, problem=None, deleting=False):
+def pod(
+    name="web", uid=PUID, node="node-a", phase="Running", owner=None, annotations=None, problem=None, deleting=False
+):
     raw = {
         "metadata": {"name": name, "namespace": "ns", "uid": uid, "labels": {"app": "web"}},
         "spec": {"nodeName": node, "containers": [{"name": "app", "image": "img"}]},
     }
     return PodView(
-        name=name, namespace="ns", uid=uid, node_name=node, phase=phase, deleting=deleting, containers=("app",),
-        controller=owner, annotations=annotations or {}, problem=problem, raw=raw,
+        name=name,
+        namespace="ns",
+        uid=uid,
+        node_name=node,
+        phase=phase,
+        deleting=deleting,
+        containers=("app",),
+        controller=owner,
+        annotations=annotations or {},
+        problem=problem,
+        raw=raw,
     )
 
 
@@ -139,13 +150,13 @@ def test_unreachable_agent_is_retried_then_fails():
 
 def test_freezing_calls_the_source_agent_with_an_auto_thaw_deadline():
     actions = decide(obs(migration(MigrationPhase.FREEZING), source_pod=pod()))
-    (freeze,) = [a for a in actions if isinstance(a, FreezeSource)]
+    (freeze,) = (a for a in actions if isinstance(a, FreezeSource))
     assert freeze.node == "node-a" and freeze.request["container_names"] == ["app"]
     assert freeze.request["auto_thaw_after"].endswith("s")
     ok = decide(obs(migration(MigrationPhase.FREEZING), source_pod=pod(), outcomes={freeze.key: Outcome.success()}))
     st = status(ok)
     assert st.phase is MigrationPhase.CHECKPOINTING and st.source_frozen
-    (create,) = [a for a in ok if isinstance(a, CreatePodCheckpoint)]
+    (create,) = (a for a in ok if isinstance(a, CreatePodCheckpoint))
     assert create.body["spec"]["checkpointID"] == st.checkpoint_id
     assert create.body["spec"]["leaveRunning"] is False
     assert create.body["metadata"]["ownerReferences"][0]["uid"] == MUID
@@ -153,8 +164,10 @@ def test_freezing_calls_the_source_agent_with_an_auto_thaw_deadline():
 
 def test_permanent_freeze_failure_rolls_back_and_thaws():
     m = migration(MigrationPhase.FREEZING)
-    (freeze,) = [a for a in decide(obs(m, source_pod=pod())) if isinstance(a, FreezeSource)]
-    actions = decide(obs(m, source_pod=pod(), outcomes={freeze.key: Outcome.failure("AgentFailedPrecondition", "no cgroup", False)}))
+    (freeze,) = (a for a in decide(obs(m, source_pod=pod())) if isinstance(a, FreezeSource))
+    actions = decide(
+        obs(m, source_pod=pod(), outcomes={freeze.key: Outcome.failure("AgentFailedPrecondition", "no cgroup", False)})
+    )
     thaw = [a for a in actions if isinstance(a, ThawSource)]
     assert thaw and status(actions).phase is MigrationPhase.ROLLING_BACK
 
@@ -165,34 +178,60 @@ def _ready_checkpoint(uid=MUID):
         metadata={"name": "mig-checkpoint", "ownerReferences": [{"uid": uid}]},
         status=__import__("lpm.api.models", fromlist=["PodCheckpointStatus"]).PodCheckpointStatus(
             phase=CheckpointPhase.READY,
-            containers=[ContainerCheckpointState(name="app", phase=CheckpointPhase.READY, artifact_uri=f"shared://{PUID}/c/app/dump.tar.zst")],
+            containers=[
+                ContainerCheckpointState(
+                    name="app", phase=CheckpointPhase.READY, artifact_uri=f"shared://{PUID}/c/app/dump.tar.zst"
+                )
+            ],
         ),
     )
 
 
 def test_ready_checkpoint_is_converted_on_the_target_node():
-    actions = decide(obs(migration(MigrationPhase.CHECKPOINTING, source_frozen=True), source_pod=pod(), pod_checkpoint=_ready_checkpoint()))
-    (conv,) = [a for a in actions if isinstance(a, ConvertImage)]
+    actions = decide(
+        obs(
+            migration(MigrationPhase.CHECKPOINTING, source_frozen=True),
+            source_pod=pod(),
+            pod_checkpoint=_ready_checkpoint(),
+        )
+    )
+    (conv,) = (a for a in actions if isinstance(a, ConvertImage))
     assert conv.node == "node-b" and conv.request["container_name"] == "app"
-    done = decide(obs(migration(MigrationPhase.CHECKPOINTING, source_frozen=True), source_pod=pod(), pod_checkpoint=_ready_checkpoint(),
-                      outcomes={conv.key: Outcome.success({"image_ref": "localhost/ckpt/app:1"})}))
+    done = decide(
+        obs(
+            migration(MigrationPhase.CHECKPOINTING, source_frozen=True),
+            source_pod=pod(),
+            pod_checkpoint=_ready_checkpoint(),
+            outcomes={conv.key: Outcome.success({"image_ref": "localhost/ckpt/app:1"})},
+        )
+    )
     st = status(done)
-    assert st.phase is MigrationPhase.RESTORING and st.container_images == [ContainerImage("app", "localhost/ckpt/app:1")]
+    assert st.phase is MigrationPhase.RESTORING and st.container_images == [
+        ContainerImage("app", "localhost/ckpt/app:1")
+    ]
     assert not any(isinstance(a, CreateRestoredPod) for a in done), "write-ahead: create in the next cycle"
 
 
 def test_someone_elses_checkpoint_of_the_same_name_is_not_used():
-    actions = decide(obs(migration(MigrationPhase.CHECKPOINTING, source_frozen=True), source_pod=pod(), pod_checkpoint=_ready_checkpoint(uid="x")))
+    actions = decide(
+        obs(
+            migration(MigrationPhase.CHECKPOINTING, source_frozen=True),
+            source_pod=pod(),
+            pod_checkpoint=_ready_checkpoint(uid="x"),
+        )
+    )
     assert status(actions).reason == "PodCheckpointNameTaken"
 
 
 def _restoring():
-    return migration(MigrationPhase.RESTORING, source_frozen=True, container_images=[ContainerImage("app", "localhost/ckpt/app:1")])
+    return migration(
+        MigrationPhase.RESTORING, source_frozen=True, container_images=[ContainerImage("app", "localhost/ckpt/app:1")]
+    )
 
 
 def test_restoring_creates_the_restored_pod_on_the_target_from_the_checkpoint_image():
     actions = decide(obs(_restoring(), source_pod=pod(), pod_checkpoint=_ready_checkpoint()))
-    (create,) = [a for a in actions if isinstance(a, CreateRestoredPod)]
+    (create,) = (a for a in actions if isinstance(a, CreateRestoredPod))
     body = create.body
     assert body["spec"]["nodeName"] == "node-b"
     assert body["spec"]["containers"][0]["image"] == "localhost/ckpt/app:1"
@@ -202,27 +241,37 @@ def test_restoring_creates_the_restored_pod_on_the_target_from_the_checkpoint_im
 
 
 def test_source_is_deleted_only_once_restored_pod_runs():
-    restored = pod(name="web-12345", uid="cc", node="node-b", phase="Pending", annotations={c.ANNOTATION_MIGRATION_UID: MUID})
+    restored = pod(
+        name="web-12345", uid="cc", node="node-b", phase="Pending", annotations={c.ANNOTATION_MIGRATION_UID: MUID}
+    )
     waiting = decide(obs(_restoring(), source_pod=pod(), restored_pod=restored))
     assert not any(isinstance(a, DeletePod) for a in waiting)
     running = pod(name="web-12345", uid="cc", node="node-b", annotations={c.ANNOTATION_MIGRATION_UID: MUID})
     actions = decide(obs(_restoring(), source_pod=pod(), restored_pod=running))
-    (delete,) = [a for a in actions if isinstance(a, DeletePod)]
+    (delete,) = (a for a in actions if isinstance(a, DeletePod))
     assert (delete.name, delete.uid, delete.grace_period_seconds) == ("web", PUID, 0)
-    st = status(decide(obs(_restoring(), source_pod=pod(), restored_pod=running, outcomes={delete.key: Outcome.success()})))
+    st = status(
+        decide(obs(_restoring(), source_pod=pod(), restored_pod=running, outcomes={delete.key: Outcome.success()}))
+    )
     assert st.phase is MigrationPhase.COMPLETED and st.completion_time
     assert set(st.phase_durations_seconds) >= {"Restoring", "Cleaning"}
 
 
 def test_rollback_removes_the_restored_pod_before_thawing():
-    restored = pod(name="web-12345", uid="cc", node="node-b", problem="container app: CrashLoopBackOff", annotations={c.ANNOTATION_MIGRATION_UID: MUID})
+    restored = pod(
+        name="web-12345",
+        uid="cc",
+        node="node-b",
+        problem="container app: CrashLoopBackOff",
+        annotations={c.ANNOTATION_MIGRATION_UID: MUID},
+    )
     actions = decide(obs(_restoring(), source_pod=pod(), restored_pod=restored))
     assert [type(a) for a in actions if not isinstance(a, (PatchStatus, EmitEvent))] == [DeletePod]
     st = status(actions)
     assert st.phase is MigrationPhase.ROLLING_BACK and st.reason == "RestoredPodFailed"
     m2 = migration(MigrationPhase.ROLLING_BACK, source_frozen=True, reason=st.reason, message=st.message)
     again = decide(obs(m2, source_pod=pod(), restored_pod=None))
-    (thaw,) = [a for a in again if isinstance(a, ThawSource)]
+    (thaw,) = (a for a in again if isinstance(a, ThawSource))
     final = status(decide(obs(m2, source_pod=pod(), outcomes={thaw.key: Outcome.success()})))
     assert final.phase is MigrationPhase.FAILED and not final.source_frozen and final.reason == "RestoredPodFailed"
 

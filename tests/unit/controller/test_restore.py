@@ -30,8 +30,14 @@ SOURCE = {
 
 def test_restored_pod_is_a_clean_copy_bound_to_the_target():
     pod = build_restored_pod(
-        SOURCE, name="web-abcde", target_node="node-b", images={"app": "localhost/ckpt/app:1"},
-        migration_name="m", migration_uid="mu", pod_checkpoint_name="m-checkpoint", checkpoint_id="cid",
+        SOURCE,
+        name="web-abcde",
+        target_node="node-b",
+        images={"app": "localhost/ckpt/app:1"},
+        migration_name="m",
+        migration_uid="mu",
+        pod_checkpoint_name="m-checkpoint",
+        checkpoint_id="cid",
     )
     meta, spec = pod["metadata"], pod["spec"]
     assert set(meta) == {"name", "namespace", "labels", "annotations"}, "no uid, resourceVersion, ownerReferences"

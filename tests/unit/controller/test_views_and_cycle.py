@@ -11,9 +11,22 @@ from lpm.controller.views import NodeView, PodView
 def test_pod_view_reports_controller_and_stuck_containers():
     pod = PodView.from_api(
         {
-            "metadata": {"name": "w", "namespace": "n", "uid": "u", "ownerReferences": [{"kind": "ReplicaSet", "name": "rs", "controller": True}]},
+            "metadata": {
+                "name": "w",
+                "namespace": "n",
+                "uid": "u",
+                "ownerReferences": [{"kind": "ReplicaSet", "name": "rs", "controller": True}],
+            },
             "spec": {"nodeName": "a", "containers": [{"name": "app"}]},
-            "status": {"phase": "Running", "containerStatuses": [{"name": "app", "state": {"waiting": {"reason": "ErrImageNeverPull", "message": "image not present"}}}]},
+            "status": {
+                "phase": "Running",
+                "containerStatuses": [
+                    {
+                        "name": "app",
+                        "state": {"waiting": {"reason": "ErrImageNeverPull", "message": "image not present"}},
+                    }
+                ],
+            },
         }
     )
     assert pod.controller == "ReplicaSet/rs" and pod.running
@@ -21,7 +34,13 @@ def test_pod_view_reports_controller_and_stuck_containers():
 
 
 def test_node_view_reads_ready_and_cordon():
-    node = NodeView.from_api({"metadata": {"name": "b"}, "spec": {"unschedulable": True}, "status": {"conditions": [{"type": "Ready", "status": "False", "message": "PLEG"}]}})
+    node = NodeView.from_api(
+        {
+            "metadata": {"name": "b"},
+            "spec": {"unschedulable": True},
+            "status": {"conditions": [{"type": "Ready", "status": "False", "message": "PLEG"}]},
+        }
+    )
     assert (node.ready, node.ready_message, node.unschedulable) == (False, "PLEG", True)
 
 
@@ -50,7 +69,7 @@ def test_fixed_point_runs_each_effect_once_and_feeds_outcomes_back():
 
 
 def test_serialized_cycles_never_overlap_and_rerun_when_poked():
-    rt = Runtime(kube=None, agents=None)  # type: ignore[arg-type]
+    rt = Runtime(kube=None, agents=None)
     running, overlaps, runs = [0], [0], [0]
     gate = threading.Event()
 

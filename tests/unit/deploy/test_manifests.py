@@ -91,7 +91,7 @@ def test_controller_may_touch_only_lpm_kinds_pods_nodes_events_and_crd_listing(n
     assert base == lpm_kinds | {"pods", "nodes", "events", "customresourcedefinitions"}
     assert granted["nodes"] == {"get", "list", "watch"}
     assert granted["customresourcedefinitions"] == {"list", "watch"}
-    assert granted["events"] == {"create", "patch"}
+    assert granted["events"] == {"create"}
     assert "update" not in granted["pods"] and "patch" not in granted["pods"]
     for kind in lpm_kinds:
         assert {"get", "list", "watch"} <= granted[kind], kind

@@ -134,7 +134,7 @@ class Agents:
         with self._lock:
             ch = self._channels.get(addr)
             if ch is None:
-                options = [("grpc.max_receive_message_length", 16 << 20)]
+                options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", 16 << 20)]
                 if self.tls.server_name:
                     options.append(("grpc.ssl_target_name_override", self.tls.server_name))
                 if self.tls.insecure:

@@ -44,7 +44,7 @@ class HasOutcomes(Protocol):
     outcomes: Mapping[str, Outcome]
 
 
-O = TypeVar("O")
+ObsT = TypeVar("ObsT")
 
 
 @dataclass
@@ -89,7 +89,9 @@ class Runtime:
                 self._locks.pop(key, None)
 
 
-def to_fixed_point(decide: Callable[[O], list[Action]], observed: O, execute: Callable[[Effect], Outcome]) -> list[Action]:
+def to_fixed_point(
+    decide: Callable[[ObsT], list[Action]], observed: ObsT, execute: Callable[[Effect], Outcome]
+) -> list[Action]:
     """Call `decide` until it asks for no effect it has no outcome for; return its last answer."""
     outcomes: dict[str, Outcome] = {}
     actions: list[Action] = []

@@ -24,7 +24,9 @@ from lpm.controller.effects import Outcome
 
 log = logging.getLogger(__name__)
 
-API_WRITES = PromCounter("lpm_controller_api_writes_total", "Kubernetes API writes by the controller", ["verb", "resource"])
+API_WRITES = PromCounter(
+    "lpm_controller_api_writes_total", "Kubernetes API writes by the controller", ["verb", "resource"]
+)
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,9 @@ RESOURCES: dict[str, Resource] = {
         Resource(c.GROUP, c.VERSION, c.PLURAL_POD_CHECKPOINTS, c.KIND_POD_CHECKPOINT, True),
         Resource(c.GROUP, c.VERSION, c.PLURAL_CONTAINER_CHECKPOINTS, c.KIND_CONTAINER_CHECKPOINT, True),
         Resource(c.GROUP, c.VERSION, c.PLURAL_POD_CHECKPOINT_CONTENTS, c.KIND_POD_CHECKPOINT_CONTENT, False),
-        Resource(c.GROUP, c.VERSION, c.PLURAL_CONTAINER_CHECKPOINT_CONTENTS, c.KIND_CONTAINER_CHECKPOINT_CONTENT, False),
+        Resource(
+            c.GROUP, c.VERSION, c.PLURAL_CONTAINER_CHECKPOINT_CONTENTS, c.KIND_CONTAINER_CHECKPOINT_CONTENT, False
+        ),
     )
 }
 

@@ -37,7 +37,9 @@ class RestoredPodWatcher:
             w = watch.Watch()
             try:
                 if self.namespace:
-                    stream = w.stream(core.list_namespaced_pod, self.namespace, label_selector=selector, timeout_seconds=60)
+                    stream = w.stream(
+                        core.list_namespaced_pod, self.namespace, label_selector=selector, timeout_seconds=60
+                    )
                 else:
                     stream = w.stream(core.list_pod_for_all_namespaces, label_selector=selector, timeout_seconds=60)
                 for event in stream:

@@ -61,7 +61,7 @@ def build_registry(rt: Runtime, *, resync_seconds: float, workers: int, peering:
     def login(**_: Any) -> kopf.ConnectionInfo:
         cfg = rt.kube.api_client.configuration
         auth = (cfg.api_key or {}).get("authorization") or ""
-        scheme, _, token = auth.partition(" ")
+        scheme, _sep, token = auth.partition(" ")
         return kopf.ConnectionInfo(
             server=cfg.host,
             ca_path=cfg.ssl_ca_cert,
@@ -93,18 +93,19 @@ def _poke_owners(rt: Runtime, namespace: str, body: Any) -> None:
 
 
 def _register(registry: kopf.OperatorRegistry, rt: Runtime, plural: str, module: ModuleType, resync: float) -> None:
-    def tick(namespace: str, name: str, **_: Any) -> None:
-        module.reconcile(rt, namespace, name)
+    # kopf passes everything as keyword arguments; these take what they need.
+    def tick(**kw: Any) -> None:
+        module.reconcile(rt, kw["namespace"], kw["name"])
 
-    def changed(namespace: str, name: str, type: str, body: Any, **_: Any) -> None:
-        if type == "DELETED":
+    def changed(**kw: Any) -> None:
+        if kw["type"] == "DELETED":
             return
-        if _active(body):
-            module.reconcile(rt, namespace, name)
-        _poke_owners(rt, namespace, body)
+        if _active(kw["body"]):
+            module.reconcile(rt, kw["namespace"], kw["name"])
+        _poke_owners(rt, kw["namespace"], kw["body"])
 
-    def deleting(namespace: str, name: str, **_: Any) -> None:
-        if not module.finalize(rt, namespace, name):
+    def deleting(**kw: Any) -> None:
+        if not module.finalize(rt, kw["namespace"], kw["name"]):
             raise kopf.TemporaryError("waiting for cleanup to finish", delay=1)
 
     kopf.timer(c.GROUP, c.VERSION, plural, registry=registry, interval=resync, when=_active, id="resync")(tick)

@@ -46,7 +46,11 @@ class PodView:
         spec = pod.get("spec") or {}
         status = pod.get("status") or {}
         controller = next(
-            (f"{ref.get('kind')}/{ref.get('name')}" for ref in meta.get("ownerReferences") or [] if ref.get("controller")),
+            (
+                f"{ref.get('kind')}/{ref.get('name')}"
+                for ref in meta.get("ownerReferences") or []
+                if ref.get("controller")
+            ),
             None,
         )
         problem = None

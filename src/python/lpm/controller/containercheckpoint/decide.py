@@ -111,7 +111,9 @@ def decide(obs: Observed) -> list[Action]:
         return finish(CP.FAILED, "PodNotRunning", f"pod {cc.spec.pod_name} is {pod.phase}; it must be Running")
     if ctr not in pod.containers:
         return finish(
-            CP.FAILED, "ContainerNotFound", f"pod {cc.spec.pod_name} has no container {ctr} ({', '.join(pod.containers)})"
+            CP.FAILED,
+            "ContainerNotFound",
+            f"pod {cc.spec.pod_name} has no container {ctr} ({', '.join(pod.containers)})",
         )
     if st.phase is CP.PENDING:
         st.phase = CP.IN_PROGRESS

@@ -146,7 +146,9 @@ def decide(obs: Observed) -> list[Action]:
         state.artifact_uri = child.status.artifact_uri
         if child.status.phase is CP.FAILED:
             why = child.status.message or child.status.reason or "no details"
-            return finish(CP.FAILED, child.status.reason or "ContainerCheckpointFailed", f"container {state.name}: {why}")
+            return finish(
+                CP.FAILED, child.status.reason or "ContainerCheckpointFailed", f"container {state.name}: {why}"
+            )
     if not st.containers or any(s.phase is not CP.READY for s in st.containers):
         return _answer(pc.status, st, effects, events)
 
@@ -173,7 +175,7 @@ def decide(obs: Observed) -> list[Action]:
             return _answer(pc.status, st, effects, events)
         return finish(CP.FAILED, sealed.reason or "CompleteFailed", sealed.message)
     if content is None:
-        spec = PodCheckpointContentSpec(
+        content_spec = PodCheckpointContentSpec(
             pod_checkpoint_ref=ObjectRef(name=name, namespace=ns, uid=uid),
             pod_uid=st.pod_uid or "",
             pod_namespace=ns,
@@ -181,12 +183,11 @@ def decide(obs: Observed) -> list[Action]:
             node_name=st.node_name or "",
             checkpoint_id=st.checkpoint_id or "",
             container_checkpoint_contents=[
-                obs.children[s.name].status.bound_content_name or ""  # type: ignore[union-attr]
-                for s in st.containers
+                obs.children[s.name].status.bound_content_name or "" for s in st.containers  # type: ignore[union-attr]
             ],
             deletion_policy=pc.spec.deletion_policy,
         )
-        body = encode(PodCheckpointContent(spec=spec))
+        body = encode(PodCheckpointContent(spec=content_spec))
         body["metadata"] = {"name": cname, "labels": {c.LABEL_POD_CHECKPOINT: name}}
         created = outcome(CreateContent(c.PLURAL_POD_CHECKPOINT_CONTENTS, None, body))
         if created is None:

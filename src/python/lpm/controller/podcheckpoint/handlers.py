@@ -29,7 +29,8 @@ def observe(rt: Runtime, obj: dict[str, Any]) -> Observed:
             if any(ref.get("uid") == uid for ref in cc.metadata.get("ownerReferences") or []):
                 children[cc.spec.container_name] = cc
     content = None
-    if pc.status.containers and all(children.get(s.name) and children[s.name].status.phase.value == "Ready" for s in pc.status.containers):  # type: ignore[union-attr]
+    ready = [children.get(s.name) for s in pc.status.containers]
+    if ready and all(cc is not None and cc.status.phase.value == "Ready" for cc in ready):
         raw = rt.kube.get(c.PLURAL_POD_CHECKPOINT_CONTENTS, None, pod_content_name(ns, name, uid))
         content = decode(PodCheckpointContent, raw) if raw else None
     return Observed(pod_checkpoint=pc, now=rt.now(), pod=pod, children=children, content=content)
@@ -60,6 +61,8 @@ def finalize(rt: Runtime, namespace: str, name: str) -> bool:
         out = rt.execute(effect)
         ok = ok and (out.ok or not out.retryable)
     # Children go with their owner (garbage collector); deleting them here too works without one.
-    for item in rt.kube.list(c.PLURAL_CONTAINER_CHECKPOINTS, namespace, label_selector=f"{c.LABEL_POD_CHECKPOINT}={name}"):
+    for item in rt.kube.list(
+        c.PLURAL_CONTAINER_CHECKPOINTS, namespace, label_selector=f"{c.LABEL_POD_CHECKPOINT}={name}"
+    ):
         rt.kube.delete(c.PLURAL_CONTAINER_CHECKPOINTS, namespace, item["metadata"]["name"], item["metadata"]["uid"])
     return ok

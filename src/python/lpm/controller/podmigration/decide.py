@@ -18,6 +18,7 @@ import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from lpm.api import constants as c
 from lpm.api.codec import encode
@@ -303,9 +304,7 @@ def _validating(plan: _Plan) -> None:
     st = plan.status
     st.pod_uid = pod.uid
     st.source_node = pod.node_name
-    st.checkpoint_id = checkpoint_id_for(
-        str(m.metadata.get("creationTimestamp") or plan.now), plan.uid or pod.uid
-    )
+    st.checkpoint_id = checkpoint_id_for(str(m.metadata.get("creationTimestamp") or plan.now), plan.uid or pod.uid)
     st.pod_checkpoint_name = pod_checkpoint_name(str(m.metadata.get("name")))
     st.restored_pod_name = restored_pod_name(pod_name, plan.uid)
     st.conditions = set_condition(
@@ -368,9 +367,9 @@ def _pod_checkpoint_manifest(plan: _Plan) -> dict[str, object]:
     return body
 
 
-def _owned(metadata: Mapping[str, object], uid: str) -> bool:
+def _owned(metadata: Mapping[str, Any], uid: str) -> bool:
     refs = metadata.get("ownerReferences") or []
-    return any(isinstance(r, Mapping) and r.get("uid") == uid for r in refs)  # type: ignore[union-attr]
+    return any(isinstance(ref, Mapping) and ref.get("uid") == uid for ref in refs)
 
 
 def _checkpointing(plan: _Plan) -> None:

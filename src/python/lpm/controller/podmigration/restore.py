@@ -72,7 +72,9 @@ def build_restored_pod(
     labels[c.LABEL_RESTORED] = "true"
     labels[c.LABEL_MIGRATION] = migration_name
     annotations = {
-        k: v for k, v in (meta.get("annotations") or {}).items() if k != "kubectl.kubernetes.io/last-applied-configuration"
+        k: v
+        for k, v in (meta.get("annotations") or {}).items()
+        if k != "kubectl.kubernetes.io/last-applied-configuration"
     }
     annotations.update(
         {
