@@ -23,6 +23,7 @@ class ControllerConfig:
     health_port: int
     peering: str
     standalone: bool
+    priority: int
     resync_seconds: float
     workers: int
     log_level: str
@@ -66,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="Peering (leader election) object name; replicas sharing it run one at a time.",
     )
     add_switch(p, "--standalone", "LPM_STANDALONE", help="Run without peering (no leader election; one replica only).")
+    add_flag(
+        p,
+        "--priority",
+        "LPM_PEERING_PRIORITY",
+        type=int,
+        default=0,
+        help="Peering priority; the highest-priority replica is active, the others wait. 0 picks a random one.",
+    )
     add_flag(
         p,
         "--resync-seconds",

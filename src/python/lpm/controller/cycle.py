@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -55,6 +56,16 @@ class Runtime:
     _locks: dict[tuple[str, str, str], threading.Lock] = field(default_factory=dict)
     _dirty: set[tuple[str, str, str]] = field(default_factory=set)
     _guard: threading.Lock = field(default_factory=threading.Lock)
+    _seen: dict[tuple[str, str, str], float] = field(default_factory=dict)
+
+    def note_seen(self, key: tuple[str, str, str], ttl: float) -> None:
+        """kopf delivered this object to us: this replica is the active one for it (peering)."""
+        with self._guard:
+            self._seen[key] = time.monotonic() + ttl
+
+    def recently_seen(self, key: tuple[str, str, str]) -> bool:
+        with self._guard:
+            return self._seen.get(key, 0.0) > time.monotonic()
 
     def execute(self, effect: Effect) -> Outcome:
         if isinstance(effect, AgentCall):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import sys
 
 from lpm.api.models import RESOURCES
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         peering=cfg.peering,
         resync_seconds=cfg.resync_seconds,
         workers=cfg.workers,
+        priority=cfg.priority or secrets.randbelow(2**30) + 1,
         liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz" if cfg.health_port else None,
     )
     return 0

@@ -55,5 +55,10 @@ class RestoredPodWatcher:
     def _poke(self, pod: Any) -> None:
         meta = getattr(pod, "metadata", None)
         migration = (getattr(meta, "labels", None) or {}).get(c.LABEL_MIGRATION)
-        if meta is not None and migration:
+        # Only for migrations kopf handed to this replica lately: a standby (paused by peering) stays passive.
+        if (
+            meta is not None
+            and migration
+            and self.rt.recently_seen((c.PLURAL_POD_MIGRATIONS, meta.namespace, migration))
+        ):
             self.pool.submit(podmigration.reconcile, self.rt, meta.namespace, migration)

@@ -42,7 +42,9 @@ def _active(body: Any, **_: Any) -> bool:
     return (body.get("status") or {}).get("phase") not in TERMINAL
 
 
-def build_registry(rt: Runtime, *, resync_seconds: float, workers: int, peering: str) -> kopf.OperatorRegistry:
+def build_registry(
+    rt: Runtime, *, resync_seconds: float, workers: int, peering: str, priority: int = 0
+) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(registry=registry)
@@ -54,6 +56,8 @@ def build_registry(rt: Runtime, *, resync_seconds: float, workers: int, peering:
         settings.execution.max_workers = workers
         settings.peering.name = peering
         settings.peering.mandatory = False
+        # Replicas with equal priorities would all pause; distinct ones make the highest the active replica.
+        settings.peering.priority = priority
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
 
@@ -94,12 +98,16 @@ def _poke_owners(rt: Runtime, namespace: str, body: Any) -> None:
 
 def _register(registry: kopf.OperatorRegistry, rt: Runtime, plural: str, module: ModuleType, resync: float) -> None:
     # kopf passes everything as keyword arguments; these take what they need.
+    seen_ttl = 3 * resync + 5
+
     def tick(**kw: Any) -> None:
+        rt.note_seen((plural, kw["namespace"], kw["name"]), seen_ttl)
         module.reconcile(rt, kw["namespace"], kw["name"])
 
     def changed(**kw: Any) -> None:
         if kw["type"] == "DELETED":
             return
+        rt.note_seen((plural, kw["namespace"], kw["name"]), seen_ttl)
         if _active(kw["body"]):
             module.reconcile(rt, kw["namespace"], kw["name"])
         _poke_owners(rt, kw["namespace"], kw["body"])
@@ -121,18 +129,19 @@ def run(
     peering: str,
     resync_seconds: float,
     workers: int,
+    priority: int = 0,
     liveness_endpoint: str | None = None,
     stop_flag: threading.Event | None = None,
     ready_flag: threading.Event | None = None,
 ) -> None:
     """Run the operator in the calling thread until `stop_flag` is set (or forever)."""
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
-        logging.getLogger("kopf").setLevel(logging.WARNING)  # "Timer succeeded" on every tick is noise
-    registry = build_registry(rt, resync_seconds=resync_seconds, workers=workers, peering=peering)
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # "Timer succeeded" on every tick is noise
+    registry = build_registry(rt, resync_seconds=resync_seconds, workers=workers, peering=peering, priority=priority)
     watcher_stop = threading.Event()
     RestoredPodWatcher(rt, namespace, watcher_stop).start()
     try:
-        _run_kopf(registry, namespace, standalone, peering, liveness_endpoint, stop_flag, ready_flag)
+        _run_kopf(registry, namespace, standalone, peering, priority, liveness_endpoint, stop_flag, ready_flag)
     finally:
         watcher_stop.set()
 
@@ -142,6 +151,7 @@ def _run_kopf(
     namespace: str | None,
     standalone: bool,
     peering: str,
+    priority: int,
     liveness_endpoint: str | None,
     stop_flag: threading.Event | None,
     ready_flag: threading.Event | None,
@@ -151,6 +161,7 @@ def _run_kopf(
             registry=registry,
             standalone=standalone,
             peering_name=peering,
+            priority=priority,
             clusterwide=namespace is None,
             namespaces=[namespace] if namespace else (),
             liveness_endpoint=liveness_endpoint,
