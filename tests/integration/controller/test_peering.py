@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import time
 
-from kubernetes import client
-
 from integration.controller import harness
+from kubernetes import client
 
 PEERING_CRD = {
     "apiVersion": "apiextensions.k8s.io/v1",
