@@ -1,0 +1,355 @@
+"""The agent end to end with real runc + CRIU: checkpoint through the kubelet API, store, verify, convert to a
+checkpoint image, restore; and the faults around it. Each test says the behaviour in its name."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import tarfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2
+from integration.agent.conftest import TEST_BACKOFF, Agent, Containers, agent_config
+from integration.agent.harness import RuncKubelet, restore_from_image_dir, runc_state, wait_for
+
+from lpm.agent.server import AgentServer, build_deps
+from lpm.agent.v1 import agent_pb2, agent_pb2_grpc
+from lpm.api.constants import IMAGE_ANNOTATION_CRIO_CHECKPOINT_NAME, IMAGE_ANNOTATION_CRIU_CONTAINER_NAME
+from lpm.storage.uri import ArtifactRef
+
+
+def checkpoint(agent: Agent, pod, checkpoint_id: str, leave_running: bool = False, **kw) -> agent_pb2.CheckpointResponse:
+    return agent.stub.Checkpoint(
+        agent_pb2.CheckpointRequest(
+            pod_namespace=pod.namespace,
+            pod_name=pod.name,
+            container_name=kw.get("container", pod.container),
+            pod_uid=pod.uid,
+            checkpoint_id=checkpoint_id,
+            options=agent_pb2.CheckpointOptions(leave_running=leave_running),
+        ),
+        timeout=120,
+    )
+
+
+def freeze(agent: Agent, pod, checkpoint_id: str, after: float | None = None) -> agent_pb2.FreezeResponse:
+    req = agent_pb2.FreezeRequest(
+        pod_namespace=pod.namespace,
+        pod_name=pod.name,
+        pod_uid=pod.uid,
+        container_names=[pod.container],
+        checkpoint_id=checkpoint_id,
+    )
+    if after is not None:
+        req.auto_thaw_after.CopyFrom(duration_pb2.Duration(seconds=int(after), nanos=int((after % 1) * 1e9)))
+    return agent.stub.Freeze(req, timeout=30)
+
+
+def thaw(agent: Agent, pod, checkpoint_id: str) -> agent_pb2.ThawResponse:
+    return agent.stub.Thaw(
+        agent_pb2.ThawRequest(pod_uid=pod.uid, container_names=[pod.container], checkpoint_id=checkpoint_id),
+        timeout=30,
+    )
+
+
+def complete(agent: Agent, pod, checkpoint_id: str) -> agent_pb2.CompleteCheckpointResponse:
+    return agent.stub.CompleteCheckpoint(
+        agent_pb2.CompleteCheckpointRequest(
+            pod_uid=pod.uid, checkpoint_id=checkpoint_id, container_names=[pod.container]
+        ),
+        timeout=60,
+    )
+
+
+def convert(agent: Agent, uri: str, container: str = "app") -> agent_pb2.ConvertResponse:
+    return agent.stub.ConvertCheckpointToImage(
+        agent_pb2.ConvertRequest(artifact_uri=uri, container_name=container), timeout=120
+    )
+
+
+def podman(*args: str) -> str:
+    return subprocess.run(["podman", *args], capture_output=True, text=True, check=True).stdout
+
+
+def test_migration_round_trip_restores_a_counter_that_continues_from_its_checkpointed_value(
+    agent: Agent, kubelet: RuncKubelet, containers: Containers, tmp_path: Path
+) -> None:
+    pod = containers.counter()
+    kubelet.add(pod)
+    wait_for(lambda: pod.count() >= 20, "the counter to pass 20")
+
+    frozen = freeze(agent, pod, "mig-1")
+    assert frozen.containers[0].state == agent_pb2.FREEZE_STATE_FROZEN
+    assert pod.freezer_state() == "FROZEN"
+    at_freeze = pod.count()
+
+    reply = checkpoint(agent, pod, "mig-1")
+    # CRIU dumped the already-frozen cgroup and left it frozen: the source cannot run on.
+    assert pod.freezer_state() == "FROZEN"
+    assert runc_state(pod.container_id)["status"] == "paused"
+    time.sleep(0.3)  # the counter ticks every 50 ms when running
+    assert pod.count() == at_freeze
+
+    uri = reply.artifact.artifact_uri
+    assert uri == f"shared://{pod.uid}/mig-1/app/dump.tar.zst"
+    assert reply.attempts == 1 and reply.node_name == "test-node"
+    assert list(kubelet.checkpoint_dir.iterdir()) == [], "the node-local kubelet archive must be deleted"
+
+    ref = ArtifactRef.parse(uri)
+    archive = agent.repo / ref.archive_path
+    manifest = json.loads((agent.repo / ref.manifest_path).read_text())
+    assert manifest["size"] == archive.stat().st_size == reply.artifact.compressed_size_bytes
+    assert manifest["raw_sha256"] == reply.artifact.raw_sha256 and manifest["compression"] == "zstd"
+    assert manifest["criu_version"] and manifest["node_name"] == "test-node"
+    assert stat.S_IMODE(archive.stat().st_mode) == 0o600
+    assert stat.S_IMODE(archive.parent.stat().st_mode) == 0o700
+
+    # Not restorable before the completion marker.
+    with pytest.raises(grpc.RpcError) as early:
+        convert(agent, uri)
+    assert early.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    sealed = complete(agent, pod, "mig-1")
+    assert [a.sha256 for a in sealed.artifacts] == [reply.artifact.sha256]
+
+    image = convert(agent, uri)
+    assert image.image_ref == f"localhost/lpm-checkpoint/app:mig-1"
+    inspect = json.loads(podman("image", "inspect", image.image_ref))[0]
+    assert inspect["Annotations"][IMAGE_ANNOTATION_CRIO_CHECKPOINT_NAME] == "app"
+    assert inspect["Annotations"][IMAGE_ANNOTATION_CRIU_CONTAINER_NAME] == "app"
+
+    # Restore from the image's contents as the runtime stores them.
+    mount = Path(podman("image", "mount", image.image_ref).strip())
+    assert sorted(p.name for p in mount.iterdir()) == ["checkpoint", "config.dump", "spec.dump"]
+    restored = containers.track(restore_from_image_dir(mount, tmp_path / "restored", containers.cgroup_parent))
+    first = wait_for(restored.count, "the restored counter to write")
+    assert first > at_freeze, f"restored counter restarted at {first}, checkpointed at {at_freeze}"
+    wait_for(lambda: restored.count() > first, "the restored counter to keep counting")
+
+    thawed = thaw(agent, pod, "mig-1")  # rollback path: the source runs again
+    assert thawed.containers[0].state == agent_pb2.FREEZE_STATE_THAWED
+    wait_for(lambda: pod.count() > at_freeze, "the thawed source to count again")
+
+
+def test_kubelet_500_then_success_is_retried(agent: Agent, kubelet: RuncKubelet, containers: Containers) -> None:
+    pod = containers.counter()
+    kubelet.add(pod)
+    kubelet.faults.append((500, "rpc error: code = Unknown desc = transient"))
+    reply = checkpoint(agent, pod, "retry-1", leave_running=True)
+    assert reply.attempts == 2
+    assert len(kubelet.checkpoint_requests()) == 2
+
+
+def test_kubelet_404_is_not_retried_and_reports_not_found(
+    agent: Agent, kubelet: RuncKubelet, containers: Containers
+) -> None:
+    pod = containers.counter()
+    kubelet.add(pod)
+    with pytest.raises(grpc.RpcError) as err:
+        checkpoint(agent, pod, "nf-1", leave_running=True, container="missing")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "404" in err.value.details()
+    assert len(kubelet.checkpoint_requests()) == 1
+
+
+def test_kubelet_5xx_beyond_the_retries_is_unavailable(
+    agent: Agent, kubelet: RuncKubelet, containers: Containers
+) -> None:
+    pod = containers.counter()
+    kubelet.add(pod)
+    kubelet.faults.extend([(503, "down")] * (TEST_BACKOFF.retries + 1))
+    with pytest.raises(grpc.RpcError) as err:
+        checkpoint(agent, pod, "down-1", leave_running=True)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert len(kubelet.checkpoint_requests()) == TEST_BACKOFF.retries + 1
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_corrupted_or_truncated_archive_is_refused_with_data_loss(
+    agent: Agent, kubelet: RuncKubelet, containers: Containers, damage: str
+) -> None:
+    pod = containers.counter()
+    kubelet.add(pod)
+    reply = checkpoint(agent, pod, f"bad-{damage}", leave_running=True)
+    complete(agent, pod, f"bad-{damage}")
+    archive = agent.repo / ArtifactRef.parse(reply.artifact.artifact_uri).archive_path
+    data = bytearray(archive.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        data = data[: len(data) // 2]
+    archive.write_bytes(bytes(data))
+    with pytest.raises(grpc.RpcError) as err:
+        convert(agent, reply.artifact.artifact_uri)
+    assert err.value.code() == grpc.StatusCode.DATA_LOSS
+    # ... and sealing again refuses too.
+    with pytest.raises(grpc.RpcError) as again:
+        complete(agent, pod, f"bad-{damage}")
+    assert again.value.code() == grpc.StatusCode.DATA_LOSS
+
+
+CRASHING_WRITER = textwrap.dedent(
+    """
+    import io, os, signal, sys
+    from lpm.storage.store import CheckpointStore, PosixBackend
+    from lpm.storage.uri import ArtifactRef
+    backend = PosixBackend(sys.argv[1])
+    def crash(src, dst):  # killed after the temp file is written and synced, before the rename
+        os.kill(os.getpid(), signal.SIGKILL)
+    backend.rename = crash
+    store = CheckpointStore(backend, "test-node")
+    store.put_archive(ArtifactRef(sys.argv[2], "crash-1", "app"), io.BytesIO(os.urandom(1 << 20)))
+    """
+)
+
+
+def test_crash_between_temp_write_and_rename_is_never_readable_and_cleaned_on_restart(
+    agent: Agent, kubelet: RuncKubelet, pki, tmp_path: Path
+) -> None:
+    uid = "0b7a3c1e-2f4d-4e5a-9b6c-7d8e9f0a1b2c"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    done = subprocess.run([sys.executable, "-c", CRASHING_WRITER, str(agent.repo), uid], env=env, check=False)
+    assert done.returncode == -signal.SIGKILL
+    ref = ArtifactRef(uid, "crash-1", "app")
+    left = list((agent.repo / ref.relative_dir).iterdir())
+    assert len(left) == 1 and left[0].name.startswith(".dump.tar.zst.tmp-testnode-")
+
+    with pytest.raises(grpc.RpcError) as err:
+        agent.stub.CompleteCheckpoint(
+            agent_pb2.CompleteCheckpointRequest(pod_uid=uid, checkpoint_id="crash-1", container_names=["app"]),
+            timeout=30,
+        )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.RpcError) as err:
+        convert(agent, ref.uri)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    # An agent starting on the same node removes its own dead writer's temp file.
+    cfg = agent_config(tmp_path, kubelet, pki)
+    restarted = AgentServer(cfg, build_deps(cfg, backoff=TEST_BACKOFF))
+    restarted.start()
+    try:
+        assert list((agent.repo / ref.relative_dir).iterdir()) == []
+    finally:
+        restarted.stop(grace=0)
+
+
+def test_two_checkpoints_of_the_same_pod_run_concurrently_and_both_complete(
+    agent: Agent, kubelet: RuncKubelet, containers: Containers
+) -> None:
+    pod = containers.counter()
+    kubelet.add(pod)
+    replies: dict[str, agent_pb2.CheckpointResponse] = {}
+    errors: list[BaseException] = []
+
+    def run(checkpoint_id: str) -> None:
+        try:
+            replies[checkpoint_id] = checkpoint(agent, pod, checkpoint_id, leave_running=True)
+            complete(agent, pod, checkpoint_id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(cid,)) for cid in ("conc-a", "conc-b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    uris = {r.artifact.artifact_uri for r in replies.values()}
+    assert uris == {f"shared://{pod.uid}/conc-{x}/app/dump.tar.zst" for x in "ab"}
+    for cid in ("conc-a", "conc-b"):
+        assert (agent.repo / pod.uid / cid / ".checkpoint-complete").exists()
+        with tarfile.open(fileobj=_raw_tar(agent, replies[cid])) as tar:
+            assert "checkpoint/inventory.img" in tar.getnames()
+
+
+def _raw_tar(agent: Agent, reply: agent_pb2.CheckpointResponse):
+    import io
+
+    from lpm.storage.store import CheckpointStore, PosixBackend
+
+    store = CheckpointStore(PosixBackend(agent.repo))
+    return io.BytesIO(b"".join(store.read_raw(ArtifactRef.parse(reply.artifact.artifact_uri))))
+
+
+def test_frozen_counter_does_not_advance_and_advances_again_after_thaw(
+    agent: Agent, kubelet: RuncKubelet, containers: Containers
+) -> None:
+    pod = containers.counter()
+    kubelet.add(pod)
+    freeze(agent, pod, "ft-1")
+    freeze(agent, pod, "ft-1")  # idempotent per checkpoint ID
+    at_freeze = pod.count()
+    time.sleep(0.5)  # ten ticks of a running counter
+    assert pod.count() == at_freeze
+    with pytest.raises(grpc.RpcError) as conflict:
+        freeze(agent, pod, "ft-2")
+    assert conflict.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    thaw(agent, pod, "ft-1")
+    thaw(agent, pod, "ft-1")  # idempotent
+    wait_for(lambda: pod.count() > at_freeze, "the counter to advance after thaw")
+
+
+def test_frozen_container_is_thawed_after_its_deadline_even_across_an_agent_restart(
+    agent: Agent, kubelet: RuncKubelet, containers: Containers, pki, tmp_path: Path
+) -> None:
+    pod = containers.counter()
+    kubelet.add(pod)
+    freeze(agent, pod, "dl-1", after=1.5)
+    assert pod.freezer_state() == "FROZEN"
+    agent.server.stop(grace=0)  # the agent dies; its record stays in the state dir
+    assert list(agent.state_dir.glob("freeze-dl-1.json"))
+    assert pod.freezer_state() == "FROZEN"
+    cfg = agent_config(tmp_path, kubelet, pki)
+    restarted = AgentServer(cfg, build_deps(cfg, backoff=TEST_BACKOFF))
+    restarted.start()
+    try:
+        wait_for(lambda: pod.freezer_state() == "THAWED", "the auto-thaw")
+        wait_for(lambda: not list(agent.state_dir.glob("freeze-dl-1.json")), "the record to go")
+    finally:
+        restarted.stop(grace=0)
+
+
+def test_unknown_pod_is_not_found_and_bad_names_are_invalid(agent: Agent, kubelet: RuncKubelet) -> None:
+    bad = agent_pb2.CheckpointRequest(
+        pod_namespace="default", pod_name="x", container_name="Bad_Name", pod_uid="nope", checkpoint_id="c"
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        agent.stub.Checkpoint(bad, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as err:
+        agent.stub.Freeze(
+            agent_pb2.FreezeRequest(
+                pod_uid="11111111-2222-4333-8444-555555555555", container_names=["app"], checkpoint_id="c"
+            ),
+            timeout=10,
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    caps = agent.stub.GetCapabilities(agent_pb2.GetCapabilitiesRequest(), timeout=10)
+    assert caps.criu_version.startswith("4.") and caps.freeze_supported and caps.runtime_name == "podman"
+
+
+def test_health_and_reflection_are_served(agent: Agent) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    health = health_pb2_grpc.HealthStub(agent.channel)
+    status = health.Check(health_pb2.HealthCheckRequest(service="lpm.agent.v1.CheckpointService"), timeout=5)
+    assert status.status == health_pb2.HealthCheckResponse.SERVING
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    refl = reflection_pb2_grpc.ServerReflectionStub(agent.channel)
+    answers = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in answers[0].list_services_response.service}
+    assert "lpm.agent.v1.CheckpointService" in names
+
+
+__all__ = ["agent_pb2_grpc"]
