@@ -101,7 +101,7 @@ def kubelet(tmp_path: Path, pki: Pki) -> Iterator[RuncKubelet]:
 
 
 @pytest.fixture
-def podman_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def podman_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A private containers-storage (vfs) for podman, so the tests never touch the host's images."""
     root = tmp_path / "containers"
     (root / "graph").mkdir(parents=True)

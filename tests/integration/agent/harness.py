@@ -91,9 +91,7 @@ def make_pki(directory: Path) -> Pki:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
     (directory / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
@@ -289,7 +287,9 @@ class RuncKubelet:
         )
         if done.returncode != 0:
             log = work / "criu-work" / "dump.log"
-            raise RuntimeError(f"runc checkpoint failed: {done.stderr}\n{log.read_text()[-2000:] if log.exists() else ''}")
+            raise RuntimeError(
+                f"runc checkpoint failed: {done.stderr}\n{log.read_text()[-2000:] if log.exists() else ''}"
+            )
         (work / "spec.dump").write_text((pod.bundle / "config.json").read_text())
         (work / "config.dump").write_text(json.dumps({"id": pod.container_id, "name": pod.container}))
         name = f"checkpoint-{pod.name}_{pod.namespace}-{pod.container}-{stamp}.tar"
@@ -339,10 +339,10 @@ class RuncKubelet:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 self._answer("POST")
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 self._answer("GET")
 
             def log_message(self, *args: Any) -> None:

@@ -27,7 +27,9 @@ from lpm.api.constants import IMAGE_ANNOTATION_CRIO_CHECKPOINT_NAME, IMAGE_ANNOT
 from lpm.storage.uri import ArtifactRef
 
 
-def checkpoint(agent: Agent, pod, checkpoint_id: str, leave_running: bool = False, **kw) -> agent_pb2.CheckpointResponse:
+def checkpoint(
+    agent: Agent, pod, checkpoint_id: str, leave_running: bool = False, **kw
+) -> agent_pb2.CheckpointResponse:
     return agent.stub.Checkpoint(
         agent_pb2.CheckpointRequest(
             pod_namespace=pod.namespace,
@@ -122,7 +124,7 @@ def test_migration_round_trip_restores_a_counter_that_continues_from_its_checkpo
     assert [a.sha256 for a in sealed.artifacts] == [reply.artifact.sha256]
 
     image = convert(agent, uri)
-    assert image.image_ref == f"localhost/lpm-checkpoint/app:mig-1"
+    assert image.image_ref == "localhost/lpm-checkpoint/app:mig-1"
     inspect = json.loads(podman("image", "inspect", image.image_ref))[0]
     assert inspect["Annotations"][IMAGE_ANNOTATION_CRIO_CHECKPOINT_NAME] == "app"
     assert inspect["Annotations"][IMAGE_ANNOTATION_CRIU_CONTAINER_NAME] == "app"

@@ -47,7 +47,7 @@ def kubelet() -> Iterator[tuple[Script, str]]:
             self.end_headers()
             self.wfile.write(data)
 
-        do_POST = do_GET = _answer  # noqa: N815
+        do_POST = do_GET = _answer
 
         def log_message(self, *args: object) -> None:
             pass
@@ -60,7 +60,9 @@ def kubelet() -> Iterator[tuple[Script, str]]:
 
 
 def client(url: str, backoff: Backoff = FAST, checkpoint_dir: str = "/agent/view") -> KubeletClient:
-    return KubeletClient(url, client_cert=None, client_key=None, ca=None, checkpoint_dir=checkpoint_dir, backoff=backoff)
+    return KubeletClient(
+        url, client_cert=None, client_key=None, ca=None, checkpoint_dir=checkpoint_dir, backoff=backoff
+    )
 
 
 OK = json.dumps({"items": ["/var/lib/kubelet/checkpoints/checkpoint-web_default-app-2026.tar"]})
@@ -69,7 +71,7 @@ OK = json.dumps({"items": ["/var/lib/kubelet/checkpoints/checkpoint-web_default-
 def test_default_schedule_is_the_seeds_five_steps_from_two_seconds_doubling() -> None:
     assert Backoff().delays() == [2.0, 4.0, 8.0, 16.0, 32.0]
     retry = client("http://127.0.0.1:1", backoff=Backoff())._retry(deadline=time.monotonic() + 1000)
-    assert retry.total == 5 and "POST" in retry.allowed_methods and 500 in retry.status_forcelist
+    assert retry.total == 5 and "POST" in (retry.allowed_methods or ()) and 500 in (retry.status_forcelist or ())
     waits = []
     for _ in range(5):
         retry = retry.increment(method="POST", url="/checkpoint/x", error=ProtocolError("connection reset"))
@@ -143,8 +145,13 @@ def test_retry_after_is_honoured_but_capped_by_the_deadline() -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["/etc/shadow", "/var/lib/kubelet/checkpoints/../../../etc/shadow", "/var/lib/kubelet/checkpoints/a/b.tar",
-     "/var/lib/kubelet/checkpoints", "relative.tar"],
+    [
+        "/etc/shadow",
+        "/var/lib/kubelet/checkpoints/../../../etc/shadow",
+        "/var/lib/kubelet/checkpoints/a/b.tar",
+        "/var/lib/kubelet/checkpoints",
+        "relative.tar",
+    ],
 )
 def test_paths_outside_the_kubelet_checkpoint_directory_are_refused(path: str) -> None:
     with pytest.raises(KubeletRejected):
