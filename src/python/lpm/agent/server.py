@@ -54,6 +54,7 @@ from lpm.storage.store import (
     CheckpointStore,
     IntegrityError,
     Manifest,
+    StorageError,
     StorageFull,
     open_backend,
 )
@@ -103,7 +104,7 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
             return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
         case FileNotFoundError():
             return grpc.StatusCode.NOT_FOUND, f"not found: {exc.filename or exc}"
-        case ConnectionError():
+        case ConnectionError() | StorageError():
             return grpc.StatusCode.UNAVAILABLE, str(exc)
         case ImageError() | fz.FreezerError():
             return grpc.StatusCode.INTERNAL, str(exc)

@@ -481,6 +481,9 @@ class PosixBackend:
         return self.root if relative == "" else resolve_under(self.root, relative)
 
     def _makedirs(self, directory: pathlib.Path) -> None:
+        if not self.root.is_dir():
+            # Never create the root: a missing volume mount must not turn into writes to the container's disk.
+            raise StorageError(f"checkpoint repository {self.root} does not exist (is the volume mounted?)")
         missing = []
         while directory != self.root and not directory.is_dir():
             missing.append(directory)
