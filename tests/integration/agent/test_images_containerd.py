@@ -45,7 +45,8 @@ def containerd(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     sock = d / "containerd.sock"
     (d / "config.toml").write_text(
         f'version = 3\nroot = "{d / "root"}"\nstate = "{d / "state"}"\n'
-        'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime"]\n'
+        "disabled_plugins = ["
+        '"io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime"]\n'
         f'[grpc]\n  address = "{sock}"\n'
     )
     with open(d / "log", "wb") as log:

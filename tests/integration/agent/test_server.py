@@ -1,0 +1,152 @@
+"""The gRPC server's wiring: mutual TLS, plaintext only when asked, bounded slots, graceful shutdown.
+The kubelet here is a double that blocks until released (no CRIU needed for these)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from integration.agent.harness import Pki
+
+from lpm.agent import config
+from lpm.agent import freezer as fz
+from lpm.agent.images import ImageLoader
+from lpm.agent.kubelet import CheckpointResult, KubeletUnavailable
+from lpm.agent.server import AgentServer, Deps
+from lpm.agent.v1 import agent_pb2, agent_pb2_grpc
+from lpm.storage.store import CheckpointStore, PosixBackend
+
+POD = "6a2b3c4d-1111-4222-8333-944455556666"
+
+
+@dataclass
+class BlockingKubelet:
+    archive_dir: Path
+    release: threading.Event
+    entered: threading.Semaphore
+
+    def checkpoint(self, namespace: str, pod: str, container: str, timeout: float) -> CheckpointResult:
+        self.entered.release()
+        if not self.release.wait(30):
+            raise KubeletUnavailable("never released")
+        path = self.archive_dir / f"checkpoint-{pod}-{container}.tar"
+        path.write_bytes(b"not really a tar, but bytes to store" * 100)
+        return CheckpointResult(str(path), path, 1, 0.0)
+
+    def pods(self) -> list[dict]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def make_server(tmp_path: Path, *flags: str, max_concurrent: int = 1) -> tuple[AgentServer, BlockingKubelet]:
+    cfg = config.parse(["--listen", "127.0.0.1:0", "--node-name", "n1", "--storage", str(tmp_path / "repo"), *flags])
+    (tmp_path / "repo").mkdir(exist_ok=True)
+    (tmp_path / "archives").mkdir(exist_ok=True)
+    kubelet = BlockingKubelet(tmp_path / "archives", threading.Event(), threading.Semaphore(0))
+    deps = Deps(
+        node_name="n1",
+        store=CheckpointStore(PosixBackend(tmp_path / "repo"), "n1"),
+        kubelet=kubelet,  # type: ignore[arg-type]
+        freezer=fz.Freezer(lambda uid, name: Path("/nonexistent"), tmp_path / "state"),
+        images=ImageLoader(runtime="podman"),
+        max_concurrent=max_concurrent,
+        queue_timeout=0.2,
+    )
+    return AgentServer(cfg, deps), kubelet
+
+
+def request(checkpoint_id: str) -> agent_pb2.CheckpointRequest:
+    return agent_pb2.CheckpointRequest(
+        pod_namespace="default",
+        pod_name="web",
+        container_name="app",
+        pod_uid=POD,
+        checkpoint_id=checkpoint_id,
+        options=agent_pb2.CheckpointOptions(leave_running=True),
+    )
+
+
+@pytest.fixture
+def insecure(tmp_path: Path) -> Iterator[tuple[AgentServer, BlockingKubelet, agent_pb2_grpc.CheckpointServiceStub]]:
+    server, kubelet = make_server(tmp_path, "--insecure")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    yield server, kubelet, agent_pb2_grpc.CheckpointServiceStub(channel)
+    kubelet.release.set()
+    channel.close()
+    server.stop(grace=1)
+
+
+def test_a_busy_agent_answers_resource_exhausted_instead_of_queueing_forever(insecure) -> None:
+    server, kubelet, stub = insecure
+    first = stub.Checkpoint.future(request("slot-a"), timeout=30)
+    assert kubelet.entered.acquire(timeout=10)  # the only slot is taken
+    with pytest.raises(grpc.RpcError) as busy:
+        stub.Checkpoint(request("slot-b"), timeout=30)
+    assert busy.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # Freeze/Thaw/GetCapabilities do not wait for checkpoint slots.
+    assert stub.GetCapabilities(agent_pb2.GetCapabilitiesRequest(), timeout=5).node_name == "n1"
+    kubelet.release.set()
+    assert first.result().artifact.artifact_uri.endswith("/slot-a/app/dump.tar.zst")
+    assert list(kubelet.archive_dir.iterdir()) == [], "the node-local archive is deleted once stored"
+
+
+def test_graceful_shutdown_lets_a_running_checkpoint_finish_and_refuses_new_calls(tmp_path: Path) -> None:
+    server, kubelet = make_server(tmp_path, "--insecure")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = agent_pb2_grpc.CheckpointServiceStub(channel)
+    running = stub.Checkpoint.future(request("grace-a"), timeout=30)
+    assert kubelet.entered.acquire(timeout=10)
+    stopper = threading.Thread(target=server.stop, kwargs={"grace": 20})
+    stopper.start()
+    threading.Timer(0.5, kubelet.release.set).start()
+    assert running.result().checkpoint_id == "grace-a"
+    stopper.join()
+    with pytest.raises(grpc.RpcError) as after:
+        stub.GetCapabilities(agent_pb2.GetCapabilitiesRequest(), timeout=2)
+    assert after.value.code() == grpc.StatusCode.UNAVAILABLE
+    channel.close()
+
+
+def test_tls_is_required_unless_insecure_is_explicit(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="--insecure"):
+        make_server(tmp_path)
+
+
+def test_mutual_tls_accepts_a_client_certificate_from_the_ca_and_refuses_none(tmp_path: Path, pki: Pki) -> None:
+    server, _ = make_server(
+        tmp_path,
+        "--tls-cert",
+        str(pki.server_cert),
+        "--tls-key",
+        str(pki.server_key),
+        "--tls-client-ca",
+        str(pki.ca),
+    )
+    server.start()
+    try:
+        target = f"localhost:{server.port}"
+        good = grpc.ssl_channel_credentials(
+            pki.ca.read_bytes(), pki.client_key.read_bytes(), pki.client_cert.read_bytes()
+        )
+        with grpc.secure_channel(target, good) as channel:
+            caps = agent_pb2_grpc.CheckpointServiceStub(channel).GetCapabilities(
+                agent_pb2.GetCapabilitiesRequest(), timeout=10
+            )
+            assert caps.node_name == "n1"
+        anonymous = grpc.ssl_channel_credentials(pki.ca.read_bytes())
+        with grpc.secure_channel(target, anonymous) as channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                agent_pb2_grpc.CheckpointServiceStub(channel).GetCapabilities(
+                    agent_pb2.GetCapabilitiesRequest(), timeout=10
+                )
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop(grace=0)
