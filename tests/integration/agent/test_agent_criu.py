@@ -355,3 +355,31 @@ def test_health_and_reflection_are_served(agent: Agent) -> None:
 
 
 __all__ = ["agent_pb2_grpc"]
+
+
+def test_runc_container_frozen_before_runc_checkpoint_is_dumped_correctly_and_stays_frozen(
+    kubelet: RuncKubelet, containers: Containers, tmp_path: Path
+) -> None:
+    """The substrate fact the migration relies on, with no agent in between: our freezer, then runc + CRIU."""
+    from lpm.agent import freezer as fz
+
+    pod = containers.counter()
+    kubelet.add(pod)
+    wait_for(lambda: pod.count() >= 5, "the counter to run")
+    cgroup = Path("/sys/fs/cgroup/freezer") / pod.cgroup_parent.lstrip("/") / f"pod{pod.uid}" / pod.container_id
+    assert fz.find_container_cgroup(Path("/sys/fs/cgroup/freezer"), pod.uid, pod.container_id) == cgroup
+    fz.freeze_cgroup(cgroup)
+    at_freeze = pod.count()
+    node_path = kubelet._checkpoint(pod)  # runc checkpoint --leave-running of the frozen container
+    assert fz.cgroup_state(cgroup) == fz.FROZEN and runc_state(pod.container_id)["status"] == "paused"
+    time.sleep(0.3)
+    assert pod.count() == at_freeze
+
+    extracted = tmp_path / "extracted"
+    with tarfile.open(kubelet.checkpoint_dir / Path(node_path).name) as tar:
+        tar.extractall(extracted, filter="tar")
+    restored = containers.track(restore_from_image_dir(extracted, tmp_path / "restored", containers.cgroup_parent))
+    first = wait_for(restored.count, "the restored counter")
+    assert first > at_freeze
+    fz.thaw_cgroup(cgroup)
+    wait_for(lambda: pod.count() > at_freeze, "the thawed source")
