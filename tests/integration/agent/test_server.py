@@ -150,3 +150,40 @@ def test_mutual_tls_accepts_a_client_certificate_from_the_ca_and_refuses_none(tm
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         server.stop(grace=0)
+
+
+def test_the_agent_process_shuts_down_cleanly_on_sigterm(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "repo").mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    agent = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lpm.agent.main",
+            "--insecure",
+            "--listen",
+            "127.0.0.1:0",
+            "--storage",
+            str(tmp_path / "repo"),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--kubelet-url",
+            "https://127.0.0.1:1",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert agent.stderr is not None
+    for line in agent.stderr:
+        if "listening on port" in line:
+            break
+    agent.send_signal(signal.SIGTERM)
+    rest = agent.stderr.read()
+    assert agent.wait(timeout=60) == 0
+    assert "lpm-agent stopped" in rest

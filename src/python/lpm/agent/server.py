@@ -435,6 +435,7 @@ class AgentServer:
         )
         self.port = self._bind()
         self._stopped = threading.Event()
+        self._done = threading.Event()
 
     def _bind(self) -> int:
         if self.cfg.insecure:
@@ -476,9 +477,13 @@ class AgentServer:
         self.deps.kubelet.close()
         self.deps.store.close()
         log.info("lpm-agent stopped")
+        self._done.set()
 
     def wait(self) -> None:
+        """Until the server has terminated and, if a stop is under way, it has finished its cleanup."""
         self.server.wait_for_termination()
+        if self._stopped.is_set():
+            self._done.wait()
 
     def install_signal_handlers(self) -> None:
         def on_signal(signum: int, _frame: Any) -> None:
