@@ -1,0 +1,124 @@
+"""Drives the real local cluster for the end-to-end tests: kubectl, kubectl-lpm, the cluster script, and reading
+the analytics counter's state from its log."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path.cwd()  # the Pants sandbox: infra/local, deploy/ and the packaged binaries are here
+CLUSTER = ROOT / "infra" / "local" / "cluster"
+KUBECTL_LPM = ROOT / "kubectl-lpm"
+NODE_1 = "lpm-node-1"
+NODE_2 = "lpm-node-2"
+NAMESPACE = "lpm-e2e"
+IMAGE_VERSION = "0.1.0"
+DEMO_IMAGE = f"localhost/lpm/analytics-counter:{IMAGE_VERSION}"
+
+
+def cluster(*args: str) -> str:
+    return subprocess.run(
+        [sys.executable, str(CLUSTER), *args], check=True, capture_output=True, text=True
+    ).stdout
+
+
+def env() -> dict[str, str]:
+    out = dict(os.environ)
+    for line in cluster("env").splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        out[key] = value.replace("$PATH", os.environ.get("PATH", ""))
+    return out
+
+
+ENV: dict[str, str] = {}
+
+
+def kubectl(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(["kubectl", *args], env=ENV, capture_output=True, text=True, input=input)
+    if check and res.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed ({res.returncode}): {res.stderr.strip()}")
+    return res
+
+
+def kubectl_json(*args: str) -> Any:
+    return json.loads(kubectl(*args, "-o", "json").stdout)
+
+
+def lpm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(KUBECTL_LPM), "-n", NAMESPACE, *args], env=ENV, capture_output=True, text=True)
+
+
+def wait_for(what: str, probe: Any, timeout: float = 120, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def counter_pod(name: str, node: str, containers: tuple[str, ...] = ("counter",), ballast_mib: int = 0) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app.kubernetes.io/name": "lpm-e2e"}},
+        "spec": {
+            "nodeName": node,
+            "dnsPolicy": "Default",
+            "enableServiceLinks": False,
+            "automountServiceAccountToken": False,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {
+                    "name": c,
+                    "image": DEMO_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["/opt/demo/venv/pex"],
+                    "args": ["--interval", "0.1", "--ballast-mib", str(ballast_mib), "--verify-every", "20"],
+                }
+                for c in containers
+            ],
+        },
+    }
+
+
+def start_counter(name: str, node: str = NODE_1, **kw: Any) -> None:
+    kubectl("apply", "-f", "-", input=json.dumps(counter_pod(name, node, **kw)))
+    wait_for(f"pod {name} Ready", lambda: pod_ready(name), timeout=120)
+    wait_for(f"pod {name} counting", lambda: (states(name, kw.get("containers", ("counter",))[0]) or [{}])[-1]
+             .get("seq", 0) >= 10, timeout=60)
+
+
+def pod_ready(name: str) -> bool:
+    res = kubectl("-n", NAMESPACE, "get", "pod", name, "-o", "json", check=False)
+    if res.returncode != 0:
+        return False
+    pod = json.loads(res.stdout)
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", []))
+
+
+def states(pod: str, container: str = "counter") -> list[dict[str, Any]]:
+    """Every state line the container printed (a restored container's log starts with the source's lines)."""
+    res = kubectl("-n", NAMESPACE, "logs", pod, "-c", container, check=False)
+    out = []
+    for line in res.stdout.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def migration(name: str) -> dict[str, Any]:
+    return kubectl_json("-n", NAMESPACE, "get", "podmigration", name)
+
+
+def phase(name: str) -> str:
+    return str(migration(name).get("status", {}).get("phase", ""))
