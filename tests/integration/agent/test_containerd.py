@@ -1,5 +1,5 @@
-"""ConvertCheckpointToImage into containerd: a private containerd (the same v2.x the local cluster builds) imports
-the OCI checkpoint image, unpacks the zstd layer, and shows the archive's contents and the restore annotations.
+"""The agent against a private containerd (the same v2.x the local cluster builds): checkpoint images are imported
+and unpacked (zstd layer, annotations), and sources are frozen the way containerd's own checkpoint keeps them frozen.
 
 containerd is not packaged for bookworm; the cluster's build (infra/local/deps/containerd.sh) caches it under
 $LPM_CACHE/containerd-<version>/bin. Without that build this test is skipped, saying so."""
@@ -60,9 +60,28 @@ def containerd(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
             time.sleep(0.05)
         yield bin_dir / "ctr", sock
     finally:
+        ctr = [str(bin_dir / "ctr"), "--address", str(sock), "-n", "k8s.io"]
+        for task in subprocess.run([*ctr, "tasks", "ls", "-q"], capture_output=True, text=True).stdout.split():
+            subprocess.run([*ctr, "tasks", "resume", task], capture_output=True)
+            subprocess.run([*ctr, "tasks", "kill", "-s", "KILL", task], capture_output=True)
+            subprocess.run([*ctr, "tasks", "rm", "-f", task], capture_output=True)
+        for c in subprocess.run([*ctr, "containers", "ls", "-q"], capture_output=True, text=True).stdout.split():
+            subprocess.run([*ctr, "containers", "rm", c], capture_output=True)
         proc.terminate()
         proc.wait(timeout=30)
-        subprocess.run(["umount", "-R", str(d / "mnt")], capture_output=True, check=False)
+        # containerd's mount manager can leave its own mounts below the state dir: leave none behind.
+        for _ in range(5):
+            left = [m.split()[1] for m in Path("/proc/mounts").read_text().splitlines() if str(d) in m.split()[1]]
+            if not left:
+                break
+            for target in reversed(left):
+                done = subprocess.run(["umount", target], capture_output=True, text=True, check=False)
+                if done.returncode != 0:
+                    print(f"umount {target}: {done.stderr.strip()}")
+        for hierarchy in Path("/sys/fs/cgroup").iterdir():
+            for leftover in sorted(hierarchy.glob("lpm-ctrd-test*/**"), key=lambda q: len(q.parts), reverse=True):
+                if leftover.is_dir():
+                    leftover.rmdir()
 
 
 def test_checkpoint_image_is_imported_and_unpacked_by_containerd(tmp_path: Path, containerd) -> None:
@@ -105,3 +124,96 @@ def test_checkpoint_image_is_imported_and_unpacked_by_containerd(tmp_path: Path,
         assert sorted(p.name for p in mnt.iterdir()) == ["checkpoint", "config.dump", "spec.dump"]
     finally:
         subprocess.run([*base, "images", "unmount", str(mnt)], capture_output=True, check=False)
+
+
+COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done"
+
+
+def run_counter(ctr: Path, sock: Path, tmp_path: Path, name: str) -> tuple[Path, Path]:
+    rootfs = tmp_path / f"{name}-rootfs"
+    for d in ("bin", "tmp", "proc", "dev", "sys"):
+        (rootfs / d).mkdir(parents=True)
+    shutil.copy2("/bin/busybox", rootfs / "bin" / "busybox")
+    for applet in ("sh", "sleep"):
+        (rootfs / "bin" / applet).symlink_to("busybox")
+    cgroup = f"/lpm-ctrd-test-{name}/{name}"
+    subprocess.run(
+        [
+            str(ctr),
+            "--address",
+            str(sock),
+            "-n",
+            "k8s.io",
+            "run",
+            "-d",
+            "--cgroup",
+            cgroup,
+            "--rootfs",
+            str(rootfs),
+            name,
+            "/bin/sh",
+            "-c",
+            COUNTER,
+        ],
+        capture_output=True,
+        check=True,
+    )
+    count = rootfs / "tmp" / "count"
+    deadline = time.monotonic() + 30
+    while not (count.exists() and count.read_text().strip()):
+        assert time.monotonic() < deadline, "counter did not start"
+        time.sleep(0.02)
+    return count, Path("/sys/fs/cgroup/freezer") / cgroup.lstrip("/")
+
+
+def read(count: Path) -> int:
+    return int(count.read_text().strip() or 0)
+
+
+def test_a_task_paused_through_containerd_is_checkpointed_by_containerd_and_stays_paused(
+    tmp_path: Path, containerd
+) -> None:
+    from lpm.agent import freezer as fz
+
+    ctr, sock = containerd
+    count, _ = run_counter(ctr, sock, tmp_path, "paused")
+    control = fz.ContainerdControl(address=str(sock), ctr=str(ctr))
+    freezer = fz.Freezer(lambda uid, name: "paused", tmp_path / "state", control=control)
+    freezer.freeze("ck-1", "6a2b3c4d-1111-4222-8333-944455556666", ["app"])
+    freezer.freeze("ck-1", "6a2b3c4d-1111-4222-8333-944455556666", ["app"])  # idempotent
+    assert control.frozen("paused")
+    at_freeze = read(count)
+    # containerd's checkpoint (the CRI path uses the same client call) of a task it knows is paused:
+    done = subprocess.run(
+        [str(ctr), "--address", str(sock), "-n", "k8s.io", "tasks", "checkpoint", "paused"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert control.status("paused") == "PAUSED", "containerd must not resume a task it found paused"
+    time.sleep(0.3)
+    assert read(count) == at_freeze
+    freezer.thaw("ck-1", "6a2b3c4d-1111-4222-8333-944455556666", [])
+    assert control.status("paused") == "RUNNING"
+    deadline = time.monotonic() + 30
+    while read(count) <= at_freeze:
+        assert time.monotonic() < deadline, "the counter did not advance after thaw"
+        time.sleep(0.02)
+
+
+def test_a_cgroup_frozen_behind_containerds_back_makes_its_checkpoint_fail(tmp_path: Path, containerd) -> None:
+    """Why the agent pauses through containerd on containerd nodes (documents containerd 2.2 behaviour)."""
+    from lpm.agent import freezer as fz
+
+    ctr, sock = containerd
+    _, cgroup = run_counter(ctr, sock, tmp_path, "raw")
+    fz.freeze_cgroup(cgroup)
+    try:
+        done = subprocess.run(
+            [str(ctr), "--address", str(sock), "-n", "k8s.io", "tasks", "checkpoint", "raw"],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode != 0 and "pause" in done.stderr
+    finally:
+        fz.thaw_cgroup(cgroup)

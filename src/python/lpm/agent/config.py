@@ -37,6 +37,7 @@ class AgentConfig:
     state_dir: str
     work_dir: str
     runtime: str
+    freeze_method: str
     ctr: str
     podman: str
     criu: str
@@ -183,6 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="containerd",
         choices=["containerd", "podman"],
         help="Image store checkpoint images are loaded into (podman = containers-storage, shared with CRI-O).",
+    )
+    add_flag(
+        p,
+        "--freeze-method",
+        "LPM_FREEZE_METHOD",
+        default="auto",
+        choices=["auto", "containerd", "cgroup"],
+        help="How sources are frozen: containerd task pause (its checkpoint then keeps them paused), or the raw "
+        "cgroup freezer (plain runc). auto: containerd when --runtime is containerd, else cgroup.",
     )
     add_flag(p, "--ctr", "LPM_CTR", default="ctr", help="containerd's ctr binary.")
     add_flag(p, "--podman", "LPM_PODMAN", default="podman", help="podman binary.")

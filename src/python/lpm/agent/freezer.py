@@ -12,12 +12,20 @@ Rules:
 - Nothing stays frozen forever: each freeze has a deadline (`auto_thaw_at`), enforced by a background timer
   and persisted as one small JSON file per checkpoint ID under the state directory, so an agent that
   restarts thaws on schedule (or at once, if the deadline passed while it was down).
-- cgroup v1 (`freezer.state`: FROZEN/THAWED, FREEZING while in progress) and v2 (`cgroup.freeze` +
-  `cgroup.events`) are both handled; the hierarchy is picked per cgroup directory.
 
-Finding a container's cgroup is a small injectable function (`Locate`): the default asks the kubelet's
-`/pods` for the container ID and searches the freezer hierarchy for `<...>/pod<uid>/<containerID>` (cgroupfs
-driver) or `...pod<uid_with_underscores>.slice/<runtime>-<containerID>.scope` (systemd driver).
+Two ways to freeze (`Control`), because the runtime must agree that the container is paused:
+- `CgroupControl` writes the container's freezer cgroup: v1 `freezer.state` (FROZEN/THAWED, FREEZING while in
+  progress) or v2 `cgroup.freeze` + `cgroup.events`, picked per directory. Right for plain runc (and the tests).
+- `ContainerdControl` pauses the task through containerd (`ctr -n k8s.io tasks pause|resume`), which freezes
+  the same cgroup *and* records the task as PAUSED. Needed on containerd nodes: containerd's checkpoint
+  (client `task.Checkpoint`) pauses a task it believes is running and resumes it afterwards; a cgroup frozen
+  behind its back makes that pause fail (`OCI runtime pause failed: container not running`, seen with
+  containerd 2.2.9 here), while a task containerd itself paused is checkpointed as is and stays paused.
+
+Finding a container is a small injectable function (`Locate`, returning the control's target): the default
+asks the kubelet's `/pods` for the container ID; the cgroup control then searches the freezer hierarchy for
+`<...>/pod<uid>/<containerID>` (cgroupfs driver) or `...pod<uid_with_underscores>.slice/<rt>-<id>.scope`
+(systemd driver); the containerd control uses the ID itself.
 """
 
 from __future__ import annotations
@@ -25,12 +33,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +47,8 @@ FROZEN: Final = "FROZEN"
 THAWED: Final = "THAWED"
 SETTLE_TIMEOUT: Final = 10.0
 
-# (pod UID, container name) -> the container's cgroup directory (v1 freezer hierarchy or v2 unified)
-Locate = Callable[[str, str], Path]
+# (pod UID, container name) -> what the control freezes: a cgroup directory, or a runtime container ID
+Locate = Callable[[str, str], "Path | str"]
 
 
 class FreezerError(Exception):
@@ -146,11 +155,84 @@ def kubelet_locator(list_pods: Callable[[], list[dict[str, Any]]], cgroup_root: 
     return locate
 
 
+def kubelet_container_ids(list_pods: Callable[[], list[dict[str, Any]]]) -> Locate:
+    def locate(pod_uid: str, container: str) -> str:
+        return container_id_from_pods(list_pods(), pod_uid, container)
+
+    return locate
+
+
+class Control(Protocol):
+    """Freezes one target (what `Locate` returned); every method is idempotent."""
+
+    def freeze(self, target: str) -> None: ...
+
+    def thaw(self, target: str) -> None: ...
+
+    def frozen(self, target: str) -> bool: ...
+
+
+class CgroupControl:
+    def freeze(self, target: str) -> None:
+        freeze_cgroup(Path(target))
+
+    def thaw(self, target: str) -> None:
+        thaw_cgroup(Path(target))
+
+    def frozen(self, target: str) -> bool:
+        return cgroup_state(Path(target)) == FROZEN
+
+
+@dataclass(frozen=True)
+class ContainerdControl:
+    """Pause/resume through containerd, so its task state agrees (see the module docstring)."""
+
+    address: str = "/run/containerd/containerd.sock"
+    ctr: str = "ctr"
+    namespace: str = "k8s.io"
+    timeout: float = 30.0
+
+    def _ctr(self, *args: str) -> subprocess.CompletedProcess[str]:
+        argv = [self.ctr, "--address", self.address, "-n", self.namespace, *args]
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout, check=False)
+        except FileNotFoundError:
+            raise FreezerError(f"{self.ctr} is not installed: cannot pause containers through containerd") from None
+        except subprocess.TimeoutExpired:
+            raise FreezerError(f"ctr {' '.join(args)} did not finish within {self.timeout:.0f}s") from None
+
+    def status(self, target: str) -> str:
+        done = self._ctr("tasks", "ls")
+        if done.returncode != 0:
+            raise FreezerError(f"ctr tasks ls failed: {done.stderr.strip()}")
+        for line in done.stdout.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 3 and fields[0] == target:
+                return fields[2].upper()
+        raise ContainerNotFound(f"containerd has no task {target}")
+
+    def _set(self, target: str, verb: str, want: str) -> None:
+        if self.status(target) == want:
+            return
+        done = self._ctr("tasks", verb, target)
+        if done.returncode != 0 and self.status(target) != want:
+            raise FreezerError(f"ctr tasks {verb} {target} failed: {done.stderr.strip()}")
+
+    def freeze(self, target: str) -> None:
+        self._set(target, "pause", "PAUSED")
+
+    def thaw(self, target: str) -> None:
+        self._set(target, "resume", "RUNNING")
+
+    def frozen(self, target: str) -> bool:
+        return self.status(target) == "PAUSED"
+
+
 @dataclass
 class FreezeRecord:
     checkpoint_id: str
     pod_uid: str
-    containers: dict[str, str]  # container name -> cgroup path
+    containers: dict[str, str]  # container name -> the control's target (cgroup path or container ID)
     auto_thaw_at: float  # wall clock (time.time()), so it survives a restart
     pod_namespace: str = ""
     pod_name: str = ""
@@ -167,8 +249,11 @@ class ContainerState:
 class Freezer:
     """Freeze/thaw with persisted deadlines. Thread-safe; `start()` resumes records left by a previous run."""
 
-    def __init__(self, locate: Locate, state_dir: Path, default_deadline: float = 300.0) -> None:
+    def __init__(
+        self, locate: Locate, state_dir: Path, default_deadline: float = 300.0, control: Control | None = None
+    ) -> None:
         self.locate = locate
+        self.control: Control = control or CgroupControl()
         self.state_dir = Path(state_dir)
         self.default_deadline = default_deadline
         self._lock = threading.RLock()
@@ -275,21 +360,21 @@ class Freezer:
                     raise FreezeConflict(
                         f"container {name} of pod {pod_uid} is frozen for checkpoint {other}; thaw that first"
                     )
-            cgroups = {name: self.locate(pod_uid, name) for name in containers}
+            targets = {name: str(self.locate(pod_uid, name)) for name in containers}
             record = self._records.get(checkpoint_id)
             if record is None:
                 record = FreezeRecord(checkpoint_id, pod_uid, {}, 0.0, pod_namespace, pod_name)
             if record.pod_uid != pod_uid:
                 raise FreezeConflict(f"checkpoint {checkpoint_id} already froze pod {record.pod_uid}, not {pod_uid}")
-            record.containers.update({n: str(p) for n, p in cgroups.items()})
+            record.containers.update(targets)
             record.auto_thaw_at = time.time() + (deadline or self.default_deadline)
             # Persist before freezing: a crash right after the freeze must still lead to a thaw.
             self._records[checkpoint_id] = record
             self._persist(record)
             self._schedule(record)
             try:
-                for cgroup in cgroups.values():
-                    freeze_cgroup(cgroup)
+                for target in targets.values():
+                    self.control.freeze(target)
             except BaseException:
                 self._thaw_record(record)
                 raise
@@ -298,16 +383,18 @@ class Freezer:
 
     def _thaw_record(self, record: FreezeRecord, names: list[str] | None = None) -> None:
         errors = []
-        for name, cgroup in list(record.containers.items()):
+        for name, target in list(record.containers.items()):
             if names is not None and name not in names:
                 continue
             try:
-                thaw_cgroup(Path(cgroup))
+                self.control.thaw(target)
             except ContainerNotFound:
                 pass  # the container is gone: nothing left to thaw
-            except OSError as exc:
-                if Path(cgroup).exists():
-                    errors.append(f"{name}: {exc}")
+            except FileNotFoundError:
+                pass  # its cgroup is gone with it
+            except (OSError, FreezerError) as exc:
+                errors.append(f"{name}: {exc}")
+                continue  # still frozen: keep it in the record, so the auto-thaw retries
             record.containers.pop(name, None)
         if record.containers:
             self._persist(record)

@@ -383,9 +383,19 @@ def build_deps(cfg: AgentConfig, locate: fz.Locate | None = None, backoff: Backo
         or Backoff(retries=cfg.kubelet_retries, initial=cfg.kubelet_backoff_initial, factor=cfg.kubelet_backoff_factor),
     )
     cgroup_root = Path(cfg.cgroup_root)
-    freezer = fz.Freezer(
-        locate or fz.kubelet_locator(kubelet.pods, cgroup_root), Path(cfg.state_dir), cfg.freeze_deadline
+    method = (
+        cfg.freeze_method
+        if cfg.freeze_method != "auto"
+        else ("containerd" if cfg.runtime == "containerd" else "cgroup")
     )
+    control: fz.Control
+    if method == "containerd":
+        control = fz.ContainerdControl(address=cfg.containerd_address, ctr=cfg.ctr)
+        default_locate = fz.kubelet_container_ids(kubelet.pods)
+    else:
+        control = fz.CgroupControl()
+        default_locate = fz.kubelet_locator(kubelet.pods, cgroup_root)
+    freezer = fz.Freezer(locate or default_locate, Path(cfg.state_dir), cfg.freeze_deadline, control)
     images = ImageLoader(
         runtime=cfg.runtime,
         containerd_address=cfg.containerd_address,
