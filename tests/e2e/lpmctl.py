@@ -13,7 +13,10 @@ from typing import Any
 
 ROOT = Path.cwd()  # the Pants sandbox: infra/local, deploy/ and the packaged binaries are here
 CLUSTER = ROOT / "infra" / "local" / "cluster"
-KUBECTL_LPM = ROOT / "kubectl-lpm"
+# Packaged by Pants: in the test sandbox as a runtime package, in dist/ for `./pants run` (benchmarks).
+KUBECTL_LPM = next(
+    (p for p in (ROOT / "kubectl-lpm", ROOT / "dist" / "kubectl-lpm") if p.exists()), ROOT / "kubectl-lpm"
+)
 NODE_1 = "lpm-node-1"
 NODE_2 = "lpm-node-2"
 NAMESPACE = "lpm-e2e"
@@ -22,9 +25,7 @@ DEMO_IMAGE = f"localhost/lpm/analytics-counter:{IMAGE_VERSION}"
 
 
 def cluster(*args: str) -> str:
-    return subprocess.run(
-        [sys.executable, str(CLUSTER), *args], check=True, capture_output=True, text=True
-    ).stdout
+    return subprocess.run([sys.executable, str(CLUSTER), *args], check=True, capture_output=True, text=True).stdout
 
 
 def env() -> dict[str, str]:
@@ -92,8 +93,11 @@ def counter_pod(name: str, node: str, containers: tuple[str, ...] = ("counter",)
 def start_counter(name: str, node: str = NODE_1, **kw: Any) -> None:
     kubectl("apply", "-f", "-", input=json.dumps(counter_pod(name, node, **kw)))
     wait_for(f"pod {name} Ready", lambda: pod_ready(name), timeout=120)
-    wait_for(f"pod {name} counting", lambda: (states(name, kw.get("containers", ("counter",))[0]) or [{}])[-1]
-             .get("seq", 0) >= 10, timeout=60)
+    wait_for(
+        f"pod {name} counting",
+        lambda: (states(name, kw.get("containers", ("counter",))[0]) or [{}])[-1].get("seq", 0) >= 10,
+        timeout=60,
+    )
 
 
 def pod_ready(name: str) -> bool:
@@ -122,3 +126,23 @@ def migration(name: str) -> dict[str, Any]:
 
 def phase(name: str) -> str:
     return str(migration(name).get("status", {}).get("phase", ""))
+
+
+def install_lpm() -> None:
+    """Bring the cluster up and install LPM from this checkout's images and manifests (idempotent)."""
+    cluster("up")
+    ENV.update(env())
+    for image in ("controller", "agent", "analytics-counter"):
+        cluster("load-image", f"localhost/lpm/{image}:{IMAGE_VERSION}")
+    kubectl("apply", "--server-side", "--force-conflicts", "-k", "deploy/kustomize/overlays/local")
+    if kubectl("-n", "lpm-system", "get", "secret", "lpm-agent-tls", check=False).returncode != 0:
+        secrets = subprocess.run(
+            ["bash", "deploy/certs/generate.sh", "-n", "lpm-system"], check=True, capture_output=True, text=True
+        ).stdout
+        kubectl("apply", "-f", "-", input=secrets)
+    # The images were just (re)loaded under an unchanged tag: restart so the pods run this checkout's code.
+    kubectl("-n", "lpm-system", "rollout", "restart", "deployment/lpm-controller", "daemonset/lpm-agent")
+    kubectl("-n", "lpm-system", "rollout", "status", "deployment/lpm-controller", "--timeout=180s")
+    kubectl("-n", "lpm-system", "rollout", "status", "daemonset/lpm-agent", "--timeout=180s")
+    kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", "--timeout=120s")
+    kubectl("create", "namespace", NAMESPACE)

@@ -7,8 +7,7 @@ import subprocess
 import time
 
 import pytest
-
-import lpmctl as k
+from e2e import lpmctl as k
 
 pytestmark = pytest.mark.usefixtures("lpm_cluster")
 
@@ -90,8 +89,15 @@ def test_migration_to_a_notready_node_is_refused_before_anything_is_frozen() -> 
     patched = {**ready, "status": "False", "reason": "E2ETest", "message": "marked NotReady by the e2e test"}
     conditions = [patched if c["type"] == "Ready" else c for c in node["status"]["conditions"]]
     # The kubelet reports status only on change or every few minutes, so this NotReady sticks for the test.
-    k.kubectl("patch", "node", k.NODE_2, "--subresource=status", "--type=merge",
-              "-p", json.dumps({"status": {"conditions": conditions}}))
+    k.kubectl(
+        "patch",
+        "node",
+        k.NODE_2,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"conditions": conditions}}),
+    )
     try:
         res = k.lpm("migrate", "stay-2", "--to", k.NODE_2, "--wait")
         assert res.returncode == 1 and "not Ready" in res.stderr, res.stderr
@@ -109,8 +115,16 @@ def test_migration_to_a_notready_node_is_refused_before_anything_is_frozen() -> 
     finally:
         ready_again = {**ready, "lastHeartbeatTime": None}
         conditions = [ready_again if c["type"] == "Ready" else c for c in node["status"]["conditions"]]
-        k.kubectl("patch", "node", k.NODE_2, "--subresource=status", "--type=merge",
-                  "-p", json.dumps({"status": {"conditions": conditions}}), check=False)
+        k.kubectl(
+            "patch",
+            "node",
+            k.NODE_2,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps({"status": {"conditions": conditions}}),
+            check=False,
+        )
     _assert_source_kept_counting("stay-2")
 
 
@@ -126,12 +140,37 @@ def test_agent_killed_during_checkpoint_never_loses_the_source() -> None:
     (same checkpoint ID, idempotent) or rolls back; either way the source's state is never lost."""
     k.start_counter("big", ballast_mib=256)
     before = k.states("big")
-    proc = subprocess.Popen([str(k.KUBECTL_LPM), "-n", k.NAMESPACE, "migrate", "big", "--to", k.NODE_2,
-                             "--name", "mig-big", "--wait", "--timeout", "600"], env=k.ENV, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            str(k.KUBECTL_LPM),
+            "-n",
+            k.NAMESPACE,
+            "migrate",
+            "big",
+            "--to",
+            k.NODE_2,
+            "--name",
+            "mig-big",
+            "--wait",
+            "--timeout",
+            "600",
+        ],
+        env=k.ENV,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     k.wait_for("mig-big Checkpointing", lambda: k.phase("mig-big") == "Checkpointing", timeout=120, interval=0.1)
-    agents = k.kubectl_json("-n", "lpm-system", "get", "pods", "-l", "app.kubernetes.io/name=lpm-agent",
-                            "--field-selector", f"spec.nodeName={k.NODE_1}")["items"]
+    agents = k.kubectl_json(
+        "-n",
+        "lpm-system",
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=lpm-agent",
+        "--field-selector",
+        f"spec.nodeName={k.NODE_1}",
+    )["items"]
     assert agents, "no agent on the source node"
     k.kubectl("-n", "lpm-system", "delete", "pod", agents[0]["metadata"]["name"], "--grace-period=0", "--force")
     out, err = proc.communicate(timeout=660)
@@ -141,15 +180,21 @@ def test_agent_killed_during_checkpoint_never_loses_the_source() -> None:
         assert proc.returncode == 0
         restored = k.migration("mig-big")["status"]["restoredPodName"]
         on_target = _assert_continues(before, restored)
-        k.wait_for("a ballast check on the target", lambda: any(
-            "ballast_intact" in s for s in _assert_continues(before, restored)), timeout=60)
+        k.wait_for(
+            "a ballast check on the target",
+            lambda: any("ballast_intact" in s for s in _assert_continues(before, restored)),
+            timeout=60,
+        )
         assert all(s["ballast_intact"] for s in _assert_continues(before, restored) if "ballast_intact" in s)
         assert on_target
     else:
         assert proc.returncode == 1 and k.migration("mig-big")["status"]["reason"]
         _assert_source_kept_counting("big")
-    restored_pods = [p for p in k.kubectl_json("-n", k.NAMESPACE, "get", "pods")["items"]
-                     if p["metadata"].get("annotations", {}).get("lpm.my.domain/migration") == "mig-big"]
+    restored_pods = [
+        p
+        for p in k.kubectl_json("-n", k.NAMESPACE, "get", "pods")["items"]
+        if p["metadata"].get("annotations", {}).get("lpm.my.domain/migration") == "mig-big"
+    ]
     assert len(restored_pods) <= 1
 
 
@@ -158,15 +203,22 @@ def test_controller_killed_mid_migration_completes_with_exactly_one_restored_pod
     before = k.states("survivor")
     res = k.lpm("migrate", "survivor", "--to", k.NODE_2, "--name", "mig-survivor")
     assert res.returncode == 0, res.stderr
-    k.wait_for("mig-survivor under way", lambda: k.phase("mig-survivor") in ("Checkpointing", "Converting",
-                                                                            "Restoring"), timeout=120, interval=0.1)
+    k.wait_for(
+        "mig-survivor under way",
+        lambda: k.phase("mig-survivor") in ("Checkpointing", "Converting", "Restoring"),
+        timeout=120,
+        interval=0.1,
+    )
     ctrl = k.kubectl_json("-n", "lpm-system", "get", "pods", "-l", "app.kubernetes.io/name=lpm-controller")["items"]
     for pod in ctrl:
         k.kubectl("-n", "lpm-system", "delete", "pod", pod["metadata"]["name"], "--grace-period=0", "--force")
     res = k.lpm("status", "mig-survivor", "--wait", "--timeout", "300")
     assert res.returncode == 0, res.stdout + res.stderr
     restored = k.migration("mig-survivor")["status"]["restoredPodName"]
-    restored_pods = [p for p in k.kubectl_json("-n", k.NAMESPACE, "get", "pods")["items"]
-                     if p["metadata"].get("annotations", {}).get("lpm.my.domain/migration") == "mig-survivor"]
+    restored_pods = [
+        p
+        for p in k.kubectl_json("-n", k.NAMESPACE, "get", "pods")["items"]
+        if p["metadata"].get("annotations", {}).get("lpm.my.domain/migration") == "mig-survivor"
+    ]
     assert [p["metadata"]["name"] for p in restored_pods] == [restored]
     _assert_continues(before, restored)
