@@ -125,7 +125,11 @@ def migration(name: str) -> dict[str, Any]:
 
 
 def phase(name: str) -> str:
-    return str(migration(name).get("status", {}).get("phase", ""))
+    """The migration's phase; "" while it does not exist yet."""
+    res = kubectl("-n", NAMESPACE, "get", "podmigration", name, "-o", "json", check=False)
+    if res.returncode != 0:
+        return ""
+    return str(json.loads(res.stdout).get("status", {}).get("phase", ""))
 
 
 def install_lpm() -> None:
