@@ -41,7 +41,7 @@ NODE_IPS = {"lpm-node-1": "172.31.250.11", "lpm-node-2": "172.31.250.12"}
 COUNTER_IMAGE = "localhost/lpm-counter:1"
 CONTAINER = "counter"
 COUNTER_SCRIPT = (
-    'tok=$(cat /proc/sys/kernel/random/uuid); i=0; '
+    "tok=$(cat /proc/sys/kernel/random/uuid); i=0; "
     'while true; do echo "$tok $i"; echo "$tok $i" > /tmp/counter; i=$((i+1)); sleep 1; done'
 )
 LINE_RE = re.compile(r"^([0-9a-f-]{36}) (\d+)$")
@@ -126,14 +126,16 @@ def _pod(name: str, node: str, image: str) -> dict:
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 1,
             "automountServiceAccountToken": True,
-            "containers": [{
-                "name": CONTAINER,
-                "image": image,
-                "imagePullPolicy": "Never",
-                # The restored pod repeats the source's command: containerd builds the OCI spec from the pod
-                # spec (+ the base image config) before CRIU replaces the process.
-                "command": ["sh", "-c", COUNTER_SCRIPT],
-            }],
+            "containers": [
+                {
+                    "name": CONTAINER,
+                    "image": image,
+                    "imagePullPolicy": "Never",
+                    # The restored pod repeats the source's command: containerd builds the OCI spec from the pod
+                    # spec (+ the base image config) before CRIU replaces the process.
+                    "command": ["sh", "-c", COUNTER_SCRIPT],
+                }
+            ],
         },
     }
 
@@ -153,8 +155,9 @@ def _wait_running(kube, ns: str, name: str, timeout: float = 90) -> None:
                 raise AssertionError(f"{name}: {w.reason}: {w.message}")
         time.sleep(0.25)
     events = kube.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}")
-    raise AssertionError(f"{name} not running: {pod and pod.status}\n"
-                         + "\n".join(f"{e.reason}: {e.message}" for e in events.items))
+    raise AssertionError(
+        f"{name} not running: {pod and pod.status}\n" + "\n".join(f"{e.reason}: {e.message}" for e in events.items)
+    )
 
 
 def _last_count(kube, ns: str, name: str) -> tuple[str, int]:
@@ -291,28 +294,36 @@ def test_nodes_daemonset_hostpath_and_in_cluster_api(kube, namespace):
     script = (
         f'echo "$NODE" > {marker}; '
         # in-cluster apiserver address injected by the kubelet (ClusterIP via kube-proxy in the node netns)
-        'wget -q -O /tmp/v --no-check-certificate https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/version '
+        "wget -q -O /tmp/v --no-check-certificate https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/version "
         '&& echo "api-ok $(grep gitVersion /tmp/v)"; '
         # the kubelet on this node's own address, with the node PKI mounted from the host
         'ls /etc/kubernetes/pki | tr "\\n" " "; echo; sleep 3600'
     )
     ds = {
-        "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "probe"},
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": "probe"},
         "spec": {
             "selector": {"matchLabels": {"app": "probe"}},
             "template": {
                 "metadata": {"labels": {"app": "probe"}},
                 "spec": {
-                    "hostNetwork": True, "dnsPolicy": "ClusterFirstWithHostNet", "terminationGracePeriodSeconds": 1,
-                    "containers": [{
-                        "name": "probe", "image": COUNTER_IMAGE, "imagePullPolicy": "Never",
-                        "command": ["sh", "-c", script],
-                        "env": [{"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
-                        "volumeMounts": [
-                            {"name": "ckpt", "mountPath": "/var/lib/kubelet/checkpoints"},
-                            {"name": "pki", "mountPath": "/etc/kubernetes/pki", "readOnly": True},
-                        ],
-                    }],
+                    "hostNetwork": True,
+                    "dnsPolicy": "ClusterFirstWithHostNet",
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [
+                        {
+                            "name": "probe",
+                            "image": COUNTER_IMAGE,
+                            "imagePullPolicy": "Never",
+                            "command": ["sh", "-c", script],
+                            "env": [{"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+                            "volumeMounts": [
+                                {"name": "ckpt", "mountPath": "/var/lib/kubelet/checkpoints"},
+                                {"name": "pki", "mountPath": "/etc/kubernetes/pki", "readOnly": True},
+                            ],
+                        }
+                    ],
                     "volumes": [
                         {"name": "ckpt", "hostPath": {"path": "/var/lib/kubelet/checkpoints"}},
                         {"name": "pki", "hostPath": {"path": "/etc/kubernetes/pki"}},
