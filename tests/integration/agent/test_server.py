@@ -180,10 +180,23 @@ def test_the_agent_process_shuts_down_cleanly_on_sigterm(tmp_path: Path) -> None
         text=True,
     )
     assert agent.stderr is not None
+    port = 0
     for line in agent.stderr:
         if "listening on port" in line:
+            port = int(line.rsplit(" ", 1)[1])
             break
+    assert port, "the agent never reported its port"
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        serving = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
+        assert serving.status == health_pb2.HealthCheckResponse.SERVING
     agent.send_signal(signal.SIGTERM)
-    rest = agent.stderr.read()
-    assert agent.wait(timeout=60) == 0
+    try:
+        _, rest = agent.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        agent.kill()
+        _, rest = agent.communicate()
+        raise AssertionError(f"the agent ignored SIGTERM; its log:\n{rest}") from None
+    assert agent.returncode == 0
     assert "lpm-agent stopped" in rest

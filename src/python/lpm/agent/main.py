@@ -21,10 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from lpm.agent.server import AgentServer, build_deps  # grpc server stack only when serving
 
-    server = AgentServer(cfg, build_deps(cfg))
-    server.install_signal_handlers()
-    server.start()
-    server.wait()
+    AgentServer(cfg, build_deps(cfg)).serve_until_signalled()
     return 0
 
 

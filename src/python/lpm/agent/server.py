@@ -495,10 +495,21 @@ class AgentServer:
         if self._stopped.is_set():
             self._done.wait()
 
-    def install_signal_handlers(self) -> None:
+    def serve_until_signalled(self) -> None:
+        """Start, serve until SIGTERM/SIGINT, then stop gracefully — all on the main thread.
+
+        The handler only sets an event; the main thread polls it, so a signal that arrives at any moment
+        (even before `start` returns) is acted on, and the graceful stop never runs inside a signal handler.
+        """
+        requested = threading.Event()
+
         def on_signal(signum: int, _frame: Any) -> None:
             log.info("signal %d: shutting down gracefully", signum)
-            threading.Thread(target=self.stop, name="shutdown", daemon=True).start()
+            requested.set()
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        self.start()
+        while not requested.wait(0.5):
+            pass
+        self.stop()
