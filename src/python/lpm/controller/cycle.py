@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 from prometheus_client import Counter as PromCounter
 
-from lpm.api.codec import encode
+from lpm.api.codec import decode, encode
 from lpm.controller import clock
 from lpm.controller.agents import Agents
 from lpm.controller.effects import (
@@ -115,6 +115,30 @@ def to_fixed_point(
             outcomes[effect.key] = execute(effect)
             log.debug("effect %s -> %s", effect.key, outcomes[effect.key])
     return actions
+
+
+def reconcile_object(
+    rt: Runtime,
+    plural: str,
+    namespace: str,
+    name: str,
+    model: type,
+    observe: Callable[[Runtime, dict[str, Any]], ObsT],
+    decide: Callable[[ObsT], list[Action]],
+) -> None:
+    """One level-triggered cycle of one object, serialized per object: read it, leave it alone once finished or
+    being deleted (the finalizer handles that), decide to a fixed point, apply."""
+
+    def cycle() -> None:
+        obj = rt.kube.get(plural, namespace, name)
+        if obj is None:
+            return
+        current: Any = decode(model, obj)
+        if current.status.phase.terminal or current.metadata.get("deletionTimestamp"):
+            return
+        apply(rt, plural, obj, to_fixed_point(decide, observe(rt, obj), rt.execute))
+
+    rt.serialized((plural, namespace, name), cycle)
 
 
 def apply(rt: Runtime, plural: str, obj: Mapping[str, Any], actions: list[Action]) -> bool:

@@ -8,7 +8,7 @@ from lpm.api import constants as c
 from lpm.api.codec import decode
 from lpm.api.models import ContainerCheckpoint, ContainerCheckpointContent
 from lpm.controller.containercheckpoint.decide import Observed, container_content_name, decide, decide_finalize
-from lpm.controller.cycle import Runtime, apply, to_fixed_point
+from lpm.controller.cycle import Runtime, reconcile_object
 from lpm.controller.effects import Effect
 from lpm.controller.views import PodView
 
@@ -29,17 +29,7 @@ def observe(rt: Runtime, obj: dict[str, Any]) -> Observed:
 
 
 def reconcile(rt: Runtime, namespace: str, name: str) -> None:
-    rt.serialized((PLURAL, namespace, name), lambda: _cycle(rt, namespace, name))
-
-
-def _cycle(rt: Runtime, namespace: str, name: str) -> None:
-    obj = rt.kube.get(PLURAL, namespace, name)
-    if obj is None:
-        return
-    cc = decode(ContainerCheckpoint, obj)
-    if cc.status.phase.terminal or cc.metadata.get("deletionTimestamp"):
-        return
-    apply(rt, PLURAL, obj, to_fixed_point(decide, observe(rt, obj), rt.execute))
+    reconcile_object(rt, PLURAL, namespace, name, ContainerCheckpoint, observe, decide)
 
 
 def finalize(rt: Runtime, namespace: str, name: str) -> bool:

@@ -7,7 +7,7 @@ from typing import Any
 from lpm.api import constants as c
 from lpm.api.codec import decode
 from lpm.api.models import ContainerCheckpoint, PodCheckpoint, PodCheckpointContent
-from lpm.controller.cycle import Runtime, apply, to_fixed_point
+from lpm.controller.cycle import Runtime, reconcile_object
 from lpm.controller.effects import Effect
 from lpm.controller.podcheckpoint.decide import Observed, decide, decide_finalize, pod_content_name
 from lpm.controller.views import PodView
@@ -37,17 +37,7 @@ def observe(rt: Runtime, obj: dict[str, Any]) -> Observed:
 
 
 def reconcile(rt: Runtime, namespace: str, name: str) -> None:
-    rt.serialized((PLURAL, namespace, name), lambda: _cycle(rt, namespace, name))
-
-
-def _cycle(rt: Runtime, namespace: str, name: str) -> None:
-    obj = rt.kube.get(PLURAL, namespace, name)
-    if obj is None:
-        return
-    pc = decode(PodCheckpoint, obj)
-    if pc.status.phase.terminal or pc.metadata.get("deletionTimestamp"):
-        return
-    apply(rt, PLURAL, obj, to_fixed_point(decide, observe(rt, obj), rt.execute))
+    reconcile_object(rt, PLURAL, namespace, name, PodCheckpoint, observe, decide)
 
 
 def finalize(rt: Runtime, namespace: str, name: str) -> bool:

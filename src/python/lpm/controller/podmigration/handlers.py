@@ -8,7 +8,7 @@ from typing import Any
 from lpm.api import constants as c
 from lpm.api.codec import decode
 from lpm.api.models import PodCheckpoint, PodMigration
-from lpm.controller.cycle import Runtime, apply, to_fixed_point
+from lpm.controller.cycle import Runtime, reconcile_object
 from lpm.controller.podmigration.decide import Observed, decide, decide_finalize, is_active, reads_for
 from lpm.controller.podmigration.restore import pod_checkpoint_name, restored_pod_name
 from lpm.controller.views import NodeView, PodView
@@ -58,18 +58,7 @@ def observe(rt: Runtime, obj: dict[str, Any]) -> Observed:
 
 
 def reconcile(rt: Runtime, namespace: str, name: str) -> None:
-    rt.serialized((PLURAL, namespace, name), lambda: _cycle(rt, namespace, name))
-
-
-def _cycle(rt: Runtime, namespace: str, name: str) -> None:
-    obj = rt.kube.get(PLURAL, namespace, name)
-    if obj is None:
-        return
-    m = decode(PodMigration, obj)
-    if m.status.phase.terminal or m.metadata.get("deletionTimestamp"):
-        return
-    actions = to_fixed_point(decide, observe(rt, obj), rt.execute)
-    apply(rt, PLURAL, obj, actions)
+    reconcile_object(rt, PLURAL, namespace, name, PodMigration, observe, decide)
 
 
 def finalize(rt: Runtime, namespace: str, name: str) -> bool:
