@@ -188,9 +188,18 @@ def _ready_checkpoint(uid=MUID):
 
 
 def test_ready_checkpoint_is_converted_on_the_target_node():
-    actions = decide(
+    entered = decide(
         obs(
             migration(MigrationPhase.CHECKPOINTING, source_frozen=True),
+            source_pod=pod(),
+            pod_checkpoint=_ready_checkpoint(),
+        )
+    )
+    assert status(entered).phase is MigrationPhase.CONVERTING
+    assert not any(isinstance(a, ConvertImage) for a in entered), "write-ahead: convert in the next cycle"
+    actions = decide(
+        obs(
+            migration(MigrationPhase.CONVERTING, source_frozen=True),
             source_pod=pod(),
             pod_checkpoint=_ready_checkpoint(),
         )
@@ -199,7 +208,7 @@ def test_ready_checkpoint_is_converted_on_the_target_node():
     assert conv.node == "node-b" and conv.request["container_name"] == "app"
     done = decide(
         obs(
-            migration(MigrationPhase.CHECKPOINTING, source_frozen=True),
+            migration(MigrationPhase.CONVERTING, source_frozen=True),
             source_pod=pod(),
             pod_checkpoint=_ready_checkpoint(),
             outcomes={conv.key: Outcome.success({"image_ref": "localhost/ckpt/app:1"})},

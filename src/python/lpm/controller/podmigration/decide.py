@@ -396,8 +396,9 @@ def _checkpointing(plan: _Plan) -> None:
         )
     if pc.status.phase is not CheckpointPhase.READY:
         return None
+    # Recorded before the agent is asked, so the conversion's time is counted as Converting (the clock of a
+    # cycle stands still while its effects run) and a restarted controller resumes at the right step.
     plan.enter(P.CONVERTING, "Converting", f"converting the checkpoint to images on {plan.m.spec.target_node}")
-    _converting(plan)
 
 
 def _converting(plan: _Plan) -> None:
