@@ -2,6 +2,7 @@
 
     ./pants package src/docker:: src/python/lpm/cli:kubectl-lpm
     ./pants run tests/bench/e2e/bench_migration.py -- --runs 5
+    (or, without holding Pants while it runs: PYTHONPATH=tests python3 tests/bench/e2e/bench_migration.py)
 
 For each workload (the analytics counter, and the same with 256 MiB of in-memory state) and each run:
 - LPM: create a PodMigration lpm-node-1 -> lpm-node-2 and wait for Completed. Reports end-to-end time (object
