@@ -222,3 +222,23 @@ def test_controller_killed_mid_migration_completes_with_exactly_one_restored_pod
     ]
     assert [p["metadata"]["name"] for p in restored_pods] == [restored]
     _assert_continues(before, restored)
+
+
+def test_cancel_rolls_back_and_the_source_keeps_counting() -> None:
+    k.start_counter("cancelled", ballast_mib=256)
+    res = k.lpm("migrate", "cancelled", "--to", k.NODE_2, "--name", "mig-cancel")
+    assert res.returncode == 0, res.stderr
+    k.wait_for("mig-cancel under way", lambda: k.phase("mig-cancel") in ("Freezing", "Checkpointing"), interval=0.1)
+    listed = k.lpm("list")
+    assert listed.returncode == 0 and "mig-cancel" in listed.stdout and "cancelled" in listed.stdout
+    res = k.lpm("cancel", "mig-cancel")
+    assert res.returncode == 0 and "keeps running" in res.stdout, res.stdout + res.stderr
+    k.wait_for("mig-cancel gone", lambda: k.phase("mig-cancel") == "", timeout=120)
+    assert k.lpm("status", "mig-cancel").returncode == 3
+    leftovers = [
+        p["metadata"]["name"]
+        for p in k.kubectl_json("-n", k.NAMESPACE, "get", "pods")["items"]
+        if p["metadata"].get("annotations", {}).get("lpm.my.domain/migration") == "mig-cancel"
+    ]
+    assert leftovers == [], f"restored pod left behind: {leftovers}"
+    _assert_source_kept_counting("cancelled")
