@@ -296,9 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     p.add_argument("--context", help="kubeconfig context")
     p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
+    # -n may also follow the command (`kubectl lpm migrate web -n prod`), as with kubectl itself.
+    ns_after = argparse.ArgumentParser(add_help=False)
+    ns_after.add_argument("-n", "--namespace", default=argparse.SUPPRESS, help="namespace (default: default)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    m = sub.add_parser("migrate", help="migrate a pod to another node", description="Migrate POD to NODE.")
+    m = sub.add_parser(
+        "migrate", help="migrate a pod to another node", description="Migrate POD to NODE.", parents=[ns_after]
+    )
     m.add_argument("pod", metavar="POD")
     m.add_argument("--to", required=True, metavar="NODE", help="target node")
     m.add_argument("--name", help="PodMigration name (default: generated from the pod name)")
@@ -319,19 +324,19 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--tcp-established", action="store_true", help="checkpoint established TCP connections")
     m.set_defaults(func=cmd_migrate)
 
-    s = sub.add_parser("status", help="show one migration, or all in the namespace")
+    s = sub.add_parser("status", help="show one migration, or all in the namespace", parents=[ns_after])
     s.add_argument("name", nargs="?", metavar="NAME")
     s.add_argument("--wait", action="store_true", help="follow progress until Completed or Failed")
     s.add_argument("--timeout", type=float, default=600, help="seconds to wait with --wait (default 600)")
     s.add_argument("-o", "--output", choices=["text", "json"], default="text")
     s.set_defaults(func=cmd_status)
 
-    ls = sub.add_parser("list", help="list migrations")
+    ls = sub.add_parser("list", help="list migrations", parents=[ns_after])
     ls.add_argument("-A", "--all-namespaces", action="store_true")
     ls.add_argument("-o", "--output", choices=["text", "json"], default="text")
     ls.set_defaults(func=cmd_list)
 
-    cn = sub.add_parser("cancel", help="cancel a migration: roll back, the source keeps running")
+    cn = sub.add_parser("cancel", help="cancel a migration: roll back, the source keeps running", parents=[ns_after])
     cn.add_argument("name", metavar="NAME")
     cn.set_defaults(func=cmd_cancel)
     return p

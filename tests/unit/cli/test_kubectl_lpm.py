@@ -1,0 +1,37 @@
+"""kubectl-lpm's command line: the contract scripts rely on (the e2e suite drives it against a real cluster)."""
+
+from __future__ import annotations
+
+import pytest
+
+from lpm.cli.kubectl_lpm import EXIT_USAGE, build_parser, main
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-n", "prod", "migrate", "web-0", "--to", "node-2"],
+        ["migrate", "web-0", "--to", "node-2", "-n", "prod"],
+        ["migrate", "-n", "prod", "web-0", "--to", "node-2"],
+    ],
+)
+def test_namespace_may_come_before_or_after_the_command(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    assert (args.namespace, args.pod, args.to) == ("prod", "web-0", "node-2")
+
+
+def test_namespace_defaults_to_default() -> None:
+    assert build_parser().parse_args(["list"]).namespace == "default"
+
+
+def test_migrate_without_a_target_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["migrate", "web-0"])
+    assert exc.value.code == EXIT_USAGE
+    assert "--to" in capsys.readouterr().err
+
+
+def test_unreadable_kubeconfig_is_reported_with_its_exit_code(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope"
+    assert main(["--kubeconfig", str(missing), "list"]) == 5
+    assert "kubeconfig" in capsys.readouterr().err
