@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from e2e import lpmctl as k
@@ -242,3 +243,22 @@ def test_cancel_rolls_back_and_the_source_keeps_counting() -> None:
     ]
     assert leftovers == [], f"restored pod left behind: {leftovers}"
     _assert_source_kept_counting("cancelled")
+
+
+def test_checkpoint_retention_delete_removes_the_stored_checkpoint_with_the_migration() -> None:
+    k.start_counter("tidy")
+    body = {
+        "apiVersion": "lpm.my.domain/v1",
+        "kind": "PodMigration",
+        "metadata": {"name": "mig-tidy", "namespace": k.NAMESPACE},
+        "spec": {"podName": "tidy", "targetNode": k.NODE_2, "checkpointRetention": "Delete"},
+    }
+    k.kubectl("apply", "-f", "-", input=json.dumps(body))
+    k.wait_for("mig-tidy Completed", lambda: k.phase("mig-tidy") in ("Completed", "Failed"), timeout=180)
+    st = k.migration("mig-tidy")["status"]
+    assert st["phase"] == "Completed", st
+    stored = Path(k.ENV["LPM_LOCAL_STATE"]) / "shared-checkpoints" / st["podUID"] / st["checkpointID"]
+    assert (stored / ".checkpoint-complete").is_file()
+    assert (stored / "counter" / "dump.tar.zst").is_file()
+    k.kubectl("-n", k.NAMESPACE, "delete", "podmigration", "mig-tidy", "--wait=true", "--timeout=120s")
+    k.wait_for(f"{stored} removed", lambda: not stored.exists(), timeout=120)

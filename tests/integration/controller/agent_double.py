@@ -114,6 +114,10 @@ class AgentDouble(agent_pb2_grpc.CheckpointServiceServicer):
         self._enter("CompleteCheckpoint", request, context)
         return agent_pb2.CompleteCheckpointResponse()
 
+    def DeleteCheckpoint(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._enter("DeleteCheckpoint", request, context)
+        return agent_pb2.DeleteCheckpointResponse(existed=True)
+
     def ConvertCheckpointToImage(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._enter("ConvertCheckpointToImage", request, context)
         ref = ArtifactRef.parse(request.artifact_uri)

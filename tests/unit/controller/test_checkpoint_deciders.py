@@ -9,6 +9,7 @@ from lpm.api.models import (
     ContainerCheckpoint,
     ContainerCheckpointSpec,
     ContainerCheckpointStatus,
+    DeletionPolicy,
     PodCheckpoint,
     PodCheckpointSpec,
 )
@@ -18,6 +19,8 @@ from lpm.controller.effects import (
     CompleteCheckpoint,
     CreateContainerCheckpoint,
     CreateContent,
+    DeleteCheckpoint,
+    DeleteObject,
     MarkContentReady,
     Outcome,
     PatchStatus,
@@ -168,3 +171,22 @@ def test_containercheckpoint_failure_sets_ready_false_with_reason():
 def test_missing_container_fails_with_the_containers_listed():
     st = status(ccd.decide(ccd.Observed(container_checkpoint=cc(), now=NOW, pod=pod(containers=("web",)))))
     assert st.reason == "ContainerNotFound" and "(web)" in st.message
+
+
+def _stored(policy: DeletionPolicy) -> PodCheckpoint:
+    obj = pc(deletion_policy=policy)
+    obj.status.node_name, obj.status.pod_uid, obj.status.checkpoint_id = "node-a", PUID, "20260101t000000z-11111111"
+    obj.status.bound_content_name = "pcpc-abc"
+    return obj
+
+
+def test_deleting_a_podcheckpoint_with_policy_delete_removes_its_files_then_its_content():
+    actions = pcd.decide_finalize(_stored(DeletionPolicy.DELETE))
+    assert [type(a) for a in actions] == [DeleteCheckpoint, DeleteObject]
+    delete = actions[0]
+    assert isinstance(delete, DeleteCheckpoint) and delete.node == "node-a"
+    assert delete.request == {"pod_uid": PUID, "checkpoint_id": "20260101t000000z-11111111"}
+
+
+def test_deleting_a_podcheckpoint_with_policy_retain_keeps_everything():
+    assert pcd.decide_finalize(_stored(DeletionPolicy.RETAIN)) == []

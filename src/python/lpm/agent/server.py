@@ -279,6 +279,18 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
 
         return self._call(context, "CompleteCheckpoint", body)
 
+    def DeleteCheckpoint(
+        self, request: agent_pb2.DeleteCheckpointRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.DeleteCheckpointResponse:
+        def body() -> agent_pb2.DeleteCheckpointResponse:
+            key = CheckpointKey(request.pod_uid, request.checkpoint_id)
+            if not self.d.store.backend.exists(key.relative_dir):
+                return agent_pb2.DeleteCheckpointResponse(existed=False)
+            self.d.store.delete(key)
+            return agent_pb2.DeleteCheckpointResponse(existed=True)
+
+        return self._call(context, "DeleteCheckpoint", body)
+
     def ConvertCheckpointToImage(
         self, request: agent_pb2.ConvertRequest, context: grpc.ServicerContext
     ) -> agent_pb2.ConvertResponse:

@@ -32,6 +32,7 @@ METHODS: dict[str, tuple[type, float]] = {
     "Thaw": (agent_pb2.ThawRequest, 30.0),
     "Checkpoint": (agent_pb2.CheckpointRequest, 900.0),
     "CompleteCheckpoint": (agent_pb2.CompleteCheckpointRequest, 60.0),
+    "DeleteCheckpoint": (agent_pb2.DeleteCheckpointRequest, 120.0),
     "ConvertCheckpointToImage": (agent_pb2.ConvertRequest, 600.0),
 }
 

@@ -86,6 +86,11 @@ class CompleteCheckpoint(AgentCall):
 
 
 @dataclass(frozen=True)
+class DeleteCheckpoint(AgentCall):
+    METHOD: ClassVar[str] = "DeleteCheckpoint"
+
+
+@dataclass(frozen=True)
 class ConvertImage(AgentCall):
     METHOD: ClassVar[str] = "ConvertCheckpointToImage"
 

@@ -35,6 +35,7 @@ from lpm.controller.effects import (
     CompleteCheckpoint,
     CreateContainerCheckpoint,
     CreateContent,
+    DeleteCheckpoint,
     DeleteObject,
     Effect,
     EmitEvent,
@@ -215,7 +216,15 @@ def _answer(
 
 
 def decide_finalize(pc: PodCheckpoint) -> list[Action]:
-    """On deletion: the stored checkpoint goes only when deletionPolicy is Delete."""
-    if pc.spec.deletion_policy.value != "Delete" or not pc.status.bound_content_name:
+    """On deletion: the stored checkpoint goes only when deletionPolicy is Delete: its files, through the agent
+    of the node that took it (any agent reaches the shared repository, that one is known to exist), then its
+    Content. A checkpoint that never got an ID or a node stored nothing."""
+    if pc.spec.deletion_policy.value != "Delete":
         return []
-    return [DeleteObject(c.PLURAL_POD_CHECKPOINT_CONTENTS, None, pc.status.bound_content_name)]
+    st = pc.status
+    out: list[Action] = []
+    if st.node_name and st.pod_uid and st.checkpoint_id:
+        out.append(DeleteCheckpoint(st.node_name, {"pod_uid": st.pod_uid, "checkpoint_id": st.checkpoint_id}))
+    if st.bound_content_name:
+        out.append(DeleteObject(c.PLURAL_POD_CHECKPOINT_CONTENTS, None, st.bound_content_name))
+    return out
