@@ -5,6 +5,7 @@ from __future__ import annotations
 import calendar
 import json
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -97,16 +98,19 @@ def test_migration_to_a_notready_node_is_refused_before_anything_is_frozen() -> 
     ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
     patched = {**ready, "status": "False", "reason": "E2ETest", "message": "marked NotReady by the e2e test"}
     conditions = [patched if c["type"] == "Ready" else c for c in node["status"]["conditions"]]
-    # The kubelet reports status only on change or every few minutes, so this NotReady sticks for the test.
-    k.kubectl(
-        "patch",
-        "node",
-        k.NODE_2,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps({"status": {"conditions": conditions}}),
-    )
+    not_ready = json.dumps({"status": {"conditions": conditions}})
+    mark = ("patch", "node", k.NODE_2, "--subresource=status", "--type=merge", "-p", not_ready)
+    k.kubectl(*mark)
+    # The kubelet re-reports its own Ready every few minutes; keep re-marking so that report cannot land between
+    # this test's NotReady and the controller's validation (a run once migrated to the "NotReady" node that way).
+    stop = threading.Event()
+
+    def hold() -> None:
+        while not stop.wait(0.2):
+            k.kubectl(*mark, check=False)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
     try:
         res = k.lpm("migrate", "stay-2", "--to", k.NODE_2, "--wait")
         assert res.returncode == 1 and "not Ready" in res.stderr, res.stderr
@@ -122,6 +126,8 @@ def test_migration_to_a_notready_node_is_refused_before_anything_is_frozen() -> 
         assert "NotReady" in (st.get("reason", "") + st.get("message", "")) or "not Ready" in st.get("message", "")
         assert "Freezing" not in st.get("phaseDurationsSeconds", {})
     finally:
+        stop.set()
+        holder.join()
         ready_again = {**ready, "lastHeartbeatTime": None}
         conditions = [ready_again if c["type"] == "Ready" else c for c in node["status"]["conditions"]]
         k.kubectl(
