@@ -102,22 +102,29 @@ def kubelet(tmp_path: Path, pki: Pki) -> Iterator[RuncKubelet]:
 
 @pytest.fixture
 def podman_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A private containers-storage (vfs) for podman, so the tests never touch the host's images."""
+    """A private podman (vfs storage, state and temp dirs), so the tests never touch the host's podman.
+
+    Everything podman keeps lives under `root`, its temp dir (default /run/libpod) included: that directory is
+    shared by every podman on the host, and removing it under a running container (as `podman system reset`
+    does) breaks other users' containers, e.g. the storage tests' NFS server, whose restart then fails with
+    "failed to open slirp4netns log file /run/libpod/...". Cleanup therefore removes only what is ours.
+    """
     root = tmp_path / "containers"
-    (root / "graph").mkdir(parents=True)
-    (root / "run").mkdir()
+    for sub in ("graph", "run", "tmp", "volumes"):
+        (root / sub).mkdir(parents=True)
     conf = root / "storage.conf"
     conf.write_text(f'[storage]\ndriver = "vfs"\ngraphroot = "{root / "graph"}"\nrunroot = "{root / "run"}"\n')
     containers_conf = root / "containers.conf"
     containers_conf.write_text(
         '[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
-        f'events_logfile_path = "{root / "events.log"}"\n'
+        f'events_logfile_path = "{root / "events.log"}"\ntmp_dir = "{root / "tmp"}"\n'
+        f'volume_path = "{root / "volumes"}"\nstatic_dir = "{root / "graph" / "libpod"}"\n'
     )
     monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(conf))
     monkeypatch.setenv("CONTAINERS_CONF", str(containers_conf))
     yield root
-    subprocess.run(["podman", "image", "unmount", "--all"], capture_output=True, check=False)
-    subprocess.run(["podman", "system", "reset", "--force"], capture_output=True, check=False)
+    subprocess.run(["podman", "image", "unmount", "--all", "--force"], capture_output=True, check=False)
+    subprocess.run(["podman", "rmi", "--all", "--force"], capture_output=True, check=False)
     shutil.rmtree(root, ignore_errors=True)
 
 
