@@ -276,3 +276,56 @@ def test_checkpoint_retention_delete_removes_the_stored_checkpoint_with_the_migr
     assert (stored / "counter" / "dump.tar.zst").is_file()
     k.kubectl("-n", k.NAMESPACE, "delete", "podmigration", "mig-tidy", "--wait=true", "--timeout=120s")
     k.wait_for(f"{stored} removed", lambda: not stored.exists(), timeout=120)
+
+
+def test_drain_migrates_bare_pods_and_leaves_owned_ones_to_their_owner() -> None:
+    """`kubectl lpm drain` cordons the node, live-migrates the pods LPM can move and leaves a ReplicaSet's pod
+    alone. The selector keeps it to this test's pods: other tests' pods share the node."""
+    selector = {"lpm-e2e/drain": "yes"}
+    for name in ("drain-a", "drain-b"):
+        pod = k.counter_pod(name, k.NODE_1)
+        pod["metadata"]["labels"].update(selector)
+        k.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    template = {
+        "metadata": {"labels": {**selector, "lpm-e2e/rs": "drain-rs"}},
+        "spec": k.counter_pod("-", k.NODE_1)["spec"],
+    }
+    rs = {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {"name": "drain-rs", "namespace": k.NAMESPACE},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"lpm-e2e/rs": "drain-rs"}}, "template": template},
+    }
+    k.kubectl("apply", "-f", "-", input=json.dumps(rs))
+    for name in ("drain-a", "drain-b"):
+        k.wait_for(f"{name} counting", lambda n=name: len(k.states(n)) >= 10, timeout=120)
+    k.wait_for("drain-rs pod Running", lambda: _pods(rs="drain-rs", phase="Running"), timeout=120)
+    owned = _pods(rs="drain-rs")[0]["metadata"]["name"]
+    before = {name: k.states(name) for name in ("drain-a", "drain-b")}
+    try:
+        dry = k.lpm("drain", k.NODE_1, "-l", "lpm-e2e/drain=yes", "--dry-run")
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        assert "2 pod(s) to migrate, 1 left to their owners" in dry.stdout and owned in dry.stdout
+        assert not k.kubectl_json("get", "node", k.NODE_1)["spec"].get("unschedulable")
+
+        res = k.lpm("drain", k.NODE_1, "-l", "lpm-e2e/drain=yes", "--timeout", "600")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert f"node/{k.NODE_1} cordoned" in res.stdout and "kubectl drain" in res.stdout
+        assert k.kubectl_json("get", "node", k.NODE_1)["spec"].get("unschedulable") is True
+        migs = k.kubectl_json("-n", k.NAMESPACE, "get", "podmigrations", "-l", f"lpm.my.domain/drain-node={k.NODE_1}")
+        by_pod = {m["spec"]["podName"]: m["status"] for m in migs["items"]}
+        assert sorted(by_pod) == ["drain-a", "drain-b"] and {s["phase"] for s in by_pod.values()} == {"Completed"}
+        for name, status in by_pod.items():
+            restored = status["restoredPodName"]
+            assert k.kubectl_json("-n", k.NAMESPACE, "get", "pod", restored)["spec"]["nodeName"] == k.NODE_2
+            _assert_continues(before[name], restored)
+        # The ReplicaSet's pod was not touched: still the same pod, still on the drained node.
+        assert [p["metadata"]["name"] for p in _pods(rs="drain-rs", phase="Running")] == [owned]
+    finally:
+        k.kubectl("uncordon", k.NODE_1, check=False)
+        k.kubectl("-n", k.NAMESPACE, "delete", "replicaset", "drain-rs", "--wait=false", check=False)
+
+
+def _pods(rs: str, phase: str | None = None) -> list[dict]:
+    items = k.kubectl_json("-n", k.NAMESPACE, "get", "pods", "-l", f"lpm-e2e/rs={rs}")["items"]
+    return [p for p in items if phase is None or p["status"].get("phase") == phase]

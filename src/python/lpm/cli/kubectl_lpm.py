@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,8 @@ from lpm.api.models import (
     SourceCleanup,
     SourcePolicy,
 )
+from lpm.cli.drain import DrainPlan, Taint, plan_drain
+from lpm.controller.views import NodeView, PodView
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -77,6 +80,22 @@ class Cluster:
     def node(self, name: str) -> Any:
         return self._call(f'node "{name}"', lambda: self.core.read_node(name))
 
+    def pods_on_node(self, node: str, selector: str | None) -> list[dict[str, Any]]:
+        res = self._call(
+            f'pods on node "{node}"',
+            lambda: self.core.list_pod_for_all_namespaces(
+                field_selector=f"spec.nodeName={node}", label_selector=selector or ""
+            ),
+        )
+        return [self.core.api_client.sanitize_for_serialization(p) for p in res.items]
+
+    def node_dict(self, name: str) -> dict[str, Any]:
+        return dict(self.core.api_client.sanitize_for_serialization(self.node(name)))
+
+    def nodes(self) -> list[dict[str, Any]]:
+        res = self._call("listing nodes", lambda: self.core.list_node())
+        return [self.core.api_client.sanitize_for_serialization(n) for n in res.items]
+
     def create(self, ns: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._call(
             "creating the PodMigration",
@@ -107,6 +126,40 @@ class Cluster:
             f'PodMigration "{name}" in namespace "{ns}"',
             lambda: self.custom.delete_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.PLURAL_POD_MIGRATIONS, name),
         )
+
+    def cordon(self, node: str) -> None:
+        self._call(f'cordoning node "{node}"', lambda: self.core.patch_node(node, {"spec": {"unschedulable": True}}))
+
+    def watch_selected(self, selector: str, timeout: float) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield (event type, PodMigration) for every PodMigration matching `selector`, in all namespaces, each
+        time one changes; a re-list (as ADDED) whenever the watch expires or drops."""
+        from kubernetes import watch
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            listed = self._call(
+                "listing PodMigrations",
+                lambda: self.custom.list_cluster_custom_object(
+                    c.GROUP, c.VERSION, c.PLURAL_POD_MIGRATIONS, label_selector=selector
+                ),
+            )
+            for item in listed.get("items", []):
+                yield "ADDED", item
+            stream = watch.Watch().stream(
+                self.custom.list_cluster_custom_object,
+                c.GROUP,
+                c.VERSION,
+                c.PLURAL_POD_MIGRATIONS,
+                label_selector=selector,
+                resource_version=listed["metadata"].get("resourceVersion"),
+                timeout_seconds=max(1, min(int(deadline - time.monotonic()), 30)),
+            )
+            try:
+                for event in stream:
+                    if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                        yield event["type"], event["object"]
+            except Exception:  # a dropped or expired watch: re-list and go on until the deadline
+                time.sleep(1)
 
     def watch(self, ns: str, name: str, timeout: float) -> Iterator[dict[str, Any]]:
         """Yield the PodMigration each time it changes, re-listing after watch expiries."""
@@ -286,6 +339,119 @@ def cmd_cancel(args: argparse.Namespace, cluster: Cluster, out: Any) -> int:
     return EXIT_OK
 
 
+def cmd_drain(args: argparse.Namespace, cluster: Cluster, out: Any) -> int:
+    if args.max_parallel < 1:
+        raise CliError("--max-parallel must be at least 1", EXIT_USAGE)
+    source = NodeView.from_api(cluster.node_dict(args.node))
+    node_objs = cluster.nodes()
+    plan = plan_drain(
+        source.name,
+        [PodView.from_api(p) for p in cluster.pods_on_node(source.name, args.pod_selector)],
+        [NodeView.from_api(n) for n in node_objs],
+        {str(n["metadata"]["name"]): Taint.all_from_api(n) for n in node_objs},
+        to=args.to,
+    )
+    print(
+        f"node {plan.node}: {len(plan.moves)} pod(s) to migrate, {len(plan.owned)} left to their owners, "
+        f"{len(plan.skipped)} skipped, {len(plan.blocked)} cannot be migrated",
+        file=out,
+    )
+    for move in plan.moves:
+        print(f"  migrate  {move.pod.namespace}/{move.pod.name} -> {move.target}", file=out)
+    for kind, items in (("owner", plan.owned), ("skip", plan.skipped), ("blocked", plan.blocked)):
+        for left in items:
+            print(f"  {kind:<8} {left.pod.namespace}/{left.pod.name}: {left.why}", file=out)
+    if not plan.ok:
+        raise CliError(
+            f"node {plan.node} cannot be drained: {len(plan.blocked)} pod(s) cannot be migrated (listed above); "
+            "nothing was cordoned or migrated",
+            EXIT_FAILED,
+        )
+    if args.dry_run:
+        return EXIT_OK
+    if not source.unschedulable:
+        cluster.cordon(plan.node)
+        print(f"node/{plan.node} cordoned (kubectl uncordon {plan.node} when maintenance is done)", file=out)
+    failed = _run_moves(cluster, plan, args, out)
+    if plan.owned:
+        print(
+            f"{len(plan.owned)} pod(s) managed by controllers are still on {plan.node}: "
+            f"kubectl drain {plan.node} --ignore-daemonsets evicts them",
+            file=out,
+        )
+    if failed:
+        raise CliError(f"{failed} migration(s) Failed; their source pods keep running on {plan.node}", EXIT_FAILED)
+    return EXIT_OK
+
+
+def _run_moves(cluster: Cluster, plan: DrainPlan, args: argparse.Namespace, out: Any) -> int:
+    """Create the plan's PodMigrations, at most --max-parallel in flight, and follow them all to the end.
+    Returns how many Failed."""
+    drain_id = _drain_id()
+    selector = f"{c.LABEL_DRAIN}={plan.node},{c.LABEL_DRAIN_ID}={drain_id}"
+    pending = list(plan.moves)
+    in_flight: dict[tuple[str, str], str] = {}  # (namespace, migration name) -> pod
+    done: dict[tuple[str, str], dict[str, Any]] = {}
+    phases: dict[tuple[str, str], str] = {}
+    start = time.monotonic()
+
+    def stamp() -> str:
+        return f"[{time.monotonic() - start:6.1f}s]"
+
+    def launch() -> None:
+        while pending and len(in_flight) < args.max_parallel:
+            move = pending.pop(0)
+            spec = PodMigrationSpec(pod_name=move.pod.name, target_node=move.target)
+            metadata = {
+                "namespace": move.pod.namespace,
+                "generateName": f"{move.pod.name[:50]}-",
+                "labels": {c.LABEL_DRAIN: plan.node, c.LABEL_DRAIN_ID: drain_id},
+            }
+            body = encode(PodMigration(spec=spec, metadata=metadata))
+            body.pop("status", None)
+            created = cluster.create(move.pod.namespace, body)
+            key = (move.pod.namespace, created["metadata"]["name"])
+            in_flight[key] = move.pod.name
+            print(f"{stamp()} {key[0]}/{move.pod.name} -> {move.target}: podmigration {key[1]} created", file=out)
+
+    launch()
+    if not in_flight:
+        return 0
+    for event, obj in cluster.watch_selected(selector, args.timeout):
+        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        if key not in in_flight:
+            continue
+        # Deleted under us (kubectl lpm cancel): the controller rolls it back, so it ends as a failure.
+        phase = MigrationPhase.FAILED.value if event == "DELETED" else _phase(obj)
+        if phases.get(key) != phase:
+            phases[key] = phase
+            note = " (PodMigration deleted: rolled back)" if event == "DELETED" else ""
+            print(f"{stamp()} {key[0]}/{in_flight[key]}: {phase}{note}", file=out, flush=True)
+        if phase in (MigrationPhase.COMPLETED.value, MigrationPhase.FAILED.value):
+            in_flight.pop(key)
+            done[key] = obj
+            launch()
+            if not in_flight:
+                break
+    else:
+        raise CliError(
+            f"gave up waiting after {args.timeout:.0f}s with {len(in_flight) + len(pending)} migration(s) "
+            f"unfinished; follow them with: kubectl lpm list -A",
+            EXIT_TIMEOUT,
+        )
+    for key, obj in sorted(done.items()):
+        st = obj.get("status") or {}
+        total = _fmt_seconds(sum((st.get("phaseDurationsSeconds") or {}).values()))
+        where = f"now {st['restoredPodName']} on {obj['spec']['targetNode']}" if st.get("restoredPodName") else ""
+        detail = where if phases[key] == MigrationPhase.COMPLETED.value else st.get("message", "")
+        print(f"{key[0]}/{obj['spec']['podName']}: {phases[key]} in {total} ({key[1]}): {detail}", file=out)
+    return sum(1 for key in done if phases[key] == MigrationPhase.FAILED.value)
+
+
+def _drain_id() -> str:
+    return time.strftime("%Y%m%dt%H%M%S", time.gmtime()) + f"-{os.getpid()}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kubectl lpm",
@@ -339,6 +505,26 @@ def build_parser() -> argparse.ArgumentParser:
     cn = sub.add_parser("cancel", help="cancel a migration: roll back, the source keeps running", parents=[ns_after])
     cn.add_argument("name", metavar="NAME")
     cn.set_defaults(func=cmd_cancel)
+
+    d = sub.add_parser(
+        "drain",
+        help="live-migrate every pod LPM can move off a node, after cordoning it",
+        description=(
+            "Cordon NODE and live-migrate its Running pods that no controller owns, waiting until every "
+            "migration ends. DaemonSet, mirror and finished pods are skipped; pods owned by a ReplicaSet, "
+            "StatefulSet or Job are left for `kubectl drain`, which evicts them so their owner starts them "
+            "elsewhere. If any pod that should move cannot (not Running, no node can take it), nothing is "
+            "cordoned or migrated. Exit 0 when every migration Completed, 1 when one Failed or the drain was "
+            "refused, 4 on --timeout."
+        ),
+    )
+    d.add_argument("node", metavar="NODE")
+    d.add_argument("--to", metavar="NODE", help="send every pod here (default: spread over Ready, schedulable nodes)")
+    d.add_argument("-l", "--pod-selector", help="only pods matching this label selector")
+    d.add_argument("--max-parallel", type=int, default=2, help="migrations in flight at once (default 2)")
+    d.add_argument("--timeout", type=float, default=1800, help="seconds to wait for all migrations (default 1800)")
+    d.add_argument("--dry-run", action="store_true", help="print the plan; cordon and migrate nothing")
+    d.set_defaults(func=cmd_drain)
     return p
 
 
