@@ -329,3 +329,39 @@ def test_drain_migrates_bare_pods_and_leaves_owned_ones_to_their_owner() -> None
 def _pods(rs: str, phase: str | None = None) -> list[dict]:
     items = k.kubectl_json("-n", k.NAMESPACE, "get", "pods", "-l", f"lpm-e2e/rs={rs}")["items"]
     return [p for p in items if phase is None or p["status"].get("phase") == phase]
+
+
+def test_namespace_editors_may_migrate_and_viewers_may_only_look() -> None:
+    """The user roles aggregate into the built-in edit and view roles (the API server's aggregation controller
+    fills them in), and neither reaches the controller's objects' writes or the checkpoint storage."""
+    for user, role in (("lpm-e2e-editor", "edit"), ("lpm-e2e-viewer", "view")):
+        k.kubectl("-n", k.NAMESPACE, "create", "serviceaccount", user)
+        k.kubectl(
+            "-n",
+            k.NAMESPACE,
+            "create",
+            "rolebinding",
+            user,
+            f"--clusterrole={role}",
+            f"--serviceaccount={k.NAMESPACE}:{user}",
+        )
+
+    def can(user: str, verb: str, resource: str) -> bool:
+        res = k.kubectl(
+            "auth",
+            "can-i",
+            verb,
+            f"{resource}.lpm.my.domain",
+            "-n",
+            k.NAMESPACE,
+            f"--as=system:serviceaccount:{k.NAMESPACE}:{user}",
+            check=False,
+        )
+        return res.stdout.strip() == "yes"
+
+    k.wait_for("edit aggregates lpm-edit", lambda: can("lpm-e2e-editor", "create", "podmigrations"), timeout=60)
+    assert can("lpm-e2e-editor", "delete", "podmigrations")
+    assert not can("lpm-e2e-editor", "create", "podcheckpoints")
+    assert not can("lpm-e2e-editor", "get", "podcheckpointcontents")
+    k.wait_for("view aggregates lpm-view", lambda: can("lpm-e2e-viewer", "list", "podmigrations"), timeout=60)
+    assert not can("lpm-e2e-viewer", "create", "podmigrations")

@@ -273,3 +273,33 @@ def test_pants_builds_on_the_base_images_the_recipes_name(recipe: str, arg: str)
     script = repo_root() / "src" / "docker" / recipe / "build.sh"
     tag = subprocess.run(["bash", str(script), "--tag"], check=True, capture_output=True, text=True).stdout.strip()
     assert _build_args()[arg] == tag, f"update {arg} in pants.toml [docker].build_args (then src/docker/setup-host.sh)"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_users_get_migrations_through_the_builtin_roles_and_never_checkpoint_storage(name: str) -> None:
+    objs = render(name)
+
+    def grants(role: dict[str, Any]) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for rule in role["rules"]:
+            for res in rule["resources"]:
+                out.setdefault(res, set()).update(rule["verbs"])
+        return out
+
+    edit, view = one(objs, "ClusterRole", "lpm-edit"), one(objs, "ClusterRole", "lpm-view")
+    labels = edit["metadata"]["labels"]
+    assert (
+        labels["rbac.authorization.k8s.io/aggregate-to-edit"] == labels["rbac.authorization.k8s.io/aggregate-to-admin"]
+    )
+    assert labels["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    edits, views = grants(edit), grants(view)
+    assert edits[constants.PLURAL_POD_MIGRATIONS] >= {"create", "delete", "get", "list", "watch"}
+    # Checkpoints are the controller's to write; their storage (the cluster-scoped contents) is admins' only.
+    for kind in (constants.PLURAL_POD_CHECKPOINTS, constants.PLURAL_CONTAINER_CHECKPOINTS):
+        assert edits[kind] == views[kind] == {"get", "list", "watch"}
+    assert all(verbs <= {"get", "list", "watch"} for verbs in views.values())
+    users = (edits, views, grants(one(objs, "ClusterRole", "lpm-node-drainer")))
+    for granted in users:
+        assert not any("contents" in res or res.endswith("/status") for res in granted)
+        assert "secrets" not in granted
