@@ -184,6 +184,24 @@ def test_deleting_an_unfinished_migration_removes_its_restored_pod_and_thaws_the
     )
 
 
+def test_finished_migration_is_deleted_after_its_ttl_with_its_checkpoint(api, ns, agents, controller):
+    harness.make_pod(api, ns, "web", "node-a")
+    harness.make_pod(api, ns, "db", "node-a")
+    harness.create_migration(api, ns, "keep", "db", "node-b")  # no TTL: stays
+    harness.create_migration(api, ns, "m", "web", "node-b", ttlSecondsAfterFinished=3, checkpointRetention="Delete")
+    st = harness.wait_phase(api, ns, "m", {"Completed", "Failed"})["status"]
+    assert st["phase"] == "Completed", st
+    harness.wait(lambda: harness.get_cr(api, ns, "podmigrations", "m") is None, "PodMigration deleted by its TTL")
+    harness.wait(
+        lambda: harness.get_cr(api, ns, "podcheckpoints", st["podCheckpointName"]) is None,
+        "its checkpoint deleted (retention Delete)",
+    )
+    assert agents["node-a"].calls_to("DeleteCheckpoint")
+    assert st["restoredPodName"] in _pods(api, ns), "the TTL removes the record, never the restored pod"
+    assert harness.wait_phase(api, ns, "keep", {"Completed", "Failed"})["status"]["phase"] == "Completed"
+    assert harness.get_cr(api, ns, "podmigrations", "keep") is not None
+
+
 def test_clone_keeps_source_running_and_unfrozen(api, ns, agents, controller):
     harness.make_pod(api, ns, "web", "node-a")
     harness.create_migration(api, ns, "m", "web", "node-c", sourcePolicy="KeepRunning", sourceCleanup="Retain")

@@ -35,3 +35,34 @@ def test_unreadable_kubeconfig_is_reported_with_its_exit_code(tmp_path, capsys: 
     missing = tmp_path / "nope"
     assert main(["--kubeconfig", str(missing), "list"]) == 5
     assert "kubeconfig" in capsys.readouterr().err
+
+
+class _Recorder:
+    """Stands in for the API server only to capture the object the command would create (the e2e suite runs
+    the same commands against a real cluster)."""
+
+    def __init__(self, *_: object) -> None:
+        self.created: list[dict] = []
+
+    def pod(self, ns: str, name: str) -> object:
+        from kubernetes.client import V1ObjectMeta, V1Pod, V1PodSpec
+
+        return V1Pod(metadata=V1ObjectMeta(name=name, namespace=ns), spec=V1PodSpec(containers=[], node_name="a"))
+
+    def node(self, name: str) -> object:
+        from kubernetes.client import V1Node, V1NodeCondition, V1NodeStatus
+
+        return V1Node(status=V1NodeStatus(conditions=[V1NodeCondition(type="Ready", status="True")]))
+
+    def create(self, ns: str, body: dict) -> dict:
+        self.created.append(body)
+        return {"metadata": {"name": "web-0-x", "namespace": ns}}
+
+
+def test_migrate_sends_the_ttl_and_defaults_to_keeping_the_record() -> None:
+    rec = _Recorder()
+    assert main(["migrate", "web-0", "--to", "b", "--ttl", "600"], cluster_factory=lambda *_: rec) == 0
+    assert main(["migrate", "web-0", "--to", "b"], cluster_factory=lambda *_: rec) == 0
+    with_ttl, without = (body["spec"] for body in rec.created)
+    assert with_ttl["ttlSecondsAfterFinished"] == 600
+    assert "ttlSecondsAfterFinished" not in without

@@ -28,7 +28,7 @@ from lpm.controller.effects import (
     ProbeAgent,
     ThawSource,
 )
-from lpm.controller.podmigration.decide import Observed, decide, decide_finalize
+from lpm.controller.podmigration.decide import Observed, decide, decide_finalize, ttl_remaining
 from lpm.controller.views import NodeView, PodView
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -309,3 +309,19 @@ def test_finalizer_cleans_an_unfinished_migration_but_never_a_completed_one():
     assert not fin.done and any(isinstance(a, DeletePod) and a.name == "web-12345" for a in fin.actions)
     fin = decide_finalize(obs(migration(MigrationPhase.COMPLETED), restored_pod=restored))
     assert fin.done and fin.actions == []
+
+
+def test_ttl_counts_from_completion_and_only_for_finished_migrations():
+    done = migration(MigrationPhase.COMPLETED, completion_time="2026-01-01T11:59:00Z")
+    assert ttl_remaining(done, NOW) is None, "no TTL: kept until deleted"
+    done.spec.ttl_seconds_after_finished = 90
+    assert ttl_remaining(done, NOW) == 30.0
+    assert ttl_remaining(done, NOW + timedelta(seconds=31)) == -1.0
+    failed = migration(MigrationPhase.FAILED, completion_time="2026-01-01T12:00:00Z")
+    failed.spec.ttl_seconds_after_finished = 0
+    assert ttl_remaining(failed, NOW) == 0.0
+    running = migration(MigrationPhase.RESTORING)
+    running.spec.ttl_seconds_after_finished = 0
+    assert ttl_remaining(running, NOW + timedelta(days=1)) is None, "never while it runs"
+    done.metadata["deletionTimestamp"] = "2026-01-01T12:00:00Z"
+    assert ttl_remaining(done, NOW + timedelta(days=1)) is None, "already going"

@@ -139,6 +139,12 @@ class PodMigrationSpec:
         minimum=30,
         maximum=86400,
     )
+    ttl_seconds_after_finished: int | None = spec_field(
+        "Delete this PodMigration this many seconds after it Completed or Failed (as a Job's field of the same "
+        "name); with checkpointRetention Delete its stored checkpoint goes too. Unset: kept until deleted.",
+        minimum=0,
+        maximum=31536000,
+    )
 
 
 @dataclass

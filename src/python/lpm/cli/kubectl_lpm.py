@@ -40,6 +40,7 @@ EXIT_TIMEOUT = 4
 EXIT_API = 5
 
 PHASE_ORDER = [p.value for p in MigrationPhase]
+TTL_HELP = "delete the PodMigration this long after it ends (spec.ttlSecondsAfterFinished; default: keep it)"
 
 
 class CliError(Exception):
@@ -247,6 +248,7 @@ def cmd_migrate(args: argparse.Namespace, cluster: Cluster, out: Any) -> int:
         source_cleanup=SourceCleanup.RETAIN if args.retain_source else SourceCleanup.DELETE,
         options=CheckpointOptions(tcp_established=args.tcp_established),
         timeout_seconds=args.migration_timeout,
+        ttl_seconds_after_finished=args.ttl,
     )
     metadata: dict[str, Any] = {"namespace": args.namespace}
     if args.name:
@@ -401,7 +403,9 @@ def _run_moves(cluster: Cluster, plan: DrainPlan, args: argparse.Namespace, out:
     def launch() -> None:
         while pending and len(in_flight) < args.max_parallel:
             move = pending.pop(0)
-            spec = PodMigrationSpec(pod_name=move.pod.name, target_node=move.target)
+            spec = PodMigrationSpec(
+                pod_name=move.pod.name, target_node=move.target, ttl_seconds_after_finished=args.ttl
+            )
             metadata = {
                 "namespace": move.pod.namespace,
                 "generateName": f"{move.pod.name[:50]}-",
@@ -488,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--retain-source", action="store_true", help="keep the source pod after the restore")
     m.add_argument("--tcp-established", action="store_true", help="checkpoint established TCP connections")
+    m.add_argument("--ttl", type=int, metavar="SECONDS", help=TTL_HELP)
     m.set_defaults(func=cmd_migrate)
 
     s = sub.add_parser("status", help="show one migration, or all in the namespace", parents=[ns_after])
@@ -524,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--max-parallel", type=int, default=2, help="migrations in flight at once (default 2)")
     d.add_argument("--timeout", type=float, default=1800, help="seconds to wait for all migrations (default 1800)")
     d.add_argument("--dry-run", action="store_true", help="print the plan; cordon and migrate nothing")
+    d.add_argument("--ttl", type=int, metavar="SECONDS", help=TTL_HELP)
     d.set_defaults(func=cmd_drain)
     return p
 

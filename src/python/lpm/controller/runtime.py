@@ -31,6 +31,7 @@ from lpm.controller.restored_pods import RestoredPodWatcher
 
 log = logging.getLogger(__name__)
 TERMINAL = frozenset({"Completed", "Failed", "Ready"})
+TTL_CHECK_SECONDS = 5.0  # how late a ttlSecondsAfterFinished deletion may be
 KINDS: tuple[tuple[str, ModuleType], ...] = (
     (c.PLURAL_POD_MIGRATIONS, podmigration),
     (c.PLURAL_POD_CHECKPOINTS, podcheckpoint),
@@ -79,7 +80,26 @@ def build_registry(
 
     for plural, module in KINDS:
         _register(registry, rt, plural, module, resync_seconds)
+
+    # Finished migrations with spec.ttlSecondsAfterFinished: checked on a timer of their own, since the resync
+    # timer stops once an object is finished.
+    def expire(**kw: Any) -> None:
+        podmigration.expire(rt, dict(kw["body"]))
+
+    kopf.timer(
+        c.GROUP,
+        c.VERSION,
+        c.PLURAL_POD_MIGRATIONS,
+        registry=registry,
+        interval=TTL_CHECK_SECONDS,
+        when=_expiring,
+        id="ttl",
+    )(expire)
     return registry
+
+
+def _expiring(body: Any, **_: Any) -> bool:
+    return not _active(body) and (body.get("spec") or {}).get("ttlSecondsAfterFinished") is not None
 
 
 # A child's change is news for its owner: reconcile the owner at once instead of at its next resync.

@@ -526,6 +526,17 @@ class Finalization:
     done: bool
 
 
+def ttl_remaining(m: PodMigration, now: datetime) -> float | None:
+    """Seconds until a finished migration's spec.ttlSecondsAfterFinished runs out (<= 0: delete it now); None
+    while it runs, without a TTL, or once it is being deleted."""
+    ttl = m.spec.ttl_seconds_after_finished
+    if ttl is None or not m.status.phase.terminal or m.metadata.get("deletionTimestamp"):
+        return None
+    finished = m.status.completion_time or m.status.phase_started_at or m.metadata.get("creationTimestamp")
+    elapsed = clock.seconds_between(finished, now)
+    return float(ttl) - (elapsed if elapsed is not None else 0.0)
+
+
 def decide_finalize(obs: Observed) -> Finalization:
     """A PodMigration is being deleted: undo what an unfinished migration made; never touch the source pod
     beyond thawing it, never the restored pod of a migration that got as far as Cleaning."""

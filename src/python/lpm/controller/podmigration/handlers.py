@@ -9,7 +9,14 @@ from lpm.api import constants as c
 from lpm.api.codec import decode
 from lpm.api.models import PodCheckpoint, PodMigration
 from lpm.controller.cycle import Runtime, reconcile_object
-from lpm.controller.podmigration.decide import Observed, decide, decide_finalize, is_active, reads_for
+from lpm.controller.podmigration.decide import (
+    Observed,
+    decide,
+    decide_finalize,
+    is_active,
+    reads_for,
+    ttl_remaining,
+)
 from lpm.controller.podmigration.restore import pod_checkpoint_name, restored_pod_name
 from lpm.controller.views import NodeView, PodView
 
@@ -59,6 +66,18 @@ def observe(rt: Runtime, obj: dict[str, Any]) -> Observed:
 
 def reconcile(rt: Runtime, namespace: str, name: str) -> None:
     reconcile_object(rt, PLURAL, namespace, name, PodMigration, observe, decide)
+
+
+def expire(rt: Runtime, obj: dict[str, Any]) -> None:
+    """Delete a finished migration whose ttlSecondsAfterFinished has run out (the finalizer then cleans up).
+    Judged from the watched object, so waiting costs no API call; the delete is guarded by the UID."""
+    m = decode(PodMigration, obj)
+    remaining = ttl_remaining(m, rt.now())
+    if remaining is None or remaining > 0:
+        return
+    ns, name = str(m.metadata.get("namespace")), str(m.metadata.get("name"))
+    outcome = rt.kube.delete(PLURAL, ns, name, str(m.metadata.get("uid")))
+    log.info("PodMigration %s/%s: ttlSecondsAfterFinished ran out, deleted: %s", ns, name, outcome)
 
 
 def finalize(rt: Runtime, namespace: str, name: str) -> bool:
