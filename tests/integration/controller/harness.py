@@ -7,10 +7,12 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -249,6 +251,7 @@ class ControllerProcess:
     log_path: Path
     extra: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
+    metrics_port: int = field(default_factory=lambda: _free_port())
 
     def start(self) -> ControllerProcess:
         env = dict(os.environ)
@@ -263,7 +266,7 @@ class ControllerProcess:
             f"--agent-namespace={AGENT_NAMESPACE}",
             "--insecure-agents",
             "--standalone",
-            "--metrics-port=0",
+            f"--metrics-port={self.metrics_port}",
             "--health-port=0",
             "--resync-seconds=1",
             *self.extra,
@@ -275,6 +278,18 @@ class ControllerProcess:
         if self.proc.poll() is not None:
             raise RuntimeError(f"controller exited at once:\n{self.log_path.read_text()[-3000:]}")
         return self
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A sample from the controller's Prometheus endpoint (0 when absent)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return float(sample.value)
+        return 0.0
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, no finalizer work: the hardest restart."""
@@ -304,3 +319,9 @@ def unique(prefix: str) -> str:
 
 def wait(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
     return agent_double.wait_for(what, check, timeout=timeout)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+
 import grpc
 import pytest
 from integration.controller import harness
@@ -74,6 +77,31 @@ def test_migration_goes_through_every_phase_and_restores_from_checkpoint_images(
     )
     for phase in ["Validating", "Freezing", "Checkpointing", "Converting", "Restoring", "Cleaning", "Completed"]:
         assert phase in reasons, reasons
+
+
+def test_finished_migrations_are_counted_and_timed_in_the_metrics(api, ns, agents, controller):
+    started = datetime.now(UTC)
+    before = controller.metric("lpm_migrations_finished_total", phase="Completed", reason="Completed")
+    frozen_before = controller.metric("lpm_migration_source_frozen_seconds_count")
+    harness.make_pod(api, ns, "web", "node-a")
+    harness.create_migration(api, ns, "m", "web", "node-b")
+    assert harness.wait_phase(api, ns, "m", {"Completed", "Failed"})["status"]["phase"] == "Completed"
+    time.sleep(2)  # more cycles look at the finished migration; none may count it again
+    # Exactly once per migration that Completed meanwhile (this one, and any other test's leftover).
+    items = harness.custom(api).list_cluster_custom_object("lpm.my.domain", "v1", "podmigrations")["items"]
+    completed = sum(
+        1
+        for m in items
+        if (m.get("status") or {}).get("phase") == "Completed"
+        and datetime.fromisoformat(m["status"]["completionTime"].replace("Z", "+00:00")) >= started
+    )
+    assert completed >= 1
+    assert (
+        controller.metric("lpm_migrations_finished_total", phase="Completed", reason="Completed") == before + completed
+    )
+    assert controller.metric("lpm_migration_source_frozen_seconds_count") == frozen_before + completed
+    assert controller.metric("lpm_migration_duration_seconds_count", phase="Completed") >= 1
+    assert controller.metric("lpm_migration_phase_duration_seconds_count", phase="Restoring") >= 1
 
 
 @pytest.mark.parametrize(

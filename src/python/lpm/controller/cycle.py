@@ -125,9 +125,11 @@ def reconcile_object(
     model: type,
     observe: Callable[[Runtime, dict[str, Any]], ObsT],
     decide: Callable[[ObsT], list[Action]],
+    on_written: Callable[[Any, Any], None] | None = None,
 ) -> None:
     """One level-triggered cycle of one object, serialized per object: read it, leave it alone once finished or
-    being deleted (the finalizer handles that), decide to a fixed point, apply."""
+    being deleted (the finalizer handles that), decide to a fixed point, apply. `on_written(old status, new
+    status)` runs after a status write lands (metrics)."""
 
     def cycle() -> None:
         obj = rt.kube.get(plural, namespace, name)
@@ -136,7 +138,10 @@ def reconcile_object(
         current: Any = decode(model, obj)
         if current.status.phase.terminal or current.metadata.get("deletionTimestamp"):
             return
-        apply(rt, plural, obj, to_fixed_point(decide, observe(rt, obj), rt.execute))
+        actions = to_fixed_point(decide, observe(rt, obj), rt.execute)
+        patch = status_of(actions)
+        if apply(rt, plural, obj, actions) and patch is not None and on_written is not None:
+            on_written(current.status, patch.status)
 
     rt.serialized((plural, namespace, name), cycle)
 

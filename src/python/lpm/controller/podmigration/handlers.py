@@ -8,6 +8,7 @@ from typing import Any
 from lpm.api import constants as c
 from lpm.api.codec import decode
 from lpm.api.models import PodCheckpoint, PodMigration
+from lpm.controller import metrics
 from lpm.controller.cycle import Runtime, reconcile_object
 from lpm.controller.podmigration.decide import (
     Observed,
@@ -65,7 +66,9 @@ def observe(rt: Runtime, obj: dict[str, Any]) -> Observed:
 
 
 def reconcile(rt: Runtime, namespace: str, name: str) -> None:
-    reconcile_object(rt, PLURAL, namespace, name, PodMigration, observe, decide)
+    reconcile_object(
+        rt, PLURAL, namespace, name, PodMigration, observe, decide, on_written=metrics.migration_status_written
+    )
 
 
 def expire(rt: Runtime, obj: dict[str, Any]) -> None:
