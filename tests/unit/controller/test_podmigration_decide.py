@@ -16,6 +16,7 @@ from lpm.api.models import (
     PodMigrationSpec,
     PodMigrationStatus,
 )
+from lpm.controller.cycle import to_fixed_point
 from lpm.controller.effects import (
     ConvertImage,
     CreatePodCheckpoint,
@@ -219,6 +220,23 @@ def test_ready_checkpoint_is_converted_on_the_target_node():
         ContainerImage("app", "localhost/ckpt/app:1")
     ]
     assert not any(isinstance(a, CreateRestoredPod) for a in done), "write-ahead: create in the next cycle"
+
+
+def test_a_slow_conversion_is_counted_as_converting_not_restoring():
+    """The cycle runs the conversion (seconds) between two decide passes; the pass after it sees the time."""
+    clock_now = [NOW]
+
+    def execute(effect):
+        assert isinstance(effect, ConvertImage)
+        clock_now[0] += timedelta(seconds=4)
+        return Outcome.success({"image_ref": "localhost/ckpt/app:1"})
+
+    m = migration(MigrationPhase.CONVERTING, source_frozen=True, phase_started_at="2026-01-01T11:59:59.900Z")
+    observed = obs(m, source_pod=pod(), pod_checkpoint=_ready_checkpoint())
+    st = status(to_fixed_point(decide, observed, execute, now=lambda: clock_now[0]))
+    assert st.phase is MigrationPhase.RESTORING
+    assert abs(st.phase_durations_seconds["Converting"] - 4.1) < 1e-6
+    assert st.phase_started_at == "2026-01-01T12:00:04.000000Z"
 
 
 def test_someone_elses_checkpoint_of_the_same_name_is_not_used():

@@ -101,13 +101,22 @@ class Runtime:
 
 
 def to_fixed_point(
-    decide: Callable[[ObsT], list[Action]], observed: ObsT, execute: Callable[[Effect], Outcome]
+    decide: Callable[[ObsT], list[Action]],
+    observed: ObsT,
+    execute: Callable[[Effect], Outcome],
+    now: Callable[[], datetime] | None = None,
 ) -> list[Action]:
-    """Call `decide` until it asks for no effect it has no outcome for; return its last answer."""
+    """Call `decide` until it asks for no effect it has no outcome for; return its last answer.
+
+    With `now`, each pass after the first sees the time after the effects it waits for ran: a conversion that
+    took seconds ends its phase seconds later, instead of the whole cycle standing still at its start."""
     outcomes: dict[str, Outcome] = {}
     actions: list[Action] = []
-    for _ in range(MAX_PASSES):
-        actions = decide(dataclasses.replace(observed, outcomes=dict(outcomes)))  # type: ignore[type-var]
+    for n in range(MAX_PASSES):
+        changes: dict[str, Any] = {"outcomes": dict(outcomes)}
+        if now is not None and n > 0:
+            changes["now"] = now()
+        actions = decide(dataclasses.replace(observed, **changes))  # type: ignore[type-var]
         new = [e for e in effects_of(actions) if e.key not in outcomes]
         if not new:
             return actions
@@ -138,7 +147,7 @@ def reconcile_object(
         current: Any = decode(model, obj)
         if current.status.phase.terminal or current.metadata.get("deletionTimestamp"):
             return
-        actions = to_fixed_point(decide, observe(rt, obj), rt.execute)
+        actions = to_fixed_point(decide, observe(rt, obj), rt.execute, rt.now)
         patch = status_of(actions)
         if apply(rt, plural, obj, actions) and patch is not None and on_written is not None:
             on_written(current.status, patch.status)
