@@ -124,3 +124,20 @@ def test_container_id_comes_from_the_kubelets_pod_status() -> None:
         fz.container_id_from_pods(pods, POD, "web")
     with pytest.raises(fz.ContainerNotFound):
         fz.container_id_from_pods(pods, "11111111-2222-4333-8444-555555555555", "app")
+
+
+def test_a_source_deleted_while_frozen_is_forgotten_quietly_at_its_deadline(tmp_path, cgroups, caplog) -> None:
+    """A completed migration deletes its frozen source: at the deadline there is nothing to thaw or warn about."""
+    import shutil
+
+    f = make(tmp_path, cgroups)
+    f.freeze("ck-done", POD, ["app"], deadline=0.3)
+    f.freeze("ck-left", POD, ["sidecar"], deadline=0.3)
+    shutil.rmtree(cgroups["app"])  # the pod was deleted with its cgroup
+    with caplog.at_level("INFO", logger="lpm.agent.freezer"):
+        wait_for(lambda: f.status("ck-done") is None and f.status("ck-left") is None)
+    assert state(cgroups["sidecar"]) == "THAWED"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "ck-left" in warnings[0] and "sidecar" in warnings[0]
+    assert any("ck-done" in r.getMessage() and "gone" in r.getMessage() for r in caplog.records)
+    assert not (tmp_path / "state" / "freeze-ck-done.json").exists()

@@ -320,11 +320,21 @@ class Freezer:
             record = self._records.get(checkpoint_id)
             if record is None or record.auto_thaw_at != due:
                 return  # thawed or renewed meanwhile
+            alive = [name for name, target in record.containers.items() if self._exists(target)]
+            if not alive:
+                # The usual end of a completed migration: its source pod was deleted while frozen.
+                log.info(
+                    "checkpoint %s: the frozen containers of pod %s are gone; dropping the freeze record",
+                    checkpoint_id,
+                    record.pod_uid,
+                )
+                self._forget(checkpoint_id)
+                return
             log.warning(
                 "checkpoint %s: nobody thawed or renewed pod %s within its deadline; thawing %s",
                 checkpoint_id,
                 record.pod_uid,
-                ", ".join(record.containers),
+                ", ".join(alive),
             )
             try:
                 self._thaw_record(record)
@@ -332,6 +342,15 @@ class Freezer:
                 log.exception("auto-thaw of checkpoint %s failed; retrying in 5s", checkpoint_id)
                 record.auto_thaw_at = time.time() + 5
                 self._schedule(record)
+
+    def _exists(self, target: str) -> bool:
+        try:
+            self.control.frozen(target)
+        except (ContainerNotFound, FileNotFoundError):
+            return False
+        except (OSError, FreezerError):
+            return True  # cannot tell: try to thaw it
+        return True
 
     # ---- operations ------------------------------------------------------------------------------------
 
