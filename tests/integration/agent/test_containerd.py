@@ -21,7 +21,7 @@ import pytest
 
 from lpm.agent.images import ImageLoader, default_image_ref
 from lpm.api.constants import IMAGE_ANNOTATION_CRIO_CHECKPOINT_NAME, IMAGE_ANNOTATION_CRIU_CONTAINER_NAME
-from lpm.storage.store import CheckpointStore, PosixBackend
+from lpm.storage.store import CheckpointStore, IntegrityError, PosixBackend
 from lpm.storage.uri import CheckpointKey
 
 
@@ -217,3 +217,33 @@ def test_a_cgroup_frozen_behind_containerds_back_makes_its_checkpoint_fail(tmp_p
         assert done.returncode != 0 and "pause" in done.stderr
     finally:
         fz.thaw_cgroup(cgroup)
+
+
+def test_a_corrupt_stored_checkpoint_is_refused_and_containerd_keeps_no_image(tmp_path: Path, containerd) -> None:
+    ctr, sock = containerd
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        data = os.urandom(4 << 20)
+        info = tarfile.TarInfo("checkpoint/pages-1.img")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    raw.seek(0)
+    (tmp_path / "repo").mkdir()
+    store = CheckpointStore(PosixBackend(tmp_path / "repo"))
+    key = CheckpointKey("6a2b3c4d-1111-4222-8333-944455556666", "ck-rot")
+    store.put_archive(key.artifact("web"), raw)
+    store.complete(key, ["web"])
+    stored = tmp_path / "repo" / key.pod_uid / key.checkpoint_id / "web" / "dump.tar.zst"
+    with open(stored, "r+b") as f:  # bit rot after the checkpoint was sealed
+        f.seek(stored.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+    loader = ImageLoader(runtime="containerd", containerd_address=str(sock), ctr=str(ctr), work_dir=str(tmp_path / "w"))
+    ref = default_image_ref(key.artifact("web"))
+    with pytest.raises(IntegrityError):
+        loader.convert(store, key.artifact("web"), "web", ref)
+    base = [str(ctr), "--address", str(sock), "-n", "k8s.io"]
+    listing = subprocess.run([*base, "images", "ls", "-q"], capture_output=True, text=True, check=True).stdout
+    assert ref not in listing.split()

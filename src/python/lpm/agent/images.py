@@ -27,11 +27,12 @@ import os
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import IO, Final
 
 from lpm.api.constants import IMAGE_ANNOTATION_CRIO_CHECKPOINT_NAME, IMAGE_ANNOTATION_CRIU_CONTAINER_NAME
 from lpm.storage.store import CheckpointStore, Manifest
@@ -104,11 +105,13 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_checkpoint_image(
-    store: CheckpointStore, ref: ArtifactRef, container_name: str, image_ref: str, out: Path
+    store: CheckpointStore, ref: ArtifactRef, container_name: str, image_ref: str, out: Path | IO[bytes]
 ) -> tuple[str, str]:
-    """Write an OCI image archive (OCI layout in a tar) for `ref` to `out`; returns (manifest, config) digests.
+    """Write an OCI image archive (OCI layout in a tar) for `ref` to `out`, a path or a stream written
+    sequentially (a pipe); returns (manifest, config) digests.
 
-    The layer bytes are read from the store, verified against the manifest (IntegrityError on mismatch).
+    The layer bytes are read from the store, verified against the manifest (IntegrityError on mismatch, raised
+    before the archive's end is written, so a reader of a stream sees a truncated archive, never a whole one).
     """
     manifest: Manifest = store.manifest(ref)
     if manifest.info.compression == "zstd" and manifest.info.raw_sha256:
@@ -163,7 +166,12 @@ def write_checkpoint_image(
             ],
         }
     )
-    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+    opened = (
+        tarfile.open(out, "w", format=tarfile.PAX_FORMAT)
+        if isinstance(out, Path)
+        else tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT)
+    )
+    with opened as tar:
         _add(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
         _add(tar, "index.json", index)
         _add(tar, f"blobs/sha256/{config_digest[7:]}", config)
@@ -225,6 +233,55 @@ class ImageLoader:
         _run([self.podman, "tag", config_digest[7:], image_ref], what, 60)
         return config_digest
 
+    def _stream_into_containerd(
+        self, store: CheckpointStore, ref: ArtifactRef, container_name: str, image_ref: str
+    ) -> str:
+        """Pipe the image archive straight into `ctr images import -`: the layer is read from the store once and
+        never written to a temporary file (containerd checks its digest and diff ID again as it imports).
+        Returns the manifest digest."""
+        what = f"loading {image_ref} into containerd"
+        argv = [*self._ctr(), "images", "import", "--platform", "linux/amd64", "-"]
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except FileNotFoundError:
+            raise ImageError(f"{what}: {argv[0]} is not installed on this node") from None
+        # ctr's output is read on threads, so a chatty ctr can never block the pipe we write into.
+        outputs: dict[str, bytes] = {}
+        readers = [
+            threading.Thread(target=lambda k=k, f=f: outputs.__setitem__(k, f.read()), daemon=True)
+            for k, f in (("stdout", proc.stdout), ("stderr", proc.stderr))
+        ]
+        for t in readers:
+            t.start()
+        assert proc.stdin is not None
+        manifest_digest, broken = "", False
+        try:
+            manifest_digest, _ = write_checkpoint_image(store, ref, container_name, image_ref, proc.stdin)
+            proc.stdin.close()
+        except BrokenPipeError:
+            broken = True  # ctr stopped reading: its exit code and stderr say why
+        except BaseException:
+            proc.kill()  # before the archive is complete: ctr imports nothing
+            proc.wait()
+            raise
+        try:
+            code = proc.wait(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise ImageError(f"{what}: {argv[0]} did not finish within {self.timeout:.0f}s") from None
+        for t in readers:
+            t.join(timeout=10)
+        if broken:
+            # containerd may have refused a corrupt layer before our own check reached its end: finish that
+            # check, so corruption is reported as such (IntegrityError) rather than as a runtime failure.
+            for _ in store.read_artifact(ref):
+                pass
+        if code != 0 or not manifest_digest:
+            err = outputs.get("stderr", b"").decode(errors="replace").strip()
+            raise ImageError(f"{what}: {' '.join(argv[:4])} ... failed ({code}): {err or 'it stopped reading'}")
+        return manifest_digest
+
     def version(self) -> str:
         if self.runtime == "containerd":
             out = _run([*self._ctr(), "version"], "containerd version", 10)
@@ -240,6 +297,11 @@ class ImageLoader:
     def convert(self, store: CheckpointStore, ref: ArtifactRef, container_name: str, image_ref: str) -> LoadedImage:
         """Stored checkpoint -> checkpoint image in this node's runtime. Verifies the archive on the way."""
         started = time.monotonic()
+        if self.runtime == "containerd":
+            manifest_digest = self._stream_into_containerd(store, ref, container_name, image_ref)
+            seconds = time.monotonic() - started
+            log.info("converted %s into containerd image %s in %.2fs", ref.uri, image_ref, seconds)
+            return LoadedImage(image_ref, manifest_digest, seconds)
         work = Path(self.work_dir or tempfile.gettempdir())
         work.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f"lpm-image-{ref.checkpoint_id}-", suffix=".oci.tar", dir=work)
