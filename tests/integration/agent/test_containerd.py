@@ -84,24 +84,29 @@ def containerd(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
                     leftover.rmdir()
 
 
-def test_checkpoint_image_is_imported_and_unpacked_by_containerd(tmp_path: Path, containerd) -> None:
-    ctr, sock = containerd
+def stored_checkpoint(
+    tmp_path: Path, checkpoint_id: str, files: list[tuple[str, bytes]]
+) -> tuple[CheckpointStore, CheckpointKey]:
+    """A sealed checkpoint of container "web" whose archive holds `files`, in a fresh repository."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as tar:
-        for name, data in [
-            ("checkpoint/inventory.img", os.urandom(4096)),
-            ("config.dump", b"{}"),
-            ("spec.dump", b"{}"),
-        ]:
+        for name, data in files:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     raw.seek(0)
     (tmp_path / "repo").mkdir()
     store = CheckpointStore(PosixBackend(tmp_path / "repo"))
-    key = CheckpointKey("6a2b3c4d-1111-4222-8333-944455556666", "ck-ctrd")
+    key = CheckpointKey("6a2b3c4d-1111-4222-8333-944455556666", checkpoint_id)
     store.put_archive(key.artifact("web"), raw)
     store.complete(key, ["web"])
+    return store, key
+
+
+def test_checkpoint_image_is_imported_and_unpacked_by_containerd(tmp_path: Path, containerd) -> None:
+    ctr, sock = containerd
+    files = [("checkpoint/inventory.img", os.urandom(4096)), ("config.dump", b"{}"), ("spec.dump", b"{}")]
+    store, key = stored_checkpoint(tmp_path, "ck-ctrd", files)
 
     loader = ImageLoader(runtime="containerd", containerd_address=str(sock), ctr=str(ctr), work_dir=str(tmp_path / "w"))
     assert loader.version().startswith("containerd v2")
@@ -221,18 +226,7 @@ def test_a_cgroup_frozen_behind_containerds_back_makes_its_checkpoint_fail(tmp_p
 
 def test_a_corrupt_stored_checkpoint_is_refused_and_containerd_keeps_no_image(tmp_path: Path, containerd) -> None:
     ctr, sock = containerd
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        data = os.urandom(4 << 20)
-        info = tarfile.TarInfo("checkpoint/pages-1.img")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    raw.seek(0)
-    (tmp_path / "repo").mkdir()
-    store = CheckpointStore(PosixBackend(tmp_path / "repo"))
-    key = CheckpointKey("6a2b3c4d-1111-4222-8333-944455556666", "ck-rot")
-    store.put_archive(key.artifact("web"), raw)
-    store.complete(key, ["web"])
+    store, key = stored_checkpoint(tmp_path, "ck-rot", [("checkpoint/pages-1.img", os.urandom(4 << 20))])
     stored = tmp_path / "repo" / key.pod_uid / key.checkpoint_id / "web" / "dump.tar.zst"
     with open(stored, "r+b") as f:  # bit rot after the checkpoint was sealed
         f.seek(stored.stat().st_size // 2)

@@ -239,6 +239,24 @@ def test_a_slow_conversion_is_counted_as_converting_not_restoring():
     assert st.phase_started_at == "2026-01-01T12:00:04.000000Z"
 
 
+def test_slow_effects_never_change_the_requests_of_later_passes():
+    """A freeze's auto-thaw deadline is computed from the cycle's `now`: were later passes to decide with a later
+    time, the request (and its key) would change and the agent be asked again and again within one cycle."""
+    clock_now, calls = [NOW], []
+
+    def execute(effect):
+        calls.append(effect.key)
+        clock_now[0] += timedelta(seconds=1.5)  # every agent call is slow
+        return Outcome.success(CAPS if isinstance(effect, ProbeAgent) else {})
+
+    observed = obs(migration(MigrationPhase.FREEZING), source_pod=pod())
+    st = status(to_fixed_point(decide, observed, execute, now=lambda: clock_now[0]))
+    assert st.phase is MigrationPhase.CHECKPOINTING and st.source_frozen
+    assert [k for k in calls if k.startswith("Freeze:")] == [calls[0]], calls  # asked once, not once a pass
+    assert st.frozen_at == "2026-01-01T12:00:00.000000Z", "frozen from when the freeze was asked for"
+    assert st.phase_started_at == "2026-01-01T12:00:03.000000Z", "Checkpointing entered after both calls"
+
+
 def test_someone_elses_checkpoint_of_the_same_name_is_not_used():
     actions = decide(
         obs(

@@ -108,14 +108,18 @@ def to_fixed_point(
 ) -> list[Action]:
     """Call `decide` until it asks for no effect it has no outcome for; return its last answer.
 
-    With `now`, each pass after the first sees the time after the effects it waits for ran: a conversion that
-    took seconds ends its phase seconds later, instead of the whole cycle standing still at its start."""
+    With `now`, and an observation that has a `recorded_at` field, each pass gets the time it runs at there:
+    the time to *record* phase changes with, so a conversion that took seconds ends its phase seconds later.
+    Decisions keep the cycle's one `now`: requests built from it (a freeze's auto-thaw deadline) keep the same
+    key in every pass, so no effect runs twice."""
     outcomes: dict[str, Outcome] = {}
     actions: list[Action] = []
-    for n in range(MAX_PASSES):
+    fields = {f.name for f in dataclasses.fields(observed)}  # type: ignore[arg-type]
+    stamp = now if "recorded_at" in fields else None
+    for _ in range(MAX_PASSES):
         changes: dict[str, Any] = {"outcomes": dict(outcomes)}
-        if now is not None and n > 0:
-            changes["now"] = now()
+        if stamp is not None:
+            changes["recorded_at"] = stamp()
         actions = decide(dataclasses.replace(observed, **changes))  # type: ignore[type-var]
         new = [e for e in effects_of(actions) if e.key not in outcomes]
         if not new:

@@ -80,6 +80,9 @@ class Observed:
     pod_checkpoint: PodCheckpoint | None = None
     restored_pod: PodView | None = None
     outcomes: Mapping[str, Outcome] = field(default_factory=dict)
+    # When this pass runs (later than `now` once the cycle's effects took time): only for recording phase
+    # changes and their durations, never for decisions or requests (see cycle.to_fixed_point).
+    recorded_at: datetime | None = None
 
 
 def reads_for(phase: MigrationPhase) -> frozenset[str]:
@@ -106,6 +109,8 @@ class _Plan:
         self.effects: list[Effect] = []
         self.events: list[EmitEvent] = []
         self.now = clock.fmt(obs.now)
+        self.recorded = obs.recorded_at or obs.now
+        self.stamp = clock.fmt(self.recorded)
 
     # ----------------------------------------------------------------------------------------- helpers
     def outcome(self, effect: Effect) -> Outcome | None:
@@ -121,14 +126,14 @@ class _Plan:
     def enter(self, phase: MigrationPhase, reason: str, message: str) -> None:
         st = self.status
         old = st.phase
-        spent = clock.seconds_between(st.phase_started_at, self.obs.now)
+        spent = clock.seconds_between(st.phase_started_at, self.recorded)
         if spent is not None:
             st.phase_durations_seconds[old.value] = round(st.phase_durations_seconds.get(old.value, 0.0) + spent, 6)
         st.phase = phase
-        st.phase_started_at = self.now
+        st.phase_started_at = self.stamp
         st.reason, st.message = reason, message
         if phase.terminal:
-            st.completion_time = self.now
+            st.completion_time = self.stamp
         gen = self.m.metadata.get("generation")
         if phase is P.COMPLETED:
             ready = (ConditionStatus.TRUE, reason, message)
@@ -331,7 +336,7 @@ def _freezing(plan: _Plan) -> None:
             return plan.note(out.reason or "FreezeRetrying", out.message)
         return _rollback(plan, out.reason or "FreezeFailed", out.message)
     st.source_frozen = True
-    st.frozen_at = plan.now
+    st.frozen_at = plan.now  # when the freeze was asked for: its frozen time is counted in full
     st.conditions = set_condition(
         st.conditions, c.CONDITION_SOURCE_FROZEN, ConditionStatus.TRUE, "Frozen", "source containers frozen", plan.now
     )
