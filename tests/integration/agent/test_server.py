@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 from integration.agent.harness import Pki
+from prometheus_client import REGISTRY
 
 from lpm.agent import config
 from lpm.agent import freezer as fz
@@ -83,8 +84,13 @@ def insecure(tmp_path: Path) -> Iterator[tuple[AgentServer, BlockingKubelet, age
     server.stop(grace=1)
 
 
+def _rpcs(method: str, code: str) -> float:
+    return REGISTRY.get_sample_value("lpm_agent_rpc_total", {"method": method, "code": code}) or 0.0
+
+
 def test_a_busy_agent_answers_resource_exhausted_instead_of_queueing_forever(insecure) -> None:
     server, kubelet, stub = insecure
+    busy_before, ok_before = _rpcs("Checkpoint", "RESOURCE_EXHAUSTED"), _rpcs("Checkpoint", "OK")
     first = stub.Checkpoint.future(request("slot-a"), timeout=30)
     assert kubelet.entered.acquire(timeout=10)  # the only slot is taken
     with pytest.raises(grpc.RpcError) as busy:
@@ -95,6 +101,10 @@ def test_a_busy_agent_answers_resource_exhausted_instead_of_queueing_forever(ins
     kubelet.release.set()
     assert first.result().artifact.artifact_uri.endswith("/slot-a/app/dump.tar.zst")
     assert list(kubelet.archive_dir.iterdir()) == [], "the node-local archive is deleted once stored"
+    # Every answer is counted by method and status for the agent's metrics endpoint.
+    assert _rpcs("Checkpoint", "RESOURCE_EXHAUSTED") == busy_before + 1
+    assert _rpcs("Checkpoint", "OK") == ok_before + 1
+    assert (REGISTRY.get_sample_value("lpm_agent_rpc_duration_seconds_count", {"method": "Checkpoint"}) or 0) >= 2
 
 
 def test_graceful_shutdown_lets_a_running_checkpoint_finish_and_refuses_new_calls(tmp_path: Path) -> None:

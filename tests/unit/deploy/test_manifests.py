@@ -157,7 +157,8 @@ def test_agent_serves_grpc_on_its_port_with_mtls_from_a_secret(name: str) -> Non
     key, value = constants.AGENT_LABEL_SELECTOR.split("=")
     assert ds["spec"]["template"]["metadata"]["labels"][key] == value
     agent = _container(ds, "agent")
-    assert [p["containerPort"] for p in agent["ports"]] == [constants.AGENT_PORT]
+    ports = {p["name"]: p["containerPort"] for p in agent["ports"]}
+    assert ports == {"grpc": constants.AGENT_PORT, "metrics": int(_env(agent)["LPM_AGENT_METRICS_PORT"])}
     assert agent["readinessProbe"] and agent["livenessProbe"]
     env = _env(agent)
     secrets = {v["name"]: v["secret"]["secretName"] for v in _pod_spec(ds)["volumes"] if "secret" in v}

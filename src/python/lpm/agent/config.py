@@ -44,6 +44,7 @@ class AgentConfig:
     zstd_threads: int
     queue_timeout: float
     shutdown_grace: float
+    metrics_port: int
     log_level: str
     log_format: str
     self_check: bool
@@ -213,6 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=30.0,
         help="Seconds running calls get to finish after SIGTERM.",
+    )
+    add_flag(
+        p,
+        "--metrics-port",
+        "LPM_AGENT_METRICS_PORT",
+        type=int,
+        default=0,
+        help="Serve Prometheus metrics (rpc counts and durations by method and status) on this port; 0: off.",
     )
     add_logging_flags(p)
     p.add_argument("--self-check", action="store_true", help="Check configuration and local tools, then exit.")

@@ -21,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from lpm.agent.server import AgentServer, build_deps  # grpc server stack only when serving
 
+    if cfg.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(cfg.metrics_port)
     AgentServer(cfg, build_deps(cfg)).serve_until_signalled()
     return 0
 

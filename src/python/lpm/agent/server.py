@@ -33,6 +33,7 @@ import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import Counter, Histogram
 
 from lpm.agent import freezer as fz
 from lpm.agent.config import AgentConfig
@@ -61,6 +62,13 @@ from lpm.storage.store import (
 from lpm.storage.uri import ArtifactRef, CheckpointKey
 
 log = logging.getLogger(__name__)
+RPCS = Counter("lpm_agent_rpc_total", "CheckpointService calls by method and gRPC status", ["method", "code"])
+RPC_SECONDS = Histogram(
+    "lpm_agent_rpc_duration_seconds",
+    "CheckpointService call durations by method (Checkpoint and ConvertCheckpointToImage carry process memory)",
+    ["method"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60, 120, 300),
+)
 
 AGENT_VERSION = "0.1.0"
 SERVICE_NAME = "lpm.agent.v1.CheckpointService"
@@ -156,8 +164,13 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             code, message = _status_for(exc)
             level = logging.ERROR if code == grpc.StatusCode.INTERNAL else logging.WARNING
             log.log(level, "%s failed (%s): %s", method, code.name, message, exc_info=code == grpc.StatusCode.INTERNAL)
+            RPCS.labels(method, code.name).inc()
+            RPC_SECONDS.labels(method).observe(time.monotonic() - started)
             self._abort(context, code, message)
-        log.info("%s ok in %.2fs", method, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        RPCS.labels(method, grpc.StatusCode.OK.name).inc()
+        RPC_SECONDS.labels(method).observe(seconds)
+        log.info("%s ok in %.2fs", method, seconds)
         return result
 
     @staticmethod
