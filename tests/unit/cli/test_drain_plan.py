@@ -147,7 +147,8 @@ def test_plan_invariants(pods: list[PodView], others: list[NodeView], to: str | 
         assert m.target in usable and (to is None or m.target == to)
     # Nothing a controller owns is ever migrated; a Running bare pod is never silently left behind.
     for left in plan.skipped + plan.owned:
-        assert left.pod.controller or left.pod.deleting or not left.pod.running or left.pod.annotations
+        mirror = MIRROR_ANNOTATION in left.pod.annotations
+        assert left.pod.controller or left.pod.deleting or not left.pod.running or mirror
     assert plan.ok == (not plan.blocked)
     # Spreading: with no explicit target, no node gets two more pods than another usable node.
     if to is None and plan.moves:

@@ -185,9 +185,9 @@ def write_checkpoint_image(
     return manifest_digest, config_digest
 
 
-def _run(argv: list[str], what: str, timeout: float, stdin: io.BufferedReader | None = None) -> str:
+def _run(argv: list[str], what: str, timeout: float) -> str:
     try:
-        done = subprocess.run(argv, stdin=stdin, capture_output=True, text=True, timeout=timeout, check=False)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except FileNotFoundError:
         raise ImageError(f"{what}: {argv[0]} is not installed on this node") from None
     except subprocess.TimeoutExpired:
@@ -215,20 +215,20 @@ class ImageLoader:
     def _ctr(self) -> list[str]:
         return [self.ctr, "--address", self.containerd_address, "-n", CONTAINERD_NAMESPACE]
 
-    def load(self, archive: Path, image_ref: str, manifest_digest: str, config_digest: str) -> str:
-        """Import the archive; returns the image ID (containerd: manifest digest; podman: config digest)."""
-        what = f"loading {image_ref} into {self.runtime}"
-        if self.runtime == "containerd":
-            with open(archive, "rb") as f:
-                # Through stdin: the archive's path need not be visible where containerd runs.
-                _run(
-                    [*self._ctr(), "images", "import", "--platform", "linux/amd64", "-"],
-                    what,
-                    self.timeout,
-                    stdin=io.BufferedReader(f),  # type: ignore[arg-type]
-                )
-            return manifest_digest
-        _run([self.podman, "load", "-q", "-i", str(archive)], what, self.timeout)
+    def _load_into_podman(self, store: CheckpointStore, ref: ArtifactRef, container_name: str, image_ref: str) -> str:
+        """Write the image archive to a private temporary file and `podman load` it; returns the config digest
+        (podman's image ID). The file holds process memory: 0600 in a 0700 directory, removed at once."""
+        what = f"loading {image_ref} into podman"
+        work = Path(self.work_dir or tempfile.gettempdir())
+        work.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f"lpm-image-{ref.checkpoint_id}-", suffix=".oci.tar", dir=work)
+        os.close(fd)
+        archive = Path(name)
+        try:
+            _, config_digest = write_checkpoint_image(store, ref, container_name, image_ref, archive)
+            _run([self.podman, "load", "-q", "-i", str(archive)], what, self.timeout)
+        finally:
+            archive.unlink(missing_ok=True)
         # podman names an OCI archive's image after its ref annotation only in some versions: tag explicitly.
         _run([self.podman, "tag", config_digest[7:], image_ref], what, 60)
         return config_digest
@@ -298,20 +298,9 @@ class ImageLoader:
         """Stored checkpoint -> checkpoint image in this node's runtime. Verifies the archive on the way."""
         started = time.monotonic()
         if self.runtime == "containerd":
-            manifest_digest = self._stream_into_containerd(store, ref, container_name, image_ref)
-            seconds = time.monotonic() - started
-            log.info("converted %s into containerd image %s in %.2fs", ref.uri, image_ref, seconds)
-            return LoadedImage(image_ref, manifest_digest, seconds)
-        work = Path(self.work_dir or tempfile.gettempdir())
-        work.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f"lpm-image-{ref.checkpoint_id}-", suffix=".oci.tar", dir=work)
-        os.close(fd)
-        archive = Path(name)
-        try:
-            manifest_digest, config_digest = write_checkpoint_image(store, ref, container_name, image_ref, archive)
-            image_id = self.load(archive, image_ref, manifest_digest, config_digest)
-        finally:
-            archive.unlink(missing_ok=True)
+            image_id = self._stream_into_containerd(store, ref, container_name, image_ref)
+        else:
+            image_id = self._load_into_podman(store, ref, container_name, image_ref)
         seconds = time.monotonic() - started
         log.info("converted %s into %s image %s in %.2fs", ref.uri, self.runtime, image_ref, seconds)
         return LoadedImage(image_ref, image_id, seconds)

@@ -157,20 +157,18 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
     # ---- plumbing --------------------------------------------------------------------------------------
 
     def _call(self, context: grpc.ServicerContext, method: str, body: Callable[[], T]) -> T:
-        started = time.monotonic()
+        started, code = time.monotonic(), grpc.StatusCode.OK
         try:
             result = body()
         except Exception as exc:
             code, message = _status_for(exc)
             level = logging.ERROR if code == grpc.StatusCode.INTERNAL else logging.WARNING
             log.log(level, "%s failed (%s): %s", method, code.name, message, exc_info=code == grpc.StatusCode.INTERNAL)
+            self._abort(context, code, message)
+        finally:
             RPCS.labels(method, code.name).inc()
             RPC_SECONDS.labels(method).observe(time.monotonic() - started)
-            self._abort(context, code, message)
-        seconds = time.monotonic() - started
-        RPCS.labels(method, grpc.StatusCode.OK.name).inc()
-        RPC_SECONDS.labels(method).observe(seconds)
-        log.info("%s ok in %.2fs", method, seconds)
+        log.info("%s ok in %.2fs", method, time.monotonic() - started)
         return result
 
     @staticmethod

@@ -90,9 +90,6 @@ class Cluster:
         )
         return [self.core.api_client.sanitize_for_serialization(p) for p in res.items]
 
-    def node_dict(self, name: str) -> dict[str, Any]:
-        return dict(self.core.api_client.sanitize_for_serialization(self.node(name)))
-
     def nodes(self) -> list[dict[str, Any]]:
         res = self._call("listing nodes", lambda: self.core.list_node())
         return [self.core.api_client.sanitize_for_serialization(n) for n in res.items]
@@ -344,12 +341,15 @@ def cmd_cancel(args: argparse.Namespace, cluster: Cluster, out: Any) -> int:
 def cmd_drain(args: argparse.Namespace, cluster: Cluster, out: Any) -> int:
     if args.max_parallel < 1:
         raise CliError("--max-parallel must be at least 1", EXIT_USAGE)
-    source = NodeView.from_api(cluster.node_dict(args.node))
     node_objs = cluster.nodes()
+    nodes = [NodeView.from_api(n) for n in node_objs]
+    source = next((n for n in nodes if n.name == args.node), None)
+    if source is None:
+        raise CliError(f'node "{args.node}" not found', EXIT_NOT_FOUND)
     plan = plan_drain(
         source.name,
         [PodView.from_api(p) for p in cluster.pods_on_node(source.name, args.pod_selector)],
-        [NodeView.from_api(n) for n in node_objs],
+        nodes,
         {str(n["metadata"]["name"]): Taint.all_from_api(n) for n in node_objs},
         to=args.to,
     )

@@ -51,9 +51,7 @@ def make_ballast(mib: int) -> bytearray:
 
 def ballast_intact(ballast: bytearray) -> bool:
     """True when every byte of the ballast is still what it was generated as."""
-    checker = BallastChecker(ballast, pass_every=1)
-    verdict = checker.tick()
-    return bool(verdict)
+    return bool(BallastChecker(ballast, pass_every=1).tick())
 
 
 class BallastChecker:
