@@ -3,6 +3,7 @@ the analytics counter's state from its log."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -65,8 +66,17 @@ def wait_for(what: str, probe: Any, timeout: float = 120, interval: float = 0.5)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
-def counter_pod(name: str, node: str, containers: tuple[str, ...] = ("counter",), ballast_mib: int = 0) -> dict:
-    return {
+def counter_pod(
+    name: str,
+    node: str,
+    containers: tuple[str, ...] = ("counter",),
+    ballast_mib: int = 0,
+    extra_args: tuple[str, ...] = (),
+    empty_dir: str | None = None,
+) -> dict:
+    """The analytics counter as a bare pod; `empty_dir` mounts an emptyDir volume named `data` there."""
+    mounts = [{"name": "data", "mountPath": empty_dir}] if empty_dir else []
+    pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app.kubernetes.io/name": "lpm-e2e"}},
@@ -82,12 +92,24 @@ def counter_pod(name: str, node: str, containers: tuple[str, ...] = ("counter",)
                     "image": DEMO_IMAGE,
                     "imagePullPolicy": "Never",
                     "command": ["/opt/demo/venv/pex"],
-                    "args": ["--interval", "0.1", "--ballast-mib", str(ballast_mib), "--verify-every", "20"],
+                    "args": [
+                        "--interval",
+                        "0.1",
+                        "--ballast-mib",
+                        str(ballast_mib),
+                        "--verify-every",
+                        "20",
+                        *extra_args,
+                    ],
+                    "volumeMounts": mounts,
                 }
                 for c in containers
             ],
         },
     }
+    if empty_dir:
+        pod["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]  # type: ignore[index]
+    return pod
 
 
 def start_counter(name: str, node: str = NODE_1, **kw: Any) -> None:
@@ -150,3 +172,25 @@ def install_lpm() -> None:
     kubectl("-n", "lpm-system", "rollout", "status", "daemonset/lpm-agent", "--timeout=180s")
     kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", "--timeout=120s")
     kubectl("create", "namespace", NAMESPACE)
+
+
+def container_ids(pod: str) -> list[str]:
+    obj = kubectl_json("-n", NAMESPACE, "get", "pod", pod)
+    return [str(c["containerID"]).split("://", 1)[-1] for c in obj["status"].get("containerStatuses") or []]
+
+
+def task_states(node: str, ids: list[str]) -> dict[str, str]:
+    """containerd's own word on each container's task (RUNNING, PAUSED, ...), read inside the node."""
+    out = cluster("exec", node, "--", "ctr", "-n", "k8s.io", "tasks", "ls")
+    found = {}
+    for line in out.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 3 and fields[0] in ids:
+            found[fields[0]] = fields[2]
+    return found
+
+
+def longest_pause(lines: list[dict[str, Any]]) -> float:
+    """The workload's own view of its longest stop: the largest gap between consecutive state lines."""
+    stamps = [float(s["ts"]) for s in lines]
+    return max((b - a for a, b in itertools.pairwise(stamps)), default=0.0)

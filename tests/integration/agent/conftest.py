@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 from integration.agent.harness import (
+    COUNTER,
     Pki,
     RuncKubelet,
     RuncPod,
@@ -58,8 +59,8 @@ class Containers:
     cgroup_parent: str
     started: list[RuncPod]
 
-    def counter(self, name: str = "counter") -> RuncPod:
-        pod = start_counter(self.tmp, self.cgroup_parent, name=name)
+    def counter(self, name: str = "counter", script: str = COUNTER) -> RuncPod:
+        pod = start_counter(self.tmp, self.cgroup_parent, name=name, script=script)
         self.started.append(pod)
         return pod
 
@@ -165,6 +166,10 @@ def agent_config(tmp_path: Path, kubelet: RuncKubelet, pki: Pki, *extra: str) ->
             "podman",
             "--freeze-deadline",
             "120",
+            "--runtime-task-dir",
+            str(kubelet.task_dir),
+            "--proc-root",
+            "/proc",
             *extra,
         ]
     )

@@ -32,7 +32,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 NODE_CHECKPOINT_DIR = "/var/lib/kubelet/checkpoints"
+NODE_TASK_DIR = "/run/containerd/io.containerd.runtime.v2.task"
 COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done"
+# The counter, plus an in-container client holding a TCP connection to an in-container server over 127.0.0.1.
+TCP_COUNTER = (
+    "nc -l -p 7000 >/dev/null & sleep 0.3; " "(while true; do echo x; sleep 0.1; done | nc 127.0.0.1 7000) & " + COUNTER
+)
 
 
 def require_tools() -> None:
@@ -140,7 +145,7 @@ def make_bundle(bundle: Path, args: list[str], cgroups_path: str) -> Path:
     for d in ("bin", "tmp", "proc", "dev", "sys"):
         (rootfs / d).mkdir(parents=True, exist_ok=True)
     shutil.copy2("/bin/busybox", rootfs / "bin" / "busybox")
-    for applet in ("sh", "sleep", "echo", "cat", "dd", "head"):
+    for applet in ("sh", "sleep", "echo", "cat", "dd", "head", "nc"):
         link = rootfs / "bin" / applet
         if not link.exists():
             link.symlink_to("busybox")
@@ -190,10 +195,12 @@ class RuncPod:
         return (path / "freezer.state").read_text().strip()
 
 
-def start_counter(tmp: Path, cgroup_parent: str, name: str = "counter", container: str = "app") -> RuncPod:
+def start_counter(
+    tmp: Path, cgroup_parent: str, name: str = "counter", container: str = "app", script: str = COUNTER
+) -> RuncPod:
     uid = str(uuid.uuid4())
     cid = f"lpmtest{uuid.uuid4().hex[:20]}"
-    bundle = make_bundle(tmp / cid, ["/bin/sh", "-c", COUNTER], f"{cgroup_parent}/pod{uid}/{cid}")
+    bundle = make_bundle(tmp / cid, ["/bin/sh", "-c", script], f"{cgroup_parent}/pod{uid}/{cid}")
     with open(os.devnull, "rb") as null_in, open(os.devnull, "wb") as null_out:
         # Detached, stdio on /dev/null (not a terminal: CRIU restores it by path). No pipes: the container
         # would inherit them and keep them open forever.
@@ -255,6 +262,11 @@ class RuncKubelet:
     requests: list[str] = field(default_factory=list)
     port: int = 0
 
+    @property
+    def task_dir(self) -> Path:
+        """Where the agent under test sees NODE_TASK_DIR (its --runtime-task-dir)."""
+        return self.work_dir / "tasks"
+
     def add(self, pod: RuncPod) -> None:
         self.pods[(pod.namespace, pod.name, pod.container)] = pod
 
@@ -286,9 +298,16 @@ class RuncKubelet:
             check=False,
         )
         if done.returncode != 0:
+            # Like containerd: CRIU's log stays in the task's directory, and the error names it by its node path.
+            kept = self.task_dir / "k8s.io" / pod.container_id / "criu-dump.log"
+            kept.parent.mkdir(parents=True, exist_ok=True)
             log = work / "criu-work" / "dump.log"
+            if log.exists():
+                shutil.copyfile(log, kept)
+            shutil.rmtree(work, ignore_errors=True)
             raise RuntimeError(
-                f"runc checkpoint failed: {done.stderr}\n{log.read_text()[-2000:] if log.exists() else ''}"
+                f'checkpointing container "{pod.container_id}" failed: criu failed: type NOTIFY errno 0 path= '
+                f"{NODE_TASK_DIR}/k8s.io/{pod.container_id}/criu-dump.log: {done.stderr.strip()[-200:]}"
             )
         (work / "spec.dump").write_text((pod.bundle / "config.json").read_text())
         (work / "config.dump").write_text(json.dumps({"id": pod.container_id, "name": pod.container}))

@@ -19,7 +19,7 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 from integration.agent.conftest import TEST_BACKOFF, Agent, Containers, agent_config
-from integration.agent.harness import RuncKubelet, restore_from_image_dir, runc_state, wait_for
+from integration.agent.harness import TCP_COUNTER, RuncKubelet, restore_from_image_dir, runc_state, wait_for
 
 from lpm.agent.server import AgentServer, build_deps
 from lpm.agent.v1 import agent_pb2, agent_pb2_grpc
@@ -383,3 +383,107 @@ def test_runc_container_frozen_before_runc_checkpoint_is_dumped_correctly_and_st
     assert first > at_freeze
     fz.thaw_cgroup(cgroup)
     wait_for(lambda: pod.count() > at_freeze, "the thawed source")
+
+
+# ---- failure classes, CRIU's own words, fencing (real runc + CRIU) -------------------------------------------
+
+
+def eligibility(agent: Agent, pod, tcp_established: bool = False) -> agent_pb2.EligibilityResponse:
+    return agent.stub.CheckEligibility(
+        agent_pb2.EligibilityRequest(
+            pod_namespace=pod.namespace,
+            pod_name=pod.name,
+            pod_uid=pod.uid,
+            container_names=[pod.container],
+            tcp_established=tcp_established,
+        ),
+        timeout=30,
+    )
+
+
+def test_a_dump_criu_refuses_is_reported_once_with_criu_words_and_the_source_is_not_kept_frozen_by_retries(
+    agent: Agent, kubelet: RuncKubelet, containers: Containers
+) -> None:
+    pod = containers.counter("tcp", script=TCP_COUNTER)
+    kubelet.add(pod)
+    wait_for(lambda: eligibility(agent, pod).connections.established >= 2, "the in-container TCP client to connect")
+    with pytest.raises(grpc.RpcError) as err:
+        checkpoint(agent, pod, "tcp-1")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert dict(err.value.trailing_metadata())["lpm-reason"] == "CheckpointRefused"
+    details = err.value.details()
+    assert "Connected TCP socket" in details and "spec.options.tcpEstablished" in details, details
+    assert "/run/containerd" not in details and "criu-dump.log" not in details, details
+    # CRIU's reason fails for certain: no repeat, no kubelet retry (the source stays frozen no longer than that).
+    assert len(kubelet.checkpoint_requests()) == 1
+    thawed = thaw(agent, pod, "tcp-1")
+    assert thawed.containers[0].state == agent_pb2.FREEZE_STATE_THAWED
+    assert thawed.containers[0].evidence == "freezer cgroup THAWED"
+    assert pod.freezer_state() == "THAWED"
+
+
+def test_eligibility_sees_the_in_container_tcp_connection_before_anything_is_frozen(
+    agent: Agent, kubelet: RuncKubelet, containers: Containers
+) -> None:
+    pod = containers.counter("tcp", script=TCP_COUNTER)
+    plain = containers.counter("plain")
+    kubelet.add(pod)
+    kubelet.add(plain)
+    report = wait_for(lambda: (r := eligibility(agent, pod)).connections.established >= 2 and r, "the TCP client")
+    assert report.connections.in_pod == report.connections.established and report.connections.external == 0
+    assert [p.check for p in report.problems if p.blocking] == ["TCPConnectionOpen"]
+    assert pod.freezer_state() == "THAWED", "checking froze nothing"
+    allowed = eligibility(agent, pod, tcp_established=True)
+    assert not [p for p in allowed.problems if p.blocking]
+    clean = eligibility(agent, plain)
+    assert clean.connections.established == 0 and not [p for p in clean.problems if p.blocking]
+
+
+def test_a_rolled_back_checkpoint_id_never_freezes_the_source_again_even_from_a_late_call(
+    agent: Agent, kubelet: RuncKubelet, containers: Containers
+) -> None:
+    """The outage of the TCP report: a Checkpoint still in flight when the migration gave up froze the source
+    again, minutes after "thawed". Here the late call arrives after the rollback's Thaw and is refused."""
+    pod = containers.counter()
+    kubelet.add(pod)
+    freeze(agent, pod, "late-1")
+    thaw(agent, pod, "late-1")
+    at_thaw = pod.count()
+    for late in (lambda: checkpoint(agent, pod, "late-1"), lambda: freeze(agent, pod, "late-1")):
+        with pytest.raises(grpc.RpcError) as err:
+            late()
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert dict(err.value.trailing_metadata())["lpm-reason"] == "CheckpointFenced"
+    assert kubelet.checkpoint_requests() == [], "a fenced checkpoint never reaches the kubelet"
+    assert pod.freezer_state() == "THAWED"
+    wait_for(lambda: pod.count() > at_thaw + 5, "the source to keep counting")
+    with pytest.raises(grpc.RpcError) as err:
+        complete(agent, pod, "late-1")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, "a rolled-back checkpoint is never sealed"
+
+
+def test_a_thaw_that_lands_while_the_kubelet_dumps_discards_the_archive_and_leaves_the_source_running(
+    agent: Agent, kubelet: RuncKubelet, containers: Containers
+) -> None:
+    pod = containers.counter()
+    kubelet.add(pod)
+    # The kubelet answers 503 first: the call waits in its retry while the rollback thaws the source.
+    kubelet.faults.append((503, "restarting"))
+    result: dict[str, object] = {}
+
+    def call() -> None:
+        try:
+            checkpoint(agent, pod, "race-1")
+            result["ok"] = True
+        except grpc.RpcError as exc:
+            result["code"] = exc.code()
+
+    t = threading.Thread(target=call)
+    t.start()
+    wait_for(lambda: len(kubelet.checkpoint_requests()) >= 1, "the first kubelet attempt")
+    thaw(agent, pod, "race-1")
+    t.join(timeout=120)
+    assert result.get("code") == grpc.StatusCode.FAILED_PRECONDITION, result
+    assert pod.freezer_state() == "THAWED"
+    assert not list((agent.repo).rglob("dump.tar.zst")), "no archive of a rolled-back checkpoint is stored"
+    assert not list(kubelet.checkpoint_dir.iterdir()), "the kubelet's archive was removed"

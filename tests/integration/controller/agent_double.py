@@ -37,14 +37,15 @@ class AgentDouble(agent_pb2_grpc.CheckpointServiceServicer):
     capabilities: dict[str, Any] = field(
         default_factory=lambda: {"checkpoint_supported": True, "freeze_supported": True, "convert_supported": True}
     )
-    _script: dict[str, list[tuple[grpc.StatusCode, str]]] = field(default_factory=dict)
+    _script: dict[str, list[tuple[grpc.StatusCode, str, str]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     port: int = 0
     server: Any = None
 
-    def fail(self, method: str, code: grpc.StatusCode, details: str, times: int = 1) -> None:
+    def fail(self, method: str, code: grpc.StatusCode, details: str, times: int = 1, reason: str = "") -> None:
+        """The next `times` calls of `method` abort with `code`; `reason` goes out as `lpm-reason` like the agent's."""
         with self._lock:
-            self._script.setdefault(method, []).extend([(code, details)] * times)
+            self._script.setdefault(method, []).extend([(code, details, reason)] * times)
 
     def calls_to(self, method: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -64,6 +65,8 @@ class AgentDouble(agent_pb2_grpc.CheckpointServiceServicer):
         if self.delay:
             time.sleep(self.delay)
         if failure:
+            if failure[2]:
+                context.set_trailing_metadata((("lpm-reason", failure[2]),))
             context.abort(failure[0], failure[1])
 
     def GetCapabilities(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -87,10 +90,16 @@ class AgentDouble(agent_pb2_grpc.CheckpointServiceServicer):
             self.frozen.difference_update((request.pod_uid, n) for n in request.container_names)
         return agent_pb2.ThawResponse(
             containers=[
-                agent_pb2.ContainerFreezeStatus(container_name=n, state=agent_pb2.FREEZE_STATE_THAWED)
+                agent_pb2.ContainerFreezeStatus(
+                    container_name=n, state=agent_pb2.FREEZE_STATE_THAWED, evidence="double: thawed"
+                )
                 for n in request.container_names
             ]
         )
+
+    def CheckEligibility(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._enter("CheckEligibility", request, context)
+        return agent_pb2.EligibilityResponse(checked=["double: nothing found"])
 
     def Checkpoint(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._enter("Checkpoint", request, context)

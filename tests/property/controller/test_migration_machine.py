@@ -12,7 +12,15 @@ from property.controller.world import SOURCE, TARGET, World
 
 from lpm.api.models import MigrationPhase
 
-METHODS = ["GetCapabilities", "Freeze", "Thaw", "Checkpoint", "CompleteCheckpoint", "ConvertCheckpointToImage"]
+METHODS = [
+    "GetCapabilities",
+    "CheckEligibility",
+    "Freeze",
+    "Thaw",
+    "Checkpoint",
+    "CompleteCheckpoint",
+    "ConvertCheckpointToImage",
+]
 
 
 class MigrationMachine(RuleBasedStateMachine):
@@ -57,6 +65,10 @@ class MigrationMachine(RuleBasedStateMachine):
     @rule(node=st.sampled_from([SOURCE, TARGET]), method=st.sampled_from(METHODS), permanent=st.booleans())
     def agent_fails_next_call(self, node, method, permanent):
         self.world.agents[node].fail_next[method] = permanent
+
+    @rule(sticks=st.booleans())
+    def runtime_keeps_the_source_paused_after_a_thaw(self, sticks):
+        self.world.agents[SOURCE].thaw_sticks = sticks
 
     @rule(node=st.sampled_from([SOURCE, TARGET]))
     def agent_loses_next_reply(self, node):
@@ -113,9 +125,20 @@ class MigrationMachine(RuleBasedStateMachine):
         st_ = w.migration.status
         if st_.phase is MigrationPhase.FAILED:
             assert st_.reason and st_.message
-            if w.source() is not None and "could not thaw" not in st_.message:
+            if w.source() is not None and st_.reason != "SourceStillFrozen":
                 assert w.source_uid not in w.frozen, f"Failed ({st_.reason}) but the source is still frozen"
+            if st_.reason == "SourceStillFrozen":
+                assert "STILL BE FROZEN" in st_.message and "THAWED" not in (st_.source_state or "")
             assert not w.restored_pods() or st_.reason == "RestoredPodNameTaken"
+
+    @invariant()
+    def status_claims_thawed_only_when_the_runtime_said_so(self):
+        w = self.world
+        st_ = w.migration.status
+        verified = [cd for cd in st_.conditions if cd.type == "SourceFrozen" and cd.reason == "ThawVerified"]
+        if verified and w.source() is not None:
+            assert w.source_uid not in w.frozen, "status says thawed (verified) but the source is frozen"
+            assert st_.source_state and "FROZEN" not in st_.source_state
 
     @invariant()
     def checkpoint_failures_have_reasons(self):
@@ -151,6 +174,7 @@ class MigrationMachine(RuleBasedStateMachine):
             agent.down = False
             agent.fail_next.clear()
             agent.lose_reply_next = False
+            agent.thaw_sticks = False
         w.api_faults.clear()
         for _ in range(200):
             if w.migration.status.phase.terminal:

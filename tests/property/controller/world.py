@@ -41,7 +41,7 @@ from lpm.controller.effects import (
 from lpm.controller.podcheckpoint import decide as pcd
 from lpm.controller.podmigration import decide as pmd
 from lpm.controller.podmigration.restore import pod_checkpoint_name, restored_pod_name
-from lpm.controller.views import NodeView, PodView
+from lpm.controller.views import NodeView, PodView, controller_owner, owner_if_same
 from lpm.storage.uri import ArtifactRef
 
 NS = "default"
@@ -54,6 +54,8 @@ class AgentSim:
         self.down = False
         self.fail_next: dict[str, bool] = {}  # method -> permanent?
         self.lose_reply_next = False
+        self.fenced: set[str] = set()  # checkpoint IDs rolled back (thawed): never frozen again
+        self.thaw_sticks = False  # the runtime keeps the container paused after a thaw
 
 
 class World:
@@ -192,13 +194,23 @@ class World:
         value: dict[str, Any] = {}
         if call.METHOD == "GetCapabilities":
             value = {"checkpoint_supported": True, "freeze_supported": True, "convert_supported": True}
+        elif call.METHOD in ("Freeze", "Checkpoint") and req.get("checkpoint_id") in agent.fenced:
+            return Outcome.failure("CheckpointFenced", "checkpoint rolled back", retryable=False)
         elif call.METHOD == "Freeze":
             assert call.node == SOURCE, "freeze goes to the source node's agent"
+            if self.migration.status.phase.terminal:
+                self.violations.append("a Freeze was sent after the migration ended")
             secs = float(str(req.get("auto_thaw_after", "600s")).rstrip("s"))
             if req["pod_uid"] == self.source_uid and self.source() is not None:
                 self.frozen[req["pod_uid"]] = self.now + timedelta(seconds=secs)
         elif call.METHOD == "Thaw":
-            self.frozen.pop(req["pod_uid"], None)
+            agent.fenced.add(req["checkpoint_id"])
+            if not agent.thaw_sticks:
+                self.frozen.pop(req["pod_uid"], None)
+            state = "FREEZE_STATE_FROZEN" if req["pod_uid"] in self.frozen else "FREEZE_STATE_THAWED"
+            value = {"containers": [{"container_name": n, "state": state} for n in req["container_names"]]}
+        elif call.METHOD == "CheckEligibility":
+            value = {"checked": ["sim: nothing found"]}
         elif call.METHOD == "Checkpoint":
             ref = ArtifactRef(req["pod_uid"], req["checkpoint_id"], req["container_name"])
             value = {"artifact": {"artifact_uri": ref.uri, "compressed_size_bytes": "10"}, "attempts": 1}
@@ -290,12 +302,16 @@ class World:
         content = self.get(
             c.PLURAL_POD_CHECKPOINT_CONTENTS, None, pcd.pod_content_name(NS, obj["metadata"]["name"], uid)
         )
+        ref = controller_owner(obj["metadata"], c.KIND_POD_MIGRATION)
+        owner = owner_if_same(self.get(c.PLURAL_POD_MIGRATIONS, NS, ref[0]), ref[1]) if ref else None
         return pcd.Observed(
             pod_checkpoint=pc,
             now=self.now,
             pod=PodView.from_api(pod) if pod else None,
             children=children,
             content=decode(PodCheckpointContent, content) if content else None,
+            owner_name=ref[0] if ref else None,
+            owner=decode(PodMigration, dict(owner)) if owner else None,
         )
 
     def _observe_cc(self, obj: dict[str, Any]) -> ccd.Observed:
@@ -306,11 +322,15 @@ class World:
             None,
             ccd.container_content_name(NS, obj["metadata"]["name"], obj["metadata"]["uid"]),
         )
+        ref = controller_owner(obj["metadata"], c.KIND_POD_CHECKPOINT)
+        owner = owner_if_same(self.get(c.PLURAL_POD_CHECKPOINTS, NS, ref[0]), ref[1]) if ref else None
         return ccd.Observed(
             container_checkpoint=cc,
             now=self.now,
             pod=PodView.from_api(pod) if pod else None,
             content=decode(ContainerCheckpointContent, content) if content else None,
+            owner_name=ref[0] if ref else None,
+            owner=decode(PodCheckpoint, dict(owner)) if owner else None,
         )
 
     # ------------------------------------------------------------------------------------- the world

@@ -3,10 +3,15 @@ idempotence per checkpoint ID, conflicts, persisted deadlines, auto-thaw, restar
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from lpm.agent import freezer as fz
 
@@ -141,3 +146,115 @@ def test_a_source_deleted_while_frozen_is_forgotten_quietly_at_its_deadline(tmp_
     assert len(warnings) == 1 and "ck-left" in warnings[0] and "sidecar" in warnings[0]
     assert any("ck-done" in r.getMessage() and "gone" in r.getMessage() for r in caplog.records)
     assert not (tmp_path / "state" / "freeze-ck-done.json").exists()
+
+
+# ---- a rollback is final (fencing), and thaw reports what the runtime says -------------------------------
+
+
+def test_a_thawed_checkpoint_id_is_fenced_and_never_freezes_again_even_after_a_restart(tmp_path, cgroups) -> None:
+    f = make(tmp_path, cgroups)
+    f.freeze("ck1", POD, ["app"])
+    states = f.thaw("ck1", POD, [])
+    assert [(s.name, s.frozen, s.evidence) for s in states] == [("app", False, "freezer cgroup THAWED")]
+    with pytest.raises(fz.Fenced):
+        f.freeze("ck1", POD, ["app"])  # e.g. a Checkpoint call that was still waiting when the rollback came
+    assert state(cgroups["app"]) == "THAWED"
+    again = make(tmp_path, cgroups)
+    again.start()
+    with pytest.raises(fz.Fenced):
+        again.freeze("ck1", POD, ["app", "sidecar"])
+    assert state(cgroups["sidecar"]) == "THAWED"
+    again.freeze("ck2", POD, ["app"])  # a new migration of the same pod is not affected
+    assert state(cgroups["app"]) == "FROZEN"
+
+
+def test_thawing_an_unknown_id_fences_it_too_and_reports_the_containers_as_they_are(tmp_path, cgroups) -> None:
+    f = make(tmp_path, cgroups)
+    f.freeze("other", POD, ["sidecar"])
+    states = f.thaw("never-froze", POD, ["app", "sidecar"])
+    # Thaw of an ID that froze nothing thaws nothing, and says the sidecar is still frozen (by "other").
+    assert {s.name: s.frozen for s in states} == {"app": False, "sidecar": True}
+    with pytest.raises(fz.Fenced):
+        f.freeze("never-froze", POD, ["app"])
+
+
+def test_a_thaw_the_cgroup_does_not_take_is_reported_frozen_not_thawed(tmp_path, cgroups) -> None:
+    class Stuck(fz.CgroupControl):
+        def thaw(self, target: str) -> None:
+            raise fz.FreezerError("cgroup did not become THAWED within 10s")
+
+    def locate(pod_uid: str, container: str) -> Path:
+        return cgroups[container]
+
+    f = fz.Freezer(locate, tmp_path / "state", 60.0, Stuck())
+    f.freeze("ck", POD, ["app"])
+    [app] = f.thaw("ck", POD, [])
+    assert app.frozen and app.evidence == "freezer cgroup FROZEN"
+    assert f.status("ck") is not None, "the record stays, so the auto-thaw retries"
+
+
+def test_a_container_that_is_gone_is_reported_gone(tmp_path, cgroups) -> None:
+    f = make(tmp_path, cgroups)
+    f.freeze("ck", POD, ["app"])
+    for child in cgroups["app"].iterdir():
+        child.unlink()
+    cgroups["app"].rmdir()
+    [app] = f.thaw("ck", POD, [])
+    assert app.gone and not app.frozen
+
+
+class FenceMachine(RuleBasedStateMachine):
+    """Random freezes, thaws, agent restarts and late calls against one state directory: a thawed ID never
+    freezes again, and a container is frozen exactly when a live (unfenced) freeze holds it."""
+
+    IDS = ("ck-a", "ck-b", "ck-c")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tmp = Path(tempfile.mkdtemp(prefix="fence-"))
+        self.cgroups = {n: fake_cgroup(self.tmp / "cg", f"cid-{n}") for n in ("app", "sidecar")}
+        self.freezer = make(self.tmp, self.cgroups, deadline=3600)
+        self.fenced: set[str] = set()
+        self.holder: dict[str, str] = {}  # container -> checkpoint ID holding it frozen
+
+    @rule(ck=st.sampled_from(IDS), names=st.lists(st.sampled_from(["app", "sidecar"]), min_size=1, unique=True))
+    def freeze(self, ck: str, names: list[str]) -> None:
+        try:
+            self.freezer.freeze(ck, POD, names)
+        except fz.Fenced:
+            assert ck in self.fenced
+            return
+        except fz.FreezeConflict:
+            assert any(self.holder.get(n, ck) != ck for n in names)
+            return
+        assert ck not in self.fenced, "a fenced ID froze again"
+        for n in names:
+            self.holder[n] = ck
+
+    @rule(ck=st.sampled_from(IDS))
+    def thaw(self, ck: str) -> None:
+        states = self.freezer.thaw(ck, POD, [])
+        self.fenced.add(ck)
+        for n in [n for n, h in self.holder.items() if h == ck]:
+            del self.holder[n]
+        assert all(not s.frozen for s in states), states
+
+    @rule()
+    def agent_restarts(self) -> None:
+        self.freezer.stop()
+        self.freezer = make(self.tmp, self.cgroups, deadline=3600)
+        self.freezer.start()
+
+    @invariant()
+    def frozen_exactly_when_a_live_freeze_holds_it(self) -> None:
+        for name, cg in self.cgroups.items():
+            assert (state(cg) == "FROZEN") == (name in self.holder), (name, self.holder)
+        assert not set(self.holder.values()) & self.fenced
+
+    def teardown(self) -> None:
+        self.freezer.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+TestFenceMachine = FenceMachine.TestCase
+TestFenceMachine.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)

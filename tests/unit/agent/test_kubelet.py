@@ -15,6 +15,7 @@ from urllib3.exceptions import ProtocolError
 from lpm.agent.kubelet import (
     Backoff,
     KubeletClient,
+    KubeletCriuFailed,
     KubeletForbidden,
     KubeletNotFound,
     KubeletRejected,
@@ -163,3 +164,25 @@ def test_a_malformed_answer_is_rejected(kubelet: tuple[Script, str]) -> None:
     script.answers.append((200, "{}", {}))
     with pytest.raises(KubeletRejected, match="items"):
         client(url).checkpoint("default", "web", "app", timeout=30)
+
+
+CRIU_500 = (
+    'checkpointing container "4a1f" failed: criu failed: type NOTIFY errno 0 path= '
+    "/run/containerd/io.containerd.runtime.v2.task/k8s.io/4a1f/criu-dump.log"
+)
+
+
+def test_a_criu_failure_is_not_retried_and_is_reported_as_such(kubelet: tuple[Script, str]) -> None:
+    script, url = kubelet
+    script.answers = [(500, CRIU_500, {}), (200, OK, {})]
+    with pytest.raises(KubeletCriuFailed) as err:
+        client(url).checkpoint("default", "web", "app", timeout=10)
+    assert len(script.requests) == 1, "a CRIU refusal is not a transport failure: no retry"
+    assert "criu failed" in str(err.value) and err.value.status == 500
+
+
+def test_a_plain_500_is_still_retried_as_a_transient_kubelet_failure(kubelet: tuple[Script, str]) -> None:
+    script, url = kubelet
+    script.answers = [(500, "internal error", {}), (500, "internal error", {}), (200, OK, {})]
+    result = client(url).checkpoint("default", "web", "app", timeout=10)
+    assert result.attempts == 3 and len(script.requests) == 3

@@ -88,3 +88,22 @@ def test_status_codes_map_to_retryable_or_permanent(code, retryable):
 def test_authentication_failures_point_at_the_certificates():
     out = grpc_outcome(grpc.StatusCode.UNAUTHENTICATED, "bad cert", "node-a", "Freeze")
     assert "LPM_AGENT_CLIENT_CERT" in out.message
+
+
+def test_the_agents_own_reason_wins_so_a_criu_refusal_is_never_called_an_unavailable_agent(double):
+    double.fail(
+        "Checkpoint",
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "CRIU could not checkpoint container app: CRIU: inet: Connected TCP socket",
+        reason="CheckpointRefused",
+    )
+    double.fail("Checkpoint", grpc.StatusCode.UNAVAILABLE, "kubelet unreachable", reason="KubeletUnavailable")
+    agents = Agents(lambda node: agent_pods(double.port), "lpm-system", TLS(insecure=True))
+    req = {"pod_namespace": "ns", "pod_name": "web", "container_name": "app", "pod_uid": UID, "checkpoint_id": "c1"}
+    refused = agents.call(CallCheckpoint("node-a", req))
+    assert (refused.reason, refused.retryable) == ("CheckpointRefused", False)
+    assert "Connected TCP socket" in refused.message and "lpm-agent pod" not in refused.message
+    kubelet = agents.call(CallCheckpoint("node-a", req))
+    assert (kubelet.reason, kubelet.retryable) == ("KubeletUnavailable", True)
+    assert "kubelet" in kubelet.message
+    agents.close()

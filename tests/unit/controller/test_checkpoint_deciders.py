@@ -10,8 +10,11 @@ from lpm.api.models import (
     ContainerCheckpointSpec,
     ContainerCheckpointStatus,
     DeletionPolicy,
+    MigrationPhase,
     PodCheckpoint,
     PodCheckpointSpec,
+    PodMigration,
+    PodMigrationSpec,
 )
 from lpm.controller.containercheckpoint import decide as ccd
 from lpm.controller.effects import (
@@ -21,6 +24,7 @@ from lpm.controller.effects import (
     CreateContent,
     DeleteCheckpoint,
     DeleteObject,
+    EmitEvent,
     MarkContentReady,
     Outcome,
     PatchStatus,
@@ -190,3 +194,58 @@ def test_deleting_a_podcheckpoint_with_policy_delete_removes_its_files_then_its_
 
 def test_deleting_a_podcheckpoint_with_policy_retain_keeps_everything():
     assert pcd.decide_finalize(_stored(DeletionPolicy.RETAIN)) == []
+
+
+def test_a_criu_refusal_fails_at_once_with_criu_words_and_is_never_called_again():
+    obj = cc()
+    (call,) = (
+        a
+        for a in ccd.decide(ccd.Observed(container_checkpoint=obj, now=NOW, pod=pod()))
+        if isinstance(a, CallCheckpoint)
+    )
+    refused = Outcome.failure(
+        "CheckpointRefused",
+        "CRIU could not checkpoint container app on node node-a: CRIU: inet: Connected TCP socket, consider using "
+        "--tcp-established option. Hint: set spec.options.tcpEstablished",
+        retryable=False,
+    )
+    actions = ccd.decide(ccd.Observed(container_checkpoint=obj, now=NOW, pod=pod(), outcomes={call.key: refused}))
+    st = status(actions)
+    assert st.phase is CheckpointPhase.FAILED and st.reason == "CheckpointRefused"
+    assert "Connected TCP socket" in st.message
+    assert [e.reason for e in actions if isinstance(e, EmitEvent)] == ["CheckpointRefused"]
+    obj.status = st
+    assert ccd.decide(ccd.Observed(container_checkpoint=obj, now=NOW, pod=pod())) == [], "terminal: no more calls"
+
+
+def _owned_cc(owner_phase=None, owner_deleting=False):
+    obj = cc()
+    obj.metadata["ownerReferences"] = [{"kind": "PodCheckpoint", "name": "snap", "uid": "u", "controller": True}]
+    owner = None
+    if owner_phase is not None:
+        owner = pc()
+        owner.status.phase = owner_phase
+        if owner_deleting:
+            owner.metadata["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return ccd.Observed(container_checkpoint=obj, now=NOW, pod=pod(), owner_name="snap", owner=owner)
+
+
+def test_a_containercheckpoint_whose_podcheckpoint_ended_makes_no_agent_call():
+    for observed in (_owned_cc(None), _owned_cc(CheckpointPhase.FAILED), _owned_cc(CheckpointPhase.IN_PROGRESS, True)):
+        actions = ccd.decide(observed)
+        assert not any(isinstance(a, CallCheckpoint) for a in actions)
+        assert status(actions).phase is CheckpointPhase.FAILED and status(actions).reason == "Abandoned"
+    live = ccd.decide(_owned_cc(CheckpointPhase.IN_PROGRESS))
+    assert any(isinstance(a, CallCheckpoint) for a in live)
+
+
+def test_a_podcheckpoint_whose_migration_ended_or_rolls_back_stops_without_agent_calls():
+    meta = {"name": "mig", "namespace": "ns", "uid": "m"}
+    for phase in (MigrationPhase.ROLLING_BACK, MigrationPhase.FAILED):
+        owner = PodMigration(spec=PodMigrationSpec(pod_name="web", target_node="node-b"), metadata=meta)
+        owner.status.phase = phase
+        actions = pcd.decide(pcd.Observed(pod_checkpoint=pc(), now=NOW, pod=pod(), owner_name="mig", owner=owner))
+        assert [type(a) for a in actions if not isinstance(a, (PatchStatus, EmitEvent))] == []
+        assert status(actions).reason == "MigrationEnded"
+    gone = pcd.decide(pcd.Observed(pod_checkpoint=pc(), now=NOW, pod=pod(), owner_name="mig", owner=None))
+    assert status(gone).reason == "MigrationEnded"

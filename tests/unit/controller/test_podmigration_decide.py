@@ -9,6 +9,7 @@ from lpm.api.models import (
     CheckpointPhase,
     ContainerCheckpointState,
     ContainerImage,
+    EligibilityPolicy,
     MigrationPhase,
     PodCheckpoint,
     PodCheckpointSpec,
@@ -18,6 +19,7 @@ from lpm.api.models import (
 )
 from lpm.controller.cycle import to_fixed_point
 from lpm.controller.effects import (
+    CheckEligibility,
     ConvertImage,
     CreatePodCheckpoint,
     CreateRestoredPod,
@@ -86,8 +88,23 @@ def status(actions):
     return next(a.status for a in actions if isinstance(a, PatchStatus))
 
 
-def probes_ok():
-    return {ProbeAgent("node-a", {}).key: Outcome.success(CAPS), ProbeAgent("node-b", {}).key: Outcome.success(CAPS)}
+def eligibility(tcp_established=False):
+    request = {
+        "pod_namespace": "ns",
+        "pod_name": "web",
+        "pod_uid": PUID,
+        "container_names": ["app"],
+        "tcp_established": tcp_established,
+    }
+    return CheckEligibility("node-a", request)
+
+
+def probes_ok(eligible=None):
+    return {
+        ProbeAgent("node-a", {}).key: Outcome.success(CAPS),
+        ProbeAgent("node-b", {}).key: Outcome.success(CAPS),
+        eligibility().key: eligible or Outcome.success({"checked": ["TCP: 0 established"]}),
+    }
 
 
 def test_pending_validates_by_probing_both_agents_first():
@@ -317,8 +334,103 @@ def test_rollback_removes_the_restored_pod_before_thawing():
     m2 = migration(MigrationPhase.ROLLING_BACK, source_frozen=True, reason=st.reason, message=st.message)
     again = decide(obs(m2, source_pod=pod(), restored_pod=None))
     (thaw,) = (a for a in again if isinstance(a, ThawSource))
-    final = status(decide(obs(m2, source_pod=pod(), outcomes={thaw.key: Outcome.success()})))
+    final = status(decide(obs(m2, source_pod=pod(), outcomes={thaw.key: THAWED})))
     assert final.phase is MigrationPhase.FAILED and not final.source_frozen and final.reason == "RestoredPodFailed"
+    assert final.source_state == "app: THAWED (containerd task RUNNING, freezer cgroup THAWED)"
+    assert "runs again (checked: app: THAWED" in (final.message or "")
+
+
+THAWED = Outcome.success(
+    {
+        "containers": [
+            {
+                "container_name": "app",
+                "state": "FREEZE_STATE_THAWED",
+                "evidence": "containerd task RUNNING, freezer cgroup THAWED",
+            }
+        ]
+    }
+)
+
+
+def test_a_thaw_the_runtime_does_not_confirm_is_retried_then_fails_loudly_never_claiming_thawed():
+    still = Outcome.success(
+        {
+            "containers": [
+                {"container_name": "app", "state": "FREEZE_STATE_FROZEN", "evidence": "containerd task PAUSED"}
+            ]
+        }
+    )
+    m = migration(MigrationPhase.ROLLING_BACK, source_frozen=True, reason="CheckpointRefused", message="CRIU: no")
+    (thaw,) = (a for a in decide(obs(m, source_pod=pod())) if isinstance(a, ThawSource))
+    soon = decide(obs(m, source_pod=pod(), outcomes={thaw.key: still}))
+    assert not any(isinstance(a, PatchStatus) for a in soon), "nothing claimed while the thaw is retried"
+    later = decide(obs(m, now=NOW + timedelta(seconds=600), source_pod=pod(), outcomes={thaw.key: still}))
+    st = status(later)
+    assert st.phase is MigrationPhase.FAILED and st.reason == "SourceStillFrozen" and st.source_frozen
+    assert "STILL BE FROZEN" in (st.message or "") and st.source_state == "app: FROZEN (containerd task PAUSED)"
+    frozen = next(cd for cd in st.conditions if cd.type == c.CONDITION_SOURCE_FROZEN)
+    assert frozen.status.value == "True" and frozen.reason == "ThawNotVerified"
+    assert any(isinstance(a, EmitEvent) and a.type == "Warning" for a in later)
+
+
+def test_a_pod_with_an_open_tcp_connection_is_refused_before_anything_is_frozen():
+    found = Outcome.success(
+        {
+            "checked": ["TCP: 1 established (1 inside the pod, 0 external), 1 listening, 0 UDP"],
+            "problems": [
+                {
+                    "container_name": "app",
+                    "check": "TCPConnectionOpen",
+                    "message": "1 established TCP connection (1 inside the pod): set spec.options.tcpEstablished",
+                    "blocking": True,
+                }
+            ],
+        }
+    )
+    actions = decide(obs(migration(), source_pod=pod(), target_node=NODE_B, outcomes=probes_ok(found)))
+    st = status(actions)
+    assert st.phase is MigrationPhase.FAILED and st.reason == "TCPConnectionOpen"
+    assert "nothing was frozen" in (st.message or "") and "tcpEstablished" in (st.message or "")
+    assert not any(isinstance(a, (FreezeSource, CreatePodCheckpoint)) for a in actions)
+    assert st.eligibility[0].startswith("TCP: 1 established") and st.eligibility[-1].startswith("refused: container")
+    eligible = next(cd for cd in st.conditions if cd.type == c.CONDITION_ELIGIBLE)
+    assert eligible.status.value == "False" and eligible.reason == "TCPConnectionOpen"
+
+
+def test_eligibility_warn_records_the_finding_and_goes_on_to_freeze():
+    m = migration()
+    m.spec.eligibility = EligibilityPolicy.WARN
+    found = Outcome.success(
+        {"problems": [{"container_name": "app", "check": "OpenFileInEmptyDir", "message": "x", "blocking": True}]}
+    )
+    st = status(decide(obs(m, source_pod=pod(), target_node=NODE_B, outcomes=probes_ok(found))))
+    assert st.phase is MigrationPhase.FREEZING
+    assert next(cd for cd in st.conditions if cd.type == c.CONDITION_ELIGIBLE).reason == "Warned"
+
+
+def test_a_tty_container_is_refused_from_its_spec():
+    p = pod()
+    p.raw["spec"]["containers"][0]["tty"] = True
+    st = status(decide(obs(migration(), source_pod=p, target_node=NODE_B, outcomes=probes_ok())))
+    assert st.phase is MigrationPhase.FAILED and st.reason == "TerminalAttached"
+
+
+def test_an_agent_that_cannot_check_eligibility_does_not_block_but_says_so():
+    old = Outcome.failure("AgentUnimplemented", "agent on node node-a: CheckEligibility failed", retryable=False)
+    st = status(decide(obs(migration(), source_pod=pod(), target_node=NODE_B, outcomes=probes_ok(old))))
+    assert st.phase is MigrationPhase.FREEZING
+    assert any(line.startswith("warning: eligibility not checked") for line in st.eligibility)
+
+
+def test_a_dry_run_ends_after_validation_without_freezing_or_creating_anything():
+    m = migration()
+    m.spec.dry_run = True
+    actions = decide(obs(m, source_pod=pod(), target_node=NODE_B, outcomes=probes_ok()))
+    st = status(actions)
+    assert st.phase is MigrationPhase.COMPLETED and st.reason == "DryRunPassed"
+    assert st.eligibility == ["TCP: 0 established"] and st.checkpoint_id is None
+    assert not [a for a in actions if not isinstance(a, (PatchStatus, EmitEvent, ProbeAgent, CheckEligibility))]
 
 
 def test_foreign_pod_with_the_restored_name_is_never_deleted():

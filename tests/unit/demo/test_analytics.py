@@ -35,3 +35,16 @@ def test_the_process_holds_the_ballast_and_no_whole_size_copy() -> None:
 
 def test_revenue_is_recomputable() -> None:
     assert expected_revenue_cents(3) == sum(100 + (i * 7919) % 5000 for i in (1, 2, 3))
+
+
+def test_the_loopback_pair_is_one_connection_with_both_ends_in_this_process() -> None:
+    from lpm.demo.analytics import _loopback_pair
+
+    client, server = _loopback_pair()
+    try:
+        client.sendall(b"x")
+        assert server.recv(1) == b"x"
+        assert client.getpeername() == server.getsockname() and client.getpeername()[0] == "127.0.0.1"
+    finally:
+        client.close()
+        server.close()

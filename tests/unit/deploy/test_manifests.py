@@ -21,7 +21,8 @@ AGENT_WRITABLE_HOST_PATHS = {
     "/run/containerd/containerd.sock": "loads checkpoint images into the node's containerd",
     "/var/lib/lpm-agent": "keeps freeze records (auto-thaw deadlines) across agent restarts",
 }
-AGENT_READ_ONLY_HOST_PATHS = {"/etc/kubernetes/pki"}
+# Read, never written: the kubelet client key, the node's procfs (eligibility) and the runtime's task dirs (CRIU logs).
+AGENT_READ_ONLY_HOST_PATHS = {"/etc/kubernetes/pki", "/proc", "/run/containerd/io.containerd.runtime.v2.task"}
 RBAC_VERBS_NEVER = {"*", "escalate", "bind", "impersonate"}
 
 

@@ -45,6 +45,9 @@ class AgentConfig:
     queue_timeout: float
     shutdown_grace: float
     metrics_port: int
+    runtime_task_dir: str
+    runtime_node_task_dir: str
+    proc_root: str
     log_level: str
     log_format: str
     self_check: bool
@@ -222,6 +225,30 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="Serve Prometheus metrics (rpc counts and durations by method and status) on this port; 0: off.",
+    )
+    why = p.add_argument_group("reading why CRIU failed, and what would make it fail")
+    add_flag(
+        why,
+        "--runtime-task-dir",
+        "LPM_RUNTIME_TASK_DIR",
+        default="/run/containerd/io.containerd.runtime.v2.task",
+        help="Where this agent sees the runtime's task directory (read-only mount), to read CRIU's log of a failed "
+        "dump; only logs inside it are ever opened.",
+    )
+    add_flag(
+        why,
+        "--runtime-node-task-dir",
+        "LPM_RUNTIME_NODE_TASK_DIR",
+        default="/run/containerd/io.containerd.runtime.v2.task",
+        help="The same directory as the runtime names it on the node (the prefix of the log paths it reports).",
+    )
+    add_flag(
+        why,
+        "--proc-root",
+        "LPM_PROC_ROOT",
+        default="/proc",
+        help="The node's procfs (the host's /proc, read-only), to see a source's connections and open files "
+        "before anything is frozen.",
     )
     add_logging_flags(p)
     p.add_argument("--self-check", action="store_true", help="Check configuration and local tools, then exit.")

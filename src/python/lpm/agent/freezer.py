@@ -9,6 +9,12 @@ Rules:
 - Freeze/Thaw are idempotent per checkpoint ID: a repeated Freeze renews the auto-thaw deadline; Thaw of a
   thawed or unknown container is a no-op. A container frozen for one checkpoint ID is not re-frozen for
   another (`FreezeConflict`), so two migrations cannot fight over one pod.
+- A rollback is final (fencing): Thaw fences its checkpoint ID, persisted like the freeze records. From then on
+  no Freeze of that ID is accepted (`Fenced`), including one that was already on its way (a Checkpoint call
+  stuck in kubelet retries when the migration gave up). Fences are kept for FENCE_KEEP_SECONDS.
+- Thaw reports what the runtime says afterwards, container by container (`Verdict`): thawed, still frozen, or
+  gone, with the evidence (the freezer cgroup's state, containerd's task status). Nothing is reported thawed
+  on the strength of a write alone.
 - Nothing stays frozen forever: each freeze has a deadline (`auto_thaw_at`), enforced by a background timer
   and persisted as one small JSON file per checkpoint ID under the state directory, so an agent that
   restarts thaws on schedule (or at once, if the deadline passed while it was down).
@@ -46,6 +52,7 @@ log = logging.getLogger(__name__)
 FROZEN: Final = "FROZEN"
 THAWED: Final = "THAWED"
 SETTLE_TIMEOUT: Final = 10.0
+FENCE_KEEP_SECONDS: Final = 7 * 24 * 3600.0
 
 # (pod UID, container name) -> what the control freezes: a cgroup directory, or a runtime container ID
 Locate = Callable[[str, str], "Path | str"]
@@ -61,6 +68,19 @@ class ContainerNotFound(FreezerError, LookupError):
 
 class FreezeConflict(FreezerError):
     pass
+
+
+class Fenced(FreezerError):
+    """The checkpoint ID was rolled back (thawed): it may never freeze anything again."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A container's state as the runtime reports it, and how we know."""
+
+    frozen: bool
+    evidence: str
+    gone: bool = False
 
 
 def _v2(cgroup: Path) -> bool:
@@ -171,6 +191,12 @@ class Control(Protocol):
 
     def frozen(self, target: str) -> bool: ...
 
+    def verify(self, target: str, pod_uid: str) -> Verdict: ...
+
+    def pid(self, target: str) -> int:
+        """The container's init process, in the node's PID namespace."""
+        ...
+
 
 class CgroupControl:
     def freeze(self, target: str) -> None:
@@ -182,6 +208,22 @@ class CgroupControl:
     def frozen(self, target: str) -> bool:
         return cgroup_state(Path(target)) == FROZEN
 
+    def verify(self, target: str, pod_uid: str) -> Verdict:
+        try:
+            state = cgroup_state(Path(target))
+        except FileNotFoundError:
+            return Verdict(False, "its freezer cgroup is gone", gone=True)
+        return Verdict(state == FROZEN, f"freezer cgroup {state}")
+
+    def pid(self, target: str) -> int:
+        try:
+            pids = [int(p) for p in (Path(target) / "cgroup.procs").read_text().split()]
+        except FileNotFoundError:
+            raise ContainerNotFound(f"cgroup {target} is gone (container exited?)") from None
+        if not pids:
+            raise ContainerNotFound(f"cgroup {target} has no process")
+        return min(pids)
+
 
 @dataclass(frozen=True)
 class ContainerdControl:
@@ -191,6 +233,8 @@ class ContainerdControl:
     ctr: str = "ctr"
     namespace: str = "k8s.io"
     timeout: float = 30.0
+    # Where to double-check the freezer cgroup behind containerd's task state (None: containerd's word only).
+    cgroup_root: Path | None = None
 
     def _ctr(self, *args: str) -> subprocess.CompletedProcess[str]:
         argv = [self.ctr, "--address", self.address, "-n", self.namespace, *args]
@@ -201,15 +245,22 @@ class ContainerdControl:
         except subprocess.TimeoutExpired:
             raise FreezerError(f"ctr {' '.join(args)} did not finish within {self.timeout:.0f}s") from None
 
-    def status(self, target: str) -> str:
+    def _task(self, target: str) -> list[str]:
+        """`ctr tasks ls` columns of one task: TASK PID STATUS."""
         done = self._ctr("tasks", "ls")
         if done.returncode != 0:
             raise FreezerError(f"ctr tasks ls failed: {done.stderr.strip()}")
         for line in done.stdout.splitlines()[1:]:
             fields = line.split()
             if len(fields) >= 3 and fields[0] == target:
-                return fields[2].upper()
+                return fields
         raise ContainerNotFound(f"containerd has no task {target}")
+
+    def status(self, target: str) -> str:
+        return self._task(target)[2].upper()
+
+    def pid(self, target: str) -> int:
+        return int(self._task(target)[1])
 
     def _set(self, target: str, verb: str, want: str) -> None:
         if self.status(target) == want:
@@ -226,6 +277,23 @@ class ContainerdControl:
 
     def frozen(self, target: str) -> bool:
         return self.status(target) == "PAUSED"
+
+    def verify(self, target: str, pod_uid: str) -> Verdict:
+        try:
+            task = self.status(target)
+        except ContainerNotFound:
+            return Verdict(False, "containerd has no task for it", gone=True)
+        evidence = [f"containerd task {task}"]
+        frozen = task in ("PAUSED", "PAUSING")
+        if self.cgroup_root is not None:
+            try:
+                cgroup = find_container_cgroup(freezer_root(self.cgroup_root), pod_uid, target)
+                state = cgroup_state(cgroup)
+                evidence.append(f"freezer cgroup {state}")
+                frozen = frozen or state == FROZEN
+            except (ContainerNotFound, OSError) as exc:
+                evidence.append(f"freezer cgroup not checked ({exc})")
+        return Verdict(frozen, ", ".join(evidence))
 
 
 @dataclass
@@ -244,6 +312,8 @@ class ContainerState:
     name: str
     frozen: bool
     auto_thaw_at: float | None
+    evidence: str = ""
+    gone: bool = False
 
 
 class Freezer:
@@ -276,6 +346,29 @@ class Freezer:
             os.fsync(f.fileno())
         os.replace(temp, target)
 
+    def _fence_file(self, checkpoint_id: str) -> Path:
+        return self.state_dir / f"fence-{checkpoint_id}"
+
+    def fenced(self, checkpoint_id: str) -> bool:
+        """True once `checkpoint_id` was thawed for a rollback: nothing may freeze it again."""
+        return self._fence_file(checkpoint_id).exists()
+
+    def _fence(self, checkpoint_id: str) -> None:
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self._fence_file(checkpoint_id)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def refuse_if_fenced(self, checkpoint_id: str) -> None:
+        if self.fenced(checkpoint_id):
+            raise Fenced(
+                f"checkpoint {checkpoint_id} was rolled back and its source thawed; it is never frozen or "
+                "checkpointed again (start a new migration)"
+            )
+
     def _forget(self, checkpoint_id: str) -> None:
         self._records.pop(checkpoint_id, None)
         timer = self._timers.pop(checkpoint_id, None)
@@ -287,6 +380,12 @@ class Freezer:
         """Reload records a previous agent left; thaw the overdue ones now, schedule the rest."""
         if not self.state_dir.is_dir():
             return
+        for path in self.state_dir.glob("fence-*"):
+            try:
+                if path.stat().st_mtime < time.time() - FENCE_KEEP_SECONDS:
+                    path.unlink()
+            except OSError:
+                pass
         for path in sorted(self.state_dir.glob("freeze-*.json")):
             try:
                 record = FreezeRecord(**json.loads(path.read_text()))
@@ -337,6 +436,7 @@ class Freezer:
                 ", ".join(alive),
             )
             try:
+                self._fence(checkpoint_id)
                 self._thaw_record(record)
             except Exception:
                 log.exception("auto-thaw of checkpoint %s failed; retrying in 5s", checkpoint_id)
@@ -353,6 +453,9 @@ class Freezer:
         return True
 
     # ---- operations ------------------------------------------------------------------------------------
+
+    def pid(self, pod_uid: str, container: str) -> int:
+        return self.control.pid(str(self.locate(pod_uid, container)))
 
     def holder(self, pod_uid: str, container: str) -> str | None:
         with self._lock:
@@ -373,6 +476,7 @@ class Freezer:
         if not containers:
             raise ValueError("freeze needs at least one container name")
         with self._lock:
+            self.refuse_if_fenced(checkpoint_id)
             for name in containers:
                 other = self.holder(pod_uid, name)
                 if other is not None and other != checkpoint_id:
@@ -423,14 +527,31 @@ class Freezer:
             raise FreezerError(f"checkpoint {record.checkpoint_id}: thaw failed for {'; '.join(errors)}")
 
     def thaw(self, checkpoint_id: str, pod_uid: str, containers: list[str]) -> list[ContainerState]:
-        """Thaw what `checkpoint_id` froze (all of it when `containers` is empty). Unknown -> a no-op."""
+        """Roll back: fence `checkpoint_id` for good, thaw what it froze (all of it when `containers` is empty),
+        then report each container as the runtime sees it. An unknown ID is fenced and verified all the same."""
         with self._lock:
+            self._fence(checkpoint_id)
             record = self._records.get(checkpoint_id)
-            names = containers or (list(record.containers) if record else [])
+            targets = dict(record.containers) if record else {}
+            names = containers or list(targets)
             if record is not None:
-                self._thaw_record(record, containers or None)
-                log.info("checkpoint %s: thawed %s of pod %s", checkpoint_id, ", ".join(names), pod_uid)
-            return [ContainerState(n, False, None) for n in names]
+                try:
+                    self._thaw_record(record, containers or None)
+                    log.info("checkpoint %s: thawed %s of pod %s (fenced)", checkpoint_id, ", ".join(names), pod_uid)
+                except FreezerError as exc:
+                    # Reported through the verdicts below (still frozen); the record stays for the auto-thaw.
+                    log.error("%s", exc)
+            return [self._verified(pod_uid, name, targets.get(name)) for name in names]
+
+    def _verified(self, pod_uid: str, name: str, target: str | None) -> ContainerState:
+        try:
+            verdict = self.control.verify(target or str(self.locate(pod_uid, name)), pod_uid)
+        except ContainerNotFound as exc:
+            verdict = Verdict(False, f"not found ({exc})", gone=True)
+        except (OSError, FreezerError) as exc:
+            # Cannot tell: never claim thawed.
+            verdict = Verdict(True, f"state unknown: {exc}")
+        return ContainerState(name, verdict.frozen, None, verdict.evidence, verdict.gone)
 
     def status(self, checkpoint_id: str) -> FreezeRecord | None:
         with self._lock:

@@ -6,14 +6,18 @@ a path *on the node*. The agent sees that directory through a hostPath mount, po
 `node_path()` maps it below `--kubelet-checkpoint-dir` and refuses anything outside it.
 
 Retries use urllib3's own machinery (`Retry`): connection errors and 5xx are retried, never 4xx; POST is
-retried explicitly (a checkpoint is safe to repeat: each makes a new archive). The schedule is the seed's:
-5 retries after waits of 2, 4, 8, 16, 32 s (`Backoff`; urllib3's stock formula waits 0 s before the first
-retry, so `_DeadlineRetry` overrides only the delay). A Retry-After header is honoured. The whole call,
-retries included, stays inside one deadline: waits are cut short and no attempt starts after it.
+retried explicitly (a checkpoint is safe to repeat: each makes a new archive). A 500 whose body says CRIU
+failed (`criu failed: ...`) is not a transport failure and is never retried here: the same dump fails the same
+way, and every attempt keeps the source frozen longer; the caller decides whether one repeat is worth it.
+The schedule is the seed's: 5 retries after waits of 2, 4, 8, 16, 32 s (`Backoff`; urllib3's stock formula
+waits 0 s before the first retry, so `_DeadlineRetry` overrides only the delay). A Retry-After header is
+honoured. The whole call, retries included, stays inside one deadline: waits are cut short and no attempt
+starts after it.
 
 Status mapping (what the agent reports over gRPC): 404 -> `KubeletNotFound` (pod/container unknown, or the
 ContainerCheckpoint feature gate is off), 401/403 -> `KubeletForbidden`, other 4xx -> `KubeletRejected`,
-5xx/connection failures after the retries -> `KubeletUnavailable`, with the kubelet's own message.
+a CRIU failure -> `KubeletCriuFailed` (at once), 5xx/connection failures after the retries ->
+`KubeletUnavailable`, with the kubelet's own message.
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Final
 
 import urllib3
+from urllib3 import BaseHTTPResponse
+from urllib3.connectionpool import ConnectionPool
 from urllib3.exceptions import HTTPError, MaxRetryError
 from urllib3.util.retry import Retry
 
@@ -61,6 +68,15 @@ class KubeletRejected(KubeletError):
 
 class KubeletUnavailable(KubeletError):
     pass
+
+
+class KubeletCriuFailed(KubeletError):
+    """The kubelet reached the runtime and CRIU refused or failed: permanent for this container as it is."""
+
+
+def is_criu_failure(status: int, body: str) -> bool:
+    """containerd and CRI-O report a failed CRIU run as `criu failed: type NOTIFY errno 0 path= ...`."""
+    return status == 500 and "criu failed" in body.lower()
 
 
 @dataclass(frozen=True)
@@ -110,9 +126,31 @@ class _DeadlineRetry(Retry):
         after = super().get_retry_after(response)
         return None if after is None else max(0.0, min(after, self._remaining()))
 
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: BaseHTTPResponse | None = None,
+        error: Exception | None = None,
+        _pool: ConnectionPool | None = None,
+        _stacktrace: TracebackType | None = None,
+    ) -> _DeadlineRetry:
+        if response is not None and is_criu_failure(response.status, _body(response)):
+            # Not worth a retry: hand the response back (raise_on_status=False turns this into a return).
+            raise MaxRetryError(_pool, url or "", "CRIU failed")  # type: ignore[arg-type]
+        fresh: _DeadlineRetry = super().increment(method, url, response, error, _pool, _stacktrace)
+        return fresh
+
     def is_exhausted(self) -> bool:
         # No attempt may start once the deadline has passed (a wait is cut to the deadline, then we stop).
         return super().is_exhausted() or (bool(self.history) and self._remaining() <= 0.05)
+
+
+def _body(response: Any) -> str:
+    try:
+        return bytes(response.data[:2000]).decode(errors="replace")
+    except Exception:  # a body that cannot be read is no CRIU report
+        return ""
 
 
 @dataclass(frozen=True)
@@ -218,6 +256,8 @@ class KubeletClient:
                 status,
                 attempts,
             )
+        if is_criu_failure(status, body):
+            raise KubeletCriuFailed(f"kubelet {self.url}: {what} -> {status} {body}", status, attempts)
         if status >= 500:
             raise KubeletUnavailable(
                 f"kubelet {self.url}: {what} -> {status} {body} after {attempts} attempt(s)", status, attempts

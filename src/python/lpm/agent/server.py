@@ -3,13 +3,20 @@
 Every failure leaves as a status code the controller can act on:
   INVALID_ARGUMENT    a name, UID, checkpoint ID or artifact URI that is not well formed
   NOT_FOUND           pod/container unknown to the kubelet or this node; artifact not in the repository
-  FAILED_PRECONDITION checkpoint refused (kubelet 401/403/4xx, unsupported), no completion marker, frozen by
-                      another checkpoint, freezer missing
-  UNAVAILABLE         kubelet unreachable or 5xx after its retries; the repository unreachable
+  FAILED_PRECONDITION checkpoint refused (kubelet 401/403/4xx, unsupported; CRIU's refusal, reason
+                      CheckpointRefused), no completion marker, frozen by another checkpoint, freezer missing,
+                      a rolled-back (fenced) checkpoint ID (reason CheckpointFenced)
+  UNAVAILABLE         kubelet unreachable or 502/503/504 after its retries (reason KubeletUnavailable); the
+                      repository unreachable
   RESOURCE_EXHAUSTED  every checkpoint/conversion slot busy for --queue-timeout; repository full
   DATA_LOSS           stored bytes do not match their manifest (sha256/size)
   INTERNAL            anything else (the message says what)
+Where the agent knows more than the code, the trailing metadata key `lpm-reason` names it (see agent.proto).
 Checkpoints and conversions share `--max-concurrent` slots; Freeze/Thaw/GetCapabilities never wait for them.
+
+Failure classes: only transport failures are retried (inside the kubelet client, within one deadline). A CRIU
+failure is permanent: the agent reads CRIU's log for the reason, repeats the dump at most once and only when
+the reason is not one that fails for certain, and answers CheckpointRefused with CRIU's words and a hint.
 """
 
 from __future__ import annotations
@@ -35,12 +42,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram
 
+from lpm.agent import criu_log, eligibility
 from lpm.agent import freezer as fz
 from lpm.agent.config import AgentConfig
 from lpm.agent.images import ImageError, ImageLoader, default_image_ref
 from lpm.agent.kubelet import (
     Backoff,
+    CheckpointResult,
     KubeletClient,
+    KubeletCriuFailed,
     KubeletError,
     KubeletForbidden,
     KubeletNotFound,
@@ -72,13 +82,24 @@ RPC_SECONDS = Histogram(
 
 AGENT_VERSION = "0.1.0"
 SERVICE_NAME = "lpm.agent.v1.CheckpointService"
+REASON_KEY = "lpm-reason"
 T = TypeVar("T")
 
 
 class Abort(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, reason: str = "") -> None:
         super().__init__(message)
         self.code = code
+        self.reason = reason
+
+
+class CheckpointRefused(Exception):
+    """CRIU refused or failed the dump; the message is CRIU's own words and a hint, without node paths."""
+
+    def __init__(self, failure: criu_log.CriuFailure, container: str, node: str, attempts: int) -> None:
+        super().__init__(f"CRIU could not checkpoint container {container} on node {node}: {failure.summary()}")
+        self.failure = failure
+        self.attempts = attempts
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -93,30 +114,35 @@ def _timestamp(epoch: float) -> timestamp_pb2.Timestamp:
     return t
 
 
-def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The one place that turns errors into gRPC status codes."""
+def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
+    """The one place that turns errors into gRPC status codes (and, where known, an `lpm-reason`)."""
+    code = grpc.StatusCode
     match exc:
         case Abort():
-            return exc.code, str(exc)
+            return exc.code, str(exc), exc.reason
         case InvalidName() | ValueError() if not isinstance(exc, KubeletError):
-            return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+            return code.INVALID_ARGUMENT, str(exc), ""
+        case CheckpointRefused():
+            return code.FAILED_PRECONDITION, str(exc), "CheckpointRefused"
+        case fz.Fenced():
+            return code.FAILED_PRECONDITION, str(exc), "CheckpointFenced"
         case KubeletNotFound() | fz.ContainerNotFound():
-            return grpc.StatusCode.NOT_FOUND, str(exc)
+            return code.NOT_FOUND, str(exc), ""
         case KubeletUnavailable():
-            return grpc.StatusCode.UNAVAILABLE, str(exc)
+            return code.UNAVAILABLE, str(exc), "KubeletUnavailable"
         case KubeletForbidden() | KubeletRejected() | fz.FreezeConflict() | CheckpointIncomplete():
-            return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+            return code.FAILED_PRECONDITION, str(exc), ""
         case IntegrityError():
-            return grpc.StatusCode.DATA_LOSS, str(exc)
+            return code.DATA_LOSS, str(exc), ""
         case StorageFull():
-            return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+            return code.RESOURCE_EXHAUSTED, str(exc), "StorageFull"
         case FileNotFoundError():
-            return grpc.StatusCode.NOT_FOUND, f"not found: {exc.filename or exc}"
+            return code.NOT_FOUND, f"not found: {exc.filename or exc}", ""
         case ConnectionError() | StorageError():
-            return grpc.StatusCode.UNAVAILABLE, str(exc)
+            return code.UNAVAILABLE, str(exc), ""
         case ImageError() | fz.FreezerError():
-            return grpc.StatusCode.INTERNAL, str(exc)
-    return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
+            return code.INTERNAL, str(exc), ""
+    return code.INTERNAL, f"{type(exc).__name__}: {exc}", ""
 
 
 def _tool_version(argv: list[str]) -> str:
@@ -147,6 +173,10 @@ class Deps:
     criu_version: str = ""
     runtime_version: str = ""
     cgroup_root: Path = Path("/sys/fs/cgroup")
+    # Where CRIU's logs of failed dumps are: (the runtime's task dir as the node names it, where we see it).
+    runtime_node_task_dir: str = criu_log.CONTAINERD_TASK_DIR
+    runtime_task_dir: Path = Path(criu_log.CONTAINERD_TASK_DIR)
+    proc_root: Path = Path("/proc")
 
 
 class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
@@ -161,9 +191,11 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
         try:
             result = body()
         except Exception as exc:
-            code, message = _status_for(exc)
+            code, message, reason = _status_for(exc)
             level = logging.ERROR if code == grpc.StatusCode.INTERNAL else logging.WARNING
             log.log(level, "%s failed (%s): %s", method, code.name, message, exc_info=code == grpc.StatusCode.INTERNAL)
+            if reason:
+                context.set_trailing_metadata(((REASON_KEY, reason),))
             self._abort(context, code, message)
         finally:
             RPCS.labels(method, code.name).inc()
@@ -218,11 +250,14 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
         if not 1 <= level <= 22:
             raise ValueError(f"zstd level {level} is not in 1..22")
         timeout = self._deadline(context, opts.timeout.ToNanoseconds() / 1e9 if opts.HasField("timeout") else 0.0)
+        fenced = self.d.freezer.refuse_if_fenced
+        fenced(request.checkpoint_id)
         with self._slot(context, f"checkpoint {ref.uri}"):
             started = time.monotonic()
             if not opts.leave_running:
                 # A migration: the source must not run on after its checkpoint. Idempotent if the controller
-                # already froze the pod for this checkpoint ID.
+                # already froze the pod for this checkpoint ID; refused (Fenced) once it was rolled back, even
+                # if this call waited for its slot while that happened.
                 self.d.freezer.freeze(
                     request.checkpoint_id,
                     request.pod_uid,
@@ -230,9 +265,11 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                     pod_namespace=request.pod_namespace,
                     pod_name=request.pod_name,
                 )
-            result = self.d.kubelet.checkpoint(
-                request.pod_namespace, request.pod_name, request.container_name, timeout - (time.monotonic() - started)
-            )
+            result = self._dump(request, timeout - (time.monotonic() - started))
+            if not opts.leave_running and self.d.freezer.fenced(request.checkpoint_id):
+                # Rolled back while the kubelet worked: this archive must never be stored, let alone restored.
+                result.local_path.unlink(missing_ok=True)
+                fenced(request.checkpoint_id)
             checkpointed_at = time.time()
             kubelet_seconds = time.monotonic() - started
             try:
@@ -266,6 +303,22 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                 attempts=result.attempts,
             )
 
+    def _dump(self, request: agent_pb2.CheckpointRequest, timeout: float) -> CheckpointResult:
+        """The kubelet's checkpoint. A CRIU failure is repeated at most once, and not at all when its reason
+        fails for certain (an open TCP connection); then it is CheckpointRefused with CRIU's own words."""
+        deadline = time.monotonic() + timeout
+        ns, pod, ctr = request.pod_namespace, request.pod_name, request.container_name
+        for attempt in (1, 2):
+            try:
+                return self.d.kubelet.checkpoint(ns, pod, ctr, deadline - time.monotonic())
+            except KubeletCriuFailed as exc:
+                failure = criu_log.read_failure(str(exc), self.d.runtime_node_task_dir, self.d.runtime_task_dir)
+                log.warning("checkpoint of %s/%s/%s: %s (attempt %d)", ns, pod, ctr, failure.summary(), attempt)
+                if failure.certain or attempt == 2 or deadline - time.monotonic() < 1.0:
+                    raise CheckpointRefused(failure, ctr, self.d.node_name, attempt) from None
+                self.d.freezer.refuse_if_fenced(request.checkpoint_id)
+        raise AssertionError("unreachable")
+
     @staticmethod
     def _artifact(m: Manifest) -> agent_pb2.ArtifactInfo:
         return agent_pb2.ArtifactInfo(
@@ -285,6 +338,8 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             names = [require_label("container name", n) for n in request.container_names]
             if not names:
                 raise ValueError("container_names is empty")
+            # A rolled-back checkpoint is never sealed: without the marker nobody restores any part of it.
+            self.d.freezer.refuse_if_fenced(request.checkpoint_id)
             manifests = self.d.store.complete(key, names)
             return agent_pb2.CompleteCheckpointResponse(artifacts=[self._artifact(m) for m in manifests])
 
@@ -325,10 +380,11 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
     def _states(self, states: list[fz.ContainerState]) -> list[agent_pb2.ContainerFreezeStatus]:
         out = []
         for s in states:
-            status = agent_pb2.ContainerFreezeStatus(
-                container_name=s.name,
-                state=agent_pb2.FREEZE_STATE_FROZEN if s.frozen else agent_pb2.FREEZE_STATE_THAWED,
-            )
+            if s.frozen:
+                state = agent_pb2.FREEZE_STATE_FROZEN
+            else:
+                state = agent_pb2.FREEZE_STATE_GONE if s.gone else agent_pb2.FREEZE_STATE_THAWED
+            status = agent_pb2.ContainerFreezeStatus(container_name=s.name, state=state, evidence=s.evidence)
             if s.auto_thaw_at is not None:
                 status.auto_thaw_at.CopyFrom(_timestamp(s.auto_thaw_at))
             out.append(status)
@@ -363,6 +419,67 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             return agent_pb2.ThawResponse(containers=self._states(states))
 
         return self._call(context, "Thaw", body)
+
+    def CheckEligibility(
+        self, request: agent_pb2.EligibilityRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.EligibilityResponse:
+        return self._call(context, "CheckEligibility", lambda: self._eligibility(request))
+
+    def _eligibility(self, request: agent_pb2.EligibilityRequest) -> agent_pb2.EligibilityResponse:
+        require_uid("pod UID", request.pod_uid)
+        names = [require_label("container name", n) for n in request.container_names]
+        if not names:
+            raise ValueError("container_names is empty")
+        out = agent_pb2.EligibilityResponse()
+        conns = out.connections
+        seen_netns: set[int] = set()
+        for name in names:
+            pid = self.d.freezer.pid(request.pod_uid, name)  # NOT_FOUND if the container is not on this node
+            try:
+                report = eligibility.inspect_container(self.d.proc_root, pid)
+            except OSError as exc:
+                out.problems.add(container_name=name, check="NotInspected", message=str(exc), blocking=False)
+                continue
+            for warning in report.warnings:
+                out.problems.add(container_name=name, check="NotInspected", message=warning, blocking=False)
+            # Containers of a pod share its network namespace: count its sockets once.
+            if report.netns not in seen_netns:
+                seen_netns.add(report.netns)
+                conns.established += len(report.tcp_established)
+                conns.in_pod += len(report.in_pod_connections)
+                conns.external += len(report.external_connections)
+                conns.listening += report.tcp_listening
+                conns.udp += report.udp
+                for sock in report.external_connections:
+                    peer = f"{sock.remote[0]}:{sock.remote[1]}"
+                    if len(conns.external_peers) < 5 and peer not in conns.external_peers:
+                        conns.external_peers.append(peer)
+                if report.tcp_established and not request.tcp_established:
+                    out.problems.add(
+                        container_name=name,
+                        check="TCPConnectionOpen",
+                        message="; ".join(eligibility.describe(report))
+                        + ": CRIU refuses to dump established TCP connections unless told to; set "
+                        "spec.options.tcpEstablished: true (kubectl lpm migrate --tcp-established) or close them",
+                        blocking=True,
+                    )
+            for f in report.open_in_emptydir:
+                out.problems.add(
+                    container_name=name,
+                    check="OpenFileInEmptyDir",
+                    message=f"process {f.pid} has {f.path} open in emptyDir volume {f.volume!r}, whose contents "
+                    "stay on this node: the restore on the target cannot reopen it",
+                    blocking=True,
+                )
+        out.checked.append(
+            f"TCP: {conns.established} established ({conns.in_pod} inside the pod, {conns.external} external"
+            + (f": {', '.join(conns.external_peers)}" if conns.external_peers else "")
+            + f"), {conns.listening} listening, {conns.udp} UDP"
+            + ("; established connections will be dumped (tcpEstablished)" if request.tcp_established else "")
+        )
+        open_files = sum(1 for p in out.problems if p.check == "OpenFileInEmptyDir")
+        out.checked.append(f"files open in emptyDir volumes: {open_files}")
+        return out
 
     def GetCapabilities(
         self, request: agent_pb2.GetCapabilitiesRequest, context: grpc.ServicerContext
@@ -413,7 +530,7 @@ def build_deps(cfg: AgentConfig, locate: fz.Locate | None = None, backoff: Backo
     )
     control: fz.Control
     if method == "containerd":
-        control = fz.ContainerdControl(address=cfg.containerd_address, ctr=cfg.ctr)
+        control = fz.ContainerdControl(address=cfg.containerd_address, ctr=cfg.ctr, cgroup_root=Path(cfg.cgroup_root))
         default_locate = fz.kubelet_container_ids(kubelet.pods)
     else:
         control = fz.CgroupControl()
@@ -446,6 +563,9 @@ def build_deps(cfg: AgentConfig, locate: fz.Locate | None = None, backoff: Backo
         criu_version=_tool_version([criu, "--version"]) if criu else "",
         runtime_version=runtime_version,
         cgroup_root=cgroup_root,
+        runtime_node_task_dir=cfg.runtime_node_task_dir,
+        runtime_task_dir=Path(cfg.runtime_task_dir),
+        proc_root=Path(cfg.proc_root),
     )
 
 

@@ -62,6 +62,13 @@ class SourceCleanup(str, enum.Enum):
     RETAIN = "Retain"
 
 
+class EligibilityPolicy(str, enum.Enum):
+    """What a failed eligibility check (run before anything is frozen) does to the migration."""
+
+    ENFORCE = "Enforce"  # refuse: the dump or the restore would fail for certain
+    WARN = "Warn"  # record it as a warning and go on (the rollback still protects the source)
+
+
 class DeletionPolicy(str, enum.Enum):
     """Whether the stored checkpoint outlives the objects that made it."""
 
@@ -145,6 +152,19 @@ class PodMigrationSpec:
         minimum=0,
         maximum=31536000,
     )
+    eligibility: EligibilityPolicy = spec_field(
+        "Enforce (default): refuse, before anything is frozen, a pod whose dump or restore would fail for "
+        "certain (established TCP connections without options.tcpEstablished, a tty or stdin container, files "
+        "open in an emptyDir). Warn: record those findings and migrate anyway.",
+        default=EligibilityPolicy.ENFORCE,
+        x_kubernetes_validations=IMMUTABLE,
+    )
+    dry_run: bool = spec_field(
+        "Only validate: check the pod, the nodes, the agents and eligibility, record the findings in "
+        "status.eligibility, and end (Completed with reason DryRunPassed, or Failed) without freezing anything.",
+        default=False,
+        x_kubernetes_validations=IMMUTABLE,
+    )
 
 
 @dataclass
@@ -174,6 +194,13 @@ class PodMigrationStatus:
         "Seconds spent in each finished phase.", default_factory=dict
     )
     frozen_at: str | None = spec_field("When the source was frozen.", format="date-time")
+    eligibility: list[str] = spec_field(
+        "What was checked before anything was frozen, and what was found (one line each).", default_factory=list
+    )
+    source_state: str | None = spec_field(
+        "The source's containers as their node's runtime last reported them after a rollback, e.g. "
+        "'counter: THAWED (containerd task RUNNING, freezer cgroup THAWED)'. Set only from a check, never assumed."
+    )
     observed_generation: int | None = spec_field("Generation last acted on.")
     conditions: list[Condition] = spec_field("Standard conditions.", default_factory=list)
 

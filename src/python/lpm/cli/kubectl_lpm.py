@@ -23,6 +23,7 @@ from lpm.api import constants as c
 from lpm.api.codec import DecodeError, decode, encode
 from lpm.api.models import (
     CheckpointOptions,
+    EligibilityPolicy,
     MigrationPhase,
     PodMigration,
     PodMigrationSpec,
@@ -220,6 +221,11 @@ def _summary(obj: dict[str, Any]) -> str:
         lines.append(f"  restored pod: {st['restoredPodName']}")
     if st.get("reason") or st.get("message"):
         lines.append(f"  reason: {st.get('reason', '')}: {st.get('message', '')}".rstrip(": "))
+    if st.get("sourceState"):
+        lines.append(f"  source (checked with its node's runtime): {st['sourceState']}")
+    if st.get("eligibility"):
+        lines.append("  eligibility (checked before anything was frozen):")
+        lines.extend(f"    {line}" for line in st["eligibility"])
     durations = st.get("phaseDurationsSeconds") or {}
     if durations:
         ordered = sorted(durations.items(), key=lambda kv: PHASE_ORDER.index(kv[0]) if kv[0] in PHASE_ORDER else 99)
@@ -228,6 +234,9 @@ def _summary(obj: dict[str, Any]) -> str:
     for cond in st.get("conditions") or []:
         lines.append(f"  condition {cond['type']}={cond['status']} {cond.get('reason', '')}: {cond.get('message', '')}")
     return "\n".join(lines)
+
+
+DRY_RUN_TTL = 60
 
 
 def cmd_migrate(args: argparse.Namespace, cluster: Cluster, out: Any) -> int:
@@ -245,7 +254,10 @@ def cmd_migrate(args: argparse.Namespace, cluster: Cluster, out: Any) -> int:
         source_cleanup=SourceCleanup.RETAIN if args.retain_source else SourceCleanup.DELETE,
         options=CheckpointOptions(tcp_established=args.tcp_established),
         timeout_seconds=args.migration_timeout,
-        ttl_seconds_after_finished=args.ttl,
+        # A dry run's record is of no use once printed: it goes a minute after it ends.
+        ttl_seconds_after_finished=DRY_RUN_TTL if args.dry_run and args.ttl is None else args.ttl,
+        eligibility=EligibilityPolicy.WARN if args.force else EligibilityPolicy.ENFORCE,
+        dry_run=args.dry_run,
     )
     metadata: dict[str, Any] = {"namespace": args.namespace}
     if args.name:
@@ -256,8 +268,11 @@ def cmd_migrate(args: argparse.Namespace, cluster: Cluster, out: Any) -> int:
     body.pop("status", None)
     created = cluster.create(args.namespace, body)
     name = created["metadata"]["name"]
-    print(f"podmigration.{c.GROUP}/{name} created", file=out)
-    if not args.wait:
+    print(
+        f"podmigration.{c.GROUP}/{name} created{' (dry run: nothing is frozen or moved)' if args.dry_run else ''}",
+        file=out,
+    )
+    if not args.wait and not args.dry_run:
         return EXIT_OK
     return follow(cluster, args.namespace, name, args.timeout, out)
 
@@ -493,6 +508,18 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--retain-source", action="store_true", help="keep the source pod after the restore")
     m.add_argument("--tcp-established", action="store_true", help="checkpoint established TCP connections")
     m.add_argument("--ttl", type=int, metavar="SECONDS", help=TTL_HELP)
+    m.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only check: pod, nodes, agents and eligibility (connections, tty/stdin, files open in emptyDir); "
+        "print the findings, freeze and move nothing (exit 0 eligible, 1 not)",
+    )
+    m.add_argument(
+        "--force",
+        action="store_true",
+        help="migrate even if the eligibility checks find something that makes CRIU fail (spec.eligibility: "
+        "Warn); a failed dump or restore still rolls back and the source keeps running",
+    )
     m.set_defaults(func=cmd_migrate)
 
     s = sub.add_parser("status", help="show one migration, or all in the namespace", parents=[ns_after])

@@ -34,7 +34,9 @@ METHODS: dict[str, tuple[type, float]] = {
     "CompleteCheckpoint": (agent_pb2.CompleteCheckpointRequest, 60.0),
     "DeleteCheckpoint": (agent_pb2.DeleteCheckpointRequest, 120.0),
     "ConvertCheckpointToImage": (agent_pb2.ConvertRequest, 600.0),
+    "CheckEligibility": (agent_pb2.EligibilityRequest, 30.0),
 }
+REASON_KEY = "lpm-reason"  # trailing metadata: the agent's CamelCase reason, when it knows more than the code
 
 RETRYABLE = frozenset(
     {
@@ -61,11 +63,25 @@ def _camel(code: grpc.StatusCode) -> str:
     return "".join(part.capitalize() for part in code.name.split("_"))
 
 
-def grpc_outcome(code: grpc.StatusCode, details: str, node: str, method: str) -> Outcome:
-    """A gRPC failure as a value a user can act on."""
-    hint = _HINTS.get(code, "")
+_REASON_HINTS: dict[str, str] = {
+    "KubeletUnavailable": "the agent runs, but the kubelet on that node did not answer; check the kubelet",
+}
+
+
+def grpc_outcome(code: grpc.StatusCode, details: str, node: str, method: str, reason: str = "") -> Outcome:
+    """A gRPC failure as a value a user can act on. The agent's own reason (trailing metadata) wins over the
+    code's, so a CRIU refusal is never called an unavailable agent; whether to retry follows the code."""
+    hint = _REASON_HINTS.get(reason, "") if reason else _HINTS.get(code, "")
     message = f"agent on node {node}: {method} failed: {details or code.name}" + (f" ({hint})" if hint else "")
-    return Outcome.failure(f"Agent{_camel(code)}", message, retryable=code in RETRYABLE)
+    return Outcome.failure(reason or f"Agent{_camel(code)}", message, retryable=code in RETRYABLE)
+
+
+def _reason(exc: grpc.RpcError) -> str:
+    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == REASON_KEY and isinstance(value, str) and value.isalnum():
+            return value
+    return ""
 
 
 @dataclass(frozen=True)
@@ -170,7 +186,7 @@ class Agents:
             if code is grpc.StatusCode.UNAVAILABLE:
                 self._forget(node)  # the agent may have moved to another IP
             log.info("agent %s (%s) %s: %s %s", node, addr, method, code.name, details)
-            return grpc_outcome(code, details, node, method)
+            return grpc_outcome(code, details, node, method, _reason(exc))
         value = json_format.MessageToDict(response, preserving_proto_field_name=True)
         return Outcome.success(value)
 

@@ -66,6 +66,11 @@ class ProbeAgent(AgentCall):
 
 
 @dataclass(frozen=True)
+class CheckEligibility(AgentCall):
+    METHOD: ClassVar[str] = "CheckEligibility"
+
+
+@dataclass(frozen=True)
 class FreezeSource(AgentCall):
     METHOD: ClassVar[str] = "Freeze"
 

@@ -102,3 +102,18 @@ class NodeView:
             unschedulable=bool((node.get("spec") or {}).get("unschedulable")),
             deleting=bool(meta.get("deletionTimestamp")),
         )
+
+
+def controller_owner(metadata: Mapping[str, Any], kind: str) -> tuple[str, str] | None:
+    """(name, uid) of the object of `kind` that controls this one (ownerReferences with controller: true)."""
+    for ref in metadata.get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == kind and ref.get("name"):
+            return str(ref["name"]), str(ref.get("uid") or "")
+    return None
+
+
+def owner_if_same(obj: Mapping[str, Any] | None, uid: str) -> Mapping[str, Any] | None:
+    """`obj`, if it is still the very owner (same UID): a namesake created later is not our owner."""
+    if obj is None or (uid and (obj.get("metadata") or {}).get("uid") != uid):
+        return None
+    return obj

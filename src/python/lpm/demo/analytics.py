@@ -8,6 +8,10 @@ total grows by that event's amount and the processing position advances. Each ti
 so a reader can check the state continues after a migration: `seq` never resets, never skips and never repeats
 (an update lost or done twice shows as a gap or a repeat). `--ballast-mib` holds extra state in memory
 (pseudo-random pages with a running checksum) to measure migrations of larger processes.
+
+Two switches give the pod what real servers have, for the failure tests: `--tcp-loopback` keeps a TCP
+connection to itself over 127.0.0.1 and sends a byte through it every event (an in-pod client of an in-pod
+server), and `--hold-open PATH` keeps a file open and appends every event to it (e.g. a log in an emptyDir).
 """
 
 from __future__ import annotations
@@ -79,6 +83,14 @@ class BallastChecker:
         return verdict
 
 
+def _loopback_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected (client, server) pair over 127.0.0.1: both ends live in this process, so in this pod."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    return client, server
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="analytics-counter", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -96,8 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--verify-every", type=int, default=50, help="finish a check of the whole ballast every N events"
     )
+    parser.add_argument(
+        "--tcp-loopback", action="store_true", help="hold a TCP connection over 127.0.0.1, one byte per event"
+    )
+    parser.add_argument("--hold-open", metavar="PATH", help="keep this file open, appending every event to it")
     args = parser.parse_args(argv)
 
+    loopback = _loopback_pair() if args.tcp_loopback else None
+    held = open(args.hold_open, "a", buffering=1) if args.hold_open else None  # held open on purpose
     ballast = make_ballast(args.ballast_mib)
     checker = BallastChecker(ballast, args.verify_every)
     events = 0
@@ -115,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
             "ts": round(time.time(), 3),
             "host": socket.gethostname(),
         }
+        if loopback is not None:
+            client, server = loopback
+            client.sendall(b"x")
+            line["loopback_echoes"] = events if server.recv(1) == b"x" else -1
+        if held is not None:
+            held.write(f"{events}\n")
         if ballast:
             line["ballast_mib"] = len(ballast) >> 20
             verdict = checker.tick()

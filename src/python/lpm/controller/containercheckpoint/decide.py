@@ -2,7 +2,9 @@
 
 Pending/InProgress -> agent(pod's node).Checkpoint -> ContainerCheckpointContent (cluster-scoped, deterministic
 name, bound to this object by UID; this object's status names it) -> Ready=True. Failures end Failed with
-Ready=False and the agent's reason. Agent outages are retried until DEADLINE_SECONDS after creation.
+Ready=False and the agent's reason. Agent outages are retried until DEADLINE_SECONDS after creation; a CRIU
+refusal (CheckpointRefused) or a fenced checkpoint ID is not retried. A ContainerCheckpoint whose owning
+PodCheckpoint is gone or has failed ends Failed (Abandoned) without another agent call.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from lpm.api.models import (
     ContainerCheckpointContentSpec,
     ContainerCheckpointStatus,
     ObjectRef,
+    PodCheckpoint,
 )
 from lpm.api.names import checkpoint_id_for, content_name
 from lpm.controller import clock
@@ -54,6 +57,9 @@ class Observed:
     pod: PodView | None = None
     content: ContainerCheckpointContent | None = None
     outcomes: Mapping[str, Outcome] = field(default_factory=dict)
+    # The PodCheckpoint named as controller in ownerReferences (None: none named, or it is gone).
+    owner_name: str | None = None
+    owner: PodCheckpoint | None = None
 
 
 def _seconds(value: object) -> float | None:
@@ -104,6 +110,12 @@ def decide(obs: Observed) -> list[Action]:
                 return answer()
         return _ready(st, content.spec, cname, finish)
 
+    owner = obs.owner
+    if obs.owner_name and (owner is None or owner.metadata.get("deletionTimestamp") or owner.status.phase is CP.FAILED):
+        why = "is gone" if owner is None else ("is being deleted" if owner.status.phase is not CP.FAILED else "failed")
+        return finish(
+            CP.FAILED, "Abandoned", f"PodCheckpoint {obs.owner_name} {why}; this container is not checkpointed"
+        )
     pod = obs.pod
     if pod is None or (st.pod_uid and pod.uid != st.pod_uid):
         return finish(CP.FAILED, "PodNotFound", f"pod {ns}/{cc.spec.pod_name} no longer exists")

@@ -4,6 +4,7 @@ Pending -> InProgress (one owned ContainerCheckpoint per container, all under on
         -> every container Ready: agent.CompleteCheckpoint (writes .checkpoint-complete), create the
            PodCheckpointContent bound to this object (and this object to it) -> Ready
         -> any container Failed: Failed, naming the container.
+        -> its PodMigration rolling back, ended or gone: Failed (MigrationEnded), no further agent call.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from lpm.api.models import (
     ContainerCheckpoint,
     ContainerCheckpointSpec,
     ContainerCheckpointState,
+    MigrationPhase,
     ObjectRef,
     PodCheckpoint,
     PodCheckpointContent,
     PodCheckpointContentSpec,
     PodCheckpointStatus,
+    PodMigration,
 )
 from lpm.api.names import checkpoint_id_for, child_name, content_name
 from lpm.controller import clock
@@ -65,6 +68,9 @@ class Observed:
     children: Mapping[str, ContainerCheckpoint | None] = field(default_factory=dict)
     content: PodCheckpointContent | None = None
     outcomes: Mapping[str, Outcome] = field(default_factory=dict)
+    # The PodMigration named as controller in ownerReferences (None: none named, or it is gone).
+    owner_name: str | None = None
+    owner: PodMigration | None = None
 
 
 def _owner_ref(pc: PodCheckpoint) -> dict[str, object]:
@@ -102,6 +108,15 @@ def decide(obs: Observed) -> list[Action]:
         events.append(EmitEvent("Normal" if phase is CP.READY else "Warning", reason, message))
         return _answer(pc.status, st, effects, events)
 
+    owner = obs.owner
+    if obs.owner_name and (
+        owner is None
+        or owner.metadata.get("deletionTimestamp")
+        or owner.status.phase.terminal
+        or owner.status.phase is MigrationPhase.ROLLING_BACK
+    ):
+        why = "is gone" if owner is None else f"is {owner.status.phase.value}"
+        return finish(CP.FAILED, "MigrationEnded", f"PodMigration {obs.owner_name} {why}; checkpoint abandoned")
     if st.phase is CP.PENDING:
         pod = obs.pod
         if pod is None:

@@ -2,14 +2,18 @@
 
     Pending -> Validating -> Freezing -> Checkpointing -> Converting -> Restoring -> Cleaning -> Completed
                    |            any failure (or timeout) from Freezing to Restoring -> RollingBack -> Failed
-                   +-> Failed (nothing was touched)
+                   +-> Failed (nothing was touched: includes a pod that is not eligible)
+                   +-> Completed (DryRunPassed: spec.dryRun, nothing was touched)
 
 Safety rules the property tests check, and how this module keeps them:
 - at most one restored pod: its name is a function of the migration UID, created with AlreadyExists = success;
 - the source is deleted only in Cleaning, which is entered only once the restored pod is observed Running;
 - rollback deletes the restored pod and waits until it is *gone* before thawing the source, so two unfrozen
   copies never run at once;
-- terminal phases return no actions at all.
+- terminal phases return no actions at all;
+- nothing is frozen before the source's agent found nothing that makes the dump or restore fail for certain
+  (spec.eligibility Enforce), and a rollback reports the source running only once its agent checked it with the
+  runtime (status.sourceState); a thaw that cannot be verified ends Failed with reason SourceStillFrozen.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ from typing import Any
 from lpm.api import constants as c
 from lpm.api.codec import encode
 from lpm.api.conditions import set_condition
+from lpm.api.messages import scrub_paths
 from lpm.api.models import (
     CheckpointPhase,
     ConditionStatus,
     ContainerImage,
+    EligibilityPolicy,
     MigrationPhase,
     PodCheckpoint,
     PodCheckpointSpec,
@@ -39,6 +45,7 @@ from lpm.api.names import checkpoint_id_for
 from lpm.controller import clock
 from lpm.controller.effects import (
     Action,
+    CheckEligibility,
     ConvertImage,
     CreatePodCheckpoint,
     CreateRestoredPod,
@@ -206,8 +213,8 @@ def decide(obs: Observed) -> list[Action]:
         _rollback(
             plan,
             "Timeout",
-            f"the migration did not finish within spec.timeoutSeconds={timeout}s (it was {phase.value}); "
-            "the source pod was thawed and keeps running. Check the agents' logs, or raise timeoutSeconds.",
+            f"the migration did not finish within spec.timeoutSeconds={timeout}s (it was {phase.value}). Check the "
+            "agents' logs, or raise timeoutSeconds.",
         )
         return plan.actions()
     {
@@ -306,7 +313,24 @@ def _validating(plan: _Plan) -> None:
             )
     if pending_probe:
         return None
+    eligible = _eligible(plan, pod, waited)
+    if eligible is not True:
+        return None
     st = plan.status
+    if m.spec.dry_run:
+        st.conditions = set_condition(
+            st.conditions,
+            c.CONDITION_VALIDATED,
+            ConditionStatus.TRUE,
+            "Validated",
+            "pod, nodes and agents ok",
+            plan.now,
+        )
+        return plan.enter(
+            P.COMPLETED,
+            "DryRunPassed",
+            f"pod {pod_name} can be migrated from {pod.node_name} to {target}; dry run, nothing was frozen",
+        )
     st.pod_uid = pod.uid
     st.source_node = pod.node_name
     st.checkpoint_id = checkpoint_id_for(str(m.metadata.get("creationTimestamp") or plan.now), plan.uid or pod.uid)
@@ -322,6 +346,89 @@ def _validating(plan: _Plan) -> None:
         return None
     plan.enter(P.CHECKPOINTING, "Checkpointing", f"checkpointing pod {pod_name} (KeepRunning: a clone)")
     return _checkpointing(plan)
+
+
+# Eligibility findings that make a dump or restore fail for certain, found in the pod spec itself.
+def _spec_problems(pod: PodView) -> list[tuple[str, str]]:
+    out = []
+    for ctr in (pod.raw.get("spec") or {}).get("containers") or []:
+        for field_name in ("tty", "stdin"):
+            if ctr.get(field_name):
+                out.append(
+                    (
+                        "TerminalAttached",
+                        f"container {ctr.get('name')} has {field_name}: true; CRIU cannot carry a terminal or an "
+                        "open stdin to another node (run it without)",
+                    )
+                )
+                break
+    return out
+
+
+def _eligible(plan: _Plan, pod: PodView, waited: float) -> bool | None:
+    """True once the source's agent found nothing that makes the dump or the restore fail for certain (or the
+    policy is Warn); None while waiting for it; False once the plan failed. Nothing is frozen before True."""
+    m, st = plan.m, plan.status
+    request = {
+        "pod_namespace": plan.ns,
+        "pod_name": m.spec.pod_name,
+        "pod_uid": pod.uid,
+        "container_names": list(pod.containers),
+        "tcp_established": m.spec.options.tcp_established,
+    }
+    out = plan.outcome(CheckEligibility(pod.node_name or "", request))
+    if out is None:
+        return None
+    blocking = _spec_problems(pod)
+    lines: list[str] = []
+    if out.ok:
+        lines.extend(str(line) for line in out.value.get("checked") or [])
+        for problem in out.value.get("problems") or []:
+            where = f"container {problem.get('container_name')}: " if problem.get("container_name") else ""
+            item = (str(problem.get("check") or "NotEligible"), where + str(problem.get("message") or ""))
+            if problem.get("blocking"):
+                blocking.append(item)
+            else:
+                lines.append(f"warning: {item[1]}")
+    elif out.retryable and waited < min(AGENT_WAIT_SECONDS, m.spec.timeout_seconds):
+        plan.note(out.reason or "AgentUnavailable", out.message)
+        return None
+    else:
+        # An agent that cannot check (an older one) does not block: the rollback still protects the source.
+        lines.append(f"warning: eligibility not checked on {pod.node_name}: {out.message}")
+    lines.extend(
+        f"{'refused' if m.spec.eligibility is EligibilityPolicy.ENFORCE else 'warning'}: {msg}" for _, msg in blocking
+    )
+    st.eligibility = lines
+    if not blocking:
+        st.conditions = set_condition(
+            st.conditions,
+            c.CONDITION_ELIGIBLE,
+            ConditionStatus.TRUE,
+            "Eligible",
+            "nothing found that blocks a dump",
+            plan.now,
+        )
+        return True
+    found = "; ".join(msg for _, msg in blocking)
+    if m.spec.eligibility is EligibilityPolicy.WARN:
+        st.conditions = set_condition(
+            st.conditions,
+            c.CONDITION_ELIGIBLE,
+            ConditionStatus.FALSE,
+            "Warned",
+            f"going on (eligibility: Warn): {found}",
+            plan.now,
+        )
+        return True
+    reason = blocking[0][0]
+    st.conditions = set_condition(st.conditions, c.CONDITION_ELIGIBLE, ConditionStatus.FALSE, reason, found, plan.now)
+    plan.fail(
+        reason,
+        f"pod {m.spec.pod_name} cannot be migrated as it is, and nothing was frozen: {found}. To try anyway, set "
+        "spec.eligibility: Warn (kubectl lpm migrate --force); a failed dump or restore then rolls back.",
+    )
+    return False
 
 
 def _freezing(plan: _Plan) -> None:
@@ -464,7 +571,12 @@ def _restoring(plan: _Plan) -> None:
         plan.enter(P.CLEANING, "Cleaning", f"pod {name} runs on {plan.m.spec.target_node}; removing the source")
         return _cleaning(plan)
     if rp.deleting or rp.phase in ("Failed", "Succeeded") or rp.problem:
-        detail = rp.problem or f"it is {'terminating' if rp.deleting else rp.phase}"
+        detail = scrub_paths(rp.problem or f"it is {'terminating' if rp.deleting else rp.phase}")
+        if "criu failed" in detail.lower():
+            detail += (
+                " (CRIU could not restore the checkpoint on the target; a common cause is a file open in an "
+                "emptyDir or other node-local volume, whose contents stay on the source node)"
+            )
         return _rollback(plan, "RestoredPodFailed", f"restored pod {name} did not come up: {detail}")
     plan.note("WaitingForRestoredPod", f"waiting for pod {name} to run on {plan.m.spec.target_node}")
     return None
@@ -503,23 +615,50 @@ def _rolling_back(plan: _Plan) -> None:
         )
         return None  # wait until it is gone: only then may the source run again
     src = plan.source()
+    message = st.message or "the migration failed"
     if plan.m.spec.source_policy is SourcePolicy.FREEZE and src is not None:
         out = plan.outcome(ThawSource(st.source_node or src.node_name or "", plan.agent_pod_request()))
         if out is None:
             return None
-        if not out.ok:
+        thawed, seen = thaw_verdict(out)
+        if not thawed:
             waited = clock.seconds_between(st.phase_started_at, plan.obs.now) or 0.0
             if waited < ROLLBACK_THAW_SECONDS:
-                return None
-            reason, message = st.reason or "RollbackFailed", st.message or ""
-            message += f"; could not thaw the source ({out.message}); its agent thaws it at the freeze deadline"
-            plan.enter(P.FAILED, reason, message)
+                return None  # asked again next cycle
+            st.source_state = seen
+            st.conditions = set_condition(
+                st.conditions, c.CONDITION_SOURCE_FROZEN, ConditionStatus.TRUE, "ThawNotVerified", seen, plan.now
+            )
+            plan.enter(
+                P.FAILED,
+                "SourceStillFrozen",
+                f"{message}. THE SOURCE POD {plan.m.spec.pod_name} MAY STILL BE FROZEN: its thaw was not confirmed "
+                f"by the runtime ({seen}). Its agent thaws it by itself at the freeze deadline; check the pod now.",
+            )
             return None
         st.source_frozen = False
+        st.source_state = seen
         st.conditions = set_condition(
-            st.conditions, c.CONDITION_SOURCE_FROZEN, ConditionStatus.FALSE, "Thawed", "source thawed", plan.now
+            st.conditions, c.CONDITION_SOURCE_FROZEN, ConditionStatus.FALSE, "ThawVerified", seen, plan.now
         )
-    plan.enter(P.FAILED, st.reason or "Failed", st.message or "the migration failed")
+        message += f". The source pod runs again (checked: {seen})"
+    plan.enter(P.FAILED, st.reason or "Failed", message)
+
+
+def thaw_verdict(out: Outcome) -> tuple[bool, str]:
+    """Whether a Thaw outcome shows every container running (thawed, or gone), and what the agent saw."""
+    if not out.ok:
+        return False, f"thaw failed: {out.message}"
+    states = list(out.value.get("containers") or [])
+    if not states:
+        return False, "the agent reported no container"
+    seen, thawed = [], True
+    for ctr in states:
+        state = str(ctr.get("state") or "FREEZE_STATE_UNSPECIFIED").removeprefix("FREEZE_STATE_")
+        thawed = thawed and state in ("THAWED", "GONE")
+        evidence = ctr.get("evidence")
+        seen.append(f"{ctr.get('container_name')}: {state}" + (f" ({evidence})" if evidence else ""))
+    return thawed, "; ".join(seen)
 
 
 # -------------------------------------------------------------------------------------------- finalizer

@@ -1,0 +1,144 @@
+"""The fault matrix on the real cluster: a migration that cannot succeed fails in seconds, rolls back for good,
+and says why in CRIU's own words; the source keeps its state and is never left paused.
+
+For every fault the test checks that the migration ends (Completed or Failed), that the source runs again
+(its own log: the longest pause between two of its lines, printed for the benchmark notes), that containerd
+never reports the source PAUSED after the terminal status, and that no restored pod is left behind.
+Faults at the kubelet boundary (500 twice, then success) are in tests/integration/agent (real agent, real
+CRIU); the repository filling up is in tests/integration/storage.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from e2e import lpmctl as k
+
+pytestmark = pytest.mark.usefixtures("lpm_cluster")
+
+NEVER_PAUSED_SECONDS = 8.0
+
+
+def _status(name: str) -> dict:
+    return dict(k.migration(name).get("status") or {})
+
+
+def _assert_never_paused_after_the_end(pod: str, node: str = k.NODE_1) -> None:
+    """Sampled for a while after the terminal status: a late call that froze the source again would show."""
+    ids = k.container_ids(pod)
+    deadline = time.monotonic() + NEVER_PAUSED_SECONDS
+    while time.monotonic() < deadline:
+        states = k.task_states(node, ids)
+        assert states and all(s == "RUNNING" for s in states.values()), f"source tasks after the rollback: {states}"
+        time.sleep(0.5)
+
+
+def _assert_no_restored_pod(name: str) -> None:
+    restored = _status(name).get("restoredPodName")
+    if restored:
+        k.wait_for(
+            f"restored pod {restored} gone",
+            lambda: k.kubectl("-n", k.NAMESPACE, "get", "pod", restored, check=False).returncode != 0,
+            timeout=60,
+        )
+
+
+def _assert_source_continues(pod: str, seen_before: int) -> float:
+    """The source counts on with no gap or repeat; returns its longest pause (seconds, its own view)."""
+    k.wait_for(f"{pod} counting again", lambda: k.states(pod)[-1]["seq"] > seen_before + 10, timeout=60)
+    lines = k.states(pod)
+    seqs = [s["seq"] for s in lines]
+    assert seqs == list(range(1, len(seqs) + 1)), "updates lost or repeated in the source"
+    pause = k.longest_pause(lines)
+    print(f"[fault-matrix] {pod}: longest pause of the source {pause:.2f}s")
+    return pause
+
+
+def test_a_pod_with_a_loopback_tcp_client_is_refused_before_anything_is_frozen() -> None:
+    k.start_counter("tcp-1", extra_args=("--tcp-loopback",))
+    seen = k.states("tcp-1")[-1]["seq"]
+    dry = k.lpm("migrate", "tcp-1", "--to", k.NODE_2, "--dry-run", "--timeout", "120")
+    assert dry.returncode == 1, dry.stdout + dry.stderr
+    assert "TCPConnectionOpen" in dry.stdout and "inside the pod" in dry.stdout, dry.stdout
+    res = k.lpm("migrate", "tcp-1", "--to", k.NODE_2, "--name", "mig-tcp-1", "--wait", "--timeout", "120")
+    assert res.returncode == 1, res.stdout + res.stderr
+    st = _status("mig-tcp-1")
+    assert st["phase"] == "Failed" and st["reason"] == "TCPConnectionOpen", st
+    assert "nothing was frozen" in st["message"] and "tcpEstablished" in st["message"]
+    assert not set(st.get("phaseDurationsSeconds", {})) & {"Freezing", "Checkpointing"}
+    assert _assert_source_continues("tcp-1", seen) < 1.0, "the source was stopped although nothing was frozen"
+    _assert_never_paused_after_the_end("tcp-1")
+
+
+def test_a_forced_migration_that_criu_refuses_rolls_back_in_seconds_with_criu_words() -> None:
+    k.start_counter("tcp-2", extra_args=("--tcp-loopback",))
+    seen = k.states("tcp-2")[-1]["seq"]
+    started = time.monotonic()
+    res = k.lpm("migrate", "tcp-2", "--to", k.NODE_2, "--name", "mig-tcp-2", "--force", "--wait", "--timeout", "300")
+    took = time.monotonic() - started
+    assert res.returncode == 1, res.stdout + res.stderr
+    st = _status("mig-tcp-2")
+    assert st["phase"] == "Failed" and st["reason"] == "CheckpointRefused", st
+    assert "Connected TCP socket" in st["message"] and "tcpEstablished" in st["message"], st["message"]
+    assert "/run/containerd" not in st["message"] and ".log" not in st["message"], st["message"]
+    assert "THAWED" in st.get("sourceState", "") and "runs again" in st["message"]
+    status = k.lpm("status", "mig-tcp-2")
+    assert "Connected TCP socket" in status.stdout and "checked with its node's runtime" in status.stdout
+    events = k.kubectl("-n", k.NAMESPACE, "get", "events", "--field-selector", "reason=CheckpointRefused").stdout
+    assert "Connected TCP socket" in events
+    pause = _assert_source_continues("tcp-2", seen)
+    print(f"[fault-matrix] criu refuses the dump: migration ended after {took:.1f}s, source paused {pause:.2f}s")
+    assert pause < 5.0, f"the source stood still {pause:.1f}s"
+    _assert_never_paused_after_the_end("tcp-2")
+    _assert_no_restored_pod("mig-tcp-2")
+
+
+def test_a_restore_that_criu_fails_on_the_target_rolls_back_and_the_source_keeps_its_state() -> None:
+    k.start_counter("file-1", extra_args=("--hold-open", "/data/events.log"), empty_dir="/data")
+    dry = k.lpm("migrate", "file-1", "--to", k.NODE_2, "--dry-run", "--timeout", "120")
+    assert dry.returncode == 1 and "OpenFileInEmptyDir" in dry.stdout and "events.log" in dry.stdout, dry.stdout
+    seen = k.states("file-1")[-1]["seq"]
+    started = time.monotonic()
+    res = k.lpm("migrate", "file-1", "--to", k.NODE_2, "--name", "mig-file-1", "--force", "--wait", "--timeout", "300")
+    took = time.monotonic() - started
+    assert res.returncode == 1, res.stdout + res.stderr
+    st = _status("mig-file-1")
+    assert st["phase"] == "Failed" and st["reason"] == "RestoredPodFailed", st
+    assert "/run/containerd" not in st["message"] and "/var/lib" not in st["message"], st["message"]
+    assert "THAWED" in st.get("sourceState", "")
+    pause = _assert_source_continues("file-1", seen)
+    print(f"[fault-matrix] criu fails the restore: migration ended after {took:.1f}s, source paused {pause:.2f}s")
+    assert pause < 20.0
+    _assert_never_paused_after_the_end("file-1")
+    _assert_no_restored_pod("mig-file-1")
+
+
+def test_deleting_the_migration_mid_flight_thaws_the_source_and_leaves_nothing_behind() -> None:
+    k.start_counter("del-1", ballast_mib=256)
+    seen = k.states("del-1")[-1]["seq"]
+    k.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "lpm.my.domain/v1",
+                "kind": "PodMigration",
+                "metadata": {"name": "mig-del-1", "namespace": k.NAMESPACE},
+                "spec": {"podName": "del-1", "targetNode": k.NODE_2},
+            }
+        ),
+    )
+    k.wait_for("mig-del-1 Checkpointing", lambda: k.phase("mig-del-1") == "Checkpointing", timeout=120, interval=0.1)
+    deleted = time.monotonic()
+    k.kubectl("-n", k.NAMESPACE, "delete", "podmigration", "mig-del-1", "--wait=true", "--timeout=120s")
+    print(f"[fault-matrix] migration deleted mid-flight: gone after {time.monotonic() - deleted:.1f}s")
+    pause = _assert_source_continues("del-1", seen)
+    print(f"[fault-matrix] migration deleted mid-flight: source paused {pause:.2f}s")
+    pod = k.kubectl_json("-n", k.NAMESPACE, "get", "pod", "del-1")
+    assert pod["spec"]["nodeName"] == k.NODE_1 and pod["status"]["phase"] == "Running"
+    _assert_never_paused_after_the_end("del-1")
+    leftovers = k.kubectl_json("-n", k.NAMESPACE, "get", "pods", "-l", "lpm.my.domain/restored")["items"]
+    assert not [p for p in leftovers if p["metadata"].get("annotations", {}).get("lpm.my.domain/source-pod") == "del-1"]
