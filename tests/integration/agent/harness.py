@@ -35,9 +35,10 @@ NODE_CHECKPOINT_DIR = "/var/lib/kubelet/checkpoints"
 NODE_TASK_DIR = "/run/containerd/io.containerd.runtime.v2.task"
 COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done"
 # The counter, plus an in-container client holding a TCP connection to an in-container server over 127.0.0.1.
-TCP_COUNTER = (
-    "nc -l -p 7000 >/dev/null & sleep 0.3; " "(while true; do echo x; sleep 0.1; done | nc 127.0.0.1 7000) & " + COUNTER
-)
+# The server's stdin must stay open: busybox nc ends the connection at EOF on its stdin.
+TCP_SERVER = "(sleep 1000000 | nc -l -p 7000 >/dev/null) & sleep 0.3; "
+TCP_CLIENT = "(while true; do echo x; sleep 0.1; done | nc 127.0.0.1 7000 >/dev/null) & "
+TCP_COUNTER = TCP_SERVER + TCP_CLIENT + COUNTER
 
 
 def require_tools() -> None:

@@ -15,6 +15,7 @@ from lpm.api.models import MigrationPhase
 METHODS = [
     "GetCapabilities",
     "CheckEligibility",
+    "DescribeRestoreFailure",
     "Freeze",
     "Thaw",
     "Checkpoint",
@@ -139,6 +140,13 @@ class MigrationMachine(RuleBasedStateMachine):
         if verified and w.source() is not None:
             assert w.source_uid not in w.frozen, "status says thawed (verified) but the source is frozen"
             assert st_.source_state and "FROZEN" not in st_.source_state
+
+    @invariant()
+    def user_facing_messages_name_no_node_paths(self):
+        for (plural, _, _), obj in self.world.store.items():
+            message = (obj.get("status") or {}).get("message") or ""
+            if plural in ("podmigrations", "podcheckpoints", "containercheckpoints"):
+                assert "/run/containerd" not in message, message
 
     @invariant()
     def checkpoint_failures_have_reasons(self):

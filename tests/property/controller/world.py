@@ -45,6 +45,9 @@ from lpm.controller.views import NodeView, PodView, controller_owner, owner_if_s
 from lpm.storage.uri import ArtifactRef
 
 NS = "default"
+CRIU_RESTORE_FAILED = (
+    "criu failed: type NOTIFY errno 0 log file: /run/containerd/io.containerd.runtime.v2.task/k8s.io/x/work/restore.log"
+)
 SOURCE, TARGET = "node-a", "node-b"
 Key = tuple[str, str | None, str]
 
@@ -338,10 +341,12 @@ class World:
         for pod in self.restored_pods():
             if pod["status"]["phase"] == "Pending":
                 if self.kubelet_crashes:
+                    # Half the crashes are CRIU failing the restore, reported with a node path as containerd does.
+                    message = "boom" if self.rv % 2 else CRIU_RESTORE_FAILED
                     pod["status"] = {
                         "phase": "Running",
                         "containerStatuses": [
-                            {"name": "x", "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "boom"}}}
+                            {"name": "x", "state": {"waiting": {"reason": "CrashLoopBackOff", "message": message}}}
                         ],
                     }
                 else:

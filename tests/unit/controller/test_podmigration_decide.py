@@ -24,6 +24,7 @@ from lpm.controller.effects import (
     CreatePodCheckpoint,
     CreateRestoredPod,
     DeletePod,
+    DescribeRestoreFailure,
     EmitEvent,
     FreezeSource,
     Outcome,
@@ -473,3 +474,39 @@ def test_ttl_counts_from_completion_and_only_for_finished_migrations():
     assert ttl_remaining(running, NOW + timedelta(days=1)) is None, "never while it runs"
     done.metadata["deletionTimestamp"] = "2026-01-01T12:00:00Z"
     assert ttl_remaining(done, NOW + timedelta(days=1)) is None, "already going"
+
+
+def test_a_restore_criu_failed_is_explained_in_criu_words_from_the_target_agent_without_node_paths():
+    restored = pod(
+        name="web-12345",
+        uid="cc",
+        node="node-b",
+        problem="container app: RunContainerError (criu failed: type NOTIFY errno 0 log file: "
+        "/run/containerd/io.containerd.runtime.v2.task/k8s.io/abc/work/restore.log)",
+        annotations={c.ANNOTATION_MIGRATION_UID: MUID},
+    )
+    first = decide(obs(_restoring(), source_pod=pod(), restored_pod=restored))
+    (ask,) = (a for a in first if isinstance(a, DescribeRestoreFailure))
+    assert ask.node == "node-b" and ask.request == {"pod_uid": "cc", "container_names": ["app"]}
+    assert not any(isinstance(a, DeletePod) for a in first), "the words first, then the rollback"
+    said = Outcome.success(
+        {
+            "containers": [
+                {
+                    "container_name": "app",
+                    "lines": ["Can't open file events.log on restore: No such file or directory"],
+                    "cause": "OpenFileCannotMove",
+                    "advice": "a process holds a file open whose contents are not on the target node",
+                }
+            ]
+        }
+    )
+    actions = decide(obs(_restoring(), source_pod=pod(), restored_pod=restored, outcomes={ask.key: said}))
+    st = status(actions)
+    assert st.phase is MigrationPhase.ROLLING_BACK and st.reason == "RestoreFailed"
+    assert "CRIU: Can't open file events.log" in st.message and "Hint: a process holds a file" in st.message
+    assert any(isinstance(a, DeletePod) for a in actions)
+    # The target agent kept nothing: the runtime's own words, without its paths.
+    none = decide(obs(_restoring(), source_pod=pod(), restored_pod=restored, outcomes={ask.key: Outcome.success({})}))
+    msg = status(none).message
+    assert status(none).reason == "RestoreFailed" and "restore.log" in msg and "/run/containerd" not in msg

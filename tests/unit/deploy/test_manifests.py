@@ -21,8 +21,13 @@ AGENT_WRITABLE_HOST_PATHS = {
     "/run/containerd/containerd.sock": "loads checkpoint images into the node's containerd",
     "/var/lib/lpm-agent": "keeps freeze records (auto-thaw deadlines) across agent restarts",
 }
-# Read, never written: the kubelet client key, the node's procfs (eligibility) and the runtime's task dirs (CRIU logs).
-AGENT_READ_ONLY_HOST_PATHS = {"/etc/kubernetes/pki", "/proc", "/run/containerd/io.containerd.runtime.v2.task"}
+# Read, never written: the kubelet client key, the node's procfs (eligibility), the runtime's task dirs (CRIU logs).
+AGENT_READ_ONLY_HOST_PATHS = {
+    "/etc/kubernetes/pki",
+    "/proc",
+    "/run/containerd/io.containerd.runtime.v2.task",
+    "/var/lib/containerd/io.containerd.runtime.v2.task",
+}
 RBAC_VERBS_NEVER = {"*", "escalate", "bind", "impersonate"}
 
 
@@ -145,7 +150,8 @@ def test_agent_runs_without_privileges_or_host_pid(name: str) -> None:
     assert sc.get("privileged") is not True
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["readOnlyRootFilesystem"] is True
-    assert sc["capabilities"] == {"drop": ["ALL"]}
+    # SYS_PTRACE only: reading /proc/<pid>/fd of a source's processes (eligibility), see the manifest's comment.
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["SYS_PTRACE"]}
     assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     assert {"operator": "Exists"} in spec["tolerations"]
 

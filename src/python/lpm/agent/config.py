@@ -47,6 +47,7 @@ class AgentConfig:
     metrics_port: int
     runtime_task_dir: str
     runtime_node_task_dir: str
+    runtime_state_dir: str
     proc_root: str
     log_level: str
     log_format: str
@@ -241,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
         "LPM_RUNTIME_NODE_TASK_DIR",
         default="/run/containerd/io.containerd.runtime.v2.task",
         help="The same directory as the runtime names it on the node (the prefix of the log paths it reports).",
+    )
+    add_flag(
+        why,
+        "--runtime-state-dir",
+        "LPM_RUNTIME_STATE_DIR",
+        default="/var/lib/containerd/io.containerd.runtime.v2.task",
+        help="Where this agent sees the runtime's per-task state (read-only), where CRIU writes restore.log: "
+        "the log of a failed restore is kept from there after the runtime deletes it.",
     )
     add_flag(
         why,

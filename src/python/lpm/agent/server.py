@@ -57,6 +57,7 @@ from lpm.agent.kubelet import (
     KubeletRejected,
     KubeletUnavailable,
 )
+from lpm.agent.restore_logs import RestoreLogWatcher
 from lpm.agent.v1 import agent_pb2, agent_pb2_grpc
 from lpm.api.names import InvalidName, require_label, require_subdomain, require_uid
 from lpm.storage.store import (
@@ -177,6 +178,8 @@ class Deps:
     runtime_node_task_dir: str = criu_log.CONTAINERD_TASK_DIR
     runtime_task_dir: Path = Path(criu_log.CONTAINERD_TASK_DIR)
     proc_root: Path = Path("/proc")
+    # Keeps CRIU's restore logs after the runtime deletes them (None: not kept).
+    restore_logs: RestoreLogWatcher | None = None
 
 
 class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
@@ -481,6 +484,23 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
         out.checked.append(f"files open in emptyDir volumes: {open_files}")
         return out
 
+    def DescribeRestoreFailure(
+        self, request: agent_pb2.RestoreFailureRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.RestoreFailureResponse:
+        def body() -> agent_pb2.RestoreFailureResponse:
+            require_uid("pod UID", request.pod_uid)
+            out = agent_pb2.RestoreFailureResponse()
+            watcher = self.d.restore_logs
+            for name in request.container_names:
+                failure = watcher.failure(request.pod_uid, require_label("container name", name)) if watcher else None
+                if failure is not None:
+                    out.containers.add(
+                        container_name=name, lines=failure.lines, cause=failure.cause, advice=failure.advice
+                    )
+            return out
+
+        return self._call(context, "DescribeRestoreFailure", body)
+
     def GetCapabilities(
         self, request: agent_pb2.GetCapabilitiesRequest, context: grpc.ServicerContext
     ) -> agent_pb2.Capabilities:
@@ -566,6 +586,7 @@ def build_deps(cfg: AgentConfig, locate: fz.Locate | None = None, backoff: Backo
         runtime_node_task_dir=cfg.runtime_node_task_dir,
         runtime_task_dir=Path(cfg.runtime_task_dir),
         proc_root=Path(cfg.proc_root),
+        restore_logs=RestoreLogWatcher(Path(cfg.runtime_state_dir), bundle_dir=Path(cfg.runtime_task_dir)),
     )
 
 
@@ -614,6 +635,8 @@ class AgentServer:
         if removed:
             log.info("start-up: removed stale temp files %s", removed)
         self.deps.freezer.start()
+        if self.deps.restore_logs is not None:
+            self.deps.restore_logs.start()
         self.server.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -627,6 +650,8 @@ class AgentServer:
         self.health.enter_graceful_shutdown()
         self.server.stop(self.cfg.shutdown_grace if grace is None else grace).wait()
         self.deps.freezer.stop()  # frozen containers stay frozen; their records make the next agent thaw them
+        if self.deps.restore_logs is not None:
+            self.deps.restore_logs.stop()
         self.deps.kubelet.close()
         self.deps.store.close()
         log.info("lpm-agent stopped")

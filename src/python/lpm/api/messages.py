@@ -9,9 +9,11 @@ from __future__ import annotations
 import posixpath
 import re
 
-_PATHS = re.compile(r"(?<![\w.:/-])/(?:[\w.@~+:-]+/)+[\w.@~+:-]*")
+# Absolute paths, and the node paths CRIU prints relative to the root ("var/lib/kubelet/pods/...").
+_PATHS = re.compile(r"(?<![\w.:/-])(?:/|(?:var|run)/)(?:[\w.@~+:-]+/)+[\w.@~+:-]*")
 
 
 def scrub_paths(text: str) -> str:
-    """Replace absolute paths of two or more components by their last one (`/a/b/restore.log` -> `restore.log`)."""
+    """Replace absolute paths of two or more components (and node paths CRIU prints without the leading slash)
+    by their last component: `/a/b/restore.log` -> `restore.log`."""
     return _PATHS.sub(lambda m: posixpath.basename(m.group(0).rstrip("/")) or "/", text)

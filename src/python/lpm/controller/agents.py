@@ -35,6 +35,7 @@ METHODS: dict[str, tuple[type, float]] = {
     "DeleteCheckpoint": (agent_pb2.DeleteCheckpointRequest, 120.0),
     "ConvertCheckpointToImage": (agent_pb2.ConvertRequest, 600.0),
     "CheckEligibility": (agent_pb2.EligibilityRequest, 30.0),
+    "DescribeRestoreFailure": (agent_pb2.RestoreFailureRequest, 10.0),
 }
 REASON_KEY = "lpm-reason"  # trailing metadata: the agent's CamelCase reason, when it knows more than the code
 

@@ -71,6 +71,11 @@ class CheckEligibility(AgentCall):
 
 
 @dataclass(frozen=True)
+class DescribeRestoreFailure(AgentCall):
+    METHOD: ClassVar[str] = "DescribeRestoreFailure"
+
+
+@dataclass(frozen=True)
 class FreezeSource(AgentCall):
     METHOD: ClassVar[str] = "Freeze"
 

@@ -51,6 +51,7 @@ from lpm.controller.effects import (
     CreateRestoredPod,
     DeleteObject,
     DeletePod,
+    DescribeRestoreFailure,
     Effect,
     EmitEvent,
     FreezeSource,
@@ -572,12 +573,20 @@ def _restoring(plan: _Plan) -> None:
         return _cleaning(plan)
     if rp.deleting or rp.phase in ("Failed", "Succeeded") or rp.problem:
         detail = scrub_paths(rp.problem or f"it is {'terminating' if rp.deleting else rp.phase}")
-        if "criu failed" in detail.lower():
-            detail += (
-                " (CRIU could not restore the checkpoint on the target; a common cause is a file open in an "
-                "emptyDir or other node-local volume, whose contents stay on the source node)"
-            )
-        return _rollback(plan, "RestoredPodFailed", f"restored pod {name} did not come up: {detail}")
+        if "criu failed" not in detail.lower():
+            return _rollback(plan, "RestoredPodFailed", f"restored pod {name} did not come up: {detail}")
+        # CRIU failed the restore: its own words are with the target's agent (the runtime deleted its log).
+        request = {"pod_uid": rp.uid, "container_names": list(rp.containers)}
+        said = plan.outcome(DescribeRestoreFailure(plan.m.spec.target_node, request))
+        if said is None:
+            return None
+        reports = list(said.value.get("containers") or []) if said.ok else []
+        words = "; ".join(_criu_words(r) for r in reports) or (
+            f"{detail}; CRIU's log was not kept ({said.message if not said.ok else 'the target agent saw none'})"
+        )
+        return _rollback(
+            plan, "RestoreFailed", f"CRIU could not restore pod {name} on {plan.m.spec.target_node}: {words}"
+        )
     plan.note("WaitingForRestoredPod", f"waiting for pod {name} to run on {plan.m.spec.target_node}")
     return None
 
@@ -643,6 +652,12 @@ def _rolling_back(plan: _Plan) -> None:
         )
         message += f". The source pod runs again (checked: {seen})"
     plan.enter(P.FAILED, st.reason or "Failed", message)
+
+
+def _criu_words(report: Mapping[str, Any]) -> str:
+    said = "; ".join(str(line) for line in report.get("lines") or [])
+    hint = f". Hint: {report['advice']}" if report.get("advice") else ""
+    return f"container {report.get('container_name')}: CRIU: {said}{hint}"
 
 
 def thaw_verdict(out: Outcome) -> tuple[bool, str]:
