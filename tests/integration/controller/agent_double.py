@@ -97,6 +97,10 @@ class AgentDouble(agent_pb2_grpc.CheckpointServiceServicer):
             ]
         )
 
+    def DescribeRestoreFailure(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._enter("DescribeRestoreFailure", request, context)
+        return agent_pb2.RestoreFailureResponse()
+
     def CheckEligibility(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._enter("CheckEligibility", request, context)
         return agent_pb2.EligibilityResponse(checked=["double: nothing found"])
