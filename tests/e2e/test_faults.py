@@ -11,6 +11,7 @@ CRIU); the repository filling up is in tests/integration/storage.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import pytest
@@ -144,3 +145,39 @@ def test_deleting_the_migration_mid_flight_thaws_the_source_and_leaves_nothing_b
     _assert_never_paused_after_the_end("del-1")
     leftovers = k.kubectl_json("-n", k.NAMESPACE, "get", "pods", "-l", "lpm.my.domain/restored")["items"]
     assert not [p for p in leftovers if p["metadata"].get("annotations", {}).get("lpm.my.domain/source-pod") == "del-1"]
+
+
+def test_the_target_agent_killed_during_the_conversion_never_loses_the_source() -> None:
+    """The agent on the target dies while it turns the checkpoint into an image. The controller retries on the
+    restarted agent, or rolls back; either way no update is lost or done twice."""
+    k.start_counter("tgt-1", ballast_mib=128)
+    before = k.states("tgt-1")
+    proc = subprocess.Popen(
+        [str(k.KUBECTL_LPM), "-n", k.NAMESPACE, "migrate", "tgt-1", "--to", k.NODE_2, "--name", "mig-tgt-1"]
+        + ["--wait", "--timeout", "600"],
+        env=k.ENV,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    k.wait_for("mig-tgt-1 Converting", lambda: k.phase("mig-tgt-1") == "Converting", timeout=120, interval=0.1)
+    killed = time.monotonic()
+    k.kubectl(
+        "-n", "lpm-system", "delete", "pod", "--grace-period=0", "--force",
+        "-l", "app.kubernetes.io/name=lpm-agent", "--field-selector", f"spec.nodeName={k.NODE_2}",
+    )  # fmt: skip
+    out, err = proc.communicate(timeout=660)
+    final = _status("mig-tgt-1")
+    print(f"[fault-matrix] target agent killed: {final['phase']} {time.monotonic() - killed:.1f}s after the kill")
+    assert final["phase"] in ("Completed", "Failed"), out + err
+    if final["phase"] == "Completed":
+        restored = final["restoredPodName"]
+        k.wait_for("the restored pod counting", lambda: k.states(restored)[-1]["seq"] > before[-1]["seq"] + 5)
+        seqs = [s["seq"] for s in k.states(restored)]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "updates lost or repeated"
+        print(f"[fault-matrix] target agent killed: downtime {k.longest_pause(k.states(restored)):.2f}s")
+    else:
+        pause = _assert_source_continues("tgt-1", before[-1]["seq"])
+        print(f"[fault-matrix] target agent killed: rolled back, source paused {pause:.2f}s")
+        _assert_never_paused_after_the_end("tgt-1")
+        _assert_no_restored_pod("mig-tgt-1")

@@ -487,3 +487,36 @@ def test_a_thaw_that_lands_while_the_kubelet_dumps_discards_the_archive_and_leav
     assert pod.freezer_state() == "THAWED"
     assert not list((agent.repo).rglob("dump.tar.zst")), "no archive of a rolled-back checkpoint is stored"
     assert not list(kubelet.checkpoint_dir.iterdir()), "the kubelet's archive was removed"
+
+
+def test_a_full_repository_fails_the_checkpoint_as_storage_full_and_leaves_nothing_behind(
+    tmp_path: Path, kubelet: RuncKubelet, containers: Containers, podman_storage: Path
+) -> None:
+    repo = tmp_path / "small-repo"
+    repo.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(repo)], check=True)
+    try:
+        (repo / "filler").write_bytes(b"\0" * (252 << 10))  # one 4 KiB page left
+        cfg = agent_config(tmp_path, kubelet, kubelet.pki, "--storage", str(repo))
+        server = AgentServer(cfg, build_deps(cfg, backoff=TEST_BACKOFF))
+        server.start()
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        agent = Agent(server, agent_pb2_grpc.CheckpointServiceStub(channel), channel, repo, tmp_path / "state")
+        pod = containers.counter()
+        kubelet.add(pod)
+        try:
+            with pytest.raises(grpc.RpcError) as err:
+                checkpoint(agent, pod, "full-1")
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert dict(err.value.trailing_metadata())["lpm-reason"] == "StorageFull"
+            assert "no space left" in err.value.details()
+            stored = [p for p in repo.rglob("*") if p.is_file() and p.name != "filler"]
+            assert stored == [], f"partial artifacts left: {stored}"
+            assert not list(kubelet.checkpoint_dir.iterdir()), "the kubelet's archive was removed"
+            thaw(agent, pod, "full-1")
+            assert pod.freezer_state() == "THAWED"
+        finally:
+            channel.close()
+            server.stop(grace=1)
+    finally:
+        subprocess.run(["umount", str(repo)], check=False)

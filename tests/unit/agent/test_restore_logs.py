@@ -111,3 +111,19 @@ def test_containerds_layout_log_in_the_task_state_dir_and_config_in_the_bundle(t
         assert failure.cause == "OpenFileCannotMove"
     finally:
         watcher.stop()
+
+
+def test_failures_of_a_pod_are_listed_whatever_name_the_runtime_gave_its_container(tmp_path: Path) -> None:
+    (tmp_path / "k8s.io").mkdir()
+    watcher = RestoreLogWatcher(tmp_path)
+    watcher.start()
+    try:
+        bundle = _bundle(tmp_path, "r1", "containerd")  # what containerd 2.2.9 writes for a restored container
+        time.sleep(0.2)
+        _restore(bundle, FAILED)
+        _wait(lambda: watcher.failures(POD))
+        [(name, failure)] = watcher.failures(POD)
+        assert name == "containerd" and failure.cause == "OpenFileCannotMove"
+        assert watcher.failures("another-pod") == []
+    finally:
+        watcher.stop()

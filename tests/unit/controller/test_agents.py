@@ -107,3 +107,15 @@ def test_the_agents_own_reason_wins_so_a_criu_refusal_is_never_called_an_unavail
     assert (kubelet.reason, kubelet.retryable) == ("KubeletUnavailable", True)
     assert "kubelet" in kubelet.message
     agents.close()
+
+
+def test_a_full_repository_is_permanent_although_its_code_is_the_busy_agents(double):
+    double.fail("Checkpoint", grpc.StatusCode.RESOURCE_EXHAUSTED, "no space left on /mnt/checkpoints", reason="StorageFull")
+    double.fail("Checkpoint", grpc.StatusCode.RESOURCE_EXHAUSTED, "all 4 slots busy")
+    agents = Agents(lambda node: agent_pods(double.port), "lpm-system", TLS(insecure=True))
+    req = {"pod_namespace": "ns", "pod_name": "web", "container_name": "app", "pod_uid": UID, "checkpoint_id": "c1"}
+    full = agents.call(CallCheckpoint("node-a", req))
+    assert (full.reason, full.retryable) == ("StorageFull", False) and "free space" in full.message
+    busy = agents.call(CallCheckpoint("node-a", req))
+    assert (busy.reason, busy.retryable) == ("AgentResourceExhausted", True)
+    agents.close()

@@ -129,6 +129,12 @@ class RestoreLogWatcher:
         with self._lock:
             return self._failures.get((pod_uid, container))
 
+    def failures(self, pod_uid: str) -> list[tuple[str, criu_log.CriuFailure]]:
+        """Every kept failure of a pod, oldest first, under the container name its bundle gave. containerd 2.2.9
+        names every container it restores from a checkpoint "containerd" there, so callers match loosely."""
+        with self._lock:
+            return [(name, f) for (uid, name), f in self._failures.items() if uid == pod_uid]
+
     # ---- the watching side -----------------------------------------------------------------------------
 
     def _watch(self, path: Path, level: int) -> None:

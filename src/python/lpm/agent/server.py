@@ -489,14 +489,17 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
     ) -> agent_pb2.RestoreFailureResponse:
         def body() -> agent_pb2.RestoreFailureResponse:
             require_uid("pod UID", request.pod_uid)
+            names = [require_label("container name", n) for n in request.container_names]
             out = agent_pb2.RestoreFailureResponse()
-            watcher = self.d.restore_logs
-            for name in request.container_names:
-                failure = watcher.failure(request.pod_uid, require_label("container name", name)) if watcher else None
-                if failure is not None:
-                    out.containers.add(
-                        container_name=name, lines=failure.lines, cause=failure.cause, advice=failure.advice
-                    )
+            kept = self.d.restore_logs.failures(request.pod_uid) if self.d.restore_logs else []
+            exact = [(n, f) for n, f in kept if n in names]
+            if not exact and kept:
+                # The runtime did not name the container (see RestoreLogWatcher.failures): with one container
+                # asked for, it is that one; otherwise the newest failure, under the name the runtime gave.
+                n, f = kept[-1]
+                exact = [(names[0] if len(names) == 1 else n, f)]
+            for name, failure in exact:
+                out.containers.add(container_name=name, lines=failure.lines, cause=failure.cause, advice=failure.advice)
             return out
 
         return self._call(context, "DescribeRestoreFailure", body)

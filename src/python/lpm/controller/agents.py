@@ -38,6 +38,9 @@ METHODS: dict[str, tuple[type, float]] = {
     "DescribeRestoreFailure": (agent_pb2.RestoreFailureRequest, 10.0),
 }
 REASON_KEY = "lpm-reason"  # trailing metadata: the agent's CamelCase reason, when it knows more than the code
+# Reasons that make a retryable-looking code permanent: a full repository (RESOURCE_EXHAUSTED, like a busy agent)
+# does not empty itself while the source waits frozen.
+PERMANENT_REASONS = frozenset({"StorageFull", "CheckpointRefused", "CheckpointFenced"})
 
 RETRYABLE = frozenset(
     {
@@ -66,6 +69,7 @@ def _camel(code: grpc.StatusCode) -> str:
 
 _REASON_HINTS: dict[str, str] = {
     "KubeletUnavailable": "the agent runs, but the kubelet on that node did not answer; check the kubelet",
+    "StorageFull": "free space in the checkpoint repository (or delete old PodMigrations with their checkpoints)",
 }
 
 
@@ -74,7 +78,8 @@ def grpc_outcome(code: grpc.StatusCode, details: str, node: str, method: str, re
     code's, so a CRIU refusal is never called an unavailable agent; whether to retry follows the code."""
     hint = _REASON_HINTS.get(reason, "") if reason else _HINTS.get(code, "")
     message = f"agent on node {node}: {method} failed: {details or code.name}" + (f" ({hint})" if hint else "")
-    return Outcome.failure(reason or f"Agent{_camel(code)}", message, retryable=code in RETRYABLE)
+    retryable = code in RETRYABLE and reason not in PERMANENT_REASONS
+    return Outcome.failure(reason or f"Agent{_camel(code)}", message, retryable=retryable)
 
 
 def _reason(exc: grpc.RpcError) -> str:
