@@ -153,8 +153,7 @@ def test_the_target_agent_killed_during_the_conversion_never_loses_the_source() 
     k.start_counter("tgt-1", ballast_mib=128)
     before = k.states("tgt-1")
     proc = subprocess.Popen(
-        [str(k.KUBECTL_LPM), "-n", k.NAMESPACE, "migrate", "tgt-1", "--to", k.NODE_2, "--name", "mig-tgt-1"]
-        + ["--wait", "--timeout", "600"],
+        [str(k.KUBECTL_LPM), "-n", k.NAMESPACE, "migrate", "tgt-1", "--to", k.NODE_2, "--name", "mig-tgt-1", "--wait"],
         env=k.ENV,
         text=True,
         stdout=subprocess.PIPE,
