@@ -202,9 +202,15 @@ def test_agent_killed_during_checkpoint_never_loses_the_source() -> None:
         )
         checks = [s["ballast_intact"] for s in _target_lines(restored) if "ballast_intact" in s]
         assert checks and all(checks), "the 256 MiB of memory changed across the migration"
+        print(f"[fault-matrix] source agent killed: completed, downtime {k.longest_pause(k.states(restored)):.2f}s")
     else:
         assert proc.returncode == 1 and k.migration("mig-big")["status"]["reason"]
         _assert_source_kept_counting("big")
+        print(f"[fault-matrix] source agent killed: rolled back, source paused {k.longest_pause(k.states('big')):.2f}s")
+        ids = k.container_ids("big")
+        for _ in range(10):  # never left paused after the rollback (a late call would pause it again)
+            assert set(k.task_states(k.NODE_1, ids).values()) == {"RUNNING"}
+            time.sleep(0.5)
     restored_pods = [
         p
         for p in k.kubectl_json("-n", k.NAMESPACE, "get", "pods")["items"]

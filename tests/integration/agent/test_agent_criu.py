@@ -142,13 +142,19 @@ def test_migration_round_trip_restores_a_counter_that_continues_from_its_checkpo
     wait_for(lambda: pod.count() > at_freeze, "the thawed source to count again")
 
 
-def test_kubelet_500_then_success_is_retried(agent: Agent, kubelet: RuncKubelet, containers: Containers) -> None:
+def test_kubelet_500_twice_then_success_is_retried_and_completes(
+    agent: Agent, kubelet: RuncKubelet, containers: Containers
+) -> None:
+    """The fault matrix's kubelet case, at the kubelet boundary: a transient 500 (not CRIU's) is transport."""
     pod = containers.counter()
     kubelet.add(pod)
-    kubelet.faults.append((500, "rpc error: code = Unknown desc = transient"))
-    reply = checkpoint(agent, pod, "retry-1", leave_running=True)
-    assert reply.attempts == 2
-    assert len(kubelet.checkpoint_requests()) == 2
+    kubelet.faults.extend([(500, "rpc error: code = Unknown desc = transient")] * 2)
+    reply = checkpoint(agent, pod, "retry-1")
+    assert reply.attempts == 3
+    assert len(kubelet.checkpoint_requests()) == 3
+    assert reply.artifact.artifact_uri.endswith("/retry-1/app/dump.tar.zst")
+    assert pod.freezer_state() == "FROZEN", "a migration's source stays frozen after its checkpoint"
+    thaw(agent, pod, "retry-1")
 
 
 def test_kubelet_404_is_not_retried_and_reports_not_found(
