@@ -110,7 +110,9 @@ def test_the_agents_own_reason_wins_so_a_criu_refusal_is_never_called_an_unavail
 
 
 def test_a_full_repository_is_permanent_although_its_code_is_the_busy_agents(double):
-    double.fail("Checkpoint", grpc.StatusCode.RESOURCE_EXHAUSTED, "no space left on /mnt/checkpoints", reason="StorageFull")
+    double.fail(
+        "Checkpoint", grpc.StatusCode.RESOURCE_EXHAUSTED, "no space left on /mnt/checkpoints", reason="StorageFull"
+    )
     double.fail("Checkpoint", grpc.StatusCode.RESOURCE_EXHAUSTED, "all 4 slots busy")
     agents = Agents(lambda node: agent_pods(double.port), "lpm-system", TLS(insecure=True))
     req = {"pod_namespace": "ns", "pod_name": "web", "container_name": "app", "pod_uid": UID, "checkpoint_id": "c1"}

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from prometheus_client import Counter as PromCounter
 
@@ -35,6 +35,7 @@ from lpm.controller.effects import (
     status_of,
 )
 from lpm.controller.kube import Kube
+from lpm.controller.views import controller_owner, owner_if_same
 
 log = logging.getLogger(__name__)
 CYCLES = PromCounter("lpm_controller_reconcile_total", "Reconcile cycles", ["kind", "result"])
@@ -46,6 +47,14 @@ class HasOutcomes(Protocol):
 
 
 ObsT = TypeVar("ObsT")
+
+
+class _Kind(Protocol):
+    KIND: ClassVar[str]
+    PLURAL: ClassVar[str]
+
+
+ModelT = TypeVar("ModelT", bound=_Kind)
 
 
 @dataclass
@@ -170,3 +179,13 @@ def apply(rt: Runtime, plural: str, obj: Mapping[str, Any], actions: list[Action
         rt.kube.emit_event(obj, ev.type, ev.reason, ev.message)
     CYCLES.labels(plural, "ok").inc()
     return True
+
+
+def read_owner(rt: Runtime, metadata: Mapping[str, Any], model: type[ModelT]) -> tuple[str | None, ModelT | None]:
+    """The object of `model`'s kind that controls this one: (its name, the object while it still exists with the
+    UID the reference names); (None, None) when no such owner is named."""
+    ref = controller_owner(metadata, model.KIND)
+    if ref is None:
+        return None, None
+    raw = owner_if_same(rt.kube.get(model.PLURAL, str(metadata.get("namespace")), ref[0]), ref[1])
+    return ref[0], decode(model, dict(raw)) if raw else None

@@ -8,9 +8,9 @@ from lpm.api import constants as c
 from lpm.api.codec import decode
 from lpm.api.models import ContainerCheckpoint, ContainerCheckpointContent, PodCheckpoint
 from lpm.controller.containercheckpoint.decide import Observed, container_content_name, decide, decide_finalize
-from lpm.controller.cycle import Runtime, reconcile_object
+from lpm.controller.cycle import Runtime, read_owner, reconcile_object
 from lpm.controller.effects import Effect
-from lpm.controller.views import PodView, controller_owner, owner_if_same
+from lpm.controller.views import PodView
 
 PLURAL = c.PLURAL_CONTAINER_CHECKPOINTS
 
@@ -20,12 +20,7 @@ def observe(rt: Runtime, obj: dict[str, Any]) -> Observed:
     ns, name, uid = (str(cc.metadata.get(k)) for k in ("namespace", "name", "uid"))
     raw_pod = rt.kube.get("pods", ns, cc.spec.pod_name)
     raw_content = rt.kube.get(c.PLURAL_CONTAINER_CHECKPOINT_CONTENTS, None, container_content_name(ns, name, uid))
-    owner_name, owner = None, None
-    ref = controller_owner(cc.metadata, c.KIND_POD_CHECKPOINT)
-    if ref is not None:
-        owner_name = ref[0]
-        raw_owner = owner_if_same(rt.kube.get(c.PLURAL_POD_CHECKPOINTS, ns, ref[0]), ref[1])
-        owner = decode(PodCheckpoint, dict(raw_owner)) if raw_owner else None
+    owner_name, owner = read_owner(rt, cc.metadata, PodCheckpoint)
     return Observed(
         container_checkpoint=cc,
         now=rt.now(),

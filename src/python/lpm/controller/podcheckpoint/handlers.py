@@ -7,10 +7,10 @@ from typing import Any
 from lpm.api import constants as c
 from lpm.api.codec import decode
 from lpm.api.models import ContainerCheckpoint, PodCheckpoint, PodCheckpointContent, PodMigration
-from lpm.controller.cycle import Runtime, reconcile_object
+from lpm.controller.cycle import Runtime, read_owner, reconcile_object
 from lpm.controller.effects import Effect
 from lpm.controller.podcheckpoint.decide import Observed, decide, decide_finalize, pod_content_name
-from lpm.controller.views import PodView, controller_owner, owner_if_same
+from lpm.controller.views import PodView
 
 PLURAL = c.PLURAL_POD_CHECKPOINTS
 
@@ -33,12 +33,7 @@ def observe(rt: Runtime, obj: dict[str, Any]) -> Observed:
     if ready and all(cc is not None and cc.status.phase.value == "Ready" for cc in ready):
         raw = rt.kube.get(c.PLURAL_POD_CHECKPOINT_CONTENTS, None, pod_content_name(ns, name, uid))
         content = decode(PodCheckpointContent, raw) if raw else None
-    owner_name, owner = None, None
-    ref = controller_owner(pc.metadata, c.KIND_POD_MIGRATION)
-    if ref is not None and not pc.status.phase.terminal:
-        owner_name = ref[0]
-        raw_owner = owner_if_same(rt.kube.get(c.PLURAL_POD_MIGRATIONS, ns, ref[0]), ref[1])
-        owner = decode(PodMigration, dict(raw_owner)) if raw_owner else None
+    owner_name, owner = read_owner(rt, pc.metadata, PodMigration) if not pc.status.phase.terminal else (None, None)
     return Observed(
         pod_checkpoint=pc,
         now=rt.now(),
