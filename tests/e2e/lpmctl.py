@@ -194,3 +194,18 @@ def longest_pause(lines: list[dict[str, Any]]) -> float:
     """The workload's own view of its longest stop: the largest gap between consecutive state lines."""
     stamps = [float(s["ts"]) for s in lines]
     return max((b - a for a, b in itertools.pairwise(stamps)), default=0.0)
+
+
+def agent_on(node: str) -> tuple[str, bool]:
+    """(name, Ready) of the lpm-agent pod on `node`; ("", False) when there is none."""
+    pods = kubectl_json(
+        "-n", "lpm-system", "get", "pods", "-l", "app.kubernetes.io/name=lpm-agent", "--field-selector",
+        f"spec.nodeName={node}",
+    )["items"]  # fmt: skip
+    for pod in pods:
+        if not pod["metadata"].get("deletionTimestamp"):
+            ready = any(
+                c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", [])
+            )
+            return pod["metadata"]["name"], ready
+    return "", False

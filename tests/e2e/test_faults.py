@@ -160,11 +160,14 @@ def test_the_target_agent_killed_during_the_conversion_never_loses_the_source() 
         stderr=subprocess.PIPE,
     )
     k.wait_for("mig-tgt-1 Converting", lambda: k.phase("mig-tgt-1") == "Converting", timeout=120, interval=0.1)
+    old_agent = k.agent_on(k.NODE_2)[0]
     killed = time.monotonic()
     k.kubectl(
         "-n", "lpm-system", "delete", "pod", "--grace-period=0", "--force",
         "-l", "app.kubernetes.io/name=lpm-agent", "--field-selector", f"spec.nodeName={k.NODE_2}",
     )  # fmt: skip
+    k.wait_for("a new agent Ready", lambda: (a := k.agent_on(k.NODE_2))[0] not in ("", old_agent) and a[1], 120, 0.2)
+    print(f"[fault-matrix] target agent killed: a new agent was Ready {time.monotonic() - killed:.1f}s after the kill")
     out, err = proc.communicate(timeout=660)
     final = _status("mig-tgt-1")
     print(f"[fault-matrix] target agent killed: {final['phase']} {time.monotonic() - killed:.1f}s after the kill")

@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from lpm.agent import config
 from lpm.agent.v1 import agent_pb2
 from lpm.app.logs import setup_logging
 
 log = logging.getLogger("lpm.agent")
+T = TypeVar("T")
+PORT_WAIT_SECONDS = 60.0
+
+
+def when_port_free(start: Callable[[], T], what: str, timeout: float = PORT_WAIT_SECONDS) -> T:
+    """Start something that binds a host port, waiting while it is in use: with host networking, the process of
+    a force-deleted agent can hold the ports for seconds after its replacement starts, and crashing then costs
+    the kubelet's restart back-off (measured: +10 s or more on every agent restart) while sources wait."""
+    deadline = time.monotonic() + timeout
+    delay = 0.1
+    while True:
+        try:
+            return start()
+        except (OSError, RuntimeError) as exc:
+            in_use = getattr(exc, "errno", None) == errno.EADDRINUSE or "bind" in str(exc).lower()
+            if not in_use or time.monotonic() + delay > deadline:
+                raise
+            log.info("%s: port still in use (the previous agent on this node is exiting?); retrying", what)
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(cfg.metrics_port)
-    AgentServer(cfg, build_deps(cfg)).serve_until_signalled()
+        when_port_free(lambda: start_http_server(cfg.metrics_port), f"metrics on port {cfg.metrics_port}")
+    deps = build_deps(cfg)
+    when_port_free(lambda: AgentServer(cfg, deps), f"gRPC on {cfg.listen}").serve_until_signalled()
     return 0
 
 
