@@ -39,8 +39,9 @@ METHODS: dict[str, tuple[type, float]] = {
 }
 REASON_KEY = "lpm-reason"  # trailing metadata: the agent's CamelCase reason, when it knows more than the code
 # Reasons that make a retryable-looking code permanent: a full repository (RESOURCE_EXHAUSTED, like a busy agent)
-# does not empty itself while the source waits frozen.
-PERMANENT_REASONS = frozenset({"StorageFull", "CheckpointRefused", "CheckpointFenced"})
+# does not empty itself while the source waits frozen, and an unreachable kubelet (UNAVAILABLE) was already
+# retried by the agent with the seed's backoff (5 retries, 2 s doubling): retrying that again would multiply it.
+PERMANENT_REASONS = frozenset({"StorageFull", "CheckpointRefused", "CheckpointFenced", "KubeletUnavailable"})
 
 RETRYABLE = frozenset(
     {

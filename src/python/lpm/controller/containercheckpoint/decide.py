@@ -3,7 +3,8 @@
 Pending/InProgress -> agent(pod's node).Checkpoint -> ContainerCheckpointContent (cluster-scoped, deterministic
 name, bound to this object by UID; this object's status names it) -> Ready=True. Failures end Failed with
 Ready=False and the agent's reason. Agent outages are retried until DEADLINE_SECONDS after creation; a CRIU
-refusal (CheckpointRefused) or a fenced checkpoint ID is not retried. A ContainerCheckpoint whose owning
+refusal (CheckpointRefused), a fenced checkpoint ID, a full repository, or a kubelet the agent already retried
+with the seed's backoff (KubeletUnavailable) is not retried. A ContainerCheckpoint whose owning
 PodCheckpoint is gone or has failed ends Failed (Abandoned) without another agent call.
 """
 
@@ -43,7 +44,9 @@ from lpm.controller.effects import (
 from lpm.controller.views import PodView
 
 CP = CheckpointPhase
-DEADLINE_SECONDS = 600.0
+# An agent that is restarting is back within seconds (measured: ~10 s on infra/local); a source may be frozen
+# while its checkpoint waits for it, so an outage longer than this fails the checkpoint (and rolls back).
+DEADLINE_SECONDS = 180.0
 
 
 def container_content_name(namespace: str, name: str, uid: str) -> str:
