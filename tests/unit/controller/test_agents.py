@@ -122,3 +122,32 @@ def test_a_full_repository_is_permanent_although_its_code_is_the_busy_agents(dou
     busy = agents.call(CallCheckpoint("node-a", req))
     assert (busy.reason, busy.retryable) == ("AgentResourceExhausted", True)
     agents.close()
+
+
+def test_a_restarted_agent_is_reached_again_within_seconds_not_after_grpcs_default_backoff():
+    """Kill the agent, let the channel fail a few times, bring the agent back on the same port: the next calls
+    get through within the short reconnect back-off (gRPC's default would wait up to 120 s between tries)."""
+    import time
+
+    d = agent_double.serve("node-a")
+    port = d.port
+    agents = Agents(lambda node: agent_pods(port), "lpm-system", TLS(insecure=True))
+    assert agents.call(ProbeAgent("node-a", {})).ok
+    d.server.stop(0)
+    for _ in range(20):  # a 10 s outage: gRPC's default back-off has grown to ~6 s between tries by then
+        out = agents.call(ProbeAgent("node-a", {}))
+        assert not out.ok and out.retryable
+        time.sleep(0.5)
+    again = agent_double.AgentDouble(node="node-a")
+    server = grpc.server(__import__("concurrent.futures").futures.ThreadPoolExecutor(max_workers=4))
+    agent_double.agent_pb2_grpc.add_CheckpointServiceServicer_to_server(again, server)
+    assert server.add_insecure_port(f"127.0.0.1:{port}") == port
+    server.start()
+    back = time.monotonic()
+    try:
+        while not agents.call(ProbeAgent("node-a", {})).ok:
+            assert time.monotonic() - back < 3, "not reconnected within 3 s of the agent's return"
+            time.sleep(0.1)
+    finally:
+        agents.close()
+        server.stop(0)
