@@ -206,7 +206,10 @@ def test_agent_killed_during_checkpoint_never_loses_the_source() -> None:
     else:
         assert proc.returncode == 1 and k.migration("mig-big")["status"]["reason"]
         _assert_source_kept_counting("big")
-        print(f"[fault-matrix] source agent killed: rolled back, source paused {k.longest_pause(k.states('big')):.2f}s")
+        pause = k.longest_pause(k.states("big"))
+        print(f"[fault-matrix] source agent killed: rolled back, source paused {pause:.2f}s")
+        # Bounded by the agent's restart and the rollback, not by the agent's auto-thaw deadline (300 s).
+        assert k.migration("mig-big")["status"]["reason"] != "SourceStillFrozen" and pause < 60, pause
         ids = k.container_ids("big")
         for _ in range(10):  # never left paused after the rollback (a late call would pause it again)
             assert set(k.task_states(k.NODE_1, ids).values()) == {"RUNNING"}

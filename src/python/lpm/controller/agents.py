@@ -37,7 +37,7 @@ METHODS: dict[str, tuple[type, float]] = {
     "CheckEligibility": (agent_pb2.EligibilityRequest, 30.0),
     "DescribeRestoreFailure": (agent_pb2.RestoreFailureRequest, 10.0),
 }
-RECONNECT_BACKOFF_MS = (250, 2000)  # (initial and minimum, maximum) between reconnects to an agent
+RECONNECT_BACKOFF_MS = (250, 2000)  # (initial, maximum) wait between reconnects to an agent
 REASON_KEY = "lpm-reason"  # trailing metadata: the agent's CamelCase reason, when it knows more than the code
 # Reasons that make a retryable-looking code permanent: a full repository (RESOURCE_EXHAUSTED, like a busy agent)
 # does not empty itself while the source waits frozen, and an unreachable kubelet (UNAVAILABLE) was already
@@ -163,8 +163,9 @@ class Agents:
                     ("grpc.max_receive_message_length", 16 << 20),
                     # gRPC's default reconnect back-off (1 s growing 1.6x to 120 s) kept calls failing for ~17 s
                     # after a killed agent was Ready again 3 s later (measured), with its source frozen meanwhile.
+                    # Not grpc.min_reconnect_backoff_ms: that is also the connect timeout (20 s by default), and
+                    # at 250 ms a busy node's TLS handshake never finished ("Handshake read failed", seen here).
                     ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
-                    ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
                     ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1]),
                 ]
                 if self.tls.server_name:
