@@ -462,8 +462,9 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                         container_name=name,
                         check="TCPConnectionOpen",
                         message="; ".join(eligibility.describe(report))
-                        + ": CRIU refuses to dump established TCP connections unless told to; set "
-                        "spec.options.tcpEstablished: true (kubectl lpm migrate --tcp-established) or close them",
+                        + ": CRIU refuses to dump established TCP connections unless told to: close them, or set "
+                        "spec.options.tcpEstablished: true (kubectl lpm migrate --tcp-established), which also needs "
+                        "tcp-established in the nodes' CRIU configuration for runc (/etc/criu/runc.conf)",
                         blocking=True,
                     )
             for f in report.open_in_emptydir:
