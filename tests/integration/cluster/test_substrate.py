@@ -358,3 +358,38 @@ def test_nodes_daemonset_hostpath_and_in_cluster_api(kube, namespace):
         assert on_host.read_text().strip() == node
         on_host.unlink()
         assert "ca.crt" in outputs[node] and "v1.34" in outputs[node]
+
+
+def test_pods_reach_each_other_across_nodes_by_pod_ip_and_through_a_service(kube, namespace):
+    """host-gw routing in infra/local: a pod on lpm-node-1 reaches a pod on lpm-node-2, directly and via a
+    ClusterIP Service (kube-proxy in the client's node), as a client of a moved pod will have to."""
+    from kubernetes import client
+
+    ns = namespace
+    server = _pod("net-server", TARGET_NODE, COUNTER_IMAGE)
+    server["metadata"]["labels"] = {"app": "net-server"}
+    server["spec"]["containers"][0]["command"] = [
+        "sh", "-c", 'while true; do echo "hello-from-$(hostname)" | nc -l -p 8080; done',
+    ]  # fmt: skip
+    kube.create_namespaced_pod(ns, server)
+    _wait_running(kube, ns, "net-server")
+    service = client.V1Service(
+        metadata=client.V1ObjectMeta(name="net-server"),
+        spec=client.V1ServiceSpec(selector={"app": "net-server"}, ports=[client.V1ServicePort(port=8080)]),
+    )
+    svc_ip = kube.create_namespaced_service(ns, service).spec.cluster_ip
+    pod_ip = kube.read_namespaced_pod("net-server", ns).status.pod_ip
+    clnt = _pod("net-client", SOURCE_NODE, COUNTER_IMAGE)
+    clnt["spec"]["containers"][0]["command"] = [
+        "sh", "-c",
+        f'while true; do echo "pod:$(nc -w 2 {pod_ip} 8080 </dev/null) svc:$(nc -w 2 {svc_ip} 8080 </dev/null)"; '
+        "sleep 0.5; done",
+    ]  # fmt: skip
+    kube.create_namespaced_pod(ns, clnt)
+    _wait_running(kube, ns, "net-client")
+    want = "pod:hello-from-net-server svc:hello-from-net-server"
+    deadline, logs = time.time() + 60, ""
+    while time.time() < deadline and want not in logs:
+        logs = kube.read_namespaced_pod_log("net-client", ns)
+        time.sleep(0.5)
+    assert want in logs, logs[-500:]
