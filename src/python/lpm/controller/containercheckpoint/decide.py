@@ -25,6 +25,7 @@ from lpm.api.models import (
     ContainerCheckpointContent,
     ContainerCheckpointContentSpec,
     ContainerCheckpointStatus,
+    DeletionPolicy,
     ObjectRef,
     PodCheckpoint,
 )
@@ -202,6 +203,6 @@ def _ready(st: ContainerCheckpointStatus, spec: ContainerCheckpointContentSpec, 
 
 
 def decide_finalize(cc: ContainerCheckpoint) -> list[Action]:
-    if cc.spec.deletion_policy.value != "Delete" or not cc.status.bound_content_name:
+    if cc.spec.deletion_policy is not DeletionPolicy.DELETE or not cc.status.bound_content_name:
         return []
     return [DeleteObject(c.PLURAL_CONTAINER_CHECKPOINT_CONTENTS, None, cc.status.bound_content_name)]

@@ -23,6 +23,7 @@ from lpm.api.models import (
     ContainerCheckpoint,
     ContainerCheckpointSpec,
     ContainerCheckpointState,
+    DeletionPolicy,
     MigrationPhase,
     ObjectRef,
     PodCheckpoint,
@@ -234,7 +235,7 @@ def decide_finalize(pc: PodCheckpoint) -> list[Action]:
     """On deletion: the stored checkpoint goes only when deletionPolicy is Delete: its files, through the agent
     of the node that took it (any agent reaches the shared repository, that one is known to exist), then its
     Content. A checkpoint that never got an ID or a node stored nothing."""
-    if pc.spec.deletion_policy.value != "Delete":
+    if pc.spec.deletion_policy is not DeletionPolicy.DELETE:
         return []
     st = pc.status
     out: list[Action] = []

@@ -6,7 +6,7 @@ from typing import Any
 
 from lpm.api import constants as c
 from lpm.api.codec import decode
-from lpm.api.models import ContainerCheckpoint, PodCheckpoint, PodCheckpointContent, PodMigration
+from lpm.api.models import CheckpointPhase, ContainerCheckpoint, PodCheckpoint, PodCheckpointContent, PodMigration
 from lpm.controller.cycle import Runtime, read_owner, reconcile_object
 from lpm.controller.effects import Effect
 from lpm.controller.podcheckpoint.decide import Observed, decide, decide_finalize, pod_content_name
@@ -19,7 +19,7 @@ def observe(rt: Runtime, obj: dict[str, Any]) -> Observed:
     pc = decode(PodCheckpoint, obj)
     ns, name, uid = (str(pc.metadata.get(k)) for k in ("namespace", "name", "uid"))
     pod = None
-    if pc.status.phase.value == "Pending":
+    if pc.status.phase is CheckpointPhase.PENDING:
         raw = rt.kube.get("pods", ns, pc.spec.pod_name)
         pod = PodView.from_api(raw) if raw else None
     children: dict[str, ContainerCheckpoint | None] = {}
@@ -30,7 +30,7 @@ def observe(rt: Runtime, obj: dict[str, Any]) -> Observed:
                 children[cc.spec.container_name] = cc
     content = None
     ready = [children.get(s.name) for s in pc.status.containers]
-    if ready and all(cc is not None and cc.status.phase.value == "Ready" for cc in ready):
+    if ready and all(cc is not None and cc.status.phase is CheckpointPhase.READY for cc in ready):
         raw = rt.kube.get(c.PLURAL_POD_CHECKPOINT_CONTENTS, None, pod_content_name(ns, name, uid))
         content = decode(PodCheckpointContent, raw) if raw else None
     owner_name, owner = read_owner(rt, pc.metadata, PodMigration) if not pc.status.phase.terminal else (None, None)

@@ -32,6 +32,7 @@ from lpm.api.models import (
     CheckpointPhase,
     ConditionStatus,
     ContainerImage,
+    DeletionPolicy,
     EligibilityPolicy,
     MigrationPhase,
     PodCheckpoint,
@@ -720,6 +721,6 @@ def decide_finalize(obs: Observed) -> Finalization:
         if src is not None and not src.deleting:
             grace = 0 if st.source_frozen else None
             effects.append(DeletePod(namespace=plan.ns, name=src.name, uid=src.uid, grace_period_seconds=grace))
-    if plan.m.spec.checkpoint_retention.value == "Delete" and st.pod_checkpoint_name:
+    if plan.m.spec.checkpoint_retention is DeletionPolicy.DELETE and st.pod_checkpoint_name:
         effects.append(DeleteObject(c.PLURAL_POD_CHECKPOINTS, plan.ns, st.pod_checkpoint_name))
     return Finalization(effects, done)
