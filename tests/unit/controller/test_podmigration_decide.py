@@ -318,6 +318,10 @@ def test_source_is_deleted_only_once_restored_pod_runs():
     )
     assert st.phase is MigrationPhase.COMPLETED and st.completion_time
     assert set(st.phase_durations_seconds) >= {"Restoring", "Cleaning"}
+    # The frozen source is gone, not frozen: the condition says so (it said "Frozen" on Completed migrations).
+    assert not st.source_frozen
+    frozen = next(cd for cd in st.conditions if cd.type == c.CONDITION_SOURCE_FROZEN)
+    assert (frozen.status.value, frozen.reason) == ("False", "SourceDeleted")
 
 
 def test_rollback_removes_the_restored_pod_before_thawing():

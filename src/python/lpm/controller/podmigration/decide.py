@@ -605,6 +605,15 @@ def _cleaning(plan: _Plan) -> None:
         if not out.ok:
             return plan.note(out.reason or "SourceDeleteRetrying", f"could not delete the source pod: {out.message}")
     if m.spec.source_cleanup is SourceCleanup.DELETE:
+        if st.source_frozen:
+            st.conditions = set_condition(
+                st.conditions,
+                c.CONDITION_SOURCE_FROZEN,
+                ConditionStatus.FALSE,
+                "SourceDeleted",
+                f"the source pod was deleted while frozen; its state lives on in {st.restored_pod_name}",
+                plan.now,
+            )
         st.source_frozen = False
     plan.enter(P.COMPLETED, "Completed", done_msg)
 
