@@ -57,6 +57,24 @@ def _assert_source_continues(pod: str, seen_before: int) -> float:
     return pause
 
 
+def _forced_migration_fails(pod: str, name: str) -> tuple[dict, float]:
+    """`kubectl lpm migrate --force --wait` of a pod that cannot move: exit 1; its status and how long it took."""
+    started = time.monotonic()
+    res = k.lpm("migrate", pod, "--to", k.NODE_2, "--name", name, "--force", "--wait", "--timeout", "300")
+    took = time.monotonic() - started
+    assert res.returncode == 1, res.stdout + res.stderr
+    return _status(name), took
+
+
+def _assert_rolled_back(pod: str, name: str, seen_before: int, what: str, took: float) -> float:
+    """The source runs again with its state, is never paused again, and no restored pod is left."""
+    pause = _assert_source_continues(pod, seen_before)
+    print(f"[fault-matrix] {what}: migration ended after {took:.1f}s, source paused {pause:.2f}s")
+    _assert_never_paused_after_the_end(pod)
+    _assert_no_restored_pod(name)
+    return pause
+
+
 def test_a_pod_with_a_loopback_tcp_client_is_refused_before_anything_is_frozen() -> None:
     k.start_counter("tcp-1", extra_args=("--tcp-loopback",))
     seen = k.states("tcp-1")[-1]["seq"]
@@ -76,11 +94,7 @@ def test_a_pod_with_a_loopback_tcp_client_is_refused_before_anything_is_frozen()
 def test_a_forced_migration_that_criu_refuses_rolls_back_in_seconds_with_criu_words() -> None:
     k.start_counter("tcp-2", extra_args=("--tcp-loopback",))
     seen = k.states("tcp-2")[-1]["seq"]
-    started = time.monotonic()
-    res = k.lpm("migrate", "tcp-2", "--to", k.NODE_2, "--name", "mig-tcp-2", "--force", "--wait", "--timeout", "300")
-    took = time.monotonic() - started
-    assert res.returncode == 1, res.stdout + res.stderr
-    st = _status("mig-tcp-2")
+    st, took = _forced_migration_fails("tcp-2", "mig-tcp-2")
     assert st["phase"] == "Failed" and st["reason"] == "CheckpointRefused", st
     assert "Connected TCP socket" in st["message"] and "tcpEstablished" in st["message"], st["message"]
     assert "/run/containerd" not in st["message"] and ".log" not in st["message"], st["message"]
@@ -89,11 +103,8 @@ def test_a_forced_migration_that_criu_refuses_rolls_back_in_seconds_with_criu_wo
     assert "Connected TCP socket" in status.stdout and "checked with its node's runtime" in status.stdout
     events = k.kubectl("-n", k.NAMESPACE, "get", "events", "--field-selector", "reason=CheckpointRefused").stdout
     assert "Connected TCP socket" in events
-    pause = _assert_source_continues("tcp-2", seen)
-    print(f"[fault-matrix] criu refuses the dump: migration ended after {took:.1f}s, source paused {pause:.2f}s")
+    pause = _assert_rolled_back("tcp-2", "mig-tcp-2", seen, "criu refuses the dump", took)
     assert pause < 5.0, f"the source stood still {pause:.1f}s"
-    _assert_never_paused_after_the_end("tcp-2")
-    _assert_no_restored_pod("mig-tcp-2")
 
 
 def test_a_restore_that_criu_fails_on_the_target_rolls_back_and_the_source_keeps_its_state() -> None:
@@ -101,21 +112,14 @@ def test_a_restore_that_criu_fails_on_the_target_rolls_back_and_the_source_keeps
     dry = k.lpm("migrate", "file-1", "--to", k.NODE_2, "--dry-run", "--timeout", "120")
     assert dry.returncode == 1 and "OpenFileInEmptyDir" in dry.stdout and "events.log" in dry.stdout, dry.stdout
     seen = k.states("file-1")[-1]["seq"]
-    started = time.monotonic()
-    res = k.lpm("migrate", "file-1", "--to", k.NODE_2, "--name", "mig-file-1", "--force", "--wait", "--timeout", "300")
-    took = time.monotonic() - started
-    assert res.returncode == 1, res.stdout + res.stderr
-    st = _status("mig-file-1")
+    st, took = _forced_migration_fails("file-1", "mig-file-1")
     assert st["phase"] == "Failed" and st["reason"] == "RestoreFailed", st
     # CRIU's words, kept by the target's agent after containerd deleted the log with the failed container.
     assert "CRIU: " in st["message"] and "events.log" in st["message"], st["message"]
     assert "/run/containerd" not in st["message"] and "var/lib" not in st["message"], st["message"]
     assert "THAWED" in st.get("sourceState", "")
-    pause = _assert_source_continues("file-1", seen)
-    print(f"[fault-matrix] criu fails the restore: migration ended after {took:.1f}s, source paused {pause:.2f}s")
+    pause = _assert_rolled_back("file-1", "mig-file-1", seen, "criu fails the restore", took)
     assert pause < 20.0
-    _assert_never_paused_after_the_end("file-1")
-    _assert_no_restored_pod("mig-file-1")
 
 
 def test_deleting_the_migration_mid_flight_thaws_the_source_and_leaves_nothing_behind() -> None:
@@ -179,7 +183,4 @@ def test_the_target_agent_killed_during_the_conversion_never_loses_the_source() 
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "updates lost or repeated"
         print(f"[fault-matrix] target agent killed: downtime {k.longest_pause(k.states(restored)):.2f}s")
     else:
-        pause = _assert_source_continues("tgt-1", before[-1]["seq"])
-        print(f"[fault-matrix] target agent killed: rolled back, source paused {pause:.2f}s")
-        _assert_never_paused_after_the_end("tgt-1")
-        _assert_no_restored_pod("mig-tgt-1")
+        _assert_rolled_back("tgt-1", "mig-tgt-1", before[-1]["seq"], "target agent killed", time.monotonic() - killed)

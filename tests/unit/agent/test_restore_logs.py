@@ -39,6 +39,11 @@ def _restore(bundle: Path, text: str) -> None:
     shutil.rmtree(bundle)
 
 
+def _kept(watcher: RestoreLogWatcher, container: str):
+    """The failure kept for this test's pod under `container`, or None."""
+    return dict(watcher.failures(POD)).get(container)
+
+
 def _wait(predicate, timeout: float = 10.0):
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
@@ -56,10 +61,10 @@ def test_a_failed_restore_is_kept_with_criu_words_after_the_runtime_deleted_its_
         bundle = _bundle(tmp_path, "c0ffee", "counter")
         time.sleep(0.2)  # the bundle's watch is in place before runc creates work/ (as with a real start)
         _restore(bundle, FAILED)
-        failure = _wait(lambda: watcher.failure(POD, "counter"))
+        failure = _wait(lambda: _kept(watcher, "counter"))
         assert failure.lines[0].startswith("Can't open file events.log on restore")
         assert failure.cause == "OpenFileCannotMove" and "emptyDir" in failure.advice
-        assert watcher.failure(POD, "other") is None
+        assert _kept(watcher, "other") is None
     finally:
         watcher.stop()
 
@@ -76,10 +81,10 @@ def test_a_successful_restore_leaves_nothing_and_many_failures_stay_bounded(tmp_
             b = _bundle(tmp_path, f"bad{i}", f"c{i}")
             time.sleep(0.2)
             _restore(b, FAILED)
-        _wait(lambda: watcher.failure(POD, "c2"))
-        assert watcher.failure(POD, "fine") is None
-        assert watcher.failure(POD, "c0") is None, "only the newest `keep` failures are kept"
-        assert watcher.failure(POD, "c1") is not None
+        _wait(lambda: _kept(watcher, "c2"))
+        assert _kept(watcher, "fine") is None
+        assert _kept(watcher, "c0") is None, "only the newest `keep` failures are kept"
+        assert _kept(watcher, "c1") is not None
     finally:
         watcher.stop()
 
@@ -107,7 +112,7 @@ def test_containerds_layout_log_in_the_task_state_dir_and_config_in_the_bundle(t
             f.flush()
             time.sleep(0.05)
         shutil.rmtree(task)
-        failure = _wait(lambda: watcher.failure(POD, "counter"))
+        failure = _wait(lambda: _kept(watcher, "counter"))
         assert failure.cause == "OpenFileCannotMove"
     finally:
         watcher.stop()

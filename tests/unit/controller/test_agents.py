@@ -151,3 +151,15 @@ def test_a_restarted_agent_is_reached_again_within_seconds_not_after_grpcs_defau
     finally:
         agents.close()
         server.stop(0)
+
+
+def test_agent_messages_reach_statuses_without_node_paths():
+    out = grpc_outcome(
+        grpc.StatusCode.UNAVAILABLE,
+        "kubelet https://10.0.0.1:10250: checkpoint -> 503 open /var/lib/kubelet/checkpoints/x.tar: busy",
+        "node-a",
+        "Checkpoint",
+        "KubeletUnavailable",
+    )
+    assert "x.tar" in out.message and "/var/lib/kubelet" not in out.message
+    assert "https://10.0.0.1:10250" in out.message

@@ -83,7 +83,7 @@ class _Inotify:
 
 
 class RestoreLogWatcher:
-    """`start()` then `failure(pod_uid, container)`; thread-safe. Levels: 0 the task dir, 1 a namespace, 2 a task
+    """`start()` then `failures(pod_uid)`; thread-safe. Levels: 0 the task dir, 1 a namespace, 2 a task
     (restore.log here), 3 its work dir (or here)."""
 
     def __init__(self, task_dir: Path, bundle_dir: Path | None = None, keep: int = 64) -> None:
@@ -124,10 +124,6 @@ class RestoreLogWatcher:
             self._open.clear()
         if self._ino is not None:
             self._ino.close()
-
-    def failure(self, pod_uid: str, container: str) -> criu_log.CriuFailure | None:
-        with self._lock:
-            return self._failures.get((pod_uid, container))
 
     def failures(self, pod_uid: str) -> list[tuple[str, criu_log.CriuFailure]]:
         """Every kept failure of a pod, oldest first, under the container name its bundle gave. containerd 2.2.9

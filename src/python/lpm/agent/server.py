@@ -97,11 +97,6 @@ class Abort(Exception):
 class CheckpointRefused(Exception):
     """CRIU refused or failed the dump; the message is CRIU's own words and a hint, without node paths."""
 
-    def __init__(self, failure: criu_log.CriuFailure, container: str, node: str, attempts: int) -> None:
-        super().__init__(f"CRIU could not checkpoint container {container} on node {node}: {failure.summary()}")
-        self.failure = failure
-        self.attempts = attempts
-
 
 def _duration(seconds: float) -> duration_pb2.Duration:
     d = duration_pb2.Duration()
@@ -253,8 +248,7 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
         if not 1 <= level <= 22:
             raise ValueError(f"zstd level {level} is not in 1..22")
         timeout = self._deadline(context, opts.timeout.ToNanoseconds() / 1e9 if opts.HasField("timeout") else 0.0)
-        fenced = self.d.freezer.refuse_if_fenced
-        fenced(request.checkpoint_id)
+        self.d.freezer.refuse_if_fenced(request.checkpoint_id)
         with self._slot(context, f"checkpoint {ref.uri}"):
             started = time.monotonic()
             if not opts.leave_running:
@@ -272,7 +266,7 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             if not opts.leave_running and self.d.freezer.fenced(request.checkpoint_id):
                 # Rolled back while the kubelet worked: this archive must never be stored, let alone restored.
                 result.local_path.unlink(missing_ok=True)
-                fenced(request.checkpoint_id)
+                self.d.freezer.refuse_if_fenced(request.checkpoint_id)
             checkpointed_at = time.time()
             kubelet_seconds = time.monotonic() - started
             try:
@@ -318,7 +312,9 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                 failure = criu_log.read_failure(str(exc), self.d.runtime_node_task_dir, self.d.runtime_task_dir)
                 log.warning("checkpoint of %s/%s/%s: %s (attempt %d)", ns, pod, ctr, failure.summary(), attempt)
                 if failure.certain or attempt == 2 or deadline - time.monotonic() < 1.0:
-                    raise CheckpointRefused(failure, ctr, self.d.node_name, attempt) from None
+                    raise CheckpointRefused(
+                        f"CRIU could not checkpoint container {ctr} on node {self.d.node_name}: {failure.summary()}"
+                    ) from None
                 self.d.freezer.refuse_if_fenced(request.checkpoint_id)
         raise AssertionError("unreachable")
 

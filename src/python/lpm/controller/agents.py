@@ -21,6 +21,7 @@ from google.protobuf import json_format
 
 from lpm.agent.v1 import agent_pb2, agent_pb2_grpc
 from lpm.api import constants as c
+from lpm.api.messages import scrub_paths
 from lpm.controller.effects import AgentCall, Outcome
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,9 @@ def grpc_outcome(code: grpc.StatusCode, details: str, node: str, method: str, re
     """A gRPC failure as a value a user can act on. The agent's own reason (trailing metadata) wins over the
     code's, so a CRIU refusal is never called an unavailable agent; whether to retry follows the code."""
     hint = _REASON_HINTS.get(reason, "") if reason else _HINTS.get(code, "")
-    message = f"agent on node {node}: {method} failed: {details or code.name}" + (f" ({hint})" if hint else "")
+    # Every agent failure that reaches a status passes here: no node-internal path goes further.
+    said = scrub_paths(details) or code.name
+    message = f"agent on node {node}: {method} failed: {said}" + (f" ({hint})" if hint else "")
     retryable = code in RETRYABLE and reason not in PERMANENT_REASONS
     return Outcome.failure(reason or f"Agent{_camel(code)}", message, retryable=retryable)
 
