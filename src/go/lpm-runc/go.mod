@@ -1,0 +1,3 @@
+module lpm.my.domain/lpm-runc
+
+go 1.26

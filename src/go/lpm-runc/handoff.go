@@ -1,0 +1,128 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// The hand-off with the node's agent, in D = <root>/<checkpoint>/<container-name>/:
+//
+//	D/waiting   written here: {"container_id", "since", "pid"}; the agent may now place the checkpoint
+//	D/ready     written by the agent: {"images", "rootfs_diff", "deleted_files"}
+//	<root>/<checkpoint>/abort   written by the agent: a text reason; the create fails with it
+//	D/restored  written here once runc restore succeeded; a later create of the same container (a restart)
+//	            is a plain create
+type handoff struct {
+	root, checkpoint, container string
+}
+
+type readyFile struct {
+	Images       string   `json:"images"`
+	RootfsDiff   string   `json:"rootfs_diff"`
+	DeletedFiles []string `json:"deleted_files"`
+}
+
+const pollInterval = 2 * time.Millisecond
+
+func (h handoff) dir() string { return filepath.Join(h.root, h.checkpoint, h.container) }
+
+func (h handoff) restored() bool {
+	_, err := os.Stat(filepath.Join(h.dir(), "restored"))
+	return err == nil
+}
+
+// writeJSON writes v to path atomically (temp file in the same directory, fsync, rename).
+func writeJSON(path string, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(data, '\n')); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// wait announces the container and polls until the agent says ready or abort, or the deadline passes.
+func (h handoff) wait(containerID string, seconds float64) (*readyFile, error) {
+	d := h.dir()
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		return nil, fmt.Errorf("lpm-runc: %w", err)
+	}
+	waiting := map[string]any{
+		"container_id": containerID,
+		"since":        time.Now().UTC().Format(time.RFC3339Nano),
+		"pid":          os.Getpid(),
+	}
+	if err := writeJSON(filepath.Join(d, "waiting"), waiting); err != nil {
+		return nil, fmt.Errorf("lpm-runc: announcing container %s: %w", containerID, err)
+	}
+	abortPath := filepath.Join(h.root, h.checkpoint, "abort")
+	readyPath := filepath.Join(d, "ready")
+	deadline := time.Now().Add(time.Duration(seconds * float64(time.Second)))
+	var lastErr error
+	for {
+		if reason, err := os.ReadFile(abortPath); err == nil {
+			return nil, fmt.Errorf("lpm-runc: migration aborted: %s", strings.TrimSpace(string(reason)))
+		}
+		if data, err := os.ReadFile(readyPath); err == nil {
+			r, err := parseReady(data)
+			if err == nil {
+				return r, nil
+			}
+			lastErr = err // keep polling: the agent may rewrite it
+		}
+		if time.Now().After(deadline) {
+			if lastErr != nil {
+				return nil, fmt.Errorf("lpm-runc: checkpoint %s for container %s: invalid %s: %v",
+					h.checkpoint, h.container, readyPath, lastErr)
+			}
+			return nil, fmt.Errorf("lpm-runc: checkpoint %s for container %s was not ready within %ss",
+				h.checkpoint, h.container, formatSeconds(seconds))
+		}
+		time.Sleep(pollInterval)
+	}
+}
+
+func formatSeconds(s float64) string { return fmt.Sprintf("%g", s) }
+
+func parseReady(data []byte) (*readyFile, error) {
+	var r readyFile
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, err
+	}
+	if !filepath.IsAbs(r.Images) {
+		return nil, fmt.Errorf("images %q is not an absolute path", r.Images)
+	}
+	if st, err := os.Stat(r.Images); err != nil || !st.IsDir() {
+		return nil, fmt.Errorf("images %q is not a directory", r.Images)
+	}
+	if r.RootfsDiff != "" && !filepath.IsAbs(r.RootfsDiff) {
+		return nil, fmt.Errorf("rootfs_diff %q is not an absolute path", r.RootfsDiff)
+	}
+	return &r, nil
+}
+
+func (h handoff) markRestored(containerID string) error {
+	return writeJSON(filepath.Join(h.dir(), "restored"), map[string]any{
+		"container_id": containerID,
+		"time":         time.Now().UTC().Format(time.RFC3339Nano),
+	})
+}

@@ -1,0 +1,216 @@
+// lpm-runc is an OCI runtime wrapper around runc for LPM's live pod migration: containerd's runc shim calls
+// it through the runtime handler "lpm". Every command goes straight to runc (exec, same argv and env) except
+//   - `create` of a container annotated with lpm.my.domain/restore-checkpoint: it waits for the node's agent
+//     to hand over the checkpoint (see handoff.go), applies the rootfs diff and runs `runc restore` instead;
+//   - `start` of a container restored that way: a no-op (the restored process already runs).
+//
+// See README.md for the hand-off protocol.
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+const (
+	annRestore       = "lpm.my.domain/restore-checkpoint"
+	annContainerType = "io.kubernetes.cri.container-type"
+	annContainerName = "io.kubernetes.cri.container-name"
+	restoredMarker   = "lpm-restored"
+)
+
+var checkpointIDRe = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,252}$`)
+
+func runcPath() string {
+	if p := os.Getenv("LPM_RUNC_RUNC"); p != "" {
+		return p
+	}
+	return "/usr/sbin/runc"
+}
+
+// passThrough replaces this process with the real runc: argv[0] "runc", the same arguments and environment.
+func passThrough() {
+	argv := make([]string, len(os.Args))
+	argv[0] = "runc"
+	copy(argv[1:], os.Args[1:])
+	err := syscall.Exec(runcPath(), argv, os.Environ())
+	fmt.Fprintf(os.Stderr, "lpm-runc: exec %s: %v\n", runcPath(), err)
+	os.Exit(127)
+}
+
+func main() {
+	inv := parseGlobal(os.Args[1:])
+	switch inv.cmd {
+	case "create":
+		os.Exit(create(inv))
+	case "start":
+		if id := startID(inv.args); validStateID(id) {
+			// One syscall: the marker exists only for a container this wrapper restored.
+			if os.Remove(filepath.Join(inv.root, id, restoredMarker)) == nil {
+				os.Exit(0)
+			}
+		}
+	}
+	passThrough()
+}
+
+// validStateID keeps ids that are a single path element (runc itself allows only [\w+-.]+).
+func validStateID(id string) bool {
+	return id != "" && id != "." && id != ".." && !strings.ContainsRune(id, '/')
+}
+
+type ociConfig struct {
+	Root *struct {
+		Path string `json:"path"`
+	} `json:"root"`
+	Annotations map[string]string `json:"annotations"`
+}
+
+// create returns the exit code; it does not return when it passes through.
+func create(inv invocation) int {
+	c, err := parseCreate(inv.args)
+	if err != nil {
+		passThrough() // runc reports its own usage errors
+	}
+	raw, err := os.ReadFile(filepath.Join(c.bundle, "config.json"))
+	if err != nil || !bytes.Contains(raw, []byte(annRestore)) {
+		passThrough() // the common case: no JSON parsing at all
+	}
+	var cfg ociConfig
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		passThrough()
+	}
+	ckpt, ok := cfg.Annotations[annRestore]
+	if !ok || cfg.Annotations[annContainerType] != "container" {
+		passThrough() // e.g. the sandbox (pause) container of a restored pod
+	}
+	if err := restore(inv, c, &cfg, ckpt); err != nil {
+		var rc *runcFailed
+		if errors.As(err, &rc) {
+			return rc.code // runc wrote its own error to the log
+		}
+		reportError(inv, err.Error())
+		return 1
+	}
+	return 0
+}
+
+type runcFailed struct{ code int }
+
+func (e *runcFailed) Error() string { return fmt.Sprintf("runc restore exited with %d", e.code) }
+
+func restore(inv invocation, c createArgs, cfg *ociConfig, ckpt string) error {
+	if !checkpointIDRe.MatchString(ckpt) {
+		return fmt.Errorf("lpm-runc: invalid %s annotation %q (want %s)", annRestore, ckpt, checkpointIDRe)
+	}
+	name := cfg.Annotations[annContainerName]
+	if !checkpointIDRe.MatchString(name) {
+		return fmt.Errorf("lpm-runc: invalid %s annotation %q", annContainerName, name)
+	}
+	if cfg.Root == nil || cfg.Root.Path == "" {
+		return fmt.Errorf("lpm-runc: %s/config.json has no root.path", c.bundle)
+	}
+	rootfs := cfg.Root.Path
+	if !filepath.IsAbs(rootfs) {
+		rootfs = filepath.Join(c.bundle, rootfs)
+	}
+	h := handoff{root: handoffRoot(), checkpoint: ckpt, container: name}
+	if h.restored() {
+		passThrough() // a restart of a container restored earlier: a fresh create
+	}
+	wait, err := waitSeconds()
+	if err != nil {
+		return err
+	}
+	ready, err := h.wait(c.id, wait)
+	if err != nil {
+		return err
+	}
+	if ready.RootfsDiff != "" {
+		if err := applyTar(rootfs, ready.RootfsDiff); err != nil {
+			return fmt.Errorf("lpm-runc: applying rootfs diff %s: %w", ready.RootfsDiff, err)
+		}
+	}
+	for _, p := range ready.DeletedFiles {
+		if err := removeInRoot(rootfs, p); err != nil {
+			return fmt.Errorf("lpm-runc: removing deleted file %s: %w", p, err)
+		}
+	}
+	work := filepath.Join(h.dir(), "work")
+	if err := os.MkdirAll(work, 0o700); err != nil {
+		return fmt.Errorf("lpm-runc: %w", err)
+	}
+	cmd := exec.Command(runcPath(), restoreArgv(inv.global, c, ready.Images, work)...)
+	cmd.Args[0] = "runc"
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr // *os.File: the fds go straight through
+	if err := cmd.Run(); err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			code := ee.ExitCode()
+			if code <= 0 {
+				code = 1 // killed by a signal
+			}
+			return &runcFailed{code: code}
+		}
+		return fmt.Errorf("lpm-runc: running %s restore: %w", runcPath(), err)
+	}
+	if err := h.markRestored(c.id); err != nil {
+		return fmt.Errorf("lpm-runc: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(inv.root, c.id, restoredMarker), nil, 0o600); err != nil {
+		return fmt.Errorf("lpm-runc: container %s restored but its start marker failed: %w", c.id, err)
+	}
+	return nil
+}
+
+func handoffRoot() string {
+	if r := os.Getenv("LPM_RUNC_RESTORE_ROOT"); r != "" {
+		return r
+	}
+	return "/var/lib/lpm/restore"
+}
+
+func waitSeconds() (float64, error) {
+	s := os.Getenv("LPM_RUNC_WAIT_SECONDS")
+	if s == "" {
+		return 100, nil
+	}
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil || v <= 0 {
+		return 0, fmt.Errorf("lpm-runc: invalid LPM_RUNC_WAIT_SECONDS %q", s)
+	}
+	return v, nil
+}
+
+// reportError prints msg on stderr and appends it to runc's --log in runc's format: containerd's shim
+// reports the last error line of that log as the reason the task failed.
+func reportError(inv invocation, msg string) {
+	fmt.Fprintln(os.Stderr, msg)
+	if inv.log == "" || inv.log == "/dev/stderr" {
+		return
+	}
+	now := time.Now()
+	var line []byte
+	if inv.logFormat == "json" {
+		line, _ = json.Marshal(map[string]string{"level": "error", "msg": msg, "time": now.Format(time.RFC3339)})
+	} else {
+		line = []byte(fmt.Sprintf("time=%q level=error msg=%s", now.Format(time.RFC3339), strconv.Quote(msg)))
+	}
+	f, err := os.OpenFile(inv.log, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "lpm-runc: cannot append to log %s: %v\n", inv.log, err)
+		return
+	}
+	defer f.Close()
+	_, _ = f.Write(append(line, '\n'))
+}
