@@ -137,6 +137,25 @@ class AgentDouble(agent_pb2_grpc.CheckpointServiceServicer):
         image = request.image_name or f"localhost/lpm-checkpoint/{ref.container}:{ref.checkpoint_id}"
         return agent_pb2.ConvertResponse(image_ref=image, image_id="sha256:" + "0" * 64, node_name=self.node)
 
+    # Live engine: no lpm-runc behind the double (it reports live_restore_supported false unless a test sets it),
+    # so these answer as a target whose replacement waits at once and stages instantly.
+    def GetRestoreState(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._enter("GetRestoreState", request, context)
+        waiting = agent_pb2.RestoreState.RESTORE_STATE_WAITING
+        return agent_pb2.RestoreStateResponse(
+            containers=[
+                agent_pb2.ContainerRestoreState(container_name=n, state=waiting) for n in request.container_names
+            ]
+        )
+
+    def StageRestore(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._enter("StageRestore", request, context)
+        return agent_pb2.StageRestoreResponse(image_bytes=4321)
+
+    def AbortRestore(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._enter("AbortRestore", request, context)
+        return agent_pb2.AbortRestoreResponse()
+
 
 def serve(node: str, delay: float = 0.0, workers: int = 32) -> AgentDouble:
     double = AgentDouble(node=node, delay=delay)

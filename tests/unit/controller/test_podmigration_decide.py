@@ -491,7 +491,11 @@ def test_a_restore_criu_failed_is_explained_in_criu_words_from_the_target_agent_
     )
     first = decide(obs(_restoring(), source_pod=pod(), restored_pod=restored))
     (ask,) = (a for a in first if isinstance(a, DescribeRestoreFailure))
-    assert ask.node == "node-b" and ask.request == {"pod_uid": "cc", "container_names": ["app"]}
+    assert ask.node == "node-b" and ask.request == {
+        "pod_uid": "cc",
+        "container_names": ["app"],
+        "checkpoint_id": _restoring().status.checkpoint_id,
+    }
     assert not any(isinstance(a, DeletePod) for a in first), "the words first, then the rollback"
     said = Outcome.success(
         {

@@ -20,6 +20,7 @@ AGENT_WRITABLE_HOST_PATHS = {
     "/sys/fs/cgroup": "freezes and thaws source containers through their freezer cgroup",
     "/run/containerd/containerd.sock": "loads checkpoint images into the node's containerd",
     "/var/lib/lpm-agent": "keeps freeze records (auto-thaw deadlines) across agent restarts",
+    "/var/lib/lpm/restore": "stages checkpoints for lpm-runc, the live engine's runtime wrapper (RuntimeClass lpm)",
 }
 # Read, never written: the kubelet client key, the node's procfs (eligibility), the runtime's task dirs (CRIU logs).
 AGENT_READ_ONLY_HOST_PATHS = {

@@ -49,6 +49,7 @@ class AgentConfig:
     runtime_node_task_dir: str
     runtime_state_dir: str
     proc_root: str
+    restore_handoff_dir: str
     log_level: str
     log_format: str
     self_check: bool
@@ -258,6 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="/proc",
         help="The node's procfs (the host's /proc, read-only), to see a source's connections and open files "
         "before anything is frozen.",
+    )
+    add_flag(
+        why,
+        "--restore-handoff-dir",
+        "LPM_RESTORE_HANDOFF_DIR",
+        default="/var/lib/lpm/restore",
+        help="Live engine: the node directory this agent stages checkpoints in for lpm-runc (the runtime "
+        "wrapper behind RuntimeClass lpm), mounted at the same path as on the node. Empty: no live restores here.",
     )
     add_logging_flags(p)
     p.add_argument("--self-check", action="store_true", help="Check configuration and local tools, then exit.")

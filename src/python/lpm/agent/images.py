@@ -69,7 +69,7 @@ def _blob(obj: object) -> tuple[str, bytes]:
     return "sha256:" + hashlib.sha256(data).hexdigest(), data
 
 
-class _IterReader(io.RawIOBase):
+class IterReader(io.RawIOBase):
     """A file-like view of a chunk iterator (tarfile pulls the layer from the store's verified stream)."""
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
@@ -176,7 +176,7 @@ def write_checkpoint_image(
         _add(tar, "index.json", index)
         _add(tar, f"blobs/sha256/{config_digest[7:]}", config)
         _add(tar, f"blobs/sha256/{manifest_digest[7:]}", manifest_bytes)
-        reader = _IterReader(store.read_artifact(ref))
+        reader = IterReader(store.read_artifact(ref))
         info = tarfile.TarInfo(f"blobs/sha256/{layer_digest[7:]}")
         info.size = manifest.size
         info.mode = 0o644

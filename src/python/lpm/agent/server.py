@@ -44,6 +44,7 @@ from prometheus_client import Counter, Histogram
 
 from lpm.agent import criu_log, eligibility
 from lpm.agent import freezer as fz
+from lpm.agent import handoff as ho
 from lpm.agent.config import AgentConfig
 from lpm.agent.images import ImageError, ImageLoader, default_image_ref
 from lpm.agent.kubelet import (
@@ -136,6 +137,10 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
             return code.NOT_FOUND, f"not found: {exc.filename or exc}", ""
         case ConnectionError() | StorageError():
             return code.UNAVAILABLE, str(exc), ""
+        case ho.Aborted():
+            return code.FAILED_PRECONDITION, str(exc), "RestoreAborted"
+        case ho.HandoffError():
+            return code.FAILED_PRECONDITION, str(exc), ""
         case ImageError() | fz.FreezerError():
             return code.INTERNAL, str(exc), ""
     return code.INTERNAL, f"{type(exc).__name__}: {exc}", ""
@@ -175,6 +180,8 @@ class Deps:
     proc_root: Path = Path("/proc")
     # Keeps CRIU's restore logs after the runtime deletes them (None: not kept).
     restore_logs: RestoreLogWatcher | None = None
+    # The live engine's node-local hand-off with lpm-runc (None: this agent cannot stage live restores).
+    handoff: ho.Handoff | None = None
 
 
 class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
@@ -488,6 +495,15 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             require_uid("pod UID", request.pod_uid)
             names = [require_label("container name", n) for n in request.container_names]
             out = agent_pb2.RestoreFailureResponse()
+            if request.checkpoint_id and self.d.handoff is not None:
+                # Live engine: lpm-runc's restore left CRIU's log in the hand-off directory.
+                for name in names:
+                    text = self.d.handoff.restore_log(request.checkpoint_id, name)
+                    if text is not None:
+                        f = criu_log.explain(criu_log.error_lines(text))
+                        out.containers.add(container_name=name, lines=f.lines, cause=f.cause, advice=f.advice)
+                if out.containers:
+                    return out
             kept = self.d.restore_logs.failures(request.pod_uid) if self.d.restore_logs else []
             exact = [(n, f) for n, f in kept if n in names]
             if not exact and kept:
@@ -500,6 +516,68 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             return out
 
         return self._call(context, "DescribeRestoreFailure", body)
+
+    def _handoff(self) -> ho.Handoff:
+        if self.d.handoff is None:
+            raise Abort(grpc.StatusCode.FAILED_PRECONDITION, f"agent on {self.d.node_name} has no restore hand-off")
+        return self.d.handoff
+
+    def GetRestoreState(
+        self, request: agent_pb2.RestoreStateRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.RestoreStateResponse:
+        def body() -> agent_pb2.RestoreStateResponse:
+            handoff = self._handoff()
+            names = [require_label("container name", n) for n in request.container_names]
+            until = time.monotonic() + min(5.0, request.wait.ToNanoseconds() / 1e9)
+            while True:
+                aborted = handoff.aborted(request.checkpoint_id) or ""
+                states = handoff.states(request.checkpoint_id, names)
+                if aborted or time.monotonic() >= until or all(s.state is not ho.State.ABSENT for s in states):
+                    break
+                time.sleep(0.02)
+            out = agent_pb2.RestoreStateResponse(aborted=aborted)
+            for st in states:
+                out.containers.add(
+                    container_name=st.container_name,
+                    state=agent_pb2.RestoreState.Value(f"RESTORE_STATE_{st.state.value}"),
+                    container_id=st.container_id,
+                    waiting_since=st.waiting_since,
+                )
+            return out
+
+        return self._call(context, "GetRestoreState", body)
+
+    def StageRestore(
+        self, request: agent_pb2.StageRestoreRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.StageRestoreResponse:
+        def body() -> agent_pb2.StageRestoreResponse:
+            handoff = self._handoff()
+            ref = ArtifactRef.parse(request.artifact_uri)
+            if ref.checkpoint_id != request.checkpoint_id or ref.container != request.container_name:
+                raise ValueError(
+                    f"{request.artifact_uri} is not container {request.container_name} of checkpoint "
+                    f"{request.checkpoint_id}"
+                )
+            with self._slot(context, f"staging {ref.uri}"):
+                if not self.d.store.is_complete(ref.key):
+                    raise CheckpointIncomplete(f"{ref.uri}: the checkpoint has no completion marker")
+                staged = handoff.stage(request.checkpoint_id, request.container_name, self.d.store.read_raw(ref))
+            return agent_pb2.StageRestoreResponse(
+                image_bytes=staged.image_bytes,
+                rootfs_diff_bytes=staged.rootfs_diff_bytes,
+                duration=_duration(staged.seconds),
+            )
+
+        return self._call(context, "StageRestore", body)
+
+    def AbortRestore(
+        self, request: agent_pb2.AbortRestoreRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.AbortRestoreResponse:
+        def body() -> agent_pb2.AbortRestoreResponse:
+            self._handoff().abort(request.checkpoint_id, request.reason or "the migration was rolled back")
+            return agent_pb2.AbortRestoreResponse()
+
+        return self._call(context, "AbortRestore", body)
 
     def GetCapabilities(
         self, request: agent_pb2.GetCapabilitiesRequest, context: grpc.ServicerContext
@@ -516,7 +594,11 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
         convert_ok = bool(self.d.runtime_version)
         if not convert_ok:
             problems.append(f"{self.d.images.runtime} not reachable with its CLI: checkpoint images cannot be loaded")
+        live_problem = self.d.handoff.usable() if self.d.handoff else "no restore hand-off directory configured"
+        if live_problem:
+            problems.append(live_problem)
         return agent_pb2.Capabilities(
+            live_restore_supported=not live_problem,
             node_name=self.d.node_name,
             agent_version=AGENT_VERSION,
             criu_version=self.d.criu_version,
@@ -587,6 +669,7 @@ def build_deps(cfg: AgentConfig, locate: fz.Locate | None = None, backoff: Backo
         runtime_task_dir=Path(cfg.runtime_task_dir),
         proc_root=Path(cfg.proc_root),
         restore_logs=RestoreLogWatcher(Path(cfg.runtime_state_dir), bundle_dir=Path(cfg.runtime_task_dir)),
+        handoff=ho.Handoff(Path(cfg.restore_handoff_dir)) if cfg.restore_handoff_dir else None,
     )
 
 

@@ -34,6 +34,11 @@ ANNOTATION_CHECKPOINT: Final = f"{GROUP}/checkpoint"
 ANNOTATION_CHECKPOINT_ID: Final = f"{GROUP}/checkpoint-id"
 # UID of the PodMigration that made a restored pod: how the controller knows the pod is its own.
 ANNOTATION_MIGRATION_UID: Final = f"{GROUP}/migration-uid"
+# Live engine: the replacement pod's containers named here are restored from this checkpoint by lpm-runc (the
+# runtime behind RuntimeClass RUNTIME_CLASS_LIVE; containerd hands it pod annotations matching lpm.my.domain/*).
+ANNOTATION_RESTORE_CHECKPOINT: Final = f"{GROUP}/restore-checkpoint"
+ANNOTATION_RESTORE_CONTAINERS: Final = f"{GROUP}/restore-containers"
+RUNTIME_CLASS_LIVE: Final = "lpm"
 
 FINALIZER: Final = f"{GROUP}/cleanup"
 
@@ -50,3 +55,4 @@ CONDITION_SOURCE_FROZEN: Final = "SourceFrozen"
 CONDITION_VALIDATED: Final = "Validated"
 CONDITION_BOUND: Final = "Bound"
 CONDITION_ELIGIBLE: Final = "Eligible"
+CONDITION_REPLACEMENT_READY: Final = "ReplacementReady"

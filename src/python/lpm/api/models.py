@@ -25,9 +25,11 @@ IMMUTABLE = [{"rule": "self == oldSelf", "message": "is immutable"}]
 class MigrationPhase(str, enum.Enum):
     PENDING = "Pending"
     VALIDATING = "Validating"
+    PREPARING = "Preparing"  # live engine: the replacement pod comes up, its containers wait in lpm-runc
     FREEZING = "Freezing"
     CHECKPOINTING = "Checkpointing"
-    CONVERTING = "Converting"
+    TRANSFERRING = "Transferring"  # live engine: the checkpoint is staged, verified, on the target node
+    CONVERTING = "Converting"  # image engine: the checkpoint becomes an OCI checkpoint image on the target
     RESTORING = "Restoring"
     CLEANING = "Cleaning"
     ROLLING_BACK = "RollingBack"
@@ -67,6 +69,14 @@ class EligibilityPolicy(str, enum.Enum):
 
     ENFORCE = "Enforce"  # refuse: the dump or the restore would fail for certain
     WARN = "Warn"  # record it as a warning and go on (the rollback still protects the source)
+
+
+class Engine(str, enum.Enum):
+    """How the pod is restored on the target node."""
+
+    AUTO = "Auto"  # Live where the target can, else Image
+    LIVE = "Live"  # replacement pod first (RuntimeClass lpm), restored in place by lpm-runc
+    IMAGE = "Image"  # OCI checkpoint image, restored by the runtime's restore-via-create (or CRI-O)
 
 
 class DeletionPolicy(str, enum.Enum):
@@ -159,6 +169,15 @@ class PodMigrationSpec:
         default=EligibilityPolicy.ENFORCE,
         x_kubernetes_validations=IMMUTABLE,
     )
+    engine: Engine = spec_field(
+        "Auto (default): Live when the target node's runtime has the lpm handler (Node "
+        "status.runtimeHandlers) and its agent can stage checkpoints, else Image. Live: the replacement pod is "
+        "created first under RuntimeClass lpm and waits in lpm-runc, which restores the checkpoint into it "
+        "(no checkpoint image, no restore-via-create). Image: the checkpoint becomes an OCI checkpoint image "
+        "that the runtime restores (containerd 2.0-2.3 with enable_experimental_restore_via_create, or CRI-O).",
+        default=Engine.AUTO,
+        x_kubernetes_validations=IMMUTABLE,
+    )
     dry_run: bool = spec_field(
         "Only validate: check the pod, the nodes, the agents and eligibility, record the findings in "
         "status.eligibility, and end (Completed with reason DryRunPassed, or Failed) without freezing anything.",
@@ -185,6 +204,9 @@ class PodMigrationStatus:
         "Checkpoint image per container on the target node.", default_factory=list
     )
     source_frozen: bool = spec_field("Whether the source pod's containers are frozen now.", default=False)
+    engine: Engine | None = spec_field(
+        "The engine this migration uses (Live or Image), chosen in Validating from spec.engine and the target."
+    )
     reason: str | None = spec_field("CamelCase reason of the current state or failure.")
     message: str | None = spec_field("What a user can do about the current state or failure.")
     start_time: str | None = spec_field("When the migration started.", format="date-time")

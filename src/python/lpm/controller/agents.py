@@ -37,13 +37,18 @@ METHODS: dict[str, tuple[type, float]] = {
     "ConvertCheckpointToImage": (agent_pb2.ConvertRequest, 600.0),
     "CheckEligibility": (agent_pb2.EligibilityRequest, 30.0),
     "DescribeRestoreFailure": (agent_pb2.RestoreFailureRequest, 10.0),
+    "GetRestoreState": (agent_pb2.RestoreStateRequest, 10.0),
+    "StageRestore": (agent_pb2.StageRestoreRequest, 600.0),
+    "AbortRestore": (agent_pb2.AbortRestoreRequest, 10.0),
 }
 RECONNECT_BACKOFF_MS = (250, 2000)  # (initial, maximum) wait between reconnects to an agent
 REASON_KEY = "lpm-reason"  # trailing metadata: the agent's CamelCase reason, when it knows more than the code
 # Reasons that make a retryable-looking code permanent: a full repository (RESOURCE_EXHAUSTED, like a busy agent)
 # does not empty itself while the source waits frozen, and an unreachable kubelet (UNAVAILABLE) was already
 # retried by the agent with the seed's backoff (5 retries, 2 s doubling): retrying that again would multiply it.
-PERMANENT_REASONS = frozenset({"StorageFull", "CheckpointRefused", "CheckpointFenced", "KubeletUnavailable"})
+PERMANENT_REASONS = frozenset(
+    {"StorageFull", "CheckpointRefused", "CheckpointFenced", "KubeletUnavailable", "RestoreAborted"}
+)
 
 RETRYABLE = frozenset(
     {

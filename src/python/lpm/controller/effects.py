@@ -105,6 +105,21 @@ class ConvertImage(AgentCall):
     METHOD: ClassVar[str] = "ConvertCheckpointToImage"
 
 
+@dataclass(frozen=True)
+class GetRestoreState(AgentCall):
+    METHOD: ClassVar[str] = "GetRestoreState"
+
+
+@dataclass(frozen=True)
+class StageRestore(AgentCall):
+    METHOD: ClassVar[str] = "StageRestore"
+
+
+@dataclass(frozen=True)
+class AbortRestore(AgentCall):
+    METHOD: ClassVar[str] = "AbortRestore"
+
+
 # ------------------------------------------------------------------------------------- Kubernetes writes
 
 

@@ -34,6 +34,7 @@ class PodView:
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
     problem: str | None = None  # why a container is stuck, e.g. "container app: CrashLoopBackOff (...)"
+    started: tuple[str, ...] = ()  # containers whose status is running
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -78,6 +79,11 @@ class PodView:
             labels=dict(meta.get("labels") or {}),
             annotations=dict(meta.get("annotations") or {}),
             problem=problem,
+            started=tuple(
+                str(cs.get("name"))
+                for cs in status.get("containerStatuses") or []
+                if (cs.get("state") or {}).get("running") is not None
+            ),
             raw=pod,
         )
 
@@ -89,10 +95,13 @@ class NodeView:
     ready_message: str
     unschedulable: bool
     deleting: bool = False
+    # The runtime handlers the kubelet reports (status.runtimeHandlers); None when it reports none at all.
+    runtime_handlers: tuple[str, ...] | None = None
 
     @classmethod
     def from_api(cls, node: Mapping[str, Any]) -> NodeView:
         meta = node.get("metadata") or {}
+        reported = (node.get("status") or {}).get("runtimeHandlers")
         conds = (node.get("status") or {}).get("conditions") or []
         ready = next((c for c in conds if c.get("type") == "Ready"), None)
         return cls(
@@ -101,6 +110,7 @@ class NodeView:
             ready_message=str((ready or {}).get("message") or "no Ready condition reported"),
             unschedulable=bool((node.get("spec") or {}).get("unschedulable")),
             deleting=bool(meta.get("deletionTimestamp")),
+            runtime_handlers=tuple(str(h.get("name") or "") for h in reported) if reported else None,
         )
 
 

@@ -1,15 +1,23 @@
 """PodMigration: what to do next, decided from what was observed. Pure: no I/O, `now` comes in.
 
+    Live engine (the default where the target has lpm-runc):
+    Pending -> Validating -> Preparing -> Freezing -> Checkpointing -> Transferring -> Restoring -> Cleaning
+            -> Completed
+    Image engine (OCI checkpoint image, restore-via-create):
     Pending -> Validating -> Freezing -> Checkpointing -> Converting -> Restoring -> Cleaning -> Completed
-                   |            any failure (or timeout) from Freezing to Restoring -> RollingBack -> Failed
+                   |            any failure (or timeout) from Preparing to Restoring -> RollingBack -> Failed
                    +-> Failed (nothing was touched: includes a pod that is not eligible)
                    +-> Completed (DryRunPassed: spec.dryRun, nothing was touched)
+
+The commit point is entering Cleaning: the restored pod was observed running (live engine: every container
+restored by lpm-runc). Before it any failure rolls back; after it nothing does.
 
 Safety rules the property tests check, and how this module keeps them:
 - at most one restored pod: its name is a function of the migration UID, created with AlreadyExists = success;
 - the source is deleted only in Cleaning, which is entered only once the restored pod is observed Running;
 - rollback deletes the restored pod and waits until it is *gone* before thawing the source, so two unfrozen
-  copies never run at once;
+  copies never run at once; on the live engine it first aborts the restore on the target (final: a container
+  waiting in lpm-runc fails, none is restored from that checkpoint later);
 - terminal phases return no actions at all;
 - nothing is frozen before the source's agent found nothing that makes the dump or restore fail for certain
   (spec.eligibility Enforce), and a rollback reports the source running only once its agent checked it with the
@@ -34,6 +42,7 @@ from lpm.api.models import (
     ContainerImage,
     DeletionPolicy,
     EligibilityPolicy,
+    Engine,
     MigrationPhase,
     PodCheckpoint,
     PodCheckpointSpec,
@@ -45,6 +54,7 @@ from lpm.api.models import (
 from lpm.api.names import checkpoint_id_for
 from lpm.controller import clock
 from lpm.controller.effects import (
+    AbortRestore,
     Action,
     CheckEligibility,
     ConvertImage,
@@ -56,9 +66,11 @@ from lpm.controller.effects import (
     Effect,
     EmitEvent,
     FreezeSource,
+    GetRestoreState,
     Outcome,
     PatchStatus,
     ProbeAgent,
+    StageRestore,
     ThawSource,
 )
 from lpm.controller.podmigration.restore import build_restored_pod, pod_checkpoint_name, restored_pod_name
@@ -66,7 +78,7 @@ from lpm.controller.views import NodeView, PodView
 
 P = MigrationPhase
 # Phases in which the migration has touched the source and a failure must roll back.
-ROLLBACK_PHASES = frozenset({P.FREEZING, P.CHECKPOINTING, P.CONVERTING, P.RESTORING})
+ROLLBACK_PHASES = frozenset({P.PREPARING, P.FREEZING, P.CHECKPOINTING, P.TRANSFERRING, P.CONVERTING, P.RESTORING})
 # Agents that are down get this long (or the migration's timeout, if shorter) before validation gives up.
 AGENT_WAIT_SECONDS = 120.0
 # A rollback that cannot thaw (agent unreachable) ends Failed after this long; the agent's own auto-thaw
@@ -74,6 +86,8 @@ AGENT_WAIT_SECONDS = 120.0
 ROLLBACK_THAW_SECONDS = 120.0
 # The agent thaws by itself this long after the migration's deadline if nobody calls Thaw.
 AUTO_THAW_MARGIN_SECONDS = 120
+# Preparing asks the target's agent to answer as soon as the replacement's first container waits in lpm-runc.
+REPLACEMENT_POLL = "1.5s"
 
 
 @dataclass(frozen=True)
@@ -98,7 +112,7 @@ def reads_for(phase: MigrationPhase) -> frozenset[str]:
     """Which parts of the world a phase looks at, so the shell reads no more than needed."""
     if phase in (P.PENDING, P.VALIDATING):
         return frozenset({"source_pod", "nodes", "migrations"})
-    if phase in (P.FREEZING, P.CHECKPOINTING, P.CONVERTING, P.RESTORING, P.CLEANING, P.ROLLING_BACK):
+    if phase in ROLLBACK_PHASES or phase in (P.CLEANING, P.ROLLING_BACK):
         # The restored pod is read in every phase that may roll back: a rollback must see it to remove it.
         return frozenset({"source_pod", "pod_checkpoint", "restored_pod"})
     return frozenset()
@@ -222,8 +236,10 @@ def decide(obs: Observed) -> list[Action]:
     {
         P.PENDING: _pending,
         P.VALIDATING: _validating,
+        P.PREPARING: _preparing,
         P.FREEZING: _freezing,
         P.CHECKPOINTING: _checkpointing,
+        P.TRANSFERRING: _transferring,
         P.CONVERTING: _converting,
         P.RESTORING: _restoring,
         P.CLEANING: _cleaning,
@@ -288,6 +304,7 @@ def _validating(plan: _Plan) -> None:
     waited = clock.seconds_between(plan.status.start_time, obs.now) or 0.0
     freeze = m.spec.source_policy is SourcePolicy.FREEZE
     pending_probe = False
+    target_caps: Mapping[str, Any] = {}
     for role, node_name in (("source", pod.node_name), ("target", target)):
         out = plan.outcome(ProbeAgent(node_name, {}))
         if out is None:
@@ -305,8 +322,8 @@ def _validating(plan: _Plan) -> None:
             missing.append("checkpoint")
         if role == "source" and freeze and not caps.get("freeze_supported"):
             missing.append("freeze")
-        if role == "target" and not caps.get("convert_supported"):
-            missing.append("convert to image")
+        if role == "target":
+            target_caps = caps
         if missing:
             problems = "; ".join(str(p) for p in caps.get("problems") or []) or "no details reported"
             return plan.fail(
@@ -314,6 +331,9 @@ def _validating(plan: _Plan) -> None:
                 f"the agent on {role} node {node_name} cannot {', '.join(missing)}: {problems}",
             )
     if pending_probe:
+        return None
+    engine = _choose_engine(plan, pod, node, target_caps)
+    if engine is None:
         return None
     eligible = _eligible(plan, pod, waited)
     if eligible is not True:
@@ -331,23 +351,69 @@ def _validating(plan: _Plan) -> None:
         return plan.enter(
             P.COMPLETED,
             "DryRunPassed",
-            f"pod {pod_name} can be migrated from {pod.node_name} to {target}; dry run, nothing was frozen",
+            f"pod {pod_name} can be migrated from {pod.node_name} to {target} with the {engine.value} engine; "
+            "dry run, nothing was frozen",
         )
     st.pod_uid = pod.uid
     st.source_node = pod.node_name
     st.checkpoint_id = checkpoint_id_for(str(m.metadata.get("creationTimestamp") or plan.now), plan.uid or pod.uid)
     st.pod_checkpoint_name = pod_checkpoint_name(str(m.metadata.get("name")))
     st.restored_pod_name = restored_pod_name(pod_name, plan.uid)
+    st.engine = engine
     st.conditions = set_condition(
         st.conditions, c.CONDITION_VALIDATED, ConditionStatus.TRUE, "Validated", "pod, nodes and agents ok", plan.now
     )
-    if freeze:
+    if engine is Engine.LIVE:
+        plan.enter(
+            P.PREPARING,
+            "Preparing",
+            f"starting replacement pod {st.restored_pod_name} on {target}; its containers will wait in lpm-runc "
+            "for the checkpoint (the source keeps running meanwhile)",
+        )
+        return _preparing(plan)
+    return _begin_checkpoint(plan)
+
+
+def _begin_checkpoint(plan: _Plan) -> None:
+    pod_name, node = plan.m.spec.pod_name, plan.status.source_node
+    if plan.m.spec.source_policy is SourcePolicy.FREEZE:
         # Write-ahead: Freezing is recorded before the agent is asked to freeze, so a controller killed right
         # after the Freeze call finds a phase that knows it must thaw on failure.
-        plan.enter(P.FREEZING, "Freezing", f"freezing pod {pod_name} on {pod.node_name}")
+        plan.enter(P.FREEZING, "Freezing", f"freezing pod {pod_name} on {node}")
         return None
     plan.enter(P.CHECKPOINTING, "Checkpointing", f"checkpointing pod {pod_name} (KeepRunning: a clone)")
     return _checkpointing(plan)
+
+
+def _choose_engine(plan: _Plan, pod: PodView, node: NodeView, target_caps: Mapping[str, Any]) -> Engine | None:
+    """spec.engine against what the target can do; None once the plan failed."""
+    want, target = plan.m.spec.engine, plan.m.spec.target_node
+    why_not_live = []
+    if not target_caps.get("live_restore_supported"):
+        problems = "; ".join(str(p) for p in target_caps.get("problems") or []) or "no details reported"
+        why_not_live.append(f"its agent cannot stage checkpoints ({problems})")
+    if node.runtime_handlers is not None and c.RUNTIME_CLASS_LIVE not in node.runtime_handlers:
+        why_not_live.append(
+            f"its runtime has no '{c.RUNTIME_CLASS_LIVE}' handler (status.runtimeHandlers: "
+            f"{', '.join(node.runtime_handlers) or 'none'}); install lpm-runc there (deploy/README.md)"
+        )
+    own_class = (pod.raw.get("spec") or {}).get("runtimeClassName")
+    if own_class and own_class != c.RUNTIME_CLASS_LIVE:
+        why_not_live.append(f"pod {pod.name} runs under RuntimeClass {own_class}, which lpm-runc does not wrap")
+    image_ok = bool(target_caps.get("convert_supported"))
+    if want is Engine.LIVE or (want is Engine.AUTO and not why_not_live):
+        if not why_not_live:
+            return Engine.LIVE
+        plan.fail(
+            "LiveEngineUnavailable",
+            f"target node {target} cannot restore live: {'; '.join(why_not_live)}. Use spec.engine Auto or Image.",
+        )
+        return None
+    if image_ok:
+        return Engine.IMAGE
+    problems = "; ".join(str(p) for p in target_caps.get("problems") or []) or "no details reported"
+    plan.fail("AgentNotCapable", f"the agent on target node {target} cannot convert to image: {problems}")
+    return None
 
 
 # Eligibility findings that make a dump or restore fail for certain, found in the pod spec itself.
@@ -512,6 +578,9 @@ def _checkpointing(plan: _Plan) -> None:
         return None
     # Recorded before the agent is asked, so the conversion's time is counted as Converting (the clock of a
     # cycle stands still while its effects run) and a restarted controller resumes at the right step.
+    if plan.status.engine is Engine.LIVE:
+        plan.enter(P.TRANSFERRING, "Transferring", f"staging the checkpoint for lpm-runc on {plan.m.spec.target_node}")
+        return None
     plan.enter(P.CONVERTING, "Converting", f"converting the checkpoint to images on {plan.m.spec.target_node}")
 
 
@@ -539,8 +608,25 @@ def _converting(plan: _Plan) -> None:
         plan.enter(P.RESTORING, "Restoring", f"starting pod {st.restored_pod_name} on {plan.m.spec.target_node}")
 
 
-def _restoring(plan: _Plan) -> None:
-    st, rp = plan.status, plan.obs.restored_pod
+def _replacement_body(plan: _Plan, source: PodView) -> dict[str, Any]:
+    st = plan.status
+    live = st.engine is Engine.LIVE
+    return build_restored_pod(
+        source.raw,
+        name=st.restored_pod_name or restored_pod_name(plan.m.spec.pod_name, plan.uid),
+        target_node=plan.m.spec.target_node,
+        images=None if live else {ci.container_name: ci.image_ref for ci in st.container_images},
+        migration_name=str(plan.m.metadata.get("name")),
+        migration_uid=plan.uid,
+        pod_checkpoint_name=st.pod_checkpoint_name or "",
+        checkpoint_id=st.checkpoint_id or "",
+    )
+
+
+def _preparing(plan: _Plan) -> None:
+    """Live engine: the replacement pod comes up on the target before anything is frozen; its first container
+    then waits in lpm-runc (kubelet starts a pod's containers one after another)."""
+    st, rp, target = plan.status, plan.obs.restored_pod, plan.m.spec.target_node
     name = st.restored_pod_name or restored_pod_name(plan.m.spec.pod_name, plan.uid)
     if rp is None:
         created = plan.obs.outcomes.get(f"create:pods:{plan.ns}:{name}")
@@ -548,18 +634,85 @@ def _restoring(plan: _Plan) -> None:
             return None  # created this cycle; the next one observes it
         source = plan.source()
         if source is None:
-            return _rollback(plan, "SourcePodGone", f"pod {plan.m.spec.pod_name} disappeared before it was restored")
-        body = build_restored_pod(
-            source.raw,
-            name=name,
-            target_node=plan.m.spec.target_node,
-            images={ci.container_name: ci.image_ref for ci in st.container_images},
-            migration_name=str(plan.m.metadata.get("name")),
-            migration_uid=plan.uid,
-            pod_checkpoint_name=st.pod_checkpoint_name or "",
-            checkpoint_id=st.checkpoint_id or "",
+            return _rollback(plan, "SourcePodGone", f"pod {plan.m.spec.pod_name} disappeared before the migration")
+        out = plan.outcome(CreateRestoredPod("pods", plan.ns, _replacement_body(plan, source)))
+        if out is not None and not out.ok:
+            if out.retryable:
+                return plan.note(out.reason, out.message)
+            return _rollback(plan, "ReplacementFailed", f"could not create pod {name}: {out.message}")
+        return None
+    if not plan.restored_is_ours():
+        return _rollback(
+            plan, "RestoredPodNameTaken", f"a pod named {name} exists and was not made by this migration; delete it"
         )
-        out = plan.outcome(CreateRestoredPod("pods", plan.ns, body))
+    if rp.deleting or rp.phase in ("Failed", "Succeeded") or rp.problem:
+        detail = scrub_paths(rp.problem or f"it is {'terminating' if rp.deleting else rp.phase}")
+        return _rollback(plan, "ReplacementFailed", f"replacement pod {name} could not start on {target}: {detail}")
+    first = plan.containers()[:1]
+    request = {"checkpoint_id": st.checkpoint_id or "", "container_names": first, "wait": REPLACEMENT_POLL}
+    out = plan.outcome(GetRestoreState(target, request))
+    if out is None:
+        return None
+    if not out.ok:
+        if out.retryable:
+            return plan.note(out.reason or "AgentRetrying", out.message)
+        return _rollback(plan, out.reason or "ReplacementFailed", out.message)
+    if out.value.get("aborted"):
+        return _rollback(plan, "RestoreAborted", f"the restore on {target} was aborted: {out.value['aborted']}")
+    states = {str(s.get("container_name")): s for s in out.value.get("containers") or []}
+    waiting = [n for n in first if str(states.get(n, {}).get("state", "")).endswith("WAITING")]
+    if waiting != first:
+        return plan.note(
+            "WaitingForReplacement",
+            f"pod {name} is starting on {target} (sandbox, network, volumes, image); its containers will wait in "
+            "lpm-runc",
+        )
+    st.conditions = set_condition(
+        st.conditions,
+        c.CONDITION_REPLACEMENT_READY,
+        ConditionStatus.TRUE,
+        "WaitingInRuntime",
+        f"pod {name} is up on {target} and container {first[0]} waits in lpm-runc for the checkpoint",
+        plan.now,
+    )
+    return _begin_checkpoint(plan)
+
+
+def _transferring(plan: _Plan) -> None:
+    """Live engine: the target's agent reads each container's checkpoint, verifies it, and stages it for
+    lpm-runc; a container whose staging is not verified is never restored."""
+    pc = plan.obs.pod_checkpoint
+    if pc is None or pc.status.phase is not CheckpointPhase.READY:
+        return _rollback(plan, "CheckpointGone", "the PodCheckpoint disappeared or is no longer Ready")
+    target, staged = plan.m.spec.target_node, 0
+    for ctr in pc.status.containers:
+        request = {"checkpoint_id": plan.status.checkpoint_id or "", "container_name": ctr.name}
+        out = plan.outcome(StageRestore(target, dict(request, artifact_uri=ctr.artifact_uri or "")))
+        if out is None:
+            continue
+        if out.ok:
+            staged += 1
+        elif out.retryable:
+            plan.note(out.reason or "TransferRetrying", out.message)
+        else:
+            return _rollback(plan, out.reason or "TransferFailed", out.message)
+    if staged == len(pc.status.containers):
+        plan.enter(P.RESTORING, "Restoring", f"lpm-runc restores pod {plan.status.restored_pod_name} on {target}")
+
+
+def _restoring(plan: _Plan) -> None:
+    st, rp = plan.status, plan.obs.restored_pod
+    name = st.restored_pod_name or restored_pod_name(plan.m.spec.pod_name, plan.uid)
+    if rp is None and st.engine is Engine.LIVE:
+        return _rollback(plan, "ReplacementGone", f"replacement pod {name} disappeared before it was restored")
+    if rp is None:
+        created = plan.obs.outcomes.get(f"create:pods:{plan.ns}:{name}")
+        if created is not None and created.ok:
+            return None  # created this cycle; the next one observes it
+        source = plan.source()
+        if source is None:
+            return _rollback(plan, "SourcePodGone", f"pod {plan.m.spec.pod_name} disappeared before it was restored")
+        out = plan.outcome(CreateRestoredPod("pods", plan.ns, _replacement_body(plan, source)))
         if out is not None and not out.ok:
             if out.retryable:
                 return plan.note(out.reason, out.message)
@@ -569,7 +722,8 @@ def _restoring(plan: _Plan) -> None:
         return _rollback(
             plan, "RestoredPodNameTaken", f"a pod named {name} exists and was not made by this migration; delete it"
         )
-    if rp.running and not rp.problem:
+    everyone = st.engine is not Engine.LIVE or set(rp.started) >= set(rp.containers)
+    if rp.running and not rp.problem and everyone:
         plan.enter(P.CLEANING, "Cleaning", f"pod {name} runs on {plan.m.spec.target_node}; removing the source")
         return _cleaning(plan)
     if rp.deleting or rp.phase in ("Failed", "Succeeded") or rp.problem:
@@ -577,7 +731,7 @@ def _restoring(plan: _Plan) -> None:
         if "criu failed" not in detail.lower():
             return _rollback(plan, "RestoredPodFailed", f"restored pod {name} did not come up: {detail}")
         # CRIU failed the restore: its own words are with the target's agent (the runtime deleted its log).
-        request = {"pod_uid": rp.uid, "container_names": list(rp.containers)}
+        request = {"pod_uid": rp.uid, "container_names": list(rp.containers), "checkpoint_id": st.checkpoint_id or ""}
         said = plan.outcome(DescribeRestoreFailure(plan.m.spec.target_node, request))
         if said is None:
             return None
@@ -626,8 +780,20 @@ def _rollback(plan: _Plan, reason: str, message: str) -> None:
     _rolling_back(plan)
 
 
+def _abort_restore(plan: _Plan) -> AbortRestore | None:
+    st = plan.status
+    if st.engine is not Engine.LIVE or not st.checkpoint_id:
+        return None
+    return AbortRestore(plan.m.spec.target_node, {"checkpoint_id": st.checkpoint_id, "reason": st.message or ""})
+
+
 def _rolling_back(plan: _Plan) -> None:
     st, rp = plan.status, plan.obs.restored_pod
+    abort = _abort_restore(plan)
+    if abort is not None:
+        # Best effort and first: a waiting lpm-runc fails at once. What guarantees that no replacement runs next
+        # to the thawed source is the delete below, awaited until the pod is gone.
+        plan.outcome(abort)
     if plan.restored_is_ours() and rp is not None:
         plan.outcome(
             DeletePod(namespace=plan.ns, name=rp.name, uid=rp.uid, grace_period_seconds=0),
@@ -714,6 +880,9 @@ def decide_finalize(obs: Observed) -> Finalization:
     effects: list[Action] = []
     done = True
     if st.phase in ROLLBACK_PHASES or st.phase is P.ROLLING_BACK:
+        abort = _abort_restore(plan)
+        if abort is not None and abort.key not in obs.outcomes:
+            effects.append(abort)
         rp = obs.restored_pod
         if plan.restored_is_ours() and rp is not None:
             effects.append(DeletePod(namespace=plan.ns, name=rp.name, uid=rp.uid, grace_period_seconds=0))

@@ -1,5 +1,10 @@
-"""The restored pod: a copy of the source pod bound to the target node, each container started from its
-checkpoint image (CONTEXT.md section 2: restore = OCI checkpoint image, not the seed's annotation).
+"""The restored pod: a copy of the source pod bound to the target node.
+
+- Live engine (`images` is None): the pod keeps its own images and runs under RuntimeClass lpm; annotations
+  name the checkpoint and the containers lpm-runc restores from it (containerd hands `lpm.my.domain/*` pod
+  annotations to the runtime). Init containers are not named, so they run as in any new pod.
+- Image engine: each container is started from its checkpoint image (CONTEXT.md section 2: restore = OCI
+  checkpoint image, not the seed's annotation).
 
 Owned pods: LPM refuses to migrate a pod that has a controller (ReplicaSet, StatefulSet, Job, DaemonSet, ...)
 during validation. Such a controller would recreate the source pod as soon as the migration deletes it, and it
@@ -42,7 +47,7 @@ def build_restored_pod(
     *,
     name: str,
     target_node: str,
-    images: Mapping[str, str],
+    images: Mapping[str, str] | None,
     migration_name: str,
     migration_uid: str,
     pod_checkpoint_name: str,
@@ -65,17 +70,24 @@ def build_restored_pod(
         spec["affinity"] = affinity
     else:
         spec.pop("affinity", None)
-    for container in spec.get("containers") or []:
-        container["image"] = images[container["name"]]
-        container["imagePullPolicy"] = "Never"
+    if images is None:
+        spec["runtimeClassName"] = c.RUNTIME_CLASS_LIVE
+    else:
+        if spec.get("runtimeClassName") == c.RUNTIME_CLASS_LIVE:
+            spec.pop("runtimeClassName")  # restore-via-create needs no wrapper
+        for container in spec.get("containers") or []:
+            container["image"] = images[container["name"]]
+            container["imagePullPolicy"] = "Never"
     labels = dict(meta.get("labels") or {})
     labels[c.LABEL_RESTORED] = "true"
     labels[c.LABEL_MIGRATION] = migration_name
-    annotations = {
-        k: v
-        for k, v in (meta.get("annotations") or {}).items()
-        if k != "kubectl.kubernetes.io/last-applied-configuration"
+    # A source that was itself restored carries the last migration's restore annotations: never copied.
+    dropped = {
+        "kubectl.kubernetes.io/last-applied-configuration",
+        c.ANNOTATION_RESTORE_CHECKPOINT,
+        c.ANNOTATION_RESTORE_CONTAINERS,
     }
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in dropped}
     annotations.update(
         {
             c.ANNOTATION_SOURCE_POD: f"{meta.get('namespace')}/{meta.get('name')}",
@@ -86,6 +98,9 @@ def build_restored_pod(
             c.ANNOTATION_CHECKPOINT_ID: checkpoint_id,
         }
     )
+    if images is None:
+        annotations[c.ANNOTATION_RESTORE_CHECKPOINT] = checkpoint_id
+        annotations[c.ANNOTATION_RESTORE_CONTAINERS] = ",".join(ctr["name"] for ctr in spec.get("containers") or [])
     return {
         "apiVersion": "v1",
         "kind": "Pod",

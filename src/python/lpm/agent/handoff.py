@@ -1,0 +1,244 @@
+"""The live engine's hand-off with lpm-runc on the target node: a directory per checkpoint, one per container.
+
+lpm-runc (src/go/lpm-runc) runs as the runtime of the replacement pod's containers. For a container whose pod
+carries `lpm.my.domain/restore-checkpoint: <checkpoint id>` it waits in `runc create` until the agent staged
+that container's checkpoint here, then restores it with `runc restore`. The protocol, all files written
+atomically (temporary name, then rename):
+
+    <root>/<checkpoint id>/abort                 agent: the migration rolled back (text reason). Every waiting or
+                                                 later lpm-runc fails at once; nothing is restored from this ID.
+    <root>/<checkpoint id>/<container>/waiting   lpm-runc: the container waits for its checkpoint (JSON)
+    <root>/<checkpoint id>/<container>/ready     agent: staged and verified (JSON: images, rootfs_diff,
+                                                 deleted_files); written only after the whole archive was read
+                                                 and its sha256 matched, so a partial transfer is never restored
+    <root>/<checkpoint id>/<container>/restored  lpm-runc: `runc restore` succeeded (a later restart of the
+                                                 container starts fresh, like any restart)
+
+The staged data is process memory: directories are 0700, files 0600, and the images are removed once the
+container was restored or the restore was aborted.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from lpm.agent.images import IterReader
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ROOT = "/var/lib/lpm/restore"
+_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,252}$")
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# What a kubelet checkpoint archive holds that the restore needs (the rest is for other tools).
+_IMAGES_PREFIX = "checkpoint/"
+_ROOTFS_DIFF = "rootfs-diff.tar"
+_DELETED_FILES = "deleted.files"
+
+
+class HandoffError(Exception):
+    """The checkpoint cannot be staged (aborted, malformed archive, bad names)."""
+
+
+class Aborted(HandoffError):
+    pass
+
+
+class State(enum.Enum):
+    ABSENT = "ABSENT"  # lpm-runc has not asked for it (yet)
+    WAITING = "WAITING"  # lpm-runc waits for it
+    STAGED = "STAGED"  # ready for lpm-runc, not restored yet
+    RESTORED = "RESTORED"  # lpm-runc restored it
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    container_name: str
+    state: State
+    container_id: str = ""
+    waiting_since: str = ""
+
+
+@dataclass(frozen=True)
+class Staged:
+    container_name: str
+    image_bytes: int
+    rootfs_diff_bytes: int
+    seconds: float
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+def _check(checkpoint_id: str, container: str | None = None) -> None:
+    if not _ID.match(checkpoint_id):
+        raise HandoffError(f"checkpoint id {checkpoint_id!r} is not a valid name")
+    if container is not None and not _NAME.match(container):
+        raise HandoffError(f"container name {container!r} is not a DNS-1123 label")
+
+
+class Handoff:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def usable(self) -> str:
+        """Empty when the hand-off directory can be used; otherwise why not."""
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            probe = self.root / ".probe"
+            _write_atomic(probe, b"")
+            probe.unlink()
+        except OSError as exc:
+            return f"the restore hand-off directory {self.root} is not writable: {exc.strerror}"
+        return ""
+
+    def _dir(self, checkpoint_id: str, container: str | None = None) -> Path:
+        _check(checkpoint_id, container)
+        base = self.root / checkpoint_id
+        return base / container if container else base
+
+    def aborted(self, checkpoint_id: str) -> str | None:
+        try:
+            return (self._dir(checkpoint_id) / "abort").read_text(errors="replace")
+        except FileNotFoundError:
+            return None
+
+    def states(self, checkpoint_id: str, containers: Iterable[str]) -> list[ContainerState]:
+        out = []
+        for name in containers:
+            d = self._dir(checkpoint_id, name)
+            waiting: dict[str, object] = {}
+            try:
+                waiting = json.loads((d / "waiting").read_bytes())
+            except (FileNotFoundError, ValueError):
+                pass
+            if (d / "restored").exists():
+                state = State.RESTORED
+            elif (d / "ready").exists():
+                state = State.STAGED
+            elif waiting:
+                state = State.WAITING
+            else:
+                state = State.ABSENT
+            out.append(ContainerState(name, state, str(waiting.get("container_id", "")), str(waiting.get("since", ""))))
+        return out
+
+    def stage(self, checkpoint_id: str, container: str, archive: Iterator[bytes]) -> Staged:
+        """Lay out one container's checkpoint archive (the kubelet's tar, as a verified chunk stream) for
+        lpm-runc. `archive` raises at its end if the bytes did not match their manifest: `ready` is written only
+        after that end was reached. Idempotent: an already staged or restored container is left as it is."""
+        started = time.monotonic()
+        d = self._dir(checkpoint_id, container)
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.aborted(checkpoint_id) is not None:
+            raise Aborted(f"checkpoint {checkpoint_id} was aborted: {self.aborted(checkpoint_id)}")
+        if (d / "ready").exists() or (d / "restored").exists():
+            return Staged(container, 0, 0, 0.0)
+        work = Path(tempfile.mkdtemp(prefix=".staging-", dir=d))
+        try:
+            images = work / "images"
+            images.mkdir(mode=0o700)
+            image_bytes, diff_bytes, deleted = _extract(archive, images, work / _ROOTFS_DIFF)
+            final = d / "staged"
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(work, final)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        if self.aborted(checkpoint_id) is not None:  # a rollback raced the transfer: never hand it over
+            shutil.rmtree(final, ignore_errors=True)
+            raise Aborted(f"checkpoint {checkpoint_id} was aborted while it was staged")
+        ready = {
+            "images": str(final / "images"),
+            "rootfs_diff": str(final / _ROOTFS_DIFF) if diff_bytes else "",
+            "deleted_files": deleted,
+        }
+        _write_atomic(d / "ready", json.dumps(ready).encode())
+        seconds = time.monotonic() - started
+        log.info(
+            "staged %s/%s for lpm-runc: %d bytes of images in %.2fs", checkpoint_id, container, image_bytes, seconds
+        )
+        return Staged(container, image_bytes, diff_bytes, seconds)
+
+    def restore_log(self, checkpoint_id: str, container: str, limit: int = 1 << 20) -> str | None:
+        """CRIU's log of lpm-runc's restore of this container (runc writes it into the work directory)."""
+        try:
+            with open(self._dir(checkpoint_id, container) / "work" / "restore.log", "rb") as f:
+                return f.read(limit).decode(errors="replace")
+        except FileNotFoundError:
+            return None
+
+    def abort(self, checkpoint_id: str, reason: str) -> None:
+        """Final: a waiting lpm-runc fails, none restores later; staged data of containers not restored goes."""
+        base = self._dir(checkpoint_id)
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not (base / "abort").exists():
+            _write_atomic(base / "abort", reason.encode()[:4096])
+        self.release(checkpoint_id)
+
+    def release(self, checkpoint_id: str) -> None:
+        """Removes staged images (process memory). Keeps the small markers, so a restarted container of a
+        restored pod starts fresh and an aborted ID stays aborted."""
+        base = self._dir(checkpoint_id)
+        if not base.is_dir():
+            return
+        for child in base.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child / "staged", ignore_errors=True)
+
+
+def _extract(archive: Iterator[bytes], images: Path, rootfs_diff: Path) -> tuple[int, int, list[str]]:
+    """The kubelet archive's `checkpoint/*` files into `images`, `rootfs-diff.tar` to `rootfs_diff`, and the
+    `deleted.files` list. Only regular files are written, each 0600; a member with a path that leaves its
+    directory is refused. Reads `archive` to its end (its integrity check runs there)."""
+    reader = IterReader(archive)
+    image_bytes = diff_bytes = 0
+    deleted: list[str] = []
+    with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
+        for member in tar:
+            name = member.name.removeprefix("./")
+            if name.startswith(_IMAGES_PREFIX) and member.isfile():
+                leaf = name[len(_IMAGES_PREFIX) :]
+                if not leaf or "/" in leaf or leaf in (".", ".."):
+                    raise HandoffError(f"checkpoint archive member {member.name!r} is not a flat CRIU image")
+                image_bytes += _copy(tar, member, images / leaf)
+            elif name == _ROOTFS_DIFF and member.isfile():
+                diff_bytes += _copy(tar, member, rootfs_diff)
+            elif name == _DELETED_FILES and member.isfile():
+                src = tar.extractfile(member)
+                data = json.loads(src.read()) if src else []
+                if not isinstance(data, list) or not all(isinstance(p, str) for p in data):
+                    raise HandoffError("deleted.files in the checkpoint archive is not a list of paths")
+                deleted = data
+    reader.drain()
+    if not image_bytes:
+        raise HandoffError("the checkpoint archive holds no CRIU images (no checkpoint/ files)")
+    return image_bytes, diff_bytes, deleted
+
+
+def _copy(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> int:
+    src = tar.extractfile(member)
+    assert src is not None
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+    return member.size
