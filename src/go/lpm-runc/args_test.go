@@ -2,6 +2,7 @@ package main
 
 import (
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -96,13 +97,14 @@ func TestStartID(t *testing.T) {
 }
 
 func TestCheckpointIDPattern(t *testing.T) {
+	re := regexp.MustCompile(namePattern) // the hand-written check agrees with the pattern
 	for _, ok := range []string{"a", "ckpt-1.2_3", "0" + strings.Repeat("a", 252)} {
-		if !checkpointIDRe.MatchString(ok) {
+		if !validName(ok) || !re.MatchString(ok) {
 			t.Errorf("rejected %q", ok)
 		}
 	}
-	for _, bad := range []string{"", "-a", "A", "a/b", "..", ".a", "a b", "0" + strings.Repeat("a", 253)} {
-		if checkpointIDRe.MatchString(bad) {
+	for _, bad := range []string{"", "-a", "A", "a/b", "..", ".a", "a b", "a/", "é", "a\n", "0" + strings.Repeat("a", 253)} {
+		if validName(bad) || re.MatchString(bad) {
 			t.Errorf("accepted %q", bad)
 		}
 	}

@@ -77,23 +77,20 @@ func (h handoff) wait(containerID string, seconds float64) (*readyFile, error) {
 	abortPath := filepath.Join(h.root, h.checkpoint, "abort")
 	readyPath := filepath.Join(d, "ready")
 	deadline := time.Now().Add(time.Duration(seconds * float64(time.Second)))
-	var lastErr error
 	for {
 		if reason, err := os.ReadFile(abortPath); err == nil {
 			return nil, fmt.Errorf("lpm-runc: migration aborted: %s", strings.TrimSpace(string(reason)))
 		}
 		if data, err := os.ReadFile(readyPath); err == nil {
+			// Written atomically by the agent: what is there is final.
 			r, err := parseReady(data)
-			if err == nil {
-				return r, nil
+			if err != nil {
+				return nil, fmt.Errorf("lpm-runc: checkpoint %s for container %s: invalid %s: %v",
+					h.checkpoint, h.container, readyPath, err)
 			}
-			lastErr = err // keep polling: the agent may rewrite it
+			return r, nil
 		}
 		if time.Now().After(deadline) {
-			if lastErr != nil {
-				return nil, fmt.Errorf("lpm-runc: checkpoint %s for container %s: invalid %s: %v",
-					h.checkpoint, h.container, readyPath, lastErr)
-			}
 			return nil, fmt.Errorf("lpm-runc: checkpoint %s for container %s was not ready within %ss",
 				h.checkpoint, h.container, formatSeconds(seconds))
 		}

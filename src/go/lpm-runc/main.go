@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -29,7 +28,23 @@ const (
 	restoredMarker   = "lpm-restored"
 )
 
-var checkpointIDRe = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,252}$`)
+// validName checks a checkpoint id (and a container name) against ^[a-z0-9][a-z0-9._-]{0,252}$, by hand:
+// compiling that regexp costs ~1 ms at every start, pass-through included.
+func validName(s string) bool {
+	if len(s) == 0 || len(s) > 253 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		alnum := c >= 'a' && c <= 'z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || c != '.' && c != '_' && c != '-') {
+			return false
+		}
+	}
+	return true
+}
+
+const namePattern = "^[a-z0-9][a-z0-9._-]{0,252}$"
 
 func runcPath() string {
 	if p := os.Getenv("LPM_RUNC_RUNC"); p != "" {
@@ -110,11 +125,11 @@ type runcFailed struct{ code int }
 func (e *runcFailed) Error() string { return fmt.Sprintf("runc restore exited with %d", e.code) }
 
 func restore(inv invocation, c createArgs, cfg *ociConfig, ckpt string) error {
-	if !checkpointIDRe.MatchString(ckpt) {
-		return fmt.Errorf("lpm-runc: invalid %s annotation %q (want %s)", annRestore, ckpt, checkpointIDRe)
+	if !validName(ckpt) {
+		return fmt.Errorf("lpm-runc: invalid %s annotation %q (want %s)", annRestore, ckpt, namePattern)
 	}
 	name := cfg.Annotations[annContainerName]
-	if !checkpointIDRe.MatchString(name) {
+	if !validName(name) {
 		return fmt.Errorf("lpm-runc: invalid %s annotation %q", annContainerName, name)
 	}
 	if cfg.Root == nil || cfg.Root.Path == "" {

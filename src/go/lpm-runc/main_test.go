@@ -342,3 +342,17 @@ func TestCreateRejectsEscapingDiff(t *testing.T) {
 		t.Errorf("wrote outside the rootfs")
 	}
 }
+
+func TestCreateInvalidReadyFailsAtOnce(t *testing.T) {
+	e := newEnv(t)
+	e.config(restoreAnn("ck-6", "container"))
+	d := filepath.Join(e.root, "ck-6", "app")
+	must(t, os.MkdirAll(d, 0o700))
+	ready, _ := json.Marshal(map[string]any{"images": filepath.Join(e.dir, "missing")})
+	must(t, os.WriteFile(filepath.Join(d, "ready"), ready, 0o600))
+	t0 := time.Now()
+	code, _, stderr := e.run(e.createArgv("c1")...)
+	if code != 1 || !strings.Contains(stderr, "is not a directory") || time.Since(t0) > 5*time.Second {
+		t.Fatalf("code %d stderr %q after %v", code, stderr, time.Since(t0))
+	}
+}
