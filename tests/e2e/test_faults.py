@@ -151,9 +151,9 @@ def test_deleting_the_migration_mid_flight_thaws_the_source_and_leaves_nothing_b
     assert not [p for p in leftovers if p["metadata"].get("annotations", {}).get("lpm.my.domain/source-pod") == "del-1"]
 
 
-def test_the_target_agent_killed_during_the_conversion_never_loses_the_source() -> None:
-    """The agent on the target dies while it turns the checkpoint into an image. The controller retries on the
-    restarted agent, or rolls back; either way no update is lost or done twice."""
+def test_the_target_agent_killed_before_the_restore_never_loses_the_source() -> None:
+    """The agent on the target dies after the source was frozen, before the restore. The controller retries on
+    the restarted agent, or rolls back; either way no update is lost or done twice."""
     k.start_counter("tgt-1", ballast_mib=128)
     before = k.states("tgt-1")
     proc = subprocess.Popen(
@@ -163,7 +163,9 @@ def test_the_target_agent_killed_during_the_conversion_never_loses_the_source() 
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    k.wait_for("mig-tgt-1 Converting", lambda: k.phase("mig-tgt-1") == "Converting", timeout=120, interval=0.1)
+    # Killed once the source is frozen and before the restore (Image: Converting; Live: Transferring follows).
+    frozen = ("Checkpointing", "Transferring", "Converting")
+    k.wait_for("mig-tgt-1 frozen", lambda: k.phase("mig-tgt-1") in frozen, timeout=120, interval=0.05)
     old_agent = k.agent_on(k.NODE_2)[0]
     killed = time.monotonic()
     k.kubectl(

@@ -44,23 +44,52 @@ def _assert_continues(before: list[dict], restored_pod: str, container: str = "c
     assert last["position"] == last["events"] * 100 and last["events"] == last["seq"]
 
 
-def test_counter_revenue_and_position_continue_after_migration() -> None:
-    k.start_counter("counter-a")
-    before = k.states("counter-a")
-    res = k.lpm("migrate", "counter-a", "--to", k.NODE_2, "--name", "mig-a", "--wait", "--timeout", "300")
+# Each engine's own phases (both run in Validating and Restoring).
+ENGINE_PHASES = {"Live": {"Preparing", "Transferring"}, "Image": {"Converting"}}
+
+
+@pytest.mark.parametrize("engine", ["Live", "Image"])
+def test_counter_revenue_and_position_continue_after_migration(engine: str) -> None:
+    pod, mig = f"counter-{engine.lower()}", f"mig-{engine.lower()}"
+    k.start_counter(pod)
+    before = k.states(pod)
+    res = k.lpm("migrate", pod, "--to", k.NODE_2, "--name", mig, "--engine", engine, "--wait", "--timeout", "300")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Completed" in res.stdout
-    mig = k.migration("mig-a")
-    st = mig["status"]
+    st = k.migration(mig)["status"]
     restored = st["restoredPodName"]
-    assert st["sourceNode"] == k.NODE_1
-    assert set(st["phaseDurationsSeconds"]) >= {"Validating", "Freezing", "Checkpointing", "Converting", "Restoring"}
-    pod = k.kubectl_json("-n", k.NAMESPACE, "get", "pod", restored)
-    assert pod["spec"]["nodeName"] == k.NODE_2
-    assert k.kubectl("-n", k.NAMESPACE, "get", "pod", "counter-a", check=False).returncode != 0, "source not removed"
+    assert st["sourceNode"] == k.NODE_1 and st["engine"] == engine
+    phases = set(st["phaseDurationsSeconds"])
+    assert phases >= {"Validating", "Freezing", "Checkpointing", "Restoring"} | ENGINE_PHASES[engine], phases
+    assert not phases & ENGINE_PHASES["Image" if engine == "Live" else "Live"], phases
+    pod_obj = k.kubectl_json("-n", k.NAMESPACE, "get", "pod", restored)
+    assert pod_obj["spec"]["nodeName"] == k.NODE_2
+    if engine == "Live":
+        # Started from the pod's own image under lpm-runc: no checkpoint image is involved.
+        assert pod_obj["spec"]["runtimeClassName"] == "lpm"
+        assert pod_obj["spec"]["containers"][0]["image"] == k.DEMO_IMAGE
+    assert k.kubectl("-n", k.NAMESPACE, "get", "pod", pod, check=False).returncode != 0, "source not removed"
     _assert_continues(before, restored)
-    out = k.lpm("status", "mig-a")
-    assert out.returncode == 0 and restored in out.stdout
+    out = k.lpm("status", mig)
+    assert out.returncode == 0 and restored in out.stdout and f"engine: {engine}" in out.stdout
+
+
+def test_a_256_mib_pod_moves_through_the_live_engine_with_its_memory() -> None:
+    k.start_counter("heavy", ballast_mib=256)
+    before = k.states("heavy")
+    res = k.lpm("migrate", "heavy", "--to", k.NODE_2, "--name", "mig-heavy", "--engine", "Live", "--wait")
+    assert res.returncode == 0, res.stdout + res.stderr
+    st = k.migration("mig-heavy")["status"]
+    assert st["engine"] == "Live"
+    _assert_continues(before, st["restoredPodName"])
+    # The counter re-checks its ballast byte by byte in the background and reports each full pass.
+    k.wait_for(
+        "a full check of the restored ballast",
+        lambda: [s for s in _target_lines(st["restoredPodName"]) if "ballast_intact" in s],
+        timeout=120,
+    )
+    verdicts = {s["ballast_intact"] for s in _target_lines(st["restoredPodName"]) if "ballast_intact" in s}
+    assert verdicts == {True}, "the 256 MiB did not arrive intact"
 
 
 def test_multi_container_pod_migrates_every_container_state() -> None:
@@ -68,7 +97,9 @@ def test_multi_container_pod_migrates_every_container_state() -> None:
     before = {c: k.states("duo", c) for c in ("left", "right")}
     res = k.lpm("migrate", "duo", "--to", k.NODE_2, "--name", "mig-duo", "--wait", "--timeout", "300")
     assert res.returncode == 0, res.stdout + res.stderr
-    restored = k.migration("mig-duo")["status"]["restoredPodName"]
+    st = k.migration("mig-duo")["status"]
+    restored = st["restoredPodName"]
+    assert st["engine"] == "Live", "Auto picks the live engine where the target has lpm-runc"
     for c in ("left", "right"):
         _assert_continues(before[c], restored, c)
 

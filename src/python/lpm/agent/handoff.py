@@ -152,6 +152,8 @@ class Handoff:
             raise Aborted(f"checkpoint {checkpoint_id} was aborted: {self.aborted(checkpoint_id)}")
         if (d / "ready").exists() or (d / "restored").exists():
             return Staged(container, 0, 0, 0.0)
+        for stale in d.glob(".staging-*"):  # left by an agent killed mid-transfer (only one stager at a time)
+            shutil.rmtree(stale, ignore_errors=True)
         work = Path(tempfile.mkdtemp(prefix=".staging-", dir=d))
         try:
             images = work / "images"

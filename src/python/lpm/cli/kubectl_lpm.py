@@ -24,6 +24,7 @@ from lpm.api.codec import DecodeError, decode, encode
 from lpm.api.models import (
     CheckpointOptions,
     EligibilityPolicy,
+    Engine,
     MigrationPhase,
     PodMigration,
     PodMigrationSpec,
@@ -219,6 +220,8 @@ def _summary(obj: dict[str, Any]) -> str:
     ]
     if st.get("restoredPodName"):
         lines.append(f"  restored pod: {st['restoredPodName']}")
+    if st.get("engine"):
+        lines.append(f"  engine: {st['engine']}")
     if st.get("reason") or st.get("message"):
         lines.append(f"  reason: {st.get('reason', '')}: {st.get('message', '')}".rstrip(": "))
     if st.get("sourceState"):
@@ -257,6 +260,7 @@ def cmd_migrate(args: argparse.Namespace, cluster: Cluster, out: Any) -> int:
         # A dry run's record is of no use once printed: it goes a minute after it ends.
         ttl_seconds_after_finished=DRY_RUN_TTL if args.dry_run and args.ttl is None else args.ttl,
         eligibility=EligibilityPolicy.WARN if args.force else EligibilityPolicy.ENFORCE,
+        engine=Engine(args.engine),
         dry_run=args.dry_run,
     )
     metadata: dict[str, Any] = {"namespace": args.namespace}
@@ -519,6 +523,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="migrate even if the eligibility checks find something that makes CRIU fail (spec.eligibility: "
         "Warn); a failed dump or restore still rolls back and the source keeps running",
+    )
+    m.add_argument(
+        "--engine",
+        choices=[e.value for e in Engine],
+        default=Engine.AUTO.value,
+        help="Live: replacement pod first, restored in place by lpm-runc (RuntimeClass lpm); Image: OCI "
+        "checkpoint image restored by the runtime (nodes without lpm-runc, CRI-O); Auto (default): Live where "
+        "the target node can",
     )
     m.set_defaults(func=cmd_migrate)
 

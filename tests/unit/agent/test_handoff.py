@@ -1,0 +1,113 @@
+"""The live engine's hand-off directory, on real files: what lpm-runc finds, and when."""
+
+from __future__ import annotations
+
+import io
+import json
+import stat
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lpm.agent.handoff import Aborted, Handoff, HandoffError, State
+
+CKPT = "20260101t000000z-abcdef12"
+
+
+def archive(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def chunks(data: bytes, fail_at_end: bool = False) -> Iterator[bytes]:
+    for i in range(0, len(data), 1000):
+        yield data[i : i + 1000]
+    if fail_at_end:
+        raise OSError("sha256 mismatch")  # what the store's verified stream does at its end
+
+
+KUBELET_ARCHIVE = archive(
+    {
+        "checkpoint/inventory.img": b"inv",
+        "checkpoint/pages-1.img": b"p" * 5000,
+        "checkpoint/descriptors.json": b'["pipe:[1]"]',
+        "rootfs-diff.tar": archive({"etc/new": b"x"}),
+        "deleted.files": json.dumps(["/etc/old"]).encode(),
+        "spec.dump": b"{}",
+    }
+)
+
+
+def test_a_staged_container_is_ready_only_after_the_whole_verified_archive_was_laid_out(tmp_path: Path) -> None:
+    h = Handoff(tmp_path)
+    staged = h.stage(CKPT, "app", chunks(KUBELET_ARCHIVE))
+    d = tmp_path / CKPT / "app"
+    ready = json.loads((d / "ready").read_text())
+    images = Path(ready["images"])
+    assert sorted(p.name for p in images.iterdir()) == ["descriptors.json", "inventory.img", "pages-1.img"]
+    assert (images / "pages-1.img").read_bytes() == b"p" * 5000
+    assert Path(ready["rootfs_diff"]).is_file() and ready["deleted_files"] == ["/etc/old"]
+    assert staged.image_bytes == 3 + 5000 + len(b'["pipe:[1]"]')
+    assert stat.S_IMODE((images / "inventory.img").stat().st_mode) == 0o600
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    assert [s.state for s in h.states(CKPT, ["app"])] == [State.STAGED]
+
+
+def test_a_transfer_that_fails_its_integrity_check_leaves_nothing_for_lpm_runc(tmp_path: Path) -> None:
+    h = Handoff(tmp_path)
+    with pytest.raises(OSError, match="sha256"):
+        h.stage(CKPT, "app", chunks(KUBELET_ARCHIVE, fail_at_end=True))
+    d = tmp_path / CKPT / "app"
+    assert not (d / "ready").exists()
+    assert [p.name for p in d.iterdir()] == [], "no half-staged images stay behind"
+
+
+def test_an_archive_without_criu_images_or_with_nested_paths_is_refused(tmp_path: Path) -> None:
+    h = Handoff(tmp_path)
+    with pytest.raises(HandoffError, match="no CRIU images"):
+        h.stage(CKPT, "a", chunks(archive({"spec.dump": b"{}"})))
+    with pytest.raises(HandoffError, match="not a flat CRIU image"):
+        h.stage(CKPT, "b", chunks(archive({"checkpoint/../../etc/passwd": b"x"})))
+    assert not (tmp_path / CKPT / "b" / "ready").exists()
+
+
+def test_abort_is_final_and_removes_staged_memory_but_keeps_the_markers(tmp_path: Path) -> None:
+    h = Handoff(tmp_path)
+    h.stage(CKPT, "app", chunks(KUBELET_ARCHIVE))
+    h.abort(CKPT, "the dump failed")
+    assert h.aborted(CKPT) == "the dump failed"
+    assert not (tmp_path / CKPT / "app" / "staged").exists()
+    with pytest.raises(Aborted):
+        h.stage(CKPT, "other", chunks(KUBELET_ARCHIVE))
+    h.abort(CKPT, "again")  # idempotent: the first reason stays
+    assert h.aborted(CKPT) == "the dump failed"
+
+
+def test_states_follow_what_lpm_runc_wrote(tmp_path: Path) -> None:
+    h = Handoff(tmp_path)
+    assert [s.state for s in h.states(CKPT, ["app"])] == [State.ABSENT]
+    d = tmp_path / CKPT / "app"
+    d.mkdir(parents=True)
+    (d / "waiting").write_text(json.dumps({"container_id": "abc", "since": "2026-01-01T00:00:00Z"}))
+    (waiting,) = h.states(CKPT, ["app"])
+    assert waiting.state is State.WAITING and waiting.container_id == "abc"
+    h.stage(CKPT, "app", chunks(KUBELET_ARCHIVE))
+    assert h.states(CKPT, ["app"])[0].state is State.STAGED
+    (d / "restored").write_text("{}")
+    assert h.states(CKPT, ["app"])[0].state is State.RESTORED
+    assert h.stage(CKPT, "app", chunks(b"")).image_bytes == 0, "staging again changes nothing"
+
+
+@pytest.mark.parametrize("bad", ["../x", "A", "", "a/b"])
+def test_names_that_could_leave_the_directory_are_refused(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(HandoffError):
+        Handoff(tmp_path).states(bad, ["app"])
+    with pytest.raises(HandoffError):
+        Handoff(tmp_path).states(CKPT, [bad])
