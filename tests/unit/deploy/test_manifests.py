@@ -55,9 +55,16 @@ def test_deploy_kustomization_is_the_nfs_overlay() -> None:
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_runtime_class_lpm_selects_the_lpm_handler(name: str) -> None:
+    # The nodes' containerd maps handler lpm to the runc shim with lpm-runc (infra/local/cluster).
+    rc = one(render(name), "RuntimeClass", "lpm")
+    assert rc["apiVersion"] == "node.k8s.io/v1" and rc["handler"] == "lpm"
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_everything_namespaced_lives_in_lpm_system(name: str) -> None:
     cluster_scoped = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
-    cluster_scoped |= {"StorageClass", "PersistentVolume"}
+    cluster_scoped |= {"StorageClass", "PersistentVolume", "RuntimeClass"}
     for o in render(name):
         if o["kind"] not in cluster_scoped:
             assert o["metadata"].get("namespace") == NAMESPACE, f"{o['kind']}/{o['metadata']['name']}"
