@@ -21,6 +21,9 @@ METHODS = [
     "Checkpoint",
     "CompleteCheckpoint",
     "ConvertCheckpointToImage",
+    "GetRestoreState",
+    "StageRestore",
+    "AbortRestore",
 ]
 
 
@@ -32,9 +35,11 @@ class MigrationMachine(RuleBasedStateMachine):
         policy=st.sampled_from(["Freeze", "Freeze", "KeepRunning"]),
         cleanup=st.sampled_from(["Delete", "Delete", "Retain"]),
         timeout=st.sampled_from([30, 120, 600]),
+        live=st.booleans(),
     )
-    def setup(self, containers, policy, cleanup, timeout):
-        self.world = World(containers, policy, cleanup, timeout)
+    def setup(self, containers, policy, cleanup, timeout, live):
+        self.world = World(containers, policy, cleanup, timeout, live)
+        event(f"engine {'Live' if live else 'Image'}")
         self.idle_advances = 0
 
     # ------------------------------------------------------------------------------------------ rules
@@ -115,7 +120,8 @@ class MigrationMachine(RuleBasedStateMachine):
         running_copy = [
             p
             for p in w.restored_pods()
-            if p["status"]["phase"] == "Running" and not p["status"].get("containerStatuses")
+            if p["status"]["phase"] == "Running"
+            and all("waiting" not in cs["state"] for cs in p["status"].get("containerStatuses") or [])
         ]
         if source is not None and running_copy:
             assert w.source_uid in w.frozen, "source unfrozen while the restored pod runs"
@@ -193,11 +199,14 @@ class MigrationMachine(RuleBasedStateMachine):
             w.advance(5)
             self.no_violation_recorded()
             self.never_two_unfrozen_copies()
-        event(f"ended {w.migration.status.phase.value} ({w.migration.status.reason})")
+        engine = w.migration.status.engine
+        event(f"ended {w.migration.status.phase.value} ({w.migration.status.reason}), engine {engine}")
         assert w.migration.status.phase.terminal, f"stuck in {w.migration.status.phase}: {w.migration.status}"
         self.failure_has_reason_and_leaves_source_thawed()
         if w.migration.status.phase is MigrationPhase.COMPLETED:
             assert len(w.restored_pods()) == 1
+            live = w.restored_pods()[0]["spec"].get("runtimeClassName") == "lpm"
+            assert live == w.live == (engine is not None and engine.value == "Live")
             if w.migration.spec.source_cleanup.value == "Delete":
                 assert w.source() is None
 

@@ -59,10 +59,16 @@ class AgentSim:
         self.lose_reply_next = False
         self.fenced: set[str] = set()  # checkpoint IDs rolled back (thawed): never frozen again
         self.thaw_sticks = False  # the runtime keeps the container paused after a thaw
+        # Live engine (target): the node's hand-off with lpm-runc.
+        self.staged: set[tuple[str, str]] = set()  # (checkpoint ID, container)
+        self.aborted: set[str] = set()  # checkpoint IDs: final, nothing restores from them
 
 
 class World:
-    def __init__(self, containers: list[str], source_policy: str, source_cleanup: str, timeout: int) -> None:
+    def __init__(
+        self, containers: list[str], source_policy: str, source_cleanup: str, timeout: int, live: bool = False
+    ) -> None:
+        self.live = live  # the target has lpm-runc: Auto picks the live engine
         self.now = datetime(2026, 1, 1, tzinfo=UTC)
         self.store: dict[Key, dict[str, Any]] = {}
         self.rv = 0
@@ -75,7 +81,9 @@ class World:
         self.restored_names_created: set[str] = set()
         self.ever_terminal: str | None = None
         for node in (SOURCE, TARGET):
-            self._put(("nodes", None, node), {"metadata": {"name": node}, "spec": {}, "status": _ready(True)})
+            self._put(
+                ("nodes", None, node), {"metadata": {"name": node}, "spec": {}, "status": self._node_status(True)}
+            )
         self.source_uid = self._create_pod(
             {
                 "metadata": {"name": "web", "namespace": NS, "labels": {"app": "web"}},
@@ -196,7 +204,31 @@ class World:
         req = call.request
         value: dict[str, Any] = {}
         if call.METHOD == "GetCapabilities":
-            value = {"checkpoint_supported": True, "freeze_supported": True, "convert_supported": True}
+            value = {
+                "checkpoint_supported": True,
+                "freeze_supported": True,
+                "convert_supported": True,
+                "live_restore_supported": self.live,
+            }
+        elif call.METHOD == "GetRestoreState":
+            assert call.node == TARGET, "the replacement waits on the target"
+            ckpt = req["checkpoint_id"]
+            waits = any(
+                p["metadata"]["annotations"].get(c.ANNOTATION_RESTORE_CHECKPOINT) == ckpt
+                and not p["metadata"].get("deletionTimestamp")
+                for p in self.restored_pods()
+            )
+            state = "RESTORE_STATE_WAITING" if waits else "RESTORE_STATE_ABSENT"
+            value = {
+                "containers": [{"container_name": n, "state": state} for n in req["container_names"]],
+                "aborted": "rolled back" if ckpt in agent.aborted else "",
+            }
+        elif call.METHOD == "StageRestore":
+            if req["checkpoint_id"] in agent.aborted:
+                return Outcome.failure("RestoreAborted", "aborted", retryable=False)
+            agent.staged.add((req["checkpoint_id"], req["container_name"]))
+        elif call.METHOD == "AbortRestore":
+            agent.aborted.add(req["checkpoint_id"])
         elif call.METHOD in ("Freeze", "Checkpoint") and req.get("checkpoint_id") in agent.fenced:
             return Outcome.failure("CheckpointFenced", "checkpoint rolled back", retryable=False)
         elif call.METHOD == "Freeze":
@@ -338,8 +370,26 @@ class World:
 
     # ------------------------------------------------------------------------------------- the world
     def kubelet(self) -> None:
+        target = self.agents[TARGET]
         for pod in self.restored_pods():
-            if pod["status"]["phase"] == "Pending":
+            ckpt = pod["metadata"]["annotations"].get(c.ANNOTATION_RESTORE_CHECKPOINT)
+            if ckpt and pod["status"]["phase"] == "Pending":
+                # Live: each container waits in lpm-runc until it is staged; an aborted checkpoint fails it.
+                names = [ctr["name"] for ctr in pod["spec"]["containers"]]
+                if ckpt in target.aborted:
+                    waiting = {"reason": "RunContainerError", "message": "lpm-runc: migration aborted"}
+                    statuses = [{"name": n, "state": {"waiting": waiting}} for n in names]
+                    pod["status"] = {"phase": "Pending", "containerStatuses": statuses}
+                elif all((ckpt, n) in target.staged for n in names) and not self.kubelet_crashes:
+                    statuses = [{"name": n, "state": {"running": {}}} for n in names]
+                    pod["status"] = {"phase": "Running", "containerStatuses": statuses}
+                else:
+                    continue
+                if self.migration.spec.source_policy.value == "Freeze" and self.source_uid not in self.frozen:
+                    if pod["status"]["phase"] == "Running" and self.source() is not None:
+                        self.violations.append("lpm-runc restored the replacement next to a thawed source")
+                self._put(("pods", NS, pod["metadata"]["name"]), pod)
+            elif pod["status"]["phase"] == "Pending":
                 if self.kubelet_crashes:
                     # Half the crashes are CRIU failing the restore, reported with a node path as containerd does.
                     message = "boom" if self.rv % 2 else CRIU_RESTORE_FAILED
@@ -361,8 +411,12 @@ class World:
 
     def set_target_ready(self, ready: bool) -> None:
         node = self.store[("nodes", None, TARGET)]
-        node["status"] = _ready(ready)
+        node["status"] = self._node_status(ready)
         self._put(("nodes", None, TARGET), node)
+
+    def _node_status(self, ready: bool) -> dict[str, Any]:
+        handlers = [{"name": "runc"}] + ([{"name": c.RUNTIME_CLASS_LIVE}] if self.live else [])
+        return dict(_ready(ready), runtimeHandlers=handlers)
 
     def _check_terminal(self) -> None:
         phase = self.migration.status.phase
