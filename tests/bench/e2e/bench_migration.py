@@ -26,7 +26,6 @@ from typing import Any
 
 from e2e import lpmctl as k
 
-
 ENGINES = ("Live", "Image")
 
 
@@ -113,7 +112,9 @@ def main() -> None:
             f"state lost in every run (counter restarts at {base[0]['restart_seq']})"
         )
         for engine in args.engines:
-            phases = {p: statistics.median(r["phases"].get(p, 0.0) for r in runs[engine]) for p in runs[engine][0]["phases"]}
+            phases = {
+                p: statistics.median(r["phases"].get(p, 0.0) for r in runs[engine]) for p in runs[engine][0]["phases"]
+            }
             ratios = ", ".join(
                 f"{other}: total {med[engine]['total_s'] / med[other]['total_s']:.2f}, "
                 f"downtime {med[engine]['downtime_s'] / max(med[other]['downtime_s'], 1e-3):.2f}"
