@@ -23,6 +23,7 @@ import (
 
 const (
 	annRestore       = "lpm.my.domain/restore-checkpoint"
+	annRestoreOnly   = "lpm.my.domain/restore-containers" // comma-separated; init containers are not listed
 	annContainerType = "io.kubernetes.cri.container-type"
 	annContainerName = "io.kubernetes.cri.container-name"
 	restoredMarker   = "lpm-restored"
@@ -109,6 +110,9 @@ func create(inv invocation) int {
 	if !ok || cfg.Annotations[annContainerType] != "container" {
 		passThrough() // e.g. the sandbox (pause) container of a restored pod
 	}
+	if only, listed := cfg.Annotations[annRestoreOnly]; listed && !listedIn(only, cfg.Annotations[annContainerName]) {
+		passThrough() // an init container: it runs as in any new pod
+	}
 	if err := restore(inv, c, &cfg, ckpt); err != nil {
 		var rc *runcFailed
 		if errors.As(err, &rc) {
@@ -118,6 +122,15 @@ func create(inv invocation) int {
 		return 1
 	}
 	return 0
+}
+
+func listedIn(list, name string) bool {
+	for _, item := range strings.Split(list, ",") {
+		if strings.TrimSpace(item) == name {
+			return true
+		}
+	}
+	return false
 }
 
 type runcFailed struct{ code int }

@@ -130,6 +130,11 @@ func TestCreatePassThrough(t *testing.T) {
 	for name, ann := range map[string]map[string]string{
 		"no annotation": {annContainerType: "container", annContainerName: "app"},
 		"sandbox":       restoreAnn("ck1", "sandbox"),
+		"init container": func() map[string]string {
+			a := restoreAnn("ck1", "container")
+			a[annRestoreOnly] = "web,sidecar" // the restored ones; "app" here is an init container
+			return a
+		}(),
 	} {
 		e.config(ann)
 		argv := e.createArgv("c1")
