@@ -142,6 +142,39 @@ def states(pod: str, container: str = "counter") -> list[dict[str, Any]]:
     return out
 
 
+class Follow:
+    """Every state line a container prints until its pod goes (`kubectl logs -f`): the source's last update
+    before it was frozen, which a live-engine replacement's own log does not repeat."""
+
+    def __init__(self, pod: str, container: str = "counter") -> None:
+        self.proc = subprocess.Popen(
+            ["kubectl", "-n", NAMESPACE, "logs", "-f", pod, "-c", container],
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.communicate()
+
+    def lines(self, timeout: float = 60) -> list[dict[str, Any]]:
+        """Waits for the stream to end (the pod was deleted) and returns what it printed."""
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        found = []
+        for line in out.splitlines():
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                continue
+        return found
+
+
 def migration(name: str) -> dict[str, Any]:
     return kubectl_json("-n", NAMESPACE, "get", "podmigration", name)
 

@@ -24,24 +24,33 @@ def _target_lines(restored_pod: str, container: str = "counter") -> list[dict]:
     return [s for s in k.states(restored_pod, container) if s["ts"] > started_at + 1]
 
 
-def _assert_continues(before: list[dict], restored_pod: str, container: str = "counter") -> None:
+def _assert_continues(source: k.Follow | list[dict], restored_pod: str, container: str = "counter") -> None:
     """The restored process picks up exactly where the source stopped: no reset, no gap, no repeat.
 
     CRIU restores the UTS namespace, so the lines themselves cannot tell source from target: the sequence
-    numbers can. A restart would print seq 1 again, a lost update a gap, an update done twice a repeat."""
-    assert before, "the source printed nothing"
+    numbers can. A restart would print seq 1 again, a lost update a gap, an update done twice a repeat. With a
+    Follow of the source, its last update must be followed by exactly the next one on the target (the Image
+    engine's restored log starts with the source's lines, the Live engine's with the target's first)."""
     k.wait_for(
         "the restored process printing on the target",
         lambda: len(_target_lines(restored_pod, container)) >= 5,
         timeout=60,
     )
+    before = source.lines() if isinstance(source, k.Follow) else source
+    assert before, "the source printed nothing"
     after = k.states(restored_pod, container)
     seqs = [s["seq"] for s in after]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"updates lost or repeated: {seqs}"
-    assert seqs[0] <= before[-1]["seq"] < seqs[-1], "the restored log does not continue the source's"
-    last = after[-1]
+    if isinstance(source, k.Follow):
+        last = before[-1]["seq"]
+        on_target = [q for q in seqs if q > last]
+        assert on_target and on_target[0] == last + 1, f"source stopped at {last}, the target went on at {seqs[:3]}"
+        assert seqs[0] <= last + 1
+    else:
+        assert seqs[0] <= before[-1]["seq"] < seqs[-1], "the restored log does not continue the source's"
+    last_state = after[-1]
     # Revenue and position are functions of the event count, so a reset or a lost update shows in them too.
-    assert last["position"] == last["events"] * 100 and last["events"] == last["seq"]
+    assert last_state["position"] == last_state["events"] * 100 and last_state["events"] == last_state["seq"]
 
 
 # Each engine's own phases (both run in Validating and Restoring).
@@ -52,7 +61,7 @@ ENGINE_PHASES = {"Live": {"Preparing", "Transferring"}, "Image": {"Converting"}}
 def test_counter_revenue_and_position_continue_after_migration(engine: str) -> None:
     pod, mig = f"counter-{engine.lower()}", f"mig-{engine.lower()}"
     k.start_counter(pod)
-    before = k.states(pod)
+    before = k.Follow(pod)
     res = k.lpm("migrate", pod, "--to", k.NODE_2, "--name", mig, "--engine", engine, "--wait", "--timeout", "300")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Completed" in res.stdout
@@ -76,7 +85,7 @@ def test_counter_revenue_and_position_continue_after_migration(engine: str) -> N
 
 def test_a_256_mib_pod_moves_through_the_live_engine_with_its_memory() -> None:
     k.start_counter("heavy", ballast_mib=256)
-    before = k.states("heavy")
+    before = k.Follow("heavy")
     res = k.lpm("migrate", "heavy", "--to", k.NODE_2, "--name", "mig-heavy", "--engine", "Live", "--wait")
     assert res.returncode == 0, res.stdout + res.stderr
     st = k.migration("mig-heavy")["status"]
@@ -94,7 +103,7 @@ def test_a_256_mib_pod_moves_through_the_live_engine_with_its_memory() -> None:
 
 def test_multi_container_pod_migrates_every_container_state() -> None:
     k.start_counter("duo", containers=("left", "right"))
-    before = {c: k.states("duo", c) for c in ("left", "right")}
+    before = {c: k.Follow("duo", c) for c in ("left", "right")}
     res = k.lpm("migrate", "duo", "--to", k.NODE_2, "--name", "mig-duo", "--wait", "--timeout", "300")
     assert res.returncode == 0, res.stdout + res.stderr
     st = k.migration("mig-duo")["status"]
@@ -185,7 +194,7 @@ def test_agent_killed_during_checkpoint_never_loses_the_source() -> None:
     """The agent on the source node dies while CRIU dumps 256 MiB. The controller retries on the restarted agent
     (same checkpoint ID, idempotent) or rolls back; either way the source's state is never lost."""
     k.start_counter("big", ballast_mib=256)
-    before = k.states("big")
+    before = k.Follow("big")
     proc = subprocess.Popen(
         [
             str(k.KUBECTL_LPM),
@@ -235,6 +244,7 @@ def test_agent_killed_during_checkpoint_never_loses_the_source() -> None:
         assert checks and all(checks), "the 256 MiB of memory changed across the migration"
         print(f"[fault-matrix] source agent killed: completed, downtime {k.longest_pause(k.states(restored)):.2f}s")
     else:
+        before.stop()
         assert proc.returncode == 1 and k.migration("mig-big")["status"]["reason"]
         _assert_source_kept_counting("big")
         pause = k.longest_pause(k.states("big"))
@@ -255,12 +265,12 @@ def test_agent_killed_during_checkpoint_never_loses_the_source() -> None:
 
 def test_controller_killed_mid_migration_completes_with_exactly_one_restored_pod() -> None:
     k.start_counter("survivor", ballast_mib=64)
-    before = k.states("survivor")
+    before = k.Follow("survivor")
     res = k.lpm("migrate", "survivor", "--to", k.NODE_2, "--name", "mig-survivor")
     assert res.returncode == 0, res.stderr
     k.wait_for(
         "mig-survivor under way",
-        lambda: k.phase("mig-survivor") in ("Checkpointing", "Converting", "Restoring"),
+        lambda: k.phase("mig-survivor") in ("Preparing", "Checkpointing", "Transferring", "Converting", "Restoring"),
         timeout=120,
         interval=0.1,
     )
@@ -341,7 +351,7 @@ def test_drain_migrates_bare_pods_and_leaves_owned_ones_to_their_owner() -> None
         k.wait_for(f"{name} counting", lambda n=name: len(k.states(n)) >= 10, timeout=120)
     k.wait_for("drain-rs pod Running", lambda: _pods(rs="drain-rs", phase="Running"), timeout=120)
     owned = _pods(rs="drain-rs")[0]["metadata"]["name"]
-    before = {name: k.states(name) for name in ("drain-a", "drain-b")}
+    before = {name: k.Follow(name) for name in ("drain-a", "drain-b")}
     try:
         dry = k.lpm("drain", k.NODE_1, "-l", "lpm-e2e/drain=yes", "--dry-run")
         assert dry.returncode == 0, dry.stdout + dry.stderr

@@ -2,6 +2,8 @@ package main
 
 import (
 	"archive/tar"
+	"bufio"
+	"compress/gzip"
 	"errors"
 	"fmt"
 	"io"
@@ -108,13 +110,23 @@ func clear(path string, keepDir bool) error {
 	return os.RemoveAll(path)
 }
 
+// applyTar applies a plain or gzip-compressed tar (containerd's checkpoints hold a gzip rootfs-diff.tar).
 func applyTar(rootfs, tarPath string) error {
 	f, err := os.Open(tarPath)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	return applyTarReader(rootfs, f)
+	br := bufio.NewReaderSize(f, 1<<16)
+	if magic, _ := br.Peek(2); len(magic) == 2 && magic[0] == 0x1f && magic[1] == 0x8b {
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			return err
+		}
+		defer zr.Close()
+		return applyTarReader(rootfs, zr)
+	}
+	return applyTarReader(rootfs, br)
 }
 
 type dirTimes struct {

@@ -3,6 +3,7 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"errors"
 	"os"
 	"path/filepath"
@@ -187,5 +188,30 @@ func TestRemoveInRoot(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(root, "var")); err != nil {
 		t.Errorf("rootfs damaged: %v", err)
+	}
+}
+
+// containerd writes the checkpoint's rootfs-diff.tar gzip-compressed; a plain tar works as well.
+func TestApplyTarFileGzipOrPlain(t *testing.T) {
+	for _, gz := range []bool{true, false} {
+		root, dir := t.TempDir(), t.TempDir()
+		data := makeTar(t, []entry{{name: "etc/hostname-note", typ: tar.TypeReg, body: "moved", mode: 0o644}}).Bytes()
+		if gz {
+			var zbuf bytes.Buffer
+			zw := gzip.NewWriter(&zbuf)
+			zw.Write(data)
+			zw.Close()
+			data = zbuf.Bytes()
+		}
+		path := filepath.Join(dir, "rootfs-diff.tar")
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := applyTar(root, path); err != nil {
+			t.Fatalf("gzip=%v: %v", gz, err)
+		}
+		if got := readFile(t, filepath.Join(root, "etc", "hostname-note")); got != "moved" {
+			t.Fatalf("gzip=%v: got %q", gz, got)
+		}
 	}
 }
