@@ -41,6 +41,7 @@ def lpm_run(i: int, ballast: int, engine: str, tick: float) -> dict[str, Any]:
     pod = mig = f"bench-{engine.lower()}-{ballast}-{i}"
     k.start_counter(pod, ballast_mib=ballast, extra_args=("--interval", str(tick)))
     time.sleep(2)
+    source = k.Follow(pod)  # the source's updates until it is deleted (a live restore's log starts afresh)
     t0 = time.monotonic()
     res = k.lpm("migrate", pod, "--to", k.NODE_2, "--name", mig, "--engine", engine, "--wait", "--timeout", "600")
     total = time.monotonic() - t0
@@ -50,7 +51,9 @@ def lpm_run(i: int, ballast: int, engine: str, tick: float) -> dict[str, Any]:
     restored = st["restoredPodName"]
     k.wait_for("updates on the target", lambda: len(k.states(restored)) > 30)
     time.sleep(2)
-    downtime, intact = _updates_gap(k.states(restored), tick)
+    before = source.lines()
+    last = before[-1]["seq"]
+    downtime, intact = _updates_gap(before + [s for s in k.states(restored) if s["seq"] > last], tick)
     k.kubectl("-n", k.NAMESPACE, "delete", "pod", restored, "--grace-period=0", "--force", check=False)
     k.kubectl("-n", k.NAMESPACE, "delete", "podmigration", mig, "--wait=false", check=False)
     return {"total_s": total, "downtime_s": downtime, "intact": intact, "phases": st["phaseDurationsSeconds"]}
