@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Installs (or removes) lpm-runc and the containerd runtime handler `lpm` on THIS node; run it as root on each
+# node that should receive pods through LPM's live engine. Nothing else on the node changes.
+#
+#   deploy/node/lpm-runc-node.sh install [LPM_RUNC_BINARY]   (default: build it with src/go/lpm-runc/build.sh)
+#   deploy/node/lpm-runc-node.sh uninstall
+#   deploy/node/lpm-runc-node.sh status
+#
+# install: copies the binary to /opt/lpm/bin/lpm-runc and writes the handler to a containerd drop-in,
+# /etc/containerd/conf.d/lpm.toml (containerd 2.x, config version 3). containerd reads drop-ins only when its
+# config.toml imports them; the script says so when it does not and prints the line to add. Restart containerd
+# afterwards (systemctl restart containerd): running containers keep running. Then the kubelet reports the
+# handler in the Node's status.runtimeHandlers, and LPM's Auto engine picks Live for migrations to this node.
+# uninstall removes exactly those two files (drain LPM-restored pods first: they run under the handler).
+set -euo pipefail
+
+BIN=/opt/lpm/bin/lpm-runc
+DROPIN=/etc/containerd/conf.d/lpm.toml
+CONFIG=${CONTAINERD_CONFIG:-/etc/containerd/config.toml}
+RUNC=${LPM_RUNC_RUNC:-$(command -v runc || echo /usr/sbin/runc)}
+here=$(cd "$(dirname "$0")" && pwd)
+
+die() { echo "lpm-runc-node: $*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || die "run as root (it writes /opt/lpm and /etc/containerd)"
+
+case "${1:-}" in
+  install)
+    src=${2:-}
+    if [ -z "$src" ]; then
+      src=$("$here/../../src/go/lpm-runc/build.sh" | tail -1) || die "building lpm-runc failed (Go needed, or pass a binary)"
+    fi
+    [ -x "$src" ] || die "$src is not an executable"
+    [ -x "$RUNC" ] || die "runc not found at $RUNC (set LPM_RUNC_RUNC); lpm-runc passes every command to it"
+    install -d -m 0755 "$(dirname "$BIN")" "$(dirname "$DROPIN")"
+    install -m 0755 "$src" "$BIN.new" && mv -f "$BIN.new" "$BIN"
+    cat >"$DROPIN.new" <<TOML
+# Written by LPM (deploy/node/lpm-runc-node.sh); removed by its uninstall.
+version = 3
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.lpm]
+  runtime_type = "io.containerd.runc.v2"
+  pod_annotations = ["lpm.my.domain/*"]
+  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.lpm.options]
+    BinaryName = "$BIN"
+TOML
+    mv -f "$DROPIN.new" "$DROPIN"
+    echo "installed $BIN and $DROPIN"
+    if [ "$RUNC" != /usr/sbin/runc ]; then
+      echo "note: runc is at $RUNC; lpm-runc looks for /usr/sbin/runc unless LPM_RUNC_RUNC is set for containerd"
+    fi
+    if ! grep -qsE "^imports *=.*conf\.d" "$CONFIG"; then
+      echo "containerd does not import drop-ins yet: add this line at the top of $CONFIG:"
+      echo "  imports = [\"/etc/containerd/conf.d/*.toml\"]"
+    fi
+    echo "then: systemctl restart containerd (running containers keep running), and check:"
+    echo "  kubectl get node $(hostname) -o jsonpath='{.status.runtimeHandlers[*].name}'   # lists lpm"
+    ;;
+  uninstall)
+    rm -f "$BIN" "$DROPIN"
+    rmdir --ignore-fail-on-non-empty "$(dirname "$BIN")" 2>/dev/null || true
+    echo "removed $BIN and $DROPIN; restart containerd to drop the handler"
+    ;;
+  status)
+    for f in "$BIN" "$DROPIN"; do
+      if [ -e "$f" ]; then echo "present: $f"; else echo "missing: $f"; fi
+    done
+    ;;
+  *)
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac
