@@ -3,8 +3,9 @@
 #
 #   deploy/certs/generate.sh [-n NAMESPACE] [-d DAYS] | kubectl apply -f -
 #
-#   lpm-agent-tls                 every agent's serving certificate (name "lpm-agent"; the controller verifies
-#                                 that name, not the node address) + the CA that signs the controller's certificate
+#   lpm-agent-tls                 every agent's certificate (name "lpm-agent"; the controller verifies
+#                                 that name, not the node address), serving and, towards its peer agents
+#                                 (checkpoints pushed node to node), as a client; + the CA that signs them all
 #   lpm-controller-agent-client   the controller's client certificate + the CA that signs the agents' certificates
 #
 # One private CA made here signs both; its key is discarded when the script exits, so rotating means running the
@@ -40,7 +41,7 @@ issue() {  # name, extendedKeyUsage, subjectAltName
   quiet openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days "$days" \
     -extfile "$1.ext" -out "$1.crt"
 }
-issue lpm-agent serverAuth "DNS:lpm-agent,DNS:lpm-agent.$namespace.svc"
+issue lpm-agent serverAuth,clientAuth "DNS:lpm-agent,DNS:lpm-agent.$namespace.svc"
 issue lpm-controller clientAuth ""
 
 b64() { base64 -w0 <"$1"; }

@@ -71,6 +71,9 @@ class Pki:
     server_key: Path
     client_cert: Path
     client_key: Path
+    # An agent's certificate as deploy/certs/generate.sh makes it: CN lpm-agent, serving and client use.
+    agent_cert: Path = Path()
+    agent_key: Path = Path()
 
 
 def make_pki(directory: Path) -> Pki:
@@ -102,7 +105,7 @@ def make_pki(directory: Path) -> Pki:
     )
     (directory / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
 
-    def leaf(cn: str, server: bool) -> tuple[Path, Path]:
+    def leaf(cn: str, server: bool, client: bool = False) -> tuple[Path, Path]:
         key = ec.generate_private_key(ec.SECP256R1())
         builder = (
             x509.CertificateBuilder()
@@ -115,6 +118,7 @@ def make_pki(directory: Path) -> Pki:
             .add_extension(
                 x509.ExtendedKeyUsage(
                     [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH if server else x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]
+                    + ([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH] if server and client else [])
                 ),
                 critical=False,
             )
@@ -122,7 +126,7 @@ def make_pki(directory: Path) -> Pki:
         if server:
             builder = builder.add_extension(
                 x509.SubjectAlternativeName(
-                    [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+                    [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost"), x509.DNSName(cn)]
                 ),
                 critical=False,
             )
@@ -134,7 +138,8 @@ def make_pki(directory: Path) -> Pki:
 
     server_cert, server_key = leaf("server", True)
     client_cert, client_key = leaf("client", False)
-    return Pki(directory / "ca.crt", server_cert, server_key, client_cert, client_key)
+    agent_cert, agent_key = leaf("lpm-agent", True, client=True)
+    return Pki(directory / "ca.crt", server_cert, server_key, client_cert, client_key, agent_cert, agent_key)
 
 
 # ---- runc containers ---------------------------------------------------------------------------------------

@@ -152,6 +152,11 @@ class AgentDouble(agent_pb2_grpc.CheckpointServiceServicer):
         self._enter("StageRestore", request, context)
         return agent_pb2.StageRestoreResponse(image_bytes=4321)
 
+    def ReceiveCheckpoint(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        first = next(request_iterator)
+        self._enter("ReceiveCheckpoint", first, context)
+        return agent_pb2.StageRestoreResponse(image_bytes=sum(len(c.data) for c in [first, *request_iterator]))
+
     def AbortRestore(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._enter("AbortRestore", request, context)
         return agent_pb2.AbortRestoreResponse()

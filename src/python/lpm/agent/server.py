@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -42,7 +42,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram
 
-from lpm.agent import criu_log, eligibility
+from lpm.agent import criu_log, eligibility, transfer
 from lpm.agent import freezer as fz
 from lpm.agent import handoff as ho
 from lpm.agent.config import AgentConfig
@@ -137,6 +137,8 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
             return code.NOT_FOUND, f"not found: {exc.filename or exc}", ""
         case ConnectionError() | StorageError():
             return code.UNAVAILABLE, str(exc), ""
+        case transfer.TransferError():
+            return code.DATA_LOSS, str(exc), ""
         case ho.Aborted():
             return code.FAILED_PRECONDITION, str(exc), "RestoreAborted"
         case ho.HandoffError():
@@ -144,6 +146,16 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
         case ImageError() | fz.FreezerError():
             return code.INTERNAL, str(exc), ""
     return code.INTERNAL, f"{type(exc).__name__}: {exc}", ""
+
+
+# What a peer agent (client certificate CN lpm-agent) may call on another agent: only hand over a checkpoint.
+PEER_METHODS = frozenset({"ReceiveCheckpoint"})
+
+
+def _peer_may_call(context: grpc.ServicerContext, method: str) -> None:
+    names = (context.auth_context() or {}).get("x509_common_name") or []
+    if transfer.PEER_NAME.encode() in names and method not in PEER_METHODS:
+        raise Abort(grpc.StatusCode.PERMISSION_DENIED, f"a peer agent may not call {method}")
 
 
 def _tool_version(argv: list[str]) -> str:
@@ -182,6 +194,8 @@ class Deps:
     restore_logs: RestoreLogWatcher | None = None
     # The live engine's node-local hand-off with lpm-runc (None: this agent cannot stage live restores).
     handoff: ho.Handoff | None = None
+    # This agent's certificate as a client of its peers (pushing checkpoints node to node).
+    peer_tls: transfer.PeerTLS = field(default_factory=transfer.PeerTLS)
 
 
 class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
@@ -194,6 +208,7 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
     def _call(self, context: grpc.ServicerContext, method: str, body: Callable[[], T]) -> T:
         started, code = time.monotonic(), grpc.StatusCode.OK
         try:
+            _peer_may_call(context, method)
             result = body()
         except Exception as exc:
             code, message, reason = _status_for(exc)
@@ -276,6 +291,17 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                 self.d.freezer.refuse_if_fenced(request.checkpoint_id)
             checkpointed_at = time.time()
             kubelet_seconds = time.monotonic() - started
+            push = None
+            if opts.stage_on_address:
+                # Live engine: the target's agent gets the archive now, while it is also compressed and stored.
+                push = transfer.Push(
+                    opts.stage_on_address,
+                    request.checkpoint_id,
+                    request.container_name,
+                    result.local_path,
+                    self.d.peer_tls,
+                    timeout=max(1.0, timeout - kubelet_seconds),
+                ).start()
             try:
                 with open(result.local_path, "rb") as raw:
                     manifest = self.d.store.put_archive(
@@ -294,10 +320,14 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                             runtime_version=self.d.runtime_version,
                         ),
                     )
+                if push is not None:
+                    push.wait(timeout - (time.monotonic() - started))
             finally:
                 # The archive holds the container's memory and is root-only on the node: never leave it there.
                 result.local_path.unlink(missing_ok=True)
             return agent_pb2.CheckpointResponse(
+                staged_on_target=bool(push and push.ok),
+                stage_message=push.message if push else "",
                 checkpoint_id=request.checkpoint_id,
                 artifact=self._artifact(manifest),
                 node_name=self.d.node_name,
@@ -570,6 +600,24 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
 
         return self._call(context, "StageRestore", body)
 
+    def ReceiveCheckpoint(
+        self, request_iterator: Iterator[agent_pb2.CheckpointChunk], context: grpc.ServicerContext
+    ) -> agent_pb2.StageRestoreResponse:
+        def body() -> agent_pb2.StageRestoreResponse:
+            handoff = self._handoff()
+            first = next(request_iterator, None)
+            if first is None or not first.checkpoint_id:
+                raise ValueError("the stream's first chunk names no checkpoint")
+            name = require_label("container name", first.container_name)
+            staged = handoff.stage(first.checkpoint_id, name, transfer.received(first, request_iterator))
+            return agent_pb2.StageRestoreResponse(
+                image_bytes=staged.image_bytes,
+                rootfs_diff_bytes=staged.rootfs_diff_bytes,
+                duration=_duration(staged.seconds),
+            )
+
+        return self._call(context, "ReceiveCheckpoint", body)
+
     def AbortRestore(
         self, request: agent_pb2.AbortRestoreRequest, context: grpc.ServicerContext
     ) -> agent_pb2.AbortRestoreResponse:
@@ -582,6 +630,9 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
     def GetCapabilities(
         self, request: agent_pb2.GetCapabilitiesRequest, context: grpc.ServicerContext
     ) -> agent_pb2.Capabilities:
+        return self._call(context, "GetCapabilities", self._capabilities)
+
+    def _capabilities(self) -> agent_pb2.Capabilities:
         problems = []
         freeze_ok = (
             fz.freezer_root(self.d.cgroup_root) != self.d.cgroup_root
@@ -670,6 +721,11 @@ def build_deps(cfg: AgentConfig, locate: fz.Locate | None = None, backoff: Backo
         proc_root=Path(cfg.proc_root),
         restore_logs=RestoreLogWatcher(Path(cfg.runtime_state_dir), bundle_dir=Path(cfg.runtime_task_dir)),
         handoff=ho.Handoff(Path(cfg.restore_handoff_dir)) if cfg.restore_handoff_dir else None,
+        peer_tls=(
+            transfer.PeerTLS(None, None, None)
+            if cfg.insecure
+            else transfer.PeerTLS(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+        ),
     )
 
 

@@ -272,6 +272,13 @@ class PodCheckpointSpec:
     leave_running: bool = spec_field(
         "Thaw the pod's containers after the checkpoint instead of leaving them frozen.", default=True
     )
+    stage_on_node: str | None = spec_field(
+        "Live engine: the node whose agent also receives the archive, node to node over mutual TLS, while it is "
+        "stored (set by a PodMigration to its target). The store stays the durable copy.",
+        pattern=DNS1123_SUBDOMAIN_PATTERN,
+        maxLength=253,
+        x_kubernetes_validations=IMMUTABLE,
+    )
     deletion_policy: DeletionPolicy = spec_field(
         "Retain (default) keeps the stored checkpoint when this object is deleted.", default=DeletionPolicy.RETAIN
     )
@@ -348,6 +355,13 @@ class ContainerCheckpointSpec:
     options: CheckpointOptions = spec_field("Checkpoint options.", default_factory=CheckpointOptions)
     leave_running: bool = spec_field(
         "Let the container run on after the checkpoint; false keeps it frozen (a migration's source).", default=True
+    )
+    stage_on_node: str | None = spec_field(
+        "Live engine: the node whose agent also receives the archive, node to node over mutual TLS, while it is "
+        "stored (set by a PodMigration to its target). The store stays the durable copy.",
+        pattern=DNS1123_SUBDOMAIN_PATTERN,
+        maxLength=253,
+        x_kubernetes_validations=IMMUTABLE,
     )
     deletion_policy: DeletionPolicy = spec_field(
         "Retain (default) keeps the stored archive when this object is deleted.", default=DeletionPolicy.RETAIN

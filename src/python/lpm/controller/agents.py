@@ -200,6 +200,7 @@ class Agents:
             return Outcome.failure("AgentNotFound", str(exc), retryable=True)
         except Exception as exc:
             return Outcome.failure("AgentLookupFailed", f"listing agent pods for node {node}: {exc}", retryable=True)
+        request = self._with_peer_address(request)
         message = json_format.ParseDict(dict(request), req_type(), ignore_unknown_fields=True)
         stub = agent_pb2_grpc.CheckpointServiceStub(self._channel(addr))
         try:
@@ -213,6 +214,20 @@ class Agents:
             return grpc_outcome(code, details, node, method, _reason(exc))
         value = json_format.MessageToDict(response, preserving_proto_field_name=True)
         return Outcome.success(value)
+
+    def _with_peer_address(self, request: Mapping[str, Any]) -> Mapping[str, Any]:
+        """A checkpoint to stage on another node also names that node's agent address (decided by node name;
+        an address is the shell's business). Unresolvable: no push, the target fetches from the store."""
+        options = request.get("options")
+        if not isinstance(options, Mapping) or not options.get("stage_on_node"):
+            return request
+        node = options["stage_on_node"]
+        try:
+            address = self.address(str(node))
+        except Exception as exc:  # the push is an optimisation: its absence is never an error
+            log.info("no address for the agent on %s, the archive is not pushed: %s", node, exc)
+            return request
+        return {**request, "options": {**options, "stage_on_address": address}}
 
     def close(self) -> None:
         with self._lock:

@@ -146,7 +146,11 @@ def decide(obs: Observed) -> list[Action]:
         "container_name": ctr,
         "pod_uid": st.pod_uid or "",
         "checkpoint_id": st.checkpoint_id or "",
-        "options": {"tcp_established": cc.spec.options.tcp_established, "leave_running": cc.spec.leave_running},
+        "options": {
+            "tcp_established": cc.spec.options.tcp_established,
+            "leave_running": cc.spec.leave_running,
+            "stage_on_node": cc.spec.stage_on_node or "",
+        },
     }
     called = obs.outcomes.get(CallCheckpoint(st.node_name or "", request).key)
     if called is None:

@@ -148,6 +148,7 @@ def decide(obs: Observed) -> list[Action]:
                 checkpoint_id=st.checkpoint_id,
                 options=pc.spec.options,
                 leave_running=pc.spec.leave_running,
+                stage_on_node=pc.spec.stage_on_node,
                 deletion_policy=pc.spec.deletion_policy,
             )
             body = encode(ContainerCheckpoint(spec=spec))

@@ -527,6 +527,7 @@ def _pod_checkpoint_manifest(plan: _Plan) -> dict[str, object]:
         options=m.spec.options,
         leave_running=m.spec.source_policy is SourcePolicy.KEEP_RUNNING,
         deletion_policy=m.spec.checkpoint_retention,
+        stage_on_node=m.spec.target_node if st.engine is Engine.LIVE else None,
     )
     body = encode(PodCheckpoint(spec=spec))
     body["metadata"] = {
@@ -552,8 +553,31 @@ def _owned(metadata: Mapping[str, Any], uid: str) -> bool:
     return any(isinstance(ref, Mapping) and ref.get("uid") == uid for ref in refs)
 
 
+def _replacement_runs(plan: _Plan) -> bool:
+    """Every container of our replacement pod runs (live engine: each was restored by lpm-runc)."""
+    rp = plan.obs.restored_pod
+    return (
+        plan.restored_is_ours()
+        and rp is not None
+        and rp.running
+        and not rp.problem
+        and set(rp.started) >= set(rp.containers)
+    )
+
+
 def _checkpointing(plan: _Plan) -> None:
     pc = plan.obs.pod_checkpoint
+    if plan.status.engine is Engine.LIVE and _replacement_runs(plan):
+        # The source's agent pushed each archive node to node and lpm-runc restored them, verified, before the
+        # durable copy was sealed: the commit point is passed, and nothing about the store undoes it now.
+        durable = pc.status.phase.value if pc is not None else "not started"
+        plan.enter(
+            P.CLEANING,
+            "Cleaning",
+            f"pod {plan.status.restored_pod_name} runs on {plan.m.spec.target_node}, restored from the checkpoint "
+            f"its agent received node to node (durable copy: {durable}); removing the source",
+        )
+        return _cleaning(plan)
     if pc is None:
         if plan.source() is None:
             return _rollback(plan, "SourcePodGone", f"pod {plan.m.spec.pod_name} disappeared before its checkpoint")
@@ -722,8 +746,7 @@ def _restoring(plan: _Plan) -> None:
         return _rollback(
             plan, "RestoredPodNameTaken", f"a pod named {name} exists and was not made by this migration; delete it"
         )
-    everyone = st.engine is not Engine.LIVE or set(rp.started) >= set(rp.containers)
-    if rp.running and not rp.problem and everyone:
+    if _replacement_runs(plan) if st.engine is Engine.LIVE else rp.running and not rp.problem:
         plan.enter(P.CLEANING, "Cleaning", f"pod {name} runs on {plan.m.spec.target_node}; removing the source")
         return _cleaning(plan)
     if rp.deleting or rp.phase in ("Failed", "Succeeded") or rp.problem:

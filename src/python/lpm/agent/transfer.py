@@ -1,0 +1,144 @@
+"""Node to node: the source's agent streams a container's checkpoint archive to the target's agent.
+
+The live engine's critical path. The archive goes over the agents' own mutual TLS (each agent's certificate is
+both its serving and its client certificate, one CA signs them all) while the same bytes are compressed into
+the shared store, which stays the durable copy. The target stages it for lpm-runc as it arrives and writes the
+container's `ready` marker only once the stream's size and sha256 match what the source counted; a push that
+fails leaves the target to fetch the archive from the store (StageRestore).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from lpm.agent.v1 import agent_pb2, agent_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+PEER_NAME = "lpm-agent"  # the agents' certificate name (deploy/certs/generate.sh); a peer agent's client CN
+
+
+class TransferError(Exception):
+    """The stream did not arrive whole."""
+
+
+@dataclass(frozen=True)
+class PeerTLS:
+    """This agent's certificate, used as a client certificate towards its peers; None fields: plaintext."""
+
+    cert: str | None = None
+    key: str | None = None
+    ca: str | None = None
+
+    def channel(self, address: str) -> grpc.Channel:
+        options = [("grpc.max_send_message_length", 4 * CHUNK)]
+        if not (self.cert and self.key and self.ca):
+            return grpc.insecure_channel(address, options=options)
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=Path(self.ca).read_bytes(),
+            private_key=Path(self.key).read_bytes(),
+            certificate_chain=Path(self.cert).read_bytes(),
+        )
+        return grpc.secure_channel(address, creds, options=[*options, ("grpc.ssl_target_name_override", PEER_NAME)])
+
+
+def chunks(path: Path, checkpoint_id: str, container: str) -> Iterator[agent_pb2.CheckpointChunk]:
+    """The archive as a stream: ids on the first chunk, size and sha256 on the last."""
+    digest, size = hashlib.sha256(), 0
+    first = True
+    with open(path, "rb") as f:
+        while data := f.read(CHUNK):
+            digest.update(data)
+            size += len(data)
+            if first:
+                yield agent_pb2.CheckpointChunk(checkpoint_id=checkpoint_id, container_name=container, data=data)
+                first = False
+            else:
+                yield agent_pb2.CheckpointChunk(data=data)
+    tail = agent_pb2.CheckpointChunk(last=True, raw_size_bytes=size, raw_sha256=digest.hexdigest())
+    if first:
+        tail.checkpoint_id, tail.container_name = checkpoint_id, container
+    yield tail
+
+
+def received(first: agent_pb2.CheckpointChunk, rest: Iterator[agent_pb2.CheckpointChunk]) -> Iterator[bytes]:
+    """The data of a ReceiveCheckpoint stream; raises TransferError at its end unless it arrived whole."""
+    digest, size = hashlib.sha256(), 0
+    msg: agent_pb2.CheckpointChunk | None = first
+    while msg is not None:
+        if msg.data:
+            digest.update(msg.data)
+            size += len(msg.data)
+            yield msg.data
+        if msg.last:
+            if size != msg.raw_size_bytes or digest.hexdigest() != msg.raw_sha256:
+                raise TransferError(
+                    f"received {size} bytes with sha256 {digest.hexdigest()}, the source sent {msg.raw_size_bytes} "
+                    f"with sha256 {msg.raw_sha256}"
+                )
+            return
+        msg = next(rest, None)
+    raise TransferError("the stream ended before its last chunk")
+
+
+@dataclass
+class Push:
+    """One archive pushed on a thread, so it runs while the same file is compressed into the store."""
+
+    address: str
+    checkpoint_id: str
+    container: str
+    path: Path
+    tls: PeerTLS
+    timeout: float
+    ok: bool = False
+    message: str = ""
+    seconds: float = 0.0
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    def start(self) -> Push:
+        self._thread = threading.Thread(target=self._run, name=f"push-{self.container}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        try:
+            with self.tls.channel(self.address) as channel:
+                stub = agent_pb2_grpc.CheckpointServiceStub(channel)
+                reply = stub.ReceiveCheckpoint(
+                    chunks(self.path, self.checkpoint_id, self.container), timeout=self.timeout
+                )
+            self.ok = True
+            self.message = f"staged on the target's agent ({reply.image_bytes} bytes of CRIU images)"
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            self.message = f"push to {self.address} failed ({code.name}): {details}"
+        except OSError as exc:
+            self.message = f"push to {self.address} failed: {exc}"
+        self.seconds = time.monotonic() - started
+        log.log(
+            logging.INFO if self.ok else logging.WARNING,
+            "checkpoint %s/%s: %s in %.2fs",
+            self.checkpoint_id,
+            self.container,
+            self.message,
+            self.seconds,
+        )
+
+    def wait(self, timeout: float) -> Push:
+        if self._thread is not None:
+            self._thread.join(max(0.0, timeout))
+            if self._thread.is_alive():
+                self.message = f"push to {self.address} still running after {timeout:.0f}s"
+        return self

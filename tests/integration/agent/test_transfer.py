@@ -1,0 +1,113 @@
+"""Node to node: one real agent server pushes a checkpoint archive to another over mutual TLS with the agents'
+own certificate (CN lpm-agent), and the receiver stages it for lpm-runc only once it arrived whole."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from integration.agent.harness import Pki
+
+from lpm.agent import config
+from lpm.agent import freezer as fz
+from lpm.agent import transfer
+from lpm.agent.handoff import Handoff
+from lpm.agent.images import ImageLoader
+from lpm.agent.server import AgentServer, Deps
+from lpm.agent.v1 import agent_pb2, agent_pb2_grpc
+from lpm.storage.store import CheckpointStore, PosixBackend
+
+CKPT = "20260101t000000z-abcdef12"
+
+
+def archive(path: Path, pages: bytes) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, data in {"checkpoint/inventory.img": b"inv", "checkpoint/pages-1.img": pages}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+class NoKubelet:
+    """The receiving side never talks to its kubelet."""
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def target(tmp_path: Path, pki: Pki) -> Iterator[tuple[AgentServer, Handoff]]:
+    cfg = config.parse(
+        [
+            "--listen", "127.0.0.1:0", "--node-name", "target", "--storage", str(tmp_path / "repo"),
+            "--tls-cert", str(pki.agent_cert), "--tls-key", str(pki.agent_key), "--tls-client-ca", str(pki.ca),
+        ]
+    )  # fmt: skip
+    (tmp_path / "repo").mkdir()
+    handoff = Handoff(tmp_path / "handoff")
+    deps = Deps(
+        node_name="target",
+        store=CheckpointStore(PosixBackend(tmp_path / "repo"), "target"),
+        kubelet=NoKubelet(),  # type: ignore[arg-type]
+        freezer=fz.Freezer(lambda uid, name: Path("/nonexistent"), tmp_path / "state"),
+        images=ImageLoader(runtime="podman"),
+        handoff=handoff,
+    )
+    server = AgentServer(cfg, deps)
+    server.start()
+    yield server, handoff
+    server.stop(grace=0)
+
+
+def peer(pki: Pki) -> transfer.PeerTLS:
+    return transfer.PeerTLS(str(pki.agent_cert), str(pki.agent_key), str(pki.ca))
+
+
+def test_a_pushed_archive_is_staged_verified_on_the_target(tmp_path: Path, pki: Pki, target) -> None:
+    server, handoff = target
+    pages = bytes(range(256)) * 20000  # 5 MB: several chunks
+    push = transfer.Push(
+        f"127.0.0.1:{server.port}", CKPT, "app", archive(tmp_path / "a.tar", pages), peer(pki), timeout=30
+    )
+    push.start().wait(30)
+    assert push.ok, push.message
+    ready = json.loads((tmp_path / "handoff" / CKPT / "app" / "ready").read_text())
+    assert (Path(ready["images"]) / "pages-1.img").read_bytes() == pages
+
+
+def test_a_stream_that_does_not_match_its_trailer_is_refused_and_nothing_is_staged(
+    tmp_path: Path, pki: Pki, target
+) -> None:
+    server, _ = target
+    good = list(transfer.chunks(archive(tmp_path / "a.tar", b"p" * 3000), CKPT, "app"))
+    tampered = [*good[:-1], agent_pb2.CheckpointChunk(last=True, raw_size_bytes=7, raw_sha256="0" * 64)]
+    with peer(pki).channel(f"127.0.0.1:{server.port}") as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            agent_pb2_grpc.CheckpointServiceStub(channel).ReceiveCheckpoint(iter(tampered), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.DATA_LOSS
+    assert not (tmp_path / "handoff" / CKPT / "app" / "ready").exists()
+
+
+def test_a_peer_agent_may_hand_over_a_checkpoint_and_nothing_else(tmp_path: Path, pki: Pki, target) -> None:
+    server, _ = target
+    with peer(pki).channel(f"127.0.0.1:{server.port}") as channel:
+        stub = agent_pb2_grpc.CheckpointServiceStub(channel)
+        for call, req in (
+            (stub.GetCapabilities, agent_pb2.GetCapabilitiesRequest()),
+            (stub.Thaw, agent_pb2.ThawRequest(checkpoint_id=CKPT)),
+            (stub.AbortRestore, agent_pb2.AbortRestoreRequest(checkpoint_id=CKPT)),
+        ):
+            with pytest.raises(grpc.RpcError) as denied:
+                call(req, timeout=10)
+            assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # The controller's own client certificate still may.
+    creds = grpc.ssl_channel_credentials(pki.ca.read_bytes(), pki.client_key.read_bytes(), pki.client_cert.read_bytes())
+    with grpc.secure_channel(f"localhost:{server.port}", creds) as channel:
+        caps = agent_pb2_grpc.CheckpointServiceStub(channel).GetCapabilities(agent_pb2.GetCapabilitiesRequest())
+        assert caps.node_name == "target" and caps.live_restore_supported
