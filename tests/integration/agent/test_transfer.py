@@ -13,9 +13,8 @@ import grpc
 import pytest
 from integration.agent.harness import Pki
 
-from lpm.agent import config
+from lpm.agent import config, transfer
 from lpm.agent import freezer as fz
-from lpm.agent import transfer
 from lpm.agent.handoff import Handoff
 from lpm.agent.images import ImageLoader
 from lpm.agent.server import AgentServer, Deps
