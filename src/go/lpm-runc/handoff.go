@@ -30,6 +30,25 @@ const pollInterval = 2 * time.Millisecond
 
 func (h handoff) dir() string { return filepath.Join(h.root, h.checkpoint, h.container) }
 
+// failedLog keeps CRIU's log of a failed restore for the agent (runc's work dir is reused by any later try).
+const failedLog = "restore-failed.log"
+
+func (h handoff) failed() bool {
+	_, err := os.Stat(filepath.Join(h.dir(), "failed"))
+	return err == nil
+}
+
+// markFailed keeps CRIU's restore.log and records the failure; errors are ignored (the restore already failed
+// and runc's own error goes to the shim).
+func (h handoff) markFailed(work, containerID string, code int) {
+	if data, err := os.ReadFile(filepath.Join(work, "restore.log")); err == nil {
+		_ = os.WriteFile(filepath.Join(h.dir(), failedLog), data, 0o600)
+	}
+	_ = writeJSON(filepath.Join(h.dir(), "failed"), map[string]any{
+		"container_id": containerID, "exit_code": code, "time": time.Now().UTC().Format(time.RFC3339Nano),
+	})
+}
+
 func (h handoff) restored() bool {
 	_, err := os.Stat(filepath.Join(h.dir(), "restored"))
 	return err == nil

@@ -156,6 +156,11 @@ func restore(inv invocation, c createArgs, cfg *ociConfig, ckpt string) error {
 	if h.restored() {
 		passThrough() // a restart of a container restored earlier: a fresh create
 	}
+	if h.failed() {
+		// A restore is tried once: CRIU fails the same way again, and a retry would race the rollback.
+		return fmt.Errorf("lpm-runc: restoring checkpoint %s failed before; not tried again (CRIU's log: the "+
+			"migration's status, or %s)", ckpt, filepath.Join(h.dir(), failedLog))
+	}
 	wait, err := waitSeconds()
 	if err != nil {
 		return err
@@ -188,6 +193,7 @@ func restore(inv invocation, c createArgs, cfg *ociConfig, ckpt string) error {
 			if code <= 0 {
 				code = 1 // killed by a signal
 			}
+			h.markFailed(work, c.id, code)
 			return &runcFailed{code: code}
 		}
 		return fmt.Errorf("lpm-runc: running %s restore: %w", runcPath(), err)

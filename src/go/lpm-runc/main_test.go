@@ -32,12 +32,16 @@ root=/run/runc; cmd=; last=
 while [ $# -gt 0 ]; do
   case "$1" in
     --root) root=$2; shift;;
+    --work-path) work=$2; shift;;
     restore|create|start|state|delete) [ -z "$cmd" ] && cmd=$1;;
   esac
   last=$1; shift
 done
 if [ "$cmd" = restore ]; then
-  if [ -n "$FAKE_RC" ]; then echo "fake restore failed" >&2; exit "$FAKE_RC"; fi
+  if [ -n "$FAKE_RC" ]; then
+    echo "(00.1) Error (criu/files-reg.c:1): boom" > "$work/restore.log"
+    echo "fake restore failed" >&2; exit "$FAKE_RC"
+  fi
   mkdir -p "$root/$last"
 fi
 exit 0
@@ -327,6 +331,18 @@ func TestCreateRestoreFailureKeepsRuncExitCode(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(d, "restored")); err == nil {
 		t.Errorf("restored written after a failed restore")
+	}
+	// CRIU's log is kept, and the restore is not tried again (kubelet retries the start).
+	if got := readFile(t, filepath.Join(d, failedLog)); !strings.Contains(got, "boom") {
+		t.Errorf("kept log %q", got)
+	}
+	e.runcArgs()
+	code, _, _ = e.run(e.createArgv("c2")...)
+	if got := e.runcArgs(); code != 1 || got != nil {
+		t.Fatalf("second try: code %d, runc called with %q", code, got)
+	}
+	if l := lastLogLine(t, e.logPath); !strings.Contains(l.Msg, "failed before; not tried again") {
+		t.Errorf("log %q", l.Msg)
 	}
 }
 

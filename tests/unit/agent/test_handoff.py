@@ -111,3 +111,14 @@ def test_names_that_could_leave_the_directory_are_refused(tmp_path: Path, bad: s
         Handoff(tmp_path).states(bad, ["app"])
     with pytest.raises(HandoffError):
         Handoff(tmp_path).states(CKPT, [bad])
+
+
+def test_the_restore_log_lpm_runc_kept_wins_over_a_later_tries_work_log(tmp_path: Path) -> None:
+    h = Handoff(tmp_path)
+    d = tmp_path / CKPT / "app"
+    (d / "work").mkdir(parents=True)
+    assert h.restore_log(CKPT, "app") is None
+    (d / "work" / "restore.log").write_text("a later try, still running")
+    assert h.restore_log(CKPT, "app") == "a later try, still running"
+    (d / "restore-failed.log").write_text("Error (criu/files-reg.c:1): Can't open file")
+    assert "Can't open file" in (h.restore_log(CKPT, "app") or "")

@@ -13,6 +13,8 @@ atomically (temporary name, then rename):
                                                  and its sha256 matched, so a partial transfer is never restored
     <root>/<checkpoint id>/<container>/restored  lpm-runc: `runc restore` succeeded (a later restart of the
                                                  container starts fresh, like any restart)
+    <root>/<checkpoint id>/<container>/failed    lpm-runc: `runc restore` failed (never tried again), with
+                                                 CRIU's log kept beside it in restore-failed.log
 
 The staged data is process memory: directories are 0700, files 0600, and the images are removed once the
 container was restored or the restore was aborted.
@@ -182,12 +184,16 @@ class Handoff:
         return Staged(container, image_bytes, diff_bytes, seconds)
 
     def restore_log(self, checkpoint_id: str, container: str, limit: int = 1 << 20) -> str | None:
-        """CRIU's log of lpm-runc's restore of this container (runc writes it into the work directory)."""
-        try:
-            with open(self._dir(checkpoint_id, container) / "work" / "restore.log", "rb") as f:
-                return f.read(limit).decode(errors="replace")
-        except FileNotFoundError:
-            return None
+        """CRIU's log of lpm-runc's failed restore of this container: the copy lpm-runc kept when the restore
+        failed (`restore-failed.log`), else runc's work directory's (which a later try would reuse)."""
+        d = self._dir(checkpoint_id, container)
+        for path in (d / "restore-failed.log", d / "work" / "restore.log"):
+            try:
+                with open(path, "rb") as f:
+                    return f.read(limit).decode(errors="replace")
+            except FileNotFoundError:
+                continue
+        return None
 
     def abort(self, checkpoint_id: str, reason: str) -> None:
         """Final: a waiting lpm-runc fails, none restores later; staged data of containers not restored goes."""

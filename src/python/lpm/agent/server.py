@@ -529,8 +529,9 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                 # Live engine: lpm-runc's restore left CRIU's log in the hand-off directory.
                 for name in names:
                     text = self.d.handoff.restore_log(request.checkpoint_id, name)
-                    if text is not None:
-                        f = criu_log.explain(criu_log.error_lines(text))
+                    lines = criu_log.error_lines(text) if text else ()
+                    if lines:
+                        f = criu_log.explain(lines)
                         out.containers.add(container_name=name, lines=f.lines, cause=f.cause, advice=f.advice)
                 if out.containers:
                     return out
