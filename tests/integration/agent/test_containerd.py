@@ -241,3 +241,87 @@ def test_a_corrupt_stored_checkpoint_is_refused_and_containerd_keeps_no_image(tm
     base = [str(ctr), "--address", str(sock), "-n", "k8s.io"]
     listing = subprocess.run([*base, "images", "ls", "-q"], capture_output=True, text=True, check=True).stdout
     assert ref not in listing.split()
+
+
+def test_the_runtime_dump_takes_a_paused_tasks_images_and_overlay_changes_and_leaves_it_paused(
+    tmp_path: Path, containerd
+) -> None:
+    """The Live engine's source-side dump (lpm.agent.dump) on a real containerd task with an overlay root:
+    CRIU's images through `ctr tasks checkpoint --image-path`, the file-system changes from the upper
+    directory, the kubelet archive's layout, and the task still paused afterwards."""
+    from lpm.agent import freezer as fz
+    from lpm.agent.dump import RuntimeDumper
+
+    ctr, sock = containerd
+    lower, upper, work, merged = (tmp_path / n for n in ("lower", "upper", "ovl-work", "merged"))
+    for sub in ("bin", "tmp", "proc", "dev", "sys", "etc"):
+        (lower / sub).mkdir(parents=True)
+    shutil.copy2("/bin/busybox", lower / "bin" / "busybox")
+    for applet in ("sh", "sleep", "rm"):
+        (lower / "bin" / applet).symlink_to("busybox")
+    (lower / "etc" / "motd").write_text("from the image")
+    for path in (upper, work, merged):
+        path.mkdir()
+    opts = f"lowerdir={lower},upperdir={upper},workdir={work}"
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(merged)], check=True)
+    try:
+        subprocess.run(
+            [
+                str(ctr),
+                "--address",
+                str(sock),
+                "-n",
+                "k8s.io",
+                "run",
+                "-d",
+                "--cgroup",
+                "/lpm-ctrd-test-dump/dump",
+                "--rootfs",
+                str(merged),
+                "dump",
+                "/bin/sh",
+                "-c",
+                "rm /etc/motd; " + COUNTER,
+            ],
+            capture_output=True,
+            check=True,
+        )
+        count = upper / "tmp" / "count"
+        deadline = time.monotonic() + 30
+        while not (count.exists() and count.read_text().strip()):
+            assert time.monotonic() < deadline, "counter did not start"
+            time.sleep(0.02)
+        control = fz.ContainerdControl(address=str(sock), ctr=str(ctr))
+        freezer = fz.Freezer(lambda uid, name: "dump", tmp_path / "state", control=control)
+        freezer.freeze("ck-d", "6a2b3c4d-1111-4222-8333-944455556666", ["app"])
+        at_freeze = read(count)
+
+        dumper = RuntimeDumper(tmp_path / "dumps", address=str(sock), ctr=str(ctr))
+        assert dumper.usable() == ""
+        result = dumper.dump("dump", control.pid("dump"), "ck-d-app", timeout=60)
+        try:
+            assert result.local_path.stat().st_mode & 0o777 == 0o600
+            with tarfile.open(result.local_path) as tar:
+                names = tar.getnames()
+                assert "checkpoint/inventory.img" in names and any(n.startswith("checkpoint/pages-") for n in names)
+                assert json.loads(tar.extractfile("deleted.files").read()) == ["/etc/motd"]  # type: ignore[union-attr]
+                diff = tarfile.open(fileobj=io.BytesIO(tar.extractfile("rootfs-diff.tar").read()))  # type: ignore[union-attr]
+                assert int(diff.extractfile("tmp/count").read()) == at_freeze  # type: ignore[union-attr]
+        finally:
+            result.local_path.unlink()
+        assert list((tmp_path / "dumps").iterdir()) == [], "nothing of the dump (process memory) is left behind"
+        assert control.status("dump") == "PAUSED", "the dump must leave the source paused"
+        time.sleep(0.3)
+        assert read(count) == at_freeze
+        freezer.thaw("ck-d", "6a2b3c4d-1111-4222-8333-944455556666", [])
+        deadline = time.monotonic() + 30
+        while read(count) <= at_freeze:
+            assert time.monotonic() < deadline, "the counter did not advance after thaw"
+            time.sleep(0.02)
+    finally:
+        base = [str(ctr), "--address", str(sock), "-n", "k8s.io"]
+        subprocess.run([*base, "tasks", "kill", "-s", "KILL", "dump"], capture_output=True, check=False)
+        time.sleep(0.5)
+        subprocess.run([*base, "tasks", "rm", "-f", "dump"], capture_output=True, check=False)
+        subprocess.run([*base, "containers", "rm", "dump"], capture_output=True, check=False)
+        subprocess.run(["umount", "-l", str(merged)], check=False)

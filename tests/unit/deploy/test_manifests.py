@@ -21,13 +21,16 @@ AGENT_WRITABLE_HOST_PATHS = {
     "/run/containerd/containerd.sock": "loads checkpoint images into the node's containerd",
     "/var/lib/lpm-agent": "keeps freeze records (auto-thaw deadlines) across agent restarts",
     "/var/lib/lpm/restore": "stages checkpoints for lpm-runc, the live engine's runtime wrapper (RuntimeClass lpm)",
+    "/var/lib/lpm/dump": "the live engine's runtime dumps: containerd writes CRIU's images there for the agent",
 }
-# Read, never written: the kubelet client key, the node's procfs (eligibility), the runtime's task dirs (CRIU logs).
+# Read, never written: the kubelet client key, the node's procfs (eligibility), the runtime's task dirs (CRIU
+# logs), containerd's overlay snapshots (a frozen source's file-system changes).
 AGENT_READ_ONLY_HOST_PATHS = {
     "/etc/kubernetes/pki",
     "/proc",
     "/run/containerd/io.containerd.runtime.v2.task",
     "/var/lib/containerd/io.containerd.runtime.v2.task",
+    "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs",
 }
 RBAC_VERBS_NEVER = {"*", "escalate", "bind", "impersonate"}
 
@@ -158,8 +161,9 @@ def test_agent_runs_without_privileges_or_host_pid(name: str) -> None:
     assert sc.get("privileged") is not True
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["readOnlyRootFilesystem"] is True
-    # SYS_PTRACE only: reading /proc/<pid>/fd of a source's processes (eligibility), see the manifest's comment.
-    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["SYS_PTRACE"]}
+    # SYS_PTRACE: reading /proc/<pid>/{fd,mountinfo} of a source's processes; DAC_READ_SEARCH: reading a frozen
+    # source's changed files for the runtime dump. Both read-only; see the manifest's comment.
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["SYS_PTRACE", "DAC_READ_SEARCH"]}
     assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     assert {"operator": "Exists"} in spec["tolerations"]
 

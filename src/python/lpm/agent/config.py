@@ -50,6 +50,7 @@ class AgentConfig:
     runtime_state_dir: str
     proc_root: str
     restore_handoff_dir: str
+    dump_dir: str
     log_level: str
     log_format: str
     self_check: bool
@@ -267,6 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="/var/lib/lpm/restore",
         help="Live engine: the node directory this agent stages checkpoints in for lpm-runc (the runtime "
         "wrapper behind RuntimeClass lpm), mounted at the same path as on the node. Empty: no live restores here.",
+    )
+    add_flag(
+        why,
+        "--dump-dir",
+        "LPM_DUMP_DIR",
+        default="/var/lib/lpm/dump",
+        help="Live engine, containerd only: the node directory containerd writes CRIU's images into when this "
+        "agent dumps a source itself (ctr tasks checkpoint) instead of through the kubelet, mounted at the same "
+        "path as on the node; the containers' overlay upper directories must be readable at their node paths "
+        "too. Empty: always dump through the kubelet.",
     )
     add_logging_flags(p)
     p.add_argument("--self-check", action="store_true", help="Check configuration and local tools, then exit.")

@@ -43,6 +43,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram
 
 from lpm.agent import criu_log, eligibility, transfer
+from lpm.agent import dump as dp
 from lpm.agent import freezer as fz
 from lpm.agent import handoff as ho
 from lpm.agent.config import AgentConfig
@@ -143,7 +144,7 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
             return code.FAILED_PRECONDITION, str(exc), "RestoreAborted"
         case ho.HandoffError():
             return code.FAILED_PRECONDITION, str(exc), ""
-        case ImageError() | fz.FreezerError():
+        case ImageError() | fz.FreezerError() | dp.DumpError():
             return code.INTERNAL, str(exc), ""
     return code.INTERNAL, f"{type(exc).__name__}: {exc}", ""
 
@@ -196,6 +197,8 @@ class Deps:
     handoff: ho.Handoff | None = None
     # This agent's certificate as a client of its peers (pushing checkpoints node to node).
     peer_tls: transfer.PeerTLS = field(default_factory=transfer.PeerTLS)
+    # The Live engine's dump through containerd (None: every dump goes through the kubelet).
+    dumper: dp.RuntimeDumper | None = None
 
 
 class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
@@ -284,7 +287,7 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                     pod_namespace=request.pod_namespace,
                     pod_name=request.pod_name,
                 )
-            result = self._dump(request, timeout - (time.monotonic() - started))
+            result, dumped_by = self._dump(request, timeout - (time.monotonic() - started))
             if not opts.leave_running and self.d.freezer.fenced(request.checkpoint_id):
                 # Rolled back while the kubelet worked: this archive must never be stored, let alone restored.
                 result.local_path.unlink(missing_ok=True)
@@ -326,6 +329,7 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                 # The archive holds the container's memory and is root-only on the node: never leave it there.
                 result.local_path.unlink(missing_ok=True)
             return agent_pb2.CheckpointResponse(
+                dumped_by=dumped_by,
                 staged_on_target=bool(push and push.ok),
                 stage_message=push.message if push else "",
                 checkpoint_id=request.checkpoint_id,
@@ -337,15 +341,15 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                 attempts=result.attempts,
             )
 
-    def _dump(self, request: agent_pb2.CheckpointRequest, timeout: float) -> CheckpointResult:
-        """The kubelet's checkpoint. A CRIU failure is repeated at most once, and not at all when its reason
+    def _dump(self, request: agent_pb2.CheckpointRequest, timeout: float) -> tuple[CheckpointResult, str]:
+        """The dump, and who made it. A CRIU failure is repeated at most once, and not at all when its reason
         fails for certain (an open TCP connection); then it is CheckpointRefused with CRIU's own words."""
         deadline = time.monotonic() + timeout
         ns, pod, ctr = request.pod_namespace, request.pod_name, request.container_name
         for attempt in (1, 2):
             try:
-                return self.d.kubelet.checkpoint(ns, pod, ctr, deadline - time.monotonic())
-            except KubeletCriuFailed as exc:
+                return self._dump_once(request, deadline - time.monotonic())
+            except (KubeletCriuFailed, dp.DumpCriuFailed) as exc:
                 failure = criu_log.read_failure(str(exc), self.d.runtime_node_task_dir, self.d.runtime_task_dir)
                 log.warning("checkpoint of %s/%s/%s: %s (attempt %d)", ns, pod, ctr, failure.summary(), attempt)
                 if failure.certain or attempt == 2 or deadline - time.monotonic() < 1.0:
@@ -354,6 +358,24 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                     ) from None
                 self.d.freezer.refuse_if_fenced(request.checkpoint_id)
         raise AssertionError("unreachable")
+
+    def _dump_once(self, request: agent_pb2.CheckpointRequest, timeout: float) -> tuple[CheckpointResult, str]:
+        """The Live engine's source (frozen, its archive going to a target's agent) is dumped through
+        containerd when this agent can; anything else, or a runtime dump that fails for a reason other than
+        CRIU's, goes through the kubelet. The container stays frozen either way."""
+        ns, pod, ctr = request.pod_namespace, request.pod_name, request.container_name
+        opts = request.options
+        record = self.d.freezer.status(request.checkpoint_id)
+        target = record.containers.get(ctr) if record else None
+        if self.d.dumper is not None and opts.stage_on_address and not opts.leave_running and target:
+            try:
+                label = f"{request.checkpoint_id}-{ctr}"
+                return self.d.dumper.dump(target, self.d.freezer.control.pid(target), label, timeout), "containerd"
+            except dp.DumpCriuFailed:
+                raise
+            except (dp.DumpError, fz.FreezerError) as exc:
+                log.warning("runtime dump of %s/%s/%s failed (%s); dumping through the kubelet", ns, pod, ctr, exc)
+        return self.d.kubelet.checkpoint(ns, pod, ctr, timeout), "kubelet"
 
     @staticmethod
     def _artifact(m: Manifest) -> agent_pb2.ArtifactInfo:
@@ -649,8 +671,12 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
         live_problem = self.d.handoff.usable() if self.d.handoff else "no restore hand-off directory configured"
         if live_problem:
             problems.append(live_problem)
+        dump_problem = self.d.dumper.usable() if self.d.dumper else "no runtime dump directory configured"
+        if dump_problem:
+            problems.append(f"{dump_problem}: the Live engine dumps through the kubelet")
         return agent_pb2.Capabilities(
             live_restore_supported=not live_problem,
+            runtime_dump_supported=not dump_problem,
             node_name=self.d.node_name,
             agent_version=AGENT_VERSION,
             criu_version=self.d.criu_version,
@@ -722,6 +748,11 @@ def build_deps(cfg: AgentConfig, locate: fz.Locate | None = None, backoff: Backo
         proc_root=Path(cfg.proc_root),
         restore_logs=RestoreLogWatcher(Path(cfg.runtime_state_dir), bundle_dir=Path(cfg.runtime_task_dir)),
         handoff=ho.Handoff(Path(cfg.restore_handoff_dir)) if cfg.restore_handoff_dir else None,
+        dumper=(
+            dp.RuntimeDumper(Path(cfg.dump_dir), Path(cfg.proc_root), address=cfg.containerd_address, ctr=cfg.ctr)
+            if cfg.dump_dir and method == "containerd"
+            else None
+        ),
         peer_tls=(
             transfer.PeerTLS(None, None, None)
             if cfg.insecure

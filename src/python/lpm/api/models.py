@@ -379,7 +379,10 @@ class ContainerCheckpointStatus:
     compressed_size_bytes: int | None = spec_field("Stored size.")
     raw_size_bytes: int | None = spec_field("Size of the kubelet's tar.")
     sha256: str | None = spec_field("sha256 of the stored archive.")
-    kubelet_seconds: float | None = spec_field("Time in the kubelet (CRIU dump).")
+    kubelet_seconds: float | None = spec_field("Time dumping (CRIU, through the kubelet or containerd).")
+    dumped_by: str | None = spec_field(
+        "Who dumped the container: kubelet (its checkpoint API) or containerd (the Live engine's runtime dump)."
+    )
     store_seconds: float | None = spec_field("Time compressing and storing.")
     attempts: int | None = spec_field("Agent calls made.")
     reason: str | None = spec_field("CamelCase reason of a failure.")

@@ -164,6 +164,7 @@ def decide(obs: Observed) -> list[Action]:
         return finish(CP.FAILED, called.reason or "CheckpointFailed", called.message)
     art = called.value.get("artifact") or {}
     st.kubelet_seconds = _seconds(called.value.get("kubelet_duration"))
+    st.dumped_by = called.value.get("dumped_by") or None
     st.store_seconds = _seconds(called.value.get("store_duration"))
     st.attempts = int(called.value.get("attempts") or 1)
     spec = ContainerCheckpointContentSpec(

@@ -1,0 +1,265 @@
+"""The live engine's dump: CRIU through containerd's task API, without the kubelet's checkpoint round trip.
+
+Why: the kubelet's checkpoint (`POST /checkpoint`, CRI CheckpointContainer) spends most of the source's frozen
+time around CRIU rather than in it: containerd computes the rootfs diff through its diff service, writes the
+container's config and spec, and packs everything into one tar before the kubelet answers. For the Live engine
+the target needs only CRIU's images and the container's file-system changes, so the agent asks containerd for
+exactly that (`ctr tasks checkpoint --image-path`, which runs `runc checkpoint` in the task's shim, with the
+node's CRIU configuration) and reads the changes straight from the container's overlay upper directory.
+
+The result has the kubelet archive's layout (`checkpoint/<CRIU images>`, `rootfs-diff.tar`, `deleted.files`),
+so pushing, storing and staging are the same as for a kubelet archive. It has no `config.dump`/`spec.dump`:
+the Image engine cannot turn it into a checkpoint image, and it is used only when the migration's target
+restores through lpm-runc.
+
+A task that containerd paused (the Freezer's containerd control) is checkpointed as it is and stays paused:
+containerd pauses and resumes around the dump only a task it believes is running. The images are written by
+the shim on the node, into a directory the agent sees at the same path (`--dump-dir`), made 0700.
+
+Overlay upper directory -> rootfs diff: regular files, directories and symlinks go into the tar as they are;
+a whiteout (a 0:0 character device) becomes a `deleted.files` entry; an opaque directory
+(`trusted.overlay.opaque=y`) deletes what the lower layers hold under it and is then filled from the tar.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from lpm.agent.kubelet import CheckpointResult
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DUMP_DIR: Final = "/var/lib/lpm/dump"
+_OPAQUE_XATTRS: Final = ("trusted.overlay.opaque", "user.overlay.opaque")
+
+
+class DumpError(Exception):
+    """The runtime could not dump the container (not a CRIU verdict: the runtime or the node failed)."""
+
+
+class DumpCriuFailed(DumpError):
+    """CRIU refused or failed; the message is the runtime's and names CRIU's log on the node."""
+
+
+@dataclass(frozen=True)
+class Overlay:
+    upper: Path
+    lowers: tuple[Path, ...]
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal (\\040)."""
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit() and len(field[i + 1 : i + 4]) == 3:
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def _split_options(options: str) -> dict[str, str]:
+    """Overlay's super options; a lowerdir list is colon separated, so only commas split options."""
+    found: dict[str, str] = {}
+    for part in options.split(","):
+        key, _, value = part.partition("=")
+        found[key] = value
+    return found
+
+
+def root_overlay(mountinfo: str) -> Overlay:
+    """The overlay mounted at a process's `/`, from its `/proc/<pid>/mountinfo`."""
+    for line in mountinfo.splitlines():
+        head, sep, tail = line.partition(" - ")
+        fields = head.split()
+        if not sep or len(fields) < 5 or _unescape(fields[4]) != "/":
+            continue
+        fstype, _source, options = [*tail.split(" ", 2), "", ""][:3]
+        if fstype != "overlay":
+            raise DumpError(f"the container's root is {fstype or 'unknown'}, not overlay: its changes cannot be read")
+        opts = _split_options(options)
+        if not opts.get("upperdir"):
+            raise DumpError("the container's root overlay has no upper directory (read-only root?)")
+        lowers = tuple(Path(_unescape(p)) for p in opts.get("lowerdir", "").split(":") if p)
+        return Overlay(Path(_unescape(opts["upperdir"])), lowers)
+    raise DumpError("the container's mount table has no root mount")
+
+
+def _opaque(path: Path) -> bool:
+    for name in _OPAQUE_XATTRS:
+        try:
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _walk(upper: Path) -> Iterator[tuple[str, Path, os.stat_result]]:
+    """(path in the rootfs, path in upper, lstat) for every entry, parents first."""
+    stack = [("", upper)]
+    while stack:
+        rel, here = stack.pop()
+        with os.scandir(here) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                child_rel = f"{rel}/{entry.name}"
+                st = entry.stat(follow_symlinks=False)
+                yield child_rel, Path(entry.path), st
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append((child_rel, Path(entry.path)))
+
+
+def _hidden_below(lowers: tuple[Path, ...], rel: str, kept: set[str]) -> Iterator[str]:
+    """What the lower layers hold under opaque directory `rel` that the upper directory does not put back:
+    gone in the container. A directory that upper recreated hides its lower contents too (recursively)."""
+    names: set[str] = set()
+    for lower in lowers:
+        below = lower / rel.lstrip("/")
+        if below.is_dir() and not below.is_symlink():
+            names.update(os.listdir(below))
+    for name in sorted(names):
+        child = f"{rel}/{name}"
+        if child.lstrip("/") not in kept:
+            yield child
+        elif any((lower / child.lstrip("/")).is_dir() for lower in lowers):
+            yield from _hidden_below(lowers, child, kept)
+
+
+def write_rootfs_diff(overlay: Overlay, tar_path: Path) -> tuple[list[str], int]:
+    """The upper directory as a tar (paths relative to the rootfs) and the paths the container deleted;
+    returns (deleted, number of entries in the tar). lpm-runc applies the tar first, then the deletions."""
+    deleted: list[str] = []
+    opaque: list[str] = []
+    kept: set[str] = set()
+    with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for rel, path, st in _walk(overlay.upper):
+            if _whiteout(st):
+                deleted.append(rel)
+                continue
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                log.warning("rootfs diff: skipping %s (not a file, directory or symlink)", rel)
+                continue
+            if stat.S_ISDIR(st.st_mode) and _opaque(path):
+                opaque.append(rel)
+            tar.add(path, arcname=rel.lstrip("/"), recursive=False)
+            kept.add(rel.lstrip("/"))
+    for rel in opaque:
+        deleted.extend(_hidden_below(overlay.lowers, rel, kept))
+    return list(dict.fromkeys(deleted)), len(kept)
+
+
+@dataclass(frozen=True)
+class RuntimeDumper:
+    """Dumps a containerd task with `ctr tasks checkpoint --image-path` (see the module docstring)."""
+
+    dump_dir: Path = Path(DEFAULT_DUMP_DIR)
+    proc_root: Path = Path("/proc")
+    address: str = "/run/containerd/containerd.sock"
+    ctr: str = "ctr"
+    namespace: str = "k8s.io"
+
+    def _ctr(self, timeout: float, *args: str) -> subprocess.CompletedProcess[str]:
+        argv = [self.ctr, "--address", self.address, "-n", self.namespace, *args]
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=max(1.0, timeout), check=False)
+        except FileNotFoundError:
+            raise DumpError(f"{self.ctr} is not installed: cannot checkpoint through containerd") from None
+        except subprocess.TimeoutExpired:
+            raise DumpError(f"ctr {' '.join(args[:2])} did not finish within {timeout:.0f}s") from None
+
+    def usable(self) -> str:
+        """Empty when the dump directory can be used; otherwise why not."""
+        try:
+            self.dump_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.dump_dir):
+                pass
+        except OSError as exc:
+            return f"the runtime dump directory {self.dump_dir} is not writable: {exc.strerror}"
+        if shutil.which(self.ctr) is None:
+            return f"{self.ctr} is not installed"
+        return ""
+
+    def dump(self, container_id: str, pid: int, label: str, timeout: float) -> CheckpointResult:
+        """Checkpoint task `container_id` (init process `pid` in the node's PID namespace) into an archive in
+        the kubelet's layout under `dump_dir`; the caller deletes the archive."""
+        started = time.monotonic()
+        try:
+            mountinfo = (self.proc_root / str(pid) / "mountinfo").read_text()
+        except OSError as exc:
+            raise DumpError(f"cannot read the container's mount table: {exc.strerror}") from None
+        overlay = root_overlay(mountinfo)
+        self.dump_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.sweep()
+        work = Path(tempfile.mkdtemp(prefix=f".{label}-", dir=self.dump_dir))
+        archive = work.with_suffix(".tar")
+        try:
+            # The file-system changes first: the task is frozen, so they are final, and a change the agent
+            # cannot read fails here, before CRIU ran (the caller then dumps through the kubelet).
+            try:
+                deleted, entries = write_rootfs_diff(overlay, work / "rootfs-diff.tar")
+            except OSError as exc:
+                raise DumpError(f"cannot read the container's file-system changes: {exc}") from None
+            (work / "deleted.files").write_text(json.dumps(deleted))
+            diffed = time.monotonic()
+            images = work / "checkpoint"
+            images.mkdir(mode=0o700)
+            done = self._ctr(timeout, "tasks", "checkpoint", "--image-path", str(images), container_id)
+            if done.returncode != 0:
+                message = (done.stderr or done.stdout).strip()
+                if "criu failed" in message.lower():
+                    raise DumpCriuFailed(message)
+                raise DumpError(f"ctr tasks checkpoint failed: {message}")
+            dumped = time.monotonic()
+            fd = os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                for image in sorted(images.iterdir()):
+                    tar.add(image, arcname=f"checkpoint/{image.name}", recursive=False)
+                if entries:
+                    tar.add(work / "rootfs-diff.tar", arcname="rootfs-diff.tar")
+                tar.add(work / "deleted.files", arcname="deleted.files")
+            log.info(
+                "dumped %s through containerd in %.3fs (rootfs diff %.3fs, CRIU %.3fs, %d changes, %d deleted)",
+                label,
+                time.monotonic() - started,
+                diffed - started,
+                dumped - diffed,
+                entries,
+                len(deleted),
+            )
+            return CheckpointResult(str(archive), archive, 1, time.monotonic() - started)
+        except BaseException:
+            archive.unlink(missing_ok=True)
+            raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def sweep(self, older_than: float = 3600.0) -> None:
+        """Remove what an agent that died mid-dump left behind (process memory: never keep it)."""
+        cutoff = time.time() - older_than
+        for entry in self.dump_dir.glob(".*"):
+            try:
+                if entry.lstat().st_mtime < cutoff:
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink(missing_ok=True)
+            except OSError:
+                continue

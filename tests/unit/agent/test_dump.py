@@ -1,0 +1,108 @@
+"""The runtime dump's file-system half: where a container's overlay is, and its changes as lpm-runc applies them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from lpm.agent.dump import DumpError, Overlay, root_overlay, write_rootfs_diff
+
+MOUNTINFO = (
+    "1203 1190 0:317 / / rw,relatime master:437 - overlay overlay rw,lowerdir=/var/lib/containerd/io.containerd."
+    "snapshotter.v1.overlayfs/snapshots/12/fs:/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots"
+    "/11/fs,upperdir=/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/40/fs,workdir=/var/lib/"
+    "containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/40/work,index=off\n"
+    "1204 1203 0:318 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw\n"
+    "1205 1203 0:319 / /data\\040dir rw - overlay overlay rw,lowerdir=/x,upperdir=/y,workdir=/z\n"
+)
+SNAP = "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots"
+
+
+def test_the_root_overlay_is_found_with_its_layers_in_order() -> None:
+    found = root_overlay(MOUNTINFO)
+    assert found.upper == Path(f"{SNAP}/40/fs")
+    assert found.lowers == (Path(f"{SNAP}/12/fs"), Path(f"{SNAP}/11/fs"))
+
+
+def test_escaped_paths_are_unescaped() -> None:
+    text = "1 0 0:1 / / rw - overlay overlay rw,lowerdir=/l\\040a,upperdir=/u\\134b,workdir=/w\n"
+    assert root_overlay(text) == Overlay(Path("/u\\b"), (Path("/l a"),))
+
+
+@pytest.mark.parametrize(
+    ("mountinfo", "says"),
+    [
+        ("1 0 0:1 / / rw - ext4 /dev/vda rw\n", "is ext4, not overlay"),
+        ("1 0 0:1 / / ro - overlay overlay ro,lowerdir=/a:/b\n", "no upper directory"),
+        ("1 0 0:1 / /proc rw - proc proc rw\n", "no root mount"),
+    ],
+)
+def test_a_root_that_is_not_a_writable_overlay_is_refused_with_the_reason(mountinfo: str, says: str) -> None:
+    with pytest.raises(DumpError, match=says):
+        root_overlay(mountinfo)
+
+
+def _layers(tmp_path: Path) -> Overlay:
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    for d in ("etc", "var/cache/app/sub", "opt/keep"):
+        (lower / d).mkdir(parents=True)
+    for f in ("etc/passwd", "etc/stale", "var/cache/app/old", "var/cache/app/sub/deep", "opt/keep/x"):
+        (lower / f).write_text("lower")
+    (upper / "etc").mkdir(parents=True)
+    (upper / "etc" / "passwd").write_text("changed")
+    os.mknod(upper / "etc" / "stale", 0o600 | 0o020000, os.makedev(0, 0))  # overlay's whiteout
+    (upper / "tmp").mkdir()
+    (upper / "tmp" / "count").write_text("41")
+    (upper / "tmp" / "link").symlink_to("count")
+    # var/cache/app was removed and recreated: an opaque directory that holds one new file and a new sub/.
+    (upper / "var" / "cache" / "app" / "sub").mkdir(parents=True)
+    (upper / "var" / "cache" / "app" / "new").write_text("fresh")
+    os.setxattr(upper / "var" / "cache" / "app", "trusted.overlay.opaque", b"y")
+    return Overlay(upper, (lower,))
+
+
+def test_the_upper_directory_becomes_a_tar_and_a_deleted_list(tmp_path: Path) -> None:
+    overlay = _layers(tmp_path)
+    deleted, entries = write_rootfs_diff(overlay, tmp_path / "diff.tar")
+    with tarfile.open(tmp_path / "diff.tar") as tar:
+        names = set(tar.getnames())
+        assert tar.extractfile("etc/passwd").read() == b"changed"  # type: ignore[union-attr]
+        assert tar.getmember("tmp/link").issym() and tar.getmember("tmp/link").linkname == "count"
+    assert {"etc/passwd", "tmp/count", "tmp/link", "var/cache/app/new", "var/cache/app/sub"} <= names
+    assert "etc/stale" not in names, "a whiteout is a deletion, not a file"
+    assert entries == len(names)
+    # The whiteout, and what the opaque directory hid: its old file, and inside the recreated sub/ the old one.
+    assert sorted(deleted) == ["/etc/stale", "/var/cache/app/old", "/var/cache/app/sub/deep"]
+    assert not any(d.startswith("/opt") for d in deleted), "a directory that is not opaque keeps its lower files"
+
+
+def test_applying_the_diff_then_the_deletions_gives_the_containers_view(tmp_path: Path) -> None:
+    """What lpm-runc does on the target (tar first, then deletions) reproduces the merged overlay."""
+    overlay = _layers(tmp_path)
+    deleted, _ = write_rootfs_diff(overlay, tmp_path / "diff.tar")
+    target = tmp_path / "target"
+    shutil.copytree(overlay.lowers[0], target, symlinks=True)
+    with tarfile.open(tmp_path / "diff.tar") as tar:
+        tar.extractall(target, filter="tar")
+    for d in deleted:
+        path = target / d.lstrip("/")
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    files = sorted(str(p.relative_to(target)) for p in target.rglob("*") if not p.is_dir())
+    assert files == [
+        "etc/passwd",
+        "opt/keep/x",
+        "tmp/count",
+        "tmp/link",
+        "var/cache/app/new",
+    ]
+    assert (target / "etc" / "passwd").read_text() == "changed"
+
+
+def test_an_unreadable_change_is_an_os_error_the_caller_turns_into_a_kubelet_dump(tmp_path: Path) -> None:
+    overlay = Overlay(tmp_path / "missing", ())
+    with pytest.raises(OSError):
+        write_rootfs_diff(overlay, tmp_path / "diff.tar")
