@@ -49,6 +49,8 @@ def test_deploy_and_image_scripts_pass_shellcheck() -> None:
     root = repo_root()
     scripts = [
         root / "deploy" / "certs" / "generate.sh",
+        root / "deploy" / "node" / "lpm-runc-node.sh",
+        root / "deploy" / "node" / "lpm-criu-action",
         root / "src" / "docker" / "setup-host.sh",
         root / "src" / "docker" / "python-base" / "build.sh",
         root / "src" / "docker" / "agent-base" / "build.sh",

@@ -1,0 +1,204 @@
+"""Established TCP connections across a move, with real CRIU and real network namespaces (root).
+
+A process in one network namespace ("the source pod", 10.213.1.2) holds a loopback connection (client and
+server in the process, a byte echoed every 10 ms) and a connection to a peer outside (a server in this test,
+in the host's namespace). It is dumped with LPM's node CRIU configuration (deploy/node/lpm-criu-action,
+`tcp-established`, `network-lock skip`) and restored into another namespace ("the target pod", 10.213.2.2),
+as runc does for a pod: the network namespace is external and joined on restore.
+
+What must hold (issue 14): the loopback connection carries on with no reconnect and no lost or repeated
+byte; the outside connection fails at once (ECONNABORTED on the next call, a RST at the peer) so that the
+application reconnects right away, from its new address; the old address is gone from the target afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from integration.agent.harness import wait_for
+
+ACTION = Path(__file__).resolve().parents[3] / "deploy" / "node" / "lpm-criu-action"
+PEER_PORT = 7001
+
+WORKLOAD = textwrap.dedent(
+    """
+    import socket, sys, time
+    peer, log = sys.argv[1], open(sys.argv[2], "a", buffering=1)
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", 7000))
+    srv.listen(8)
+    client = socket.create_connection(("127.0.0.1", 7000))
+    server, _ = srv.accept()
+    out = socket.create_connection((peer, 7001))
+    n = 0
+    while True:
+        n += 1
+        client.sendall(n.to_bytes(4, "big"))
+        got = int.from_bytes(server.recv(4, socket.MSG_WAITALL), "big")
+        log.write(f"loop {n} {got}\\n")
+        try:
+            out.sendall(b"y")
+        except OSError as exc:
+            log.write(f"outside {exc.errno} {time.time():.6f}\\n")
+            out = socket.create_connection((peer, 7001), timeout=5)
+            log.write(f"reconnected {out.getsockname()[0]}\\n")
+        time.sleep(0.01)
+    """
+)
+
+
+def _run(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+@pytest.fixture
+def netns() -> Iterator[tuple[str, str]]:
+    if shutil.which("criu") is None or shutil.which("ss") is None or shutil.which("nsenter") is None:
+        pytest.fail("criu, ss and nsenter are needed: run tests/integration/agent/setup-host.sh as root first")
+    tag = uuid.uuid4().hex[:6]
+    names = (f"lpm-tcp-src-{tag}", f"lpm-tcp-dst-{tag}")
+    try:
+        for i, ns in enumerate(names, start=1):
+            veth = f"lpmt{i}{tag}"
+            _run("ip", "netns", "add", ns)
+            _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            _run("ip", "addr", "add", f"10.213.{i}.1/24", "dev", veth)
+            _run("ip", "link", "set", veth, "up")
+            _run("ip", "-n", ns, "addr", "add", f"10.213.{i}.2/24", "dev", "eth0")
+            _run("ip", "-n", ns, "link", "set", "eth0", "up")
+            _run("ip", "-n", ns, "link", "set", "lo", "up")
+            _run("ip", "-n", ns, "route", "add", "default", "via", f"10.213.{i}.1")
+        yield names
+    finally:
+        for i, ns in enumerate(names, start=1):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+            subprocess.run(["ip", "link", "del", f"lpmt{i}{tag}"], capture_output=True, check=False)
+
+
+class Peer:
+    """The outside end: accepts connections and records, per client address, how each one ended."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("0.0.0.0", PEER_PORT), reuse_port=False)
+        self.accepted: list[tuple[str, int]] = []
+        self.ended: dict[tuple[str, int], str] = {}
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, addr = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(addr)
+            threading.Thread(target=self._serve, args=(conn, addr), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, addr: tuple[str, int]) -> None:
+        try:
+            while conn.recv(4096):
+                pass
+            self.ended[addr] = "eof"
+        except ConnectionResetError:
+            self.ended[addr] = "reset"
+        except OSError as exc:
+            self.ended[addr] = type(exc).__name__
+
+
+def _loops(log: Path) -> list[tuple[int, int]]:
+    return [
+        (int(p[1]), int(p[2]))
+        for p in (line.split() for line in log.read_text().splitlines())
+        if p[0] == "loop" and len(p) == 3
+    ]
+
+
+def test_loopback_connections_survive_and_outside_ones_fail_at_once_so_the_client_reconnects(
+    tmp_path: Path, netns: tuple[str, str]
+) -> None:
+    src, dst = netns
+    action, conf = tmp_path / "lpm-criu-action", tmp_path / "runc.conf"
+    shutil.copyfile(ACTION, action)
+    action.chmod(0o755)
+    conf.write_text(f"tcp-established\nnetwork-lock skip\naction-script {action}\n")
+    (tmp_path / "work.py").write_text(WORKLOAD)
+    log, images = tmp_path / "events.log", tmp_path / "images"
+    images.mkdir()
+    peer = Peer()
+    restored_pid = 0
+    try:
+        proc = subprocess.Popen(
+            ["setsid", "nsenter", f"--net=/run/netns/{src}", sys.executable, str(tmp_path / "work.py")]
+            + ["10.213.1.1", str(log)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp_path / "work.err", "w"),  # noqa: SIM115 (the child holds it)
+        )
+        wait_for(lambda: log.exists() and len(_loops(log)) >= 20, "the workload's loop")
+        assert peer.accepted and peer.accepted[0][0] == "10.213.1.2"
+        ino = os.stat(f"/run/netns/{src}").st_ino
+        dump = subprocess.run(
+            ["criu", "dump", "-t", str(proc.pid), "-D", str(images), "-o", "dump.log", "--config", str(conf)]
+            + ["--external", f"net[{ino}]:extnet"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert dump.returncode == 0, (images / "dump.log").read_text()[-3000:]
+        proc.wait(timeout=10)  # CRIU killed it after the dump, as it does for a migration's source
+        assert (images / "lpm-addresses").read_text().split() == ["10.213.1.2"]
+        before = _loops(log)[-1][0]
+
+        fd = os.open(f"/run/netns/{dst}", os.O_RDONLY)
+        try:
+            restore = subprocess.run(
+                ["criu", "restore", "-D", str(images), "-o", "restore.log", "--config", str(conf), "-d"]
+                + ["--inherit-fd", f"fd[{fd}]:extnet", "--pidfile", str(tmp_path / "restored.pid")],
+                capture_output=True,
+                text=True,
+                pass_fds=(fd,),
+                check=False,
+            )
+        finally:
+            os.close(fd)
+        assert restore.returncode == 0, (images / "restore.log").read_text()[-3000:]
+        restored_pid = int((tmp_path / "restored.pid").read_text())
+
+        wait_for(lambda: "reconnected" in log.read_text(), "the workload's reconnect")
+        lines = log.read_text().splitlines()
+        outside = [line.split() for line in lines if line.startswith("outside ")]
+        assert len(outside) == 1 and int(outside[0][1]) == 103, outside  # ECONNABORTED, on the first send
+        assert "reconnected 10.213.2.2" in lines
+        seen = len(_loops(log))
+        wait_for(lambda: len(_loops(log)) >= seen + 20, "the loop after the restore")
+        loops = _loops(log)
+        assert [n for n, _ in loops] == list(range(1, len(loops) + 1)), "a loop was lost or repeated"
+        assert all(n == got for n, got in loops), "the loopback connection lost or reordered bytes"
+        assert any(n > before for n, _ in loops)
+        wait_for(lambda: peer.ended.get(peer.accepted[0]), "the old connection's end at the peer")
+        assert peer.ended[peer.accepted[0]] == "reset"
+        assert [a for a, _ in peer.accepted[1:]] == ["10.213.2.2"]
+        addrs = subprocess.run(
+            ["ip", "-n", dst, "-o", "addr", "show"], capture_output=True, text=True, check=True
+        ).stdout
+        assert "10.213.1.2" not in addrs, addrs
+    finally:
+        peer.sock.close()
+        for pid in (restored_pid,):
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+        if "proc" in locals() and proc.poll() is None:
+            proc.kill()
