@@ -21,13 +21,11 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from integration.agent.harness import wait_for
 
 ACTION = Path(__file__).resolve().parents[3] / "deploy" / "node" / "lpm-criu-action"
@@ -141,18 +139,37 @@ def test_loopback_connections_survive_and_outside_ones_fail_at_once_so_the_clien
     restored_pid = 0
     try:
         proc = subprocess.Popen(
-            ["setsid", "nsenter", f"--net=/run/netns/{src}", sys.executable, str(tmp_path / "work.py")]
-            + ["10.213.1.1", str(log)],
+            [
+                "setsid",
+                "nsenter",
+                f"--net=/run/netns/{src}",
+                sys.executable,
+                str(tmp_path / "work.py"),
+                "10.213.1.1",
+                str(log),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=open(tmp_path / "work.err", "w"),  # noqa: SIM115 (the child holds it)
+            stderr=open(tmp_path / "work.err", "w"),  # the child holds it
         )
         wait_for(lambda: log.exists() and len(_loops(log)) >= 20, "the workload's loop")
         assert peer.accepted and peer.accepted[0][0] == "10.213.1.2"
         ino = os.stat(f"/run/netns/{src}").st_ino
         dump = subprocess.run(
-            ["criu", "dump", "-t", str(proc.pid), "-D", str(images), "-o", "dump.log", "--config", str(conf)]
-            + ["--external", f"net[{ino}]:extnet"],
+            [
+                "criu",
+                "dump",
+                "-t",
+                str(proc.pid),
+                "-D",
+                str(images),
+                "-o",
+                "dump.log",
+                "--config",
+                str(conf),
+                "--external",
+                f"net[{ino}]:extnet",
+            ],
             capture_output=True,
             text=True,
             check=False,
@@ -165,8 +182,21 @@ def test_loopback_connections_survive_and_outside_ones_fail_at_once_so_the_clien
         fd = os.open(f"/run/netns/{dst}", os.O_RDONLY)
         try:
             restore = subprocess.run(
-                ["criu", "restore", "-D", str(images), "-o", "restore.log", "--config", str(conf), "-d"]
-                + ["--inherit-fd", f"fd[{fd}]:extnet", "--pidfile", str(tmp_path / "restored.pid")],
+                [
+                    "criu",
+                    "restore",
+                    "-D",
+                    str(images),
+                    "-o",
+                    "restore.log",
+                    "--config",
+                    str(conf),
+                    "-d",
+                    "--inherit-fd",
+                    f"fd[{fd}]:extnet",
+                    "--pidfile",
+                    str(tmp_path / "restored.pid"),
+                ],
                 capture_output=True,
                 text=True,
                 pass_fds=(fd,),
