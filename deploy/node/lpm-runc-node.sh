@@ -11,10 +11,17 @@
 # config.toml imports them; the script says so when it does not and prints the line to add. Restart containerd
 # afterwards (systemctl restart containerd): running containers keep running. Then the kubelet reports the
 # handler in the Node's status.runtimeHandlers, and LPM's Auto engine picks Live for migrations to this node.
-# uninstall removes exactly those two files (drain LPM-restored pods first: they run under the handler).
+# It also installs the CRIU side of moving TCP connections: the action script /opt/lpm/bin/lpm-criu-action and
+# /etc/criu/runc.conf naming it (tcp-established, network-lock skip), which runc hands to CRIU for every
+# checkpoint and restore on the node. An existing runc.conf that LPM did not write is left alone; the script
+# prints the lines to add to it.
+# uninstall removes exactly those files (drain LPM-restored pods first: they run under the handler).
 set -euo pipefail
 
 BIN=/opt/lpm/bin/lpm-runc
+ACTION=/opt/lpm/bin/lpm-criu-action
+CRIU_CONF=/etc/criu/runc.conf
+MARK="# Written by LPM (deploy/node/lpm-runc-node.sh)"
 DROPIN=/etc/containerd/conf.d/lpm.toml
 CONFIG=${CONTAINERD_CONFIG:-/etc/containerd/config.toml}
 RUNC=${LPM_RUNC_RUNC:-$(command -v runc || echo /usr/sbin/runc)}
@@ -44,6 +51,19 @@ version = 3
 TOML
     mv -f "$DROPIN.new" "$DROPIN"
     echo "installed $BIN and $DROPIN"
+    install -m 0755 "$here/lpm-criu-action" "$ACTION.new" && mv -f "$ACTION.new" "$ACTION"
+    conf="$MARK; removed by its uninstall.
+tcp-established
+network-lock skip
+action-script $ACTION"
+    if [ -e "$CRIU_CONF" ] && ! head -n 1 "$CRIU_CONF" | grep -qF "$MARK"; then
+      echo "$CRIU_CONF exists and is not LPM's: add these lines to it (pods with TCP connections move then):"
+      printf '%s\n' "$conf" | tail -n 3 | sed 's/^/  /'
+    else
+      install -d -m 0755 "$(dirname "$CRIU_CONF")"
+      printf '%s\n' "$conf" >"$CRIU_CONF.new" && mv -f "$CRIU_CONF.new" "$CRIU_CONF"
+      echo "installed $ACTION and $CRIU_CONF"
+    fi
     if [ "$RUNC" != /usr/sbin/runc ]; then
       echo "note: runc is at $RUNC; lpm-runc looks for /usr/sbin/runc unless LPM_RUNC_RUNC is set for containerd"
     fi
@@ -55,17 +75,18 @@ TOML
     echo "  kubectl get node $(hostname) -o jsonpath='{.status.runtimeHandlers[*].name}'   # lists lpm"
     ;;
   uninstall)
-    rm -f "$BIN" "$DROPIN"
+    rm -f "$BIN" "$DROPIN" "$ACTION"
+    if head -n 1 "$CRIU_CONF" 2>/dev/null | grep -qF "$MARK"; then rm -f "$CRIU_CONF"; fi
     rmdir --ignore-fail-on-non-empty "$(dirname "$BIN")" 2>/dev/null || true
-    echo "removed $BIN and $DROPIN; restart containerd to drop the handler"
+    echo "removed $BIN, $ACTION, $DROPIN and LPM's $CRIU_CONF; restart containerd to drop the handler"
     ;;
   status)
-    for f in "$BIN" "$DROPIN"; do
+    for f in "$BIN" "$DROPIN" "$ACTION" "$CRIU_CONF"; do
       if [ -e "$f" ]; then echo "present: $f"; else echo "missing: $f"; fi
     done
     ;;
   *)
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

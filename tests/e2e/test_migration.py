@@ -81,6 +81,10 @@ def test_counter_revenue_and_position_continue_after_migration(engine: str) -> N
         assert pod_obj["spec"]["runtimeClassName"] == "lpm"
         assert pod_obj["spec"]["containers"][0]["image"] == k.DEMO_IMAGE
     assert k.kubectl("-n", k.NAMESPACE, "get", "pod", pod, check=False).returncode != 0, "source not removed"
+    # Who dumped the source: containerd for the Live engine (the agent's runtime dump), the kubelet for Image.
+    dumps = k.kubectl_json("-n", k.NAMESPACE, "get", "containercheckpoints")["items"]
+    dumped_by = {c["status"].get("dumpedBy") for c in dumps if c["metadata"]["name"].startswith(f"{mig}-")}
+    assert dumped_by == {"containerd" if engine == "Live" else "kubelet"}, dumped_by
     _assert_continues(before, restored)
     out = k.lpm("status", mig)
     assert out.returncode == 0 and restored in out.stdout and f"engine: {engine}" in out.stdout

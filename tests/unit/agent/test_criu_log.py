@@ -73,3 +73,15 @@ def test_a_log_that_is_gone_still_gives_a_clear_message_without_paths(tmp_path: 
 def test_an_unknown_failure_gets_no_made_up_hint() -> None:
     failure = criu_log.explain(("Unable to seize 12: Operation not permitted",))
     assert failure.cause == "" and failure.advice == "" and not failure.certain
+
+
+def test_a_listener_with_unaccepted_connections_is_a_certain_refusal_with_its_own_hint() -> None:
+    log = (
+        "(00.030101) Error (criu/sk-inet.c:185): inet: In-flight connection (l) for 1c2d\n"
+        "(00.030150) Error (criu/sk-inet.c:186): inet: In-flight connections can be ignored with the "
+        "--skip-in-flight option.\n"
+        "(00.031000) Error (criu/cr-dump.c:2180): Dumping FAILED.\n"
+    )
+    failure = criu_log.explain(criu_log.error_lines(log), "criu failed: type NOTIFY errno 0")
+    assert failure.cause == "ConnectionNotAccepted" and failure.certain
+    assert "In-flight connection (l)" in failure.summary() and "not accepted" in failure.summary()

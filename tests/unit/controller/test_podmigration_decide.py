@@ -89,7 +89,7 @@ def status(actions):
     return next(a.status for a in actions if isinstance(a, PatchStatus))
 
 
-def eligibility(tcp_established=False):
+def eligibility(tcp_established=True):
     request = {
         "pod_namespace": "ns",
         "pod_name": "web",

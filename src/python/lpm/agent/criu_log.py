@@ -48,9 +48,17 @@ HINTS: Final = (
     Hint(
         re.compile(r"Connected TCP socket|--tcp-established", re.I),
         "TCPConnectionOpen",
-        "the pod holds an established TCP connection, which CRIU refuses to dump unless told to: set "
-        "spec.options.tcpEstablished: true (kubectl lpm migrate --tcp-established), which needs tcp-established "
-        "in the nodes' CRIU configuration for runc (/etc/criu/runc.conf), or close the connection first",
+        "the pod holds an established TCP connection, and the source node's CRIU configuration for runc "
+        "(/etc/criu/runc.conf) lacks tcp-established: install LPM's node configuration there "
+        "(deploy/node/lpm-runc-node.sh install), or close the connection first; spec.options.tcpEstablished "
+        "is true unless the migration refuses such pods",
+        True,
+    ),
+    Hint(
+        re.compile(r"In-flight connection", re.I),
+        "ConnectionNotAccepted",
+        "a listening socket holds connections the application has not accepted yet; CRIU cannot dump those: "
+        "migrate when the server has accepted them (a frozen server never will)",
         True,
     ),
     Hint(

@@ -50,7 +50,8 @@ class DumpError(Exception):
 
 
 class DumpCriuFailed(DumpError):
-    """CRIU refused or failed; the message is the runtime's and names CRIU's log on the node."""
+    """CRIU refused or failed; the message is the runtime's and names CRIU's log on the node (the shim copies it to
+    <task dir>/criu-dump.log, which the agent reads through its mount of the task directory)."""
 
 
 @dataclass(frozen=True)

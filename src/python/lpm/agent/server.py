@@ -517,9 +517,9 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                         container_name=name,
                         check="TCPConnectionOpen",
                         message="; ".join(eligibility.describe(report))
-                        + ": CRIU refuses to dump established TCP connections unless told to: close them, or set "
-                        "spec.options.tcpEstablished: true (kubectl lpm migrate --tcp-established), which also needs "
-                        "tcp-established in the nodes' CRIU configuration for runc (/etc/criu/runc.conf)",
+                        + ": this migration refuses pods with established TCP connections (spec.options."
+                        "tcpEstablished: false); leave it at true (the default) to move them: connections inside "
+                        "the pod survive, those to outside peers are aborted on the target and reconnect",
                         blocking=True,
                     )
             for f in report.open_in_emptydir:
@@ -534,7 +534,12 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             f"TCP: {conns.established} established ({conns.in_pod} inside the pod, {conns.external} external"
             + (f": {', '.join(conns.external_peers)}" if conns.external_peers else "")
             + f"), {conns.listening} listening, {conns.udp} UDP"
-            + ("; established connections will be dumped (tcpEstablished)" if request.tcp_established else "")
+            + (
+                "; established connections move (tcpEstablished): those inside the pod intact, the external "
+                "ones are aborted on the target"
+                if request.tcp_established and conns.established
+                else ""
+            )
         )
         open_files = sum(1 for p in out.problems if p.check == "OpenFileInEmptyDir")
         out.checked.append(f"files open in emptyDir volumes: {open_files}")

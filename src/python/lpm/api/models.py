@@ -105,7 +105,11 @@ class Condition:
 @dataclass
 class CheckpointOptions:
     tcp_established: bool = spec_field(
-        "Checkpoint established TCP connections (CRIU --tcp-established).", default=False
+        "Move a pod that holds established TCP connections (the default). Connections with both ends in the "
+        "pod come back intact; those to peers outside it are aborted on the target, so the application and "
+        "its peers see an error at once and reconnect. false: refuse such a pod, before anything is frozen. "
+        "Needs LPM's CRIU configuration on the nodes (tcp-established in /etc/criu/runc.conf).",
+        default=True,
     )
 
 

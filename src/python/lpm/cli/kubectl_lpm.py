@@ -510,7 +510,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="clone: leave the source running after the checkpoint (its later updates stay there)",
     )
     m.add_argument("--retain-source", action="store_true", help="keep the source pod after the restore")
-    m.add_argument("--tcp-established", action="store_true", help="checkpoint established TCP connections")
+    m.add_argument(
+        "--tcp-established",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="move a pod with established TCP connections (default): those inside the pod survive, those to "
+        "outside peers are aborted on the target so both ends reconnect at once; --no-tcp-established refuses "
+        "such a pod before anything is frozen",
+    )
     m.add_argument("--ttl", type=int, metavar="SECONDS", help=TTL_HELP)
     m.add_argument(
         "--dry-run",

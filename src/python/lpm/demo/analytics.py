@@ -9,9 +9,12 @@ so a reader can check the state continues after a migration: `seq` never resets,
 (an update lost or done twice shows as a gap or a repeat). `--ballast-mib` holds extra state in memory
 (pseudo-random pages with a running checksum) to measure migrations of larger processes.
 
-Two switches give the pod what real servers have, for the failure tests: `--tcp-loopback` keeps a TCP
-connection to itself over 127.0.0.1 and sends a byte through it every event (an in-pod client of an in-pod
-server), and `--hold-open PATH` keeps a file open and appends every event to it (e.g. a log in an emptyDir).
+Switches give the pod what real servers have, for the connection and failure tests: `--tcp-loopback` keeps a
+TCP connection to itself over 127.0.0.1 and sends a byte through it every event (an in-pod client of an in-pod
+server); `--tcp-peer HOST:PORT` keeps a connection to a server outside the pod, sends it a line every event
+and reconnects when it fails (the line says how often: `peer_reconnects`, and the last error); `--tcp-backlog`
+leaves a connection to its own listener unaccepted (CRIU cannot dump that); `--hold-open PATH` keeps a file
+open and appends every event to it (e.g. a log in an emptyDir).
 """
 
 from __future__ import annotations
@@ -91,6 +94,31 @@ def _loopback_pair() -> tuple[socket.socket, socket.socket]:
     return client, server
 
 
+class Peer:
+    """A connection to a server outside the pod; on any error it reconnects (at most once per event)."""
+
+    def __init__(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        self.address = (host, int(port))
+        self.sock: socket.socket | None = None
+        self.reconnects = 0
+        self.last_error = ""
+
+    def send(self, line: bytes) -> bool:
+        try:
+            if self.sock is None:
+                self.sock = socket.create_connection(self.address, timeout=2)
+                self.reconnects += 1
+            self.sock.sendall(line)
+            return True
+        except OSError as exc:
+            self.last_error = f"{type(exc).__name__}: {exc.strerror or exc}"
+            if self.sock is not None:
+                self.sock.close()
+            self.sock = None
+            return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="analytics-counter", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -111,10 +139,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tcp-loopback", action="store_true", help="hold a TCP connection over 127.0.0.1, one byte per event"
     )
+    parser.add_argument(
+        "--tcp-peer", metavar="HOST:PORT", help="hold a TCP connection to this server, one line per event"
+    )
+    parser.add_argument(
+        "--tcp-backlog", action="store_true", help="leave a connection to a listener of its own unaccepted"
+    )
     parser.add_argument("--hold-open", metavar="PATH", help="keep this file open, appending every event to it")
     args = parser.parse_args(argv)
 
     loopback = _loopback_pair() if args.tcp_loopback else None
+    peer = Peer(args.tcp_peer) if args.tcp_peer else None
+    if args.tcp_backlog:
+        listener = socket.create_server(("127.0.0.1", 0))  # held on purpose: its queue keeps the connection
+        unaccepted = socket.create_connection(listener.getsockname())  # noqa: F841 (held on purpose)
     held = open(args.hold_open, "a", buffering=1) if args.hold_open else None  # held open on purpose
     ballast = make_ballast(args.ballast_mib)
     checker = BallastChecker(ballast, args.verify_every)
@@ -137,6 +175,11 @@ def main(argv: list[str] | None = None) -> int:
             client, server = loopback
             client.sendall(b"x")
             line["loopback_echoes"] = events if server.recv(1) == b"x" else -1
+        if peer is not None:
+            line["peer_sent"] = peer.send(f"{events}\n".encode())
+            line["peer_reconnects"] = peer.reconnects - 1
+            if peer.last_error:
+                line["peer_error"] = peer.last_error
         if held is not None:
             held.write(f"{events}\n")
         if ballast:
