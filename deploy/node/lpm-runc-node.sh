@@ -12,8 +12,8 @@
 # afterwards (systemctl restart containerd): running containers keep running. Then the kubelet reports the
 # handler in the Node's status.runtimeHandlers, and LPM's Auto engine picks Live for migrations to this node.
 # It also installs the CRIU side of moving TCP connections: the action script /opt/lpm/bin/lpm-criu-action and
-# /etc/criu/runc.conf naming it (tcp-established, network-lock skip), which runc hands to CRIU for every
-# checkpoint and restore on the node. An existing runc.conf that LPM did not write is left alone; the script
+# /etc/criu/runc.conf naming it (tcp-established, skip-in-flight, network-lock skip), which runc hands to CRIU
+# for every checkpoint and restore on the node. An existing runc.conf that LPM did not write is left alone; the script
 # prints the lines to add to it.
 # uninstall removes exactly those files (drain LPM-restored pods first: they run under the handler).
 set -euo pipefail
@@ -54,11 +54,12 @@ TOML
     install -m 0755 "$here/lpm-criu-action" "$ACTION.new" && mv -f "$ACTION.new" "$ACTION"
     conf="$MARK; removed by its uninstall.
 tcp-established
+skip-in-flight
 network-lock skip
 action-script $ACTION"
     if [ -e "$CRIU_CONF" ] && ! head -n 1 "$CRIU_CONF" | grep -qF "$MARK"; then
       echo "$CRIU_CONF exists and is not LPM's: add these lines to it (pods with TCP connections move then):"
-      printf '%s\n' "$conf" | tail -n 3 | sed 's/^/  /'
+      printf '%s\n' "$conf" | tail -n 4 | sed 's/^/  /'
     else
       install -d -m 0755 "$(dirname "$CRIU_CONF")"
       printf '%s\n' "$conf" >"$CRIU_CONF.new" && mv -f "$CRIU_CONF.new" "$CRIU_CONF"

@@ -96,19 +96,19 @@ def test_a_migration_that_refuses_connections_refuses_a_pod_with_one_before_anyt
 
 
 def test_a_migration_that_criu_refuses_rolls_back_in_seconds_with_criu_words() -> None:
-    # A connection waiting in a listener's queue: nothing LPM checks beforehand, and CRIU refuses to dump it.
-    k.start_counter("tcp-2", extra_args=("--tcp-backlog",))
-    seen = k.states("tcp-2")[-1]["seq"]
-    st, took = _forced_migration_fails("tcp-2", "mig-tcp-2")
+    # A profiler's perf event counter: nothing LPM checks beforehand, and CRIU refuses to dump it.
+    k.start_counter("perf-1", extra_args=("--perf-event",))
+    seen = k.states("perf-1")[-1]["seq"]
+    st, took = _forced_migration_fails("perf-1", "mig-perf-1")
     assert st["phase"] == "Failed" and st["reason"] == "CheckpointRefused", st
-    assert "In-flight connection" in st["message"] and "not accepted" in st["message"], st["message"]
+    assert "perf_event" in st["message"] and "cannot dump" in st["message"], st["message"]
     assert "/run/containerd" not in st["message"] and ".log" not in st["message"], st["message"]
     assert "THAWED" in st.get("sourceState", "") and "runs again" in st["message"]
-    status = k.lpm("status", "mig-tcp-2")
-    assert "In-flight connection" in status.stdout and "checked with its node's runtime" in status.stdout
+    status = k.lpm("status", "mig-perf-1")
+    assert "perf_event" in status.stdout and "checked with its node's runtime" in status.stdout
     events = k.kubectl("-n", k.NAMESPACE, "get", "events", "--field-selector", "reason=CheckpointRefused").stdout
-    assert "In-flight connection" in events
-    pause = _assert_rolled_back("tcp-2", "mig-tcp-2", seen, "criu refuses the dump", took)
+    assert "perf_event" in events
+    pause = _assert_rolled_back("perf-1", "mig-perf-1", seen, "criu refuses the dump", took)
     assert pause < 5.0, f"the source stood still {pause:.1f}s"
 
 

@@ -85,3 +85,14 @@ def test_a_listener_with_unaccepted_connections_is_a_certain_refusal_with_its_ow
     failure = criu_log.explain(criu_log.error_lines(log), "criu failed: type NOTIFY errno 0")
     assert failure.cause == "ConnectionNotAccepted" and failure.certain
     assert "In-flight connection (l)" in failure.summary() and "not accepted" in failure.summary()
+
+
+def test_a_file_criu_cannot_dump_names_the_file_kind_and_is_a_certain_refusal() -> None:
+    log = (
+        "(00.041000) Error (criu/files-ext.c:94): Can't dump file 3 of that type [600] "
+        "(anon anon_inode:[perf_event])\n"
+        "(00.041100) Error (criu/cr-dump.c:1545): Dump files (pid: 21338) failed with -1\n"
+    )
+    failure = criu_log.explain(criu_log.error_lines(log))
+    assert failure.cause == "UnsupportedFile" and failure.certain
+    assert "anon_inode:[perf_event]" in failure.summary() and "profil" in failure.summary()

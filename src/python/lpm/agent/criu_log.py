@@ -75,6 +75,13 @@ HINTS: Final = (
         True,
     ),
     Hint(
+        re.compile(r"Can't dump file .* of that type", re.I),
+        "UnsupportedFile",
+        "a process holds a kind of file CRIU cannot dump (e.g. a perf_event counter of a profiler, an io_uring "
+        "or a bpf map); stop what holds it (a profiling or tracing agent) before migrating",
+        True,
+    ),
+    Hint(
         re.compile(r"unix.*socket|External socket", re.I),
         "ExternalSocket",
         "a process holds a unix socket whose peer is outside the pod; CRIU cannot carry it over",

@@ -12,20 +12,26 @@ so a reader can check the state continues after a migration: `seq` never resets,
 Switches give the pod what real servers have, for the connection and failure tests: `--tcp-loopback` keeps a
 TCP connection to itself over 127.0.0.1 and sends a byte through it every event (an in-pod client of an in-pod
 server); `--tcp-peer HOST:PORT` keeps a connection to a server outside the pod, sends it a line every event
-and reconnects when it fails (the line says how often: `peer_reconnects`, and the last error); `--tcp-backlog`
-leaves a connection to its own listener unaccepted (CRIU cannot dump that); `--hold-open PATH` keeps a file
-open and appends every event to it (e.g. a log in an emptyDir).
+and reconnects when it fails (the line says how often: `peer_reconnects`, and the last error);
+`--perf-event` holds a perf event counter, as a profiler does (CRIU cannot dump that); `--hold-open PATH` keeps
+a file open and appends every event to it (e.g. a log in an emptyDir).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import json
 import os
+import platform
 import socket
+import struct
 import sys
 import time
+
+# perf_event_open(2)'s syscall number (not in the os module).
+_SYS_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}.get(platform.machine(), -1)
 
 
 def event_amount_cents(seq: int) -> int:
@@ -119,6 +125,17 @@ class Peer:
             return False
 
 
+def _perf_event() -> int:
+    """perf_event_open(2) of a software CPU clock counter on this process: what a profiler holds."""
+    attr = bytearray(112)  # struct perf_event_attr, PERF_ATTR_SIZE_VER7
+    struct.pack_into("IIQ", attr, 0, 1, len(attr), 0)  # type PERF_TYPE_SOFTWARE, size, PERF_COUNT_SW_CPU_CLOCK
+    buf = (ctypes.c_char * len(attr)).from_buffer(attr)
+    fd = int(ctypes.CDLL(None, use_errno=True).syscall(_SYS_PERF_EVENT_OPEN, buf, 0, -1, -1, 0))
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "perf_event_open failed")
+    return fd
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="analytics-counter", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -143,16 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         "--tcp-peer", metavar="HOST:PORT", help="hold a TCP connection to this server, one line per event"
     )
     parser.add_argument(
-        "--tcp-backlog", action="store_true", help="leave a connection to a listener of its own unaccepted"
+        "--perf-event", action="store_true", help="hold a perf event counter (a profiler's), which CRIU cannot dump"
     )
     parser.add_argument("--hold-open", metavar="PATH", help="keep this file open, appending every event to it")
     args = parser.parse_args(argv)
 
     loopback = _loopback_pair() if args.tcp_loopback else None
     peer = Peer(args.tcp_peer) if args.tcp_peer else None
-    if args.tcp_backlog:
-        listener = socket.create_server(("127.0.0.1", 0))  # held on purpose: its queue keeps the connection
-        unaccepted = socket.create_connection(listener.getsockname())  # noqa: F841 (held on purpose)
+    perf_fd = _perf_event() if args.perf_event else None  # noqa: F841 (held open on purpose)
     held = open(args.hold_open, "a", buffering=1) if args.hold_open else None  # held open on purpose
     ballast = make_ballast(args.ballast_mib)
     checker = BallastChecker(ballast, args.verify_every)
