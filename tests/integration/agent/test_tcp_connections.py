@@ -177,6 +177,8 @@ def test_loopback_connections_survive_and_outside_ones_fail_at_once_so_the_clien
         assert dump.returncode == 0, (images / "dump.log").read_text()[-3000:]
         proc.wait(timeout=10)  # CRIU killed it after the dump, as it does for a migration's source
         assert (images / "lpm-addresses").read_text().split() == ["10.213.1.2"]
+        loopback_ports = {int(p) for p in (images / "lpm-loopback-ports").read_text().split()}
+        assert 7000 in loopback_ports and len(loopback_ports) == 2, loopback_ports  # both ends of the pair
         before = _loops(log)[-1][0]
 
         fd = os.open(f"/run/netns/{dst}", os.O_RDONLY)
@@ -225,6 +227,11 @@ def test_loopback_connections_survive_and_outside_ones_fail_at_once_so_the_clien
             ["ip", "-n", dst, "-o", "addr", "show"], capture_output=True, text=True, check=True
         ).stdout
         assert "10.213.1.2" not in addrs, addrs
+        # Every end of the loopback connections is back: the RST guard of the restore is gone too.
+        tables = subprocess.run(
+            ["ip", "netns", "exec", dst, "nft", "list", "tables"], capture_output=True, text=True, check=True
+        ).stdout
+        assert "lpm_restore" not in tables, tables
     finally:
         peer.sock.close()
         for pid in (restored_pid,):
