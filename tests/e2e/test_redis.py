@@ -14,6 +14,7 @@ import json
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e import lpmctl as k
@@ -107,7 +108,8 @@ def test_redis_keeps_its_in_pod_client_and_loses_no_acknowledged_write(engine: s
     acked_before = len(_acked(client))
 
     # The in-pod client: the same connection, counting on with no value lost or repeated.
-    last = max(v for v in source_inpod.lines() if isinstance(v, int))
+    printed: list[Any] = source_inpod.lines()  # redis-cli prints bare integers (JSON numbers)
+    last = max(v for v in printed if isinstance(v, int))
     k.wait_for("the in-pod client counting on the target", lambda: len(_after(restored, last)) > 20)
     values = _after(restored, last)
     assert values[0] == last + 1 and values == list(range(last + 1, values[-1] + 1)), values[:10]
