@@ -1,0 +1,141 @@
+"""Debian's Redis on the local cluster, with real clients: for the connection test and benchmark.
+
+`start(name)` runs, on lpm-node-1, a pod with redis-server and two in-pod clients, each on one loopback
+connection for its whole life: `inpod` (`redis-cli -r -1 -i 0.02 INCR inpod`, printing every value) and `tick`
+(`redis-cli -r -1 -i 0.01 TIME`, the server's clock every 10 ms: the pod's own view of its downtime). A ClusterIP
+Service fronts it, and a client pod on lpm-node-2 runs `redis-cli -h <ClusterIP> INCR ext` in a loop (a new
+connection each time, as a pooled client reconnects), printing `ok <value> <its clock>` for every
+acknowledged write.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from e2e import lpmctl as k
+
+BUILD = Path(__file__).resolve().parents[2] / "src" / "docker" / "redis" / "build.sh"
+OUTSIDE_LOOP = (
+    'while true; do if v=$(redis-cli -h "$REDIS" INCR ext 2>&1); then echo "ok $v $(date +%s.%N)"; '
+    'else echo "err $v"; fi; sleep 0.01; done'
+)
+WAIT_FOR_SERVER = "until redis-cli PING >/dev/null 2>&1; do sleep 0.1; done; exec "
+
+
+def image() -> str:
+    """Build (once; cached by content) and load the image; its tag."""
+    built = subprocess.run(["bash", str(BUILD)], capture_output=True, text=True, check=False)
+    if built.returncode != 0:
+        raise RuntimeError(f"{BUILD} failed: {built.stderr[-2000:]}")
+    tag = built.stdout.strip().splitlines()[-1]
+    k.cluster("load-image", tag)
+    return tag
+
+
+def _pod(name: str, node: str, containers: list[dict]) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": k.NAMESPACE, "labels": {"app.kubernetes.io/name": name}},
+        "spec": {
+            "nodeName": node,
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "terminationGracePeriodSeconds": 1,
+            "containers": containers,
+        },
+    }
+
+
+def _container(name: str, tag: str, command: list[str], **extra: object) -> dict:
+    return {"name": name, "image": tag, "imagePullPolicy": "Never", "command": command, **extra}
+
+
+def _apply(*objs: dict) -> None:
+    k.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objs)}))
+
+
+def server_pod(name: str, tag: str, node: str = k.NODE_1) -> dict:
+    return _pod(
+        name,
+        node,
+        [
+            _container("redis", tag, ["redis-server", "--save", "", "--appendonly", "no", "--protected-mode", "no"]),
+            _container("inpod", tag, ["sh", "-c", WAIT_FOR_SERVER + "redis-cli -r -1 -i 0.02 INCR inpod"]),
+            _container("tick", tag, ["sh", "-c", WAIT_FOR_SERVER + "redis-cli -r -1 -i 0.01 TIME"]),
+        ],
+    )
+
+
+@dataclass(frozen=True)
+class Setup:
+    server: str
+    client: str
+    service_ip: str
+
+
+def start(name: str, tag: str) -> Setup:
+    """The server pod and its Service on lpm-node-1, the outside client on lpm-node-2; both clients counting."""
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": k.NAMESPACE},
+        "spec": {"selector": {"app.kubernetes.io/name": name}, "ports": [{"port": 6379, "targetPort": 6379}]},
+    }
+    _apply(server_pod(name, tag), svc)
+    k.wait_for(f"pod {name} Ready", lambda: k.pod_ready(name), timeout=120)
+    ip = str(k.kubectl_json("-n", k.NAMESPACE, "get", "service", name)["spec"]["clusterIP"])
+    client = f"{name}-client"
+    loop = _container("loop", tag, ["sh", "-c", OUTSIDE_LOOP], env=[{"name": "REDIS", "value": ip}])
+    _apply(_pod(client, k.NODE_2, [loop]))
+    k.wait_for("both clients counting", lambda: len(ints(name, "inpod")) > 20 and len(acked(client)) > 20)
+    return Setup(name, client, ip)
+
+
+def stop(setup: Setup, *pods: str) -> None:
+    k.kubectl("-n", k.NAMESPACE, "delete", "pod", setup.server, setup.client, *pods, "--wait=false", check=False)
+    k.kubectl("-n", k.NAMESPACE, "delete", "service", setup.server, "--wait=false", check=False)
+
+
+def ints(pod: str, container: str) -> list[int]:
+    out = k.kubectl("-n", k.NAMESPACE, "logs", pod, "-c", container, check=False).stdout
+    return [int(line) for line in out.split() if line.isdigit()]
+
+
+def acks(pod: str) -> list[tuple[int, float]]:
+    """(value, the client's clock) of every acknowledged INCR of the outside client."""
+    out = k.kubectl("-n", k.NAMESPACE, "logs", pod, check=False).stdout
+    found = []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "ok" and parts[1].isdigit():
+            found.append((int(parts[1]), float(parts[2])))
+    return found
+
+
+def acked(pod: str) -> list[int]:
+    return [v for v, _ in acks(pod)]
+
+
+def server_clock(pod: str) -> list[float]:
+    """The server's TIME replies the `tick` client printed (seconds, microseconds pairs)."""
+    values = ints(pod, "tick")
+    return [s + us / 1e6 for s, us in zip(values[::2], values[1::2], strict=False)]
+
+
+def largest_gap(times: list[float]) -> float:
+    return max((b - a for a, b in itertools.pairwise(sorted(times))), default=0.0)
+
+
+def cli(pod: str, *args: str) -> str:
+    return k.kubectl("-n", k.NAMESPACE, "exec", pod, "-c", "redis", "--", "redis-cli", *args).stdout.strip()
+
+
+def client_line(pod: str, command: str) -> str:
+    """The CLIENT LIST entry of the in-pod client whose last command is `command` (over loopback)."""
+    out = cli(pod, "CLIENT", "LIST")
+    return next((line for line in out.splitlines() if "addr=127.0.0.1:" in line and f"cmd={command}" in line), "")
