@@ -112,6 +112,26 @@ def counter_pod(
     return pod
 
 
+def bare_pod(name: str, node: str, containers: list[dict]) -> dict:
+    """A pod pinned to `node`, labelled app.kubernetes.io/name=<name> (what a Service in front selects)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app.kubernetes.io/name": name}},
+        "spec": {
+            "nodeName": node,
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "terminationGracePeriodSeconds": 1,
+            "containers": containers,
+        },
+    }
+
+
+def apply(*objs: dict) -> None:
+    kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objs)}))
+
+
 def start_counter(name: str, node: str = NODE_1, **kw: Any) -> None:
     kubectl("apply", "-f", "-", input=json.dumps(counter_pod(name, node, **kw)))
     wait_for(f"pod {name} Ready", lambda: pod_ready(name), timeout=120)

@@ -11,7 +11,6 @@ acknowledged write.
 from __future__ import annotations
 
 import itertools
-import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,31 +35,12 @@ def image() -> str:
     return tag
 
 
-def _pod(name: str, node: str, containers: list[dict]) -> dict:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": k.NAMESPACE, "labels": {"app.kubernetes.io/name": name}},
-        "spec": {
-            "nodeName": node,
-            "automountServiceAccountToken": False,
-            "enableServiceLinks": False,
-            "terminationGracePeriodSeconds": 1,
-            "containers": containers,
-        },
-    }
-
-
 def _container(name: str, tag: str, command: list[str], **extra: object) -> dict:
     return {"name": name, "image": tag, "imagePullPolicy": "Never", "command": command, **extra}
 
 
-def _apply(*objs: dict) -> None:
-    k.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objs)}))
-
-
 def server_pod(name: str, tag: str, node: str = k.NODE_1) -> dict:
-    return _pod(
+    return k.bare_pod(
         name,
         node,
         [
@@ -86,12 +66,12 @@ def start(name: str, tag: str) -> Setup:
         "metadata": {"name": name, "namespace": k.NAMESPACE},
         "spec": {"selector": {"app.kubernetes.io/name": name}, "ports": [{"port": 6379, "targetPort": 6379}]},
     }
-    _apply(server_pod(name, tag), svc)
+    k.apply(server_pod(name, tag), svc)
     k.wait_for(f"pod {name} Ready", lambda: k.pod_ready(name), timeout=120)
     ip = str(k.kubectl_json("-n", k.NAMESPACE, "get", "service", name)["spec"]["clusterIP"])
     client = f"{name}-client"
     loop = _container("loop", tag, ["sh", "-c", OUTSIDE_LOOP], env=[{"name": "REDIS", "value": ip}])
-    _apply(_pod(client, k.NODE_2, [loop]))
+    k.apply(k.bare_pod(client, k.NODE_2, [loop]))
     k.wait_for("both clients counting", lambda: len(ints(name, "inpod")) > 20 and len(acked(client)) > 20)
     return Setup(name, client, ip)
 

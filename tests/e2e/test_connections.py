@@ -9,7 +9,6 @@ at once, through the same Service; the server sees the old connection end.
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from e2e import lpmctl as k
@@ -38,31 +37,25 @@ while True:
 
 def _sink(name: str) -> str:
     """The server pod on lpm-node-1 and its ClusterIP Service; returns the Service's host:port."""
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": k.NAMESPACE, "labels": {"app.kubernetes.io/name": name}},
-        "spec": {
-            "nodeName": k.NODE_1,
-            "automountServiceAccountToken": False,
-            "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {
-                    "name": "sink",
-                    "image": k.DEMO_IMAGE,
-                    "imagePullPolicy": "Never",
-                    "command": ["/usr/bin/python3", "-c", SINK],
-                }
-            ],
-        },
-    }
+    pod = k.bare_pod(
+        name,
+        k.NODE_1,
+        [
+            {
+                "name": "sink",
+                "image": k.DEMO_IMAGE,
+                "imagePullPolicy": "Never",
+                "command": ["/usr/bin/python3", "-c", SINK],
+            }
+        ],
+    )
     svc = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": name, "namespace": k.NAMESPACE},
         "spec": {"selector": {"app.kubernetes.io/name": name}, "ports": [{"port": 7001, "targetPort": 7001}]},
     }
-    k.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [pod, svc]}))
+    k.apply(pod, svc)
     k.wait_for(f"pod {name} Ready", lambda: k.pod_ready(name), timeout=120)
     ip = k.kubectl_json("-n", k.NAMESPACE, "get", "service", name)["spec"]["clusterIP"]
     return f"{ip}:7001"
@@ -124,4 +117,3 @@ def test_in_pod_connections_survive_and_outside_ones_reconnect_at_once(engine: s
     assert len(ended) == 1, ended
     k.kubectl("-n", k.NAMESPACE, "delete", "pod", restored, sink, "--wait=false", check=False)
     k.kubectl("-n", k.NAMESPACE, "delete", "service", sink, "--wait=false", check=False)
-    time.sleep(0.1)

@@ -141,6 +141,13 @@ def run_counter(ctr: Path, sock: Path, tmp_path: Path, name: str) -> tuple[Path,
     shutil.copy2("/bin/busybox", rootfs / "bin" / "busybox")
     for applet in ("sh", "sleep"):
         (rootfs / "bin" / applet).symlink_to("busybox")
+    cgroup = start_task(ctr, sock, name, rootfs, rootfs / "tmp" / "count")
+    return rootfs / "tmp" / "count", Path("/sys/fs/cgroup/freezer") / cgroup.lstrip("/")
+
+
+def start_task(ctr: Path, sock: Path, name: str, rootfs: Path, count: Path, before: str = "") -> str:
+    """`ctr run` of the counter (after the shell commands `before`) on `rootfs`; waits until `count` (where the
+    counter's /tmp/count is seen from here) has a value. Returns the task's cgroup."""
     cgroup = f"/lpm-ctrd-test-{name}/{name}"
     subprocess.run(
         [
@@ -158,17 +165,16 @@ def run_counter(ctr: Path, sock: Path, tmp_path: Path, name: str) -> tuple[Path,
             name,
             "/bin/sh",
             "-c",
-            COUNTER,
+            before + COUNTER,
         ],
         capture_output=True,
         check=True,
     )
-    count = rootfs / "tmp" / "count"
     deadline = time.monotonic() + 30
     while not (count.exists() and count.read_text().strip()):
         assert time.monotonic() < deadline, "counter did not start"
         time.sleep(0.02)
-    return count, Path("/sys/fs/cgroup/freezer") / cgroup.lstrip("/")
+    return cgroup
 
 
 def read(count: Path) -> int:
@@ -265,32 +271,8 @@ def test_the_runtime_dump_takes_a_paused_tasks_images_and_overlay_changes_and_le
     opts = f"lowerdir={lower},upperdir={upper},workdir={work}"
     subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(merged)], check=True)
     try:
-        subprocess.run(
-            [
-                str(ctr),
-                "--address",
-                str(sock),
-                "-n",
-                "k8s.io",
-                "run",
-                "-d",
-                "--cgroup",
-                "/lpm-ctrd-test-dump/dump",
-                "--rootfs",
-                str(merged),
-                "dump",
-                "/bin/sh",
-                "-c",
-                "rm /etc/motd; " + COUNTER,
-            ],
-            capture_output=True,
-            check=True,
-        )
         count = upper / "tmp" / "count"
-        deadline = time.monotonic() + 30
-        while not (count.exists() and count.read_text().strip()):
-            assert time.monotonic() < deadline, "counter did not start"
-            time.sleep(0.02)
+        start_task(ctr, sock, "dump", merged, count, before="rm /etc/motd; ")
         control = fz.ContainerdControl(address=str(sock), ctr=str(ctr))
         freezer = fz.Freezer(lambda uid, name: "dump", tmp_path / "state", control=control)
         freezer.freeze("ck-d", "6a2b3c4d-1111-4222-8333-944455556666", ["app"])

@@ -156,6 +156,7 @@ def test_loopback_connections_survive_and_outside_ones_fail_at_once_so_the_clien
     images.mkdir()
     peer = Peer()
     restored_pid = 0
+    proc: subprocess.Popen[bytes] | None = None
     try:
         proc = subprocess.Popen(
             [
@@ -261,8 +262,7 @@ def test_loopback_connections_survive_and_outside_ones_fail_at_once_so_the_clien
     finally:
         peer.sock.close()
         peer.udp.close()
-        for pid in (restored_pid,):
-            if pid:
-                os.kill(pid, signal.SIGKILL)
-        if "proc" in locals() and proc.poll() is None:
+        if restored_pid:
+            os.kill(restored_pid, signal.SIGKILL)
+        if proc is not None and proc.poll() is None:
             proc.kill()
