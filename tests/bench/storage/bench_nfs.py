@@ -23,8 +23,9 @@ from collections.abc import Iterator
 
 from integration.storage.nfs_server import nfs_server, podman_api
 
+from lpm.storage.backend import WRITE_CHUNK
 from lpm.storage.nfs import NfsBackend
-from lpm.storage.store import WRITE_CHUNK, CheckpointStore
+from lpm.storage.store import CheckpointStore
 from lpm.storage.uri import CheckpointKey
 
 CHUNK = 8 << 20

@@ -208,7 +208,8 @@ def test_corrupted_or_truncated_archive_is_refused_with_data_loss(
 CRASHING_WRITER = textwrap.dedent(
     """
     import io, os, signal, sys
-    from lpm.storage.store import CheckpointStore, PosixBackend
+    from lpm.storage.posix import PosixBackend
+    from lpm.storage.store import CheckpointStore
     from lpm.storage.uri import ArtifactRef
     backend = PosixBackend(sys.argv[1])
     def crash(src, dst):  # killed after the temp file is written and synced, before the rename
@@ -283,7 +284,8 @@ def test_two_checkpoints_of_the_same_pod_run_concurrently_and_both_complete(
 def _raw_tar(agent: Agent, reply: agent_pb2.CheckpointResponse):
     import io
 
-    from lpm.storage.store import CheckpointStore, PosixBackend
+    from lpm.storage.posix import PosixBackend
+    from lpm.storage.store import CheckpointStore
 
     store = CheckpointStore(PosixBackend(agent.repo))
     return io.BytesIO(b"".join(store.read_raw(ArtifactRef.parse(reply.artifact.artifact_uri))))

@@ -21,7 +21,9 @@ import pytest
 
 from lpm.agent.images import ImageLoader, default_image_ref
 from lpm.api.constants import IMAGE_ANNOTATION_CRIO_CHECKPOINT_NAME, IMAGE_ANNOTATION_CRIU_CONTAINER_NAME
-from lpm.storage.store import CheckpointStore, IntegrityError, PosixBackend
+from lpm.storage.backend import IntegrityError
+from lpm.storage.posix import PosixBackend
+from lpm.storage.store import CheckpointStore
 from lpm.storage.uri import CheckpointKey
 
 

@@ -23,7 +23,9 @@ from integration.storage.nfs_server import (
 )
 
 from lpm.storage.nfs import NfsBackend, RetryPolicy
-from lpm.storage.store import CheckpointStore, PosixBackend
+from lpm.storage.posix import PosixBackend
+from lpm.storage.sealing import KeySource
+from lpm.storage.store import CheckpointStore
 
 _ids = itertools.count()
 
@@ -53,11 +55,13 @@ class Repo:
     small_storage: str
     server: NfsServer | None = None
 
-    def store(self, retry: RetryPolicy | None = None, *, small: bool = False) -> CheckpointStore:
+    def store(
+        self, retry: RetryPolicy | None = None, *, small: bool = False, keys: KeySource | None = None
+    ) -> CheckpointStore:
         storage = self.small_storage if small else self.storage
         if self.kind == "nfs":
-            return CheckpointStore(NfsBackend(storage, retry))
-        return CheckpointStore(PosixBackend(storage))
+            return CheckpointStore(NfsBackend(storage, retry), keys=keys)
+        return CheckpointStore(PosixBackend(storage), keys=keys)
 
 
 @pytest.fixture(params=["posix", "nfs"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import logging
 import os
 import signal
@@ -21,14 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from integration.storage.conftest import Repo
 
+from lpm.storage import sealing
+from lpm.storage.backend import TEMP_INFIX, CheckpointIncomplete, IntegrityError, StorageFull
 from lpm.storage.nfs import NfsUnavailable, RetryPolicy
-from lpm.storage.store import (
-    TEMP_INFIX,
-    CheckpointIncomplete,
-    CheckpointStore,
-    IntegrityError,
-    StorageFull,
-)
+from lpm.storage.sealing import KeyRing
+from lpm.storage.store import CheckpointStore
 from lpm.storage.uri import ArtifactRef, CheckpointKey
 
 MiB = 1 << 20
@@ -49,11 +47,54 @@ def read_all(store: CheckpointStore, ref: ArtifactRef) -> bytes:
     return b"".join(store.read_artifact(ref))
 
 
+def stored_bytes(store: CheckpointStore, path: str) -> bytes:
+    stream, out, buffer = store.backend.open_read(path), bytearray(), bytearray(MiB)
+    try:
+        while n := stream.readinto(buffer):
+            out += buffer[:n]
+    finally:
+        stream.close()
+    return bytes(out)
+
+
 def temp_files(store: CheckpointStore, key: CheckpointKey) -> list[str]:
     found = []
     for directory in [key.relative_dir] + [f"{key.relative_dir}/{n}" for n in store.backend.listdir(key.relative_dir)]:
         found += [f"{directory}/{n}" for n in store.backend.listdir(directory) if TEMP_INFIX in n]
     return found
+
+
+def test_sealed_archives_round_trip_between_agents_and_damage_on_the_server_is_refused(repo: Repo) -> None:
+    """Encryption at rest over each backend: another agent holding the key reads what one wrote; the bytes on
+    the server are ciphertext; one flipped byte written to the server is refused, never yielded."""
+    ring = KeyRing({"2026-12": os.urandom(32)}, "2026-12")
+    writer, reader = repo.store(keys=ring), repo.store(keys=ring)
+    data = b"API_TOKEN=abc123;" * (MiB // 16) + os.urandom(5 * MiB)  # incompressible: several sealed chunks
+    key = CheckpointKey(POD, "sealed")
+    ref = key.artifact("app")
+    m = writer.put_archive(ref, io.BytesIO(data))
+    writer.complete(key, ["app"])
+    assert m.info.key_id == "2026-12" and m.info.encryption
+    stored = stored_bytes(reader, ref.archive_path)
+    assert hashlib.sha256(stored).hexdigest() == m.sha256
+    assert b"API_TOKEN" not in stored
+    assert b"".join(reader.read_raw(ref)) == data
+    position = len(stored) // 2
+    damaged = bytearray(stored)
+    damaged[position] ^= 1
+    stream = writer.backend.open_write(ref.archive_path)  # what a bad disk or an attacker on the server does
+    stream.write(bytes(damaged))
+    stream.sync()
+    stream.close()
+    header = len(sealing.MAGIC) + 4 + int.from_bytes(stored[8:12], "big")
+    bad_chunk = (position - header) // (sealing.CHUNK + sealing.TAG)
+    yielded = bytearray()
+    with pytest.raises(IntegrityError, match=f"chunk {bad_chunk} fails authentication"):
+        for chunk in reader.read_artifact(ref):
+            yielded += chunk
+    assert bad_chunk >= 2 and len(yielded) == bad_chunk * sealing.CHUNK  # what precedes the damage, none of it
+    for s in (writer, reader):
+        s.close()
 
 
 def test_two_agents_write_and_read_concurrently(repo: Repo) -> None:

@@ -15,13 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lpm.api.names import InvalidName
-from lpm.storage.store import (
-    CheckpointIncomplete,
-    CheckpointStore,
-    IntegrityError,
-    PosixBackend,
-    StorageFull,
-)
+from lpm.storage.backend import CheckpointIncomplete, IntegrityError, StorageFull
+from lpm.storage.posix import PosixBackend
+from lpm.storage.store import CheckpointStore
 from lpm.storage.uri import ArtifactRef, CheckpointKey, resolve_under
 
 POD = "6a2b3c4d-1111-4222-8333-944455556666"

@@ -15,6 +15,7 @@ class AgentConfig:
     listen: str
     node_name: str
     storage: str
+    encryption_keys: str
     kubelet_url: str
     kubelet_client_cert: str
     kubelet_client_key: str
@@ -70,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
         "LPM_STORAGE",
         default="/mnt/checkpoints",
         help="Checkpoint repository: a mounted path or nfs://host[:port]/export.",
+    )
+    add_flag(
+        p,
+        "--encryption-keys",
+        "LPM_ENCRYPTION_KEYS",
+        default="",
+        help="Directory of key-encryption keys (the mounted lpm-checkpoint-keys Secret): one file per key, named "
+        "by its ID, holding 32 bytes or their base64, and a file 'active' naming the key new checkpoints are "
+        "sealed with (AES-256-GCM). Re-read at every checkpoint, so rotating the Secret needs no restart. "
+        "Empty: checkpoints are stored unencrypted.",
     )
     add_flag(p, "--kubelet-url", "LPM_KUBELET_URL", default="https://127.0.0.1:10250", help="This node's kubelet.")
     tls = p.add_argument_group("kubelet client TLS")

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import IO, Final
 
 from lpm.api.constants import IMAGE_ANNOTATION_CRIO_CHECKPOINT_NAME, IMAGE_ANNOTATION_CRIU_CONTAINER_NAME
-from lpm.storage.store import CheckpointStore, Manifest
+from lpm.storage.manifest import Manifest
+from lpm.storage.store import CheckpointStore
 from lpm.storage.uri import ArtifactRef
 
 log = logging.getLogger(__name__)
@@ -117,10 +118,10 @@ def write_checkpoint_image(
     if manifest.info.compression == "zstd" and manifest.info.raw_sha256:
         layer_type, diff_id = MT_LAYER_ZSTD, "sha256:" + manifest.info.raw_sha256
     elif not manifest.info.compression:
-        layer_type, diff_id = MT_LAYER_TAR, "sha256:" + manifest.sha256
+        layer_type, diff_id = MT_LAYER_TAR, "sha256:" + manifest.payload_sha256
     else:
         raise ImageError(f"{ref.uri}: cannot make an image layer from {manifest.info.compression!r} compression")
-    layer_digest = "sha256:" + manifest.sha256
+    layer_digest = "sha256:" + manifest.payload_sha256  # decrypted: the layer is what was sealed
     annotations = {
         IMAGE_ANNOTATION_CRIO_CHECKPOINT_NAME: container_name,
         IMAGE_ANNOTATION_CRIU_CONTAINER_NAME: container_name,
@@ -143,7 +144,7 @@ def write_checkpoint_image(
             "schemaVersion": 2,
             "mediaType": MT_MANIFEST,
             "config": {"mediaType": MT_CONFIG, "digest": config_digest, "size": len(config)},
-            "layers": [{"mediaType": layer_type, "digest": layer_digest, "size": manifest.size}],
+            "layers": [{"mediaType": layer_type, "digest": layer_digest, "size": manifest.payload_size}],
             "annotations": annotations,
         }
     )
@@ -178,7 +179,7 @@ def write_checkpoint_image(
         _add(tar, f"blobs/sha256/{manifest_digest[7:]}", manifest_bytes)
         reader = IterReader(store.read_artifact(ref))
         info = tarfile.TarInfo(f"blobs/sha256/{layer_digest[7:]}")
-        info.size = manifest.size
+        info.size = manifest.payload_size
         info.mode = 0o644
         tar.addfile(info, io.BufferedReader(reader, 1 << 20))
         reader.drain()  # the stream's sha256 check runs at its end

@@ -62,16 +62,10 @@ from lpm.agent.kubelet import (
 from lpm.agent.restore_logs import RestoreLogWatcher
 from lpm.agent.v1 import agent_pb2, agent_pb2_grpc
 from lpm.api.names import InvalidName, require_label, require_subdomain, require_uid
-from lpm.storage.store import (
-    ArchiveInfo,
-    CheckpointIncomplete,
-    CheckpointStore,
-    IntegrityError,
-    Manifest,
-    StorageError,
-    StorageFull,
-    open_backend,
-)
+from lpm.storage.backend import CheckpointIncomplete, IntegrityError, StorageError, StorageFull
+from lpm.storage.manifest import ArchiveInfo, Manifest
+from lpm.storage.sealing import KeyConfigError, KeyDirectory, KeyUnavailable
+from lpm.storage.store import CheckpointStore, open_backend
 from lpm.storage.uri import ArtifactRef, CheckpointKey
 
 log = logging.getLogger(__name__)
@@ -134,6 +128,8 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
             return code.DATA_LOSS, str(exc), ""
         case StorageFull():
             return code.RESOURCE_EXHAUSTED, str(exc), "StorageFull"
+        case KeyUnavailable() | KeyConfigError():
+            return code.FAILED_PRECONDITION, str(exc), "EncryptionKeyUnavailable"
         case FileNotFoundError():
             return code.NOT_FOUND, f"not found: {exc.filename or exc}", ""
         case ConnectionError() | StorageError():
@@ -696,7 +692,12 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
 
 def build_deps(cfg: AgentConfig, locate: fz.Locate | None = None, backoff: Backoff | None = None) -> Deps:
     """Production wiring from flags; `locate` and `backoff` are the seams tests use."""
-    store = CheckpointStore(open_backend(cfg.storage), cfg.node_name)
+    keys = None
+    if cfg.encryption_keys:
+        keys = KeyDirectory(Path(cfg.encryption_keys))
+        ring = keys.ring()  # refuse to start with keys that do not load, rather than fail every checkpoint
+        log.info("checkpoints are encrypted with key %r (%d key(s) held)", ring.active, len(ring.keys))
+    store = CheckpointStore(open_backend(cfg.storage), cfg.node_name, keys)
     kubelet = KubeletClient(
         cfg.kubelet_url,
         client_cert=cfg.kubelet_client_cert or None,

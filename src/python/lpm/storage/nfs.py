@@ -31,7 +31,7 @@ from typing import Final, TypeVar
 
 import nfs_rs
 
-from lpm.storage.store import DIR_MODE, FILE_MODE
+from lpm.storage.backend import DIR_MODE, FILE_MODE
 
 log = logging.getLogger(__name__)
 

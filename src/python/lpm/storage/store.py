@@ -29,149 +29,46 @@ import errno
 import hashlib
 import json
 import logging
-import os
-import pathlib
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import BinaryIO, Final, Protocol
+from typing import BinaryIO, Final
 
 import zstandard
 
-from lpm.storage.uri import (
-    ArtifactRef,
-    CheckpointKey,
-    resolve_under,
+from lpm.storage import sealing
+from lpm.storage.backend import (
+    READ_CHUNK,
+    TEMP_INFIX,
+    WRITE_CHUNK,
+    Backend,
+    CheckpointIncomplete,
+    IntegrityError,
+    StorageFull,
 )
+from lpm.storage.manifest import ArchiveInfo, Manifest, utc_now
+from lpm.storage.posix import PosixBackend
+from lpm.storage.uri import ArtifactRef, CheckpointKey
 
 log = logging.getLogger(__name__)
 
-TEMP_INFIX: Final = ".tmp-"
-READ_CHUNK: Final = 8 << 20
-WRITE_CHUNK: Final = 1 << 20
-MANIFEST_VERSION: Final = 1
-FILE_MODE: Final = 0o600
-DIR_MODE: Final = 0o700
 # A temp file older than this cannot belong to a live writer (a checkpoint's whole deadline is far shorter).
 STALE_TEMP_AGE: Final = 6 * 3600.0
 
 
-class StorageError(Exception):
-    """A checkpoint store operation failed; the message says what to do about it."""
+class _Tap:
+    """Hashes and counts the chunks of an iterable as they pass (what a writer hands to the store)."""
 
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self.chunks = chunks
+        self.sha = hashlib.sha256()
+        self.size = 0
 
-class CheckpointIncomplete(StorageError):
-    """The checkpoint has no completion marker (still being written, or its writer died)."""
-
-
-class IntegrityError(StorageError):
-    """Stored bytes do not match their manifest."""
-
-
-class StorageFull(StorageError):
-    """The repository's volume is full; nothing partial was left behind."""
-
-
-class WriteStream(Protocol):
-    def write(self, data: bytes | bytearray | memoryview) -> int: ...
-
-    def sync(self) -> None:
-        """Makes everything written so far durable (fsync)."""
-
-    def close(self) -> None: ...
-
-
-class ReadStream(Protocol):
-    def readinto(self, buffer: bytearray | memoryview) -> int: ...
-
-    def close(self) -> None: ...
-
-
-class Backend(Protocol):
-    """File primitives below a repository root. Paths are relative, `/`-separated, already validated."""
-
-    def describe(self) -> str:
-        """Where the repository is, for error messages."""
-
-    def open_write(self, path: str) -> WriteStream:
-        """Creates (or truncates) `path`, creating its parent directories."""
-
-    def open_read(self, path: str) -> ReadStream:
-        """Raises FileNotFoundError if absent."""
-
-    def rename(self, source: str, destination: str) -> None:
-        """Atomically replaces `destination` with `source`."""
-
-    def exists(self, path: str) -> bool: ...
-
-    def listdir(self, path: str) -> list[str]:
-        """Names in directory `path`; [] if it does not exist."""
-
-    def remove(self, path: str) -> None:
-        """Removes a file; no error if it is already gone."""
-
-    def rmdir(self, path: str) -> None:
-        """Removes an empty directory; no error if it is gone or not empty."""
-
-    def close(self) -> None: ...
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-@dataclass(frozen=True)
-class ArchiveInfo:
-    """What a writer knows about an archive besides its bytes; recorded in its manifest."""
-
-    raw_size: int = 0
-    raw_sha256: str = ""  # hex sha256 of the kubelet's uncompressed tar stream
-    compression: str = ""  # "zstd", or "" for bytes stored as given
-    zstd_level: int = 0
-    zstd_threads: int = 0
-    pod_namespace: str = ""
-    pod_name: str = ""
-    node_name: str = ""
-    source_archive: str = ""  # the kubelet's file name, for forensics
-    checkpointed_at: str = ""
-    stored_at: str = ""
-    store_seconds: float = 0.0
-    criu_version: str = ""
-    runtime_name: str = ""
-    runtime_version: str = ""
-
-
-@dataclass(frozen=True)
-class Manifest:
-    container: str
-    uri: str
-    size: int  # bytes stored (compressed)
-    sha256: str  # hex sha256 of the stored bytes
-    info: ArchiveInfo = ArchiveInfo()
-
-    def to_json(self) -> bytes:
-        body = {
-            "version": MANIFEST_VERSION,
-            "container": self.container,
-            "uri": self.uri,
-            "size": self.size,
-            "sha256": self.sha256,
-            **dataclasses.asdict(self.info),
-        }
-        return (json.dumps(body, sort_keys=True, indent=2) + "\n").encode()
-
-    @classmethod
-    def from_json(cls, data: bytes, where: str) -> Manifest:
-        try:
-            raw = json.loads(data)
-            known = {f.name for f in dataclasses.fields(ArchiveInfo)}
-            # Keys a newer agent added are ignored, so older readers keep working.
-            info = ArchiveInfo(**{k: v for k, v in raw.items() if k in known})
-            return cls(str(raw["container"]), str(raw["uri"]), int(raw["size"]), str(raw["sha256"]), info)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise IntegrityError(f"manifest {where} is unreadable: {exc}") from None
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.chunks:
+            self.sha.update(chunk)
+            self.size += len(chunk)
+            yield chunk
 
 
 class _RawTap:
@@ -196,8 +93,11 @@ def _is_temp(name: str) -> bool:
 class CheckpointStore:
     """Checkpoint archives in a repository (see the module docstring for the publishing protocol)."""
 
-    def __init__(self, backend: Backend, node_name: str = "") -> None:
+    def __init__(self, backend: Backend, node_name: str = "", keys: sealing.KeySource | None = None) -> None:
         self.backend = backend
+        # With keys, archives are sealed (lpm.storage.sealing) with the active key as they are written, and
+        # sealed archives are opened with the key their header names. Without, archives are stored in the clear.
+        self.keys = keys
         # Goes into temp names: alphanumerics only, so it cannot smuggle a separator or the infix.
         self.node_tag = "".join(ch for ch in node_name.lower() if ch.isalnum())[:40] or "node"
 
@@ -250,9 +150,20 @@ class CheckpointStore:
         known only at its end).
         """
         started = time.monotonic()
-        size, sha = self._publish(ref.archive_path, chunks)
+        ring = self.keys.ring() if self.keys is not None else None
+        payload = _Tap(chunks)
+        stored = sealing.seal(payload, ring, ref.uri) if ring is not None else payload
+        size, sha = self._publish(ref.archive_path, stored)
         details = (info() if callable(info) else info) or ArchiveInfo()
         details = dataclasses.replace(details, stored_at=utc_now(), store_seconds=round(time.monotonic() - started, 6))
+        if ring is not None:
+            details = dataclasses.replace(
+                details,
+                encryption=sealing.ALGORITHM,
+                key_id=ring.active or "",
+                payload_size=payload.size,
+                payload_sha256=payload.sha.hexdigest(),
+            )
         manifest = Manifest(ref.container, ref.uri, size, sha, details)
         self._publish(ref.manifest_path, [manifest.to_json()])
         return manifest
@@ -353,18 +264,38 @@ class CheckpointStore:
             stream.close()
 
     def read_artifact(self, ref: ArtifactRef) -> Iterator[bytes]:
-        """Streams a completed checkpoint's archive; raises IntegrityError at the end if it does not match."""
-        return self._verified(ref, self.manifest(ref))
+        """Streams a completed checkpoint's archive as its writer gave it (decrypted if it was sealed); raises
+        IntegrityError if it does not match its manifest (at the end, or at the first tampered chunk)."""
+        return self._payload(ref, self.manifest(ref))
+
+    def _payload(self, ref: ArtifactRef, manifest: Manifest) -> Iterator[bytes]:
+        if not manifest.info.encryption:
+            yield from self._verified(ref, manifest)
+            return
+        if manifest.info.encryption != sealing.ALGORITHM:
+            raise IntegrityError(f"{ref.uri}: unknown encryption {manifest.info.encryption!r}")
+        if self.keys is None:
+            raise sealing.KeyUnavailable(
+                f"{ref.uri} is encrypted with key {manifest.info.key_id!r}, and this agent has no encryption keys "
+                f"(--encryption-keys)"
+            )
+        digest, size = hashlib.sha256(), 0
+        for chunk in sealing.unseal(self._verified(ref, manifest), self.keys, ref.uri, manifest.info.key_id):
+            digest.update(chunk)
+            size += len(chunk)
+            yield chunk
+        if size != manifest.payload_size or digest.hexdigest() != manifest.payload_sha256:
+            raise IntegrityError(f"{ref.uri}: decrypted stream does not match the manifest's payload size/sha256")
 
     def read_raw(self, ref: ArtifactRef) -> Iterator[bytes]:
         """The kubelet's original tar of a completed `put_archive` checkpoint, decompressed and verified."""
         manifest = self.manifest(ref)
         if manifest.info.compression != "zstd":
-            yield from self._verified(ref, manifest)
+            yield from self._payload(ref, manifest)
             return
         dctx = zstandard.ZstdDecompressor().decompressobj()
         digest, size = hashlib.sha256(), 0
-        for chunk in self._verified(ref, manifest):
+        for chunk in self._payload(ref, manifest):
             out = dctx.decompress(chunk)
             if out:
                 digest.update(out)
@@ -451,93 +382,6 @@ class CheckpointStore:
         self.backend.rmdir(key.relative_dir)
 
 
-class _PosixWriter:
-    def __init__(self, path: pathlib.Path) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
-        os.fchmod(fd, FILE_MODE)  # the mode above is filtered by the umask, and an existing file keeps its own
-        self._file = open(fd, "wb")  # - closed by close()
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        return self._file.write(data)
-
-    def sync(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        self._file.close()
-
-
-class PosixBackend:
-    """A repository on a mounted filesystem (the kubelet-mounted PVC, or a local directory)."""
-
-    def __init__(self, root: pathlib.Path | str) -> None:
-        self.root = pathlib.Path(root)
-
-    def describe(self) -> str:
-        return str(self.root)
-
-    def _path(self, relative: str) -> pathlib.Path:
-        return self.root if relative == "" else resolve_under(self.root, relative)
-
-    def _makedirs(self, directory: pathlib.Path) -> None:
-        if not self.root.is_dir():
-            # Never create the root: a missing volume mount must not turn into writes to the container's disk.
-            raise StorageError(f"checkpoint repository {self.root} does not exist (is the volume mounted?)")
-        missing = []
-        while directory != self.root and not directory.is_dir():
-            missing.append(directory)
-            directory = directory.parent
-        for d in reversed(missing):
-            try:
-                d.mkdir(mode=DIR_MODE)
-            except FileExistsError:
-                continue  # made concurrently by another writer
-            os.chmod(d, DIR_MODE)  # mkdir's mode is filtered by the umask
-
-    def open_write(self, path: str) -> WriteStream:
-        target = self._path(path)
-        self._makedirs(target.parent)
-        return _PosixWriter(target)
-
-    def open_read(self, path: str) -> ReadStream:
-        return open(self._path(path), "rb", buffering=0)  # - the caller closes it
-
-    def rename(self, source: str, destination: str) -> None:
-        target = self._path(destination)
-        os.replace(self._path(source), target)
-        # The rename itself must survive a crash too: sync the directory entry.
-        fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def exists(self, path: str) -> bool:
-        return self._path(path).exists()
-
-    def listdir(self, path: str) -> list[str]:
-        try:
-            return os.listdir(self._path(path))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-
-    def remove(self, path: str) -> None:
-        try:
-            self._path(path).unlink()
-        except (FileNotFoundError, IsADirectoryError):
-            pass
-
-    def rmdir(self, path: str) -> None:
-        try:
-            self._path(path).rmdir()
-        except (FileNotFoundError, NotADirectoryError, OSError):
-            pass
-
-    def close(self) -> None:
-        pass
-
-
 def open_backend(storage: str) -> Backend:
     """The backend for the agent's `--storage`: `nfs://host[:port]/export[/dir]` or a mounted path."""
     if storage.startswith("nfs://"):
@@ -549,5 +393,5 @@ def open_backend(storage: str) -> Backend:
     return PosixBackend(storage)
 
 
-def open_store(storage: str, node_name: str = "") -> CheckpointStore:
-    return CheckpointStore(open_backend(storage), node_name)
+def open_store(storage: str, node_name: str = "", keys: sealing.KeySource | None = None) -> CheckpointStore:
+    return CheckpointStore(open_backend(storage), node_name, keys)
