@@ -219,6 +219,14 @@ def install_lpm() -> None:
             ["bash", "deploy/certs/generate.sh", "-n", "lpm-system"], check=True, capture_output=True, text=True
         ).stdout
         kubectl("apply", "-f", "-", input=secrets)
+    if kubectl("-n", "lpm-system", "get", "secret", "lpm-checkpoint-keys", check=False).returncode != 0:
+        keys = subprocess.run(
+            ["bash", "deploy/keys/checkpoint-keys.sh", "new", "-n", "lpm-system"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        kubectl("apply", "-f", "-", input=keys)
     # The images were just (re)loaded under an unchanged tag: restart so the pods run this checkout's code.
     kubectl("-n", "lpm-system", "rollout", "restart", "deployment/lpm-controller", "daemonset/lpm-agent")
     kubectl("-n", "lpm-system", "rollout", "status", "deployment/lpm-controller", "--timeout=180s")

@@ -10,5 +10,9 @@ kubectl apply -k /lpm/deploy/kustomize/overlays/vagrant
 if ! kubectl -n lpm-system get secret lpm-agent-tls >/dev/null 2>&1; then
   bash /lpm/deploy/certs/generate.sh -n lpm-system | kubectl apply -f -
 fi
+# The checkpoint keys are made once and kept: replacing them would make every stored checkpoint unreadable.
+if ! kubectl -n lpm-system get secret lpm-checkpoint-keys >/dev/null 2>&1; then
+  bash /lpm/deploy/keys/checkpoint-keys.sh new -n lpm-system | kubectl apply -f -
+fi
 kubectl -n lpm-system rollout status deployment/lpm-controller --timeout=300s
 echo "lpm-provision[lpm]: installed; the agent DaemonSet reaches the worker when it joins" >&2

@@ -55,6 +55,7 @@ class AgentConfig:
     log_level: str
     log_format: str
     self_check: bool
+    export_checkpoint: str
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -292,6 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_logging_flags(p)
     p.add_argument("--self-check", action="store_true", help="Check configuration and local tools, then exit.")
+    p.add_argument(
+        "--export-checkpoint",
+        metavar="ARTIFACT_URI",
+        default="",
+        help="Write one stored container checkpoint to stdout as the runtime made it (decrypted, decompressed, "
+        "verified: a tar that checkpointctl reads), then exit. For forensics, from the agent pod: kubectl -n "
+        "lpm-system exec ds/lpm-agent -- /opt/lpm/venv/pex --export-checkpoint URI > checkpoint.tar. The file "
+        "holds the container's memory in the clear: keep it private.",
+    )
     return p
 
 

@@ -7,7 +7,8 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from pathlib import Path
+from typing import BinaryIO, TypeVar
 
 from lpm.agent import config
 from lpm.agent.v1 import agent_pb2
@@ -36,6 +37,34 @@ def when_port_free(start: Callable[[], T], what: str, timeout: float = PORT_WAIT
             delay = min(delay * 2, 1.0)
 
 
+def export_checkpoint(cfg: config.AgentConfig, out: BinaryIO) -> int:
+    """`--export-checkpoint`: the runtime's own archive of one stored checkpoint, decrypted and verified."""
+    from lpm.storage.backend import StorageError
+    from lpm.storage.sealing import KeyDirectory
+    from lpm.storage.store import open_store
+    from lpm.storage.uri import ArtifactRef, InvalidArtifactURI
+
+    if out.isatty():
+        print("lpm-agent: --export-checkpoint writes a tar to stdout; redirect it to a file", file=sys.stderr)
+        return 2
+    keys = KeyDirectory(Path(cfg.encryption_keys)) if cfg.encryption_keys else None
+    try:
+        store = open_store(cfg.storage, cfg.node_name, keys)
+        try:
+            size = 0
+            for chunk in store.read_raw(ArtifactRef.parse(cfg.export_checkpoint)):
+                out.write(chunk)
+                size += len(chunk)
+            out.flush()
+        finally:
+            store.close()
+    except (StorageError, InvalidArtifactURI, OSError) as exc:
+        print(f"lpm-agent: cannot export {cfg.export_checkpoint}: {exc} (any output is incomplete)", file=sys.stderr)
+        return 1
+    print(f"lpm-agent: exported {cfg.export_checkpoint}: {size} bytes, sha256 verified", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = config.parse(argv)
     setup_logging(cfg.log_level, cfg.log_format)
@@ -43,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         names = sorted(agent_pb2.DESCRIPTOR.services_by_name["CheckpointService"].methods_by_name)
         print(f"lpm-agent self-check: CheckpointService methods {', '.join(names)}; storage {cfg.storage}")
         return 0
+    if cfg.export_checkpoint:
+        return export_checkpoint(cfg, sys.stdout.buffer)
     from lpm.agent.server import AgentServer, build_deps  # grpc server stack only when serving
 
     if cfg.metrics_port:
