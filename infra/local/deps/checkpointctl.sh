@@ -6,7 +6,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=common.sh
 . "$HERE/common.sh"
-CHECKPOINTCTL_VERSION=${CHECKPOINTCTL_VERSION:-v1.5.0}
+CHECKPOINTCTL_VERSION=${CHECKPOINTCTL_VERSION:-v1.4.0}
 OUT=$LPM_CACHE/checkpointctl-$CHECKPOINTCTL_VERSION
 build() {
   go_build_mod "$OUT/src" github.com/checkpoint-restore/checkpointctl "$CHECKPOINTCTL_VERSION" "$OUT/bin" "-s -w" \

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-OVERLAYS = ("nfs", "local", "vagrant")
+OVERLAYS = ("nfs", "local", "local-hostpath", "vagrant")
 NAMESPACE = "lpm-system"
 
 

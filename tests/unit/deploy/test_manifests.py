@@ -11,6 +11,7 @@ from unit.deploy.manifests import NAMESPACE, OVERLAYS, of_kind, one, render, rep
 from lpm.agent import config as agent_config
 from lpm.api import constants
 from lpm.controller import config as controller_config
+from lpm.storage.nfs import NfsLocation
 
 ALL = (*OVERLAYS, "deploy")
 
@@ -181,13 +182,16 @@ def test_agent_serves_grpc_on_its_port_with_mtls_from_a_secret(name: str) -> Non
     assert agent["readinessProbe"] and agent["livenessProbe"]
     env = _env(agent)
     secrets = {v["name"]: v["secret"]["secretName"] for v in _pod_spec(ds)["volumes"] if "secret" in v}
-    tls_dir = next(m["mountPath"] for m in agent["volumeMounts"] if m["name"] in secrets)
+    tls_dir = next(m["mountPath"] for m in agent["volumeMounts"] if secrets.get(m["name"]) == "lpm-agent-tls")
     for var in ("LPM_AGENT_TLS_CERT", "LPM_AGENT_TLS_KEY", "LPM_AGENT_TLS_CLIENT_CA"):
         assert env[var].startswith(tls_dir + "/"), var
     assert "LPM_AGENT_INSECURE" not in env
-    repo = next(m for m in agent["volumeMounts"] if m["mountPath"] == env["LPM_STORAGE"])
-    claim = next(v for v in _pod_spec(ds)["volumes"] if v["name"] == repo["name"])
-    assert claim["persistentVolumeClaim"]["claimName"] == "checkpoint-repo"
+    if env["LPM_STORAGE"].startswith("nfs://"):
+        NfsLocation.parse(env["LPM_STORAGE"])  # spoken by the agent itself (the local cluster's kernel)
+    else:
+        repo = next(m for m in agent["volumeMounts"] if m["mountPath"] == env["LPM_STORAGE"])
+        claim = next(v for v in _pod_spec(ds)["volumes"] if v["name"] == repo["name"])
+        assert claim["persistentVolumeClaim"]["claimName"] == "checkpoint-repo"
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -250,6 +254,22 @@ def test_local_overlay_binds_the_shared_dir_and_never_pulls() -> None:
     for kind, name in (("Deployment", "lpm-controller"), ("DaemonSet", "lpm-agent")):
         for c in _pod_spec(one(objs, kind, name))["containers"]:
             assert c["image"].startswith("localhost/lpm/") and c["imagePullPolicy"] == "Never"
+
+
+def _agent_env(overlay: str) -> dict[str, str]:
+    agent = _pod_spec(one(render(overlay), "DaemonSet", "lpm-agent"))["containers"][0]
+    return {e["name"]: e.get("value", "") for e in agent["env"]}
+
+
+def test_local_overlay_stores_on_the_clusters_nfs_server_and_local_hostpath_on_the_shared_dir() -> None:
+    location = NfsLocation.parse(_agent_env("local")["LPM_STORAGE"])
+    assert (location.host, location.port, location.path) == ("172.31.250.1", 2049, "/export")  # infra/local
+    assert dict(location.options)["mountport"] == "20048"
+    agent = _pod_spec(one(render("local-hostpath"), "DaemonSet", "lpm-agent"))["containers"][0]
+    repo_mount = next(m["mountPath"] for m in agent["volumeMounts"] if m["name"] == "checkpoint-repo")
+    assert _agent_env("local-hostpath")["LPM_STORAGE"] == repo_mount
+    for overlay in ("nfs", "local", "local-hostpath", "vagrant"):  # sealed at rest everywhere
+        assert _agent_env(overlay)["LPM_ENCRYPTION_KEYS"] == "/etc/lpm/checkpoint-keys"
 
 
 def _known_env(parser: Any) -> set[str]:
