@@ -26,4 +26,6 @@ fi
 
 "$repo/infra/local/deps/criu.sh"
 command -v criu >/dev/null || { log "criu is not on PATH after the build (expected /usr/local/sbin)"; exit 1; }
+# checkpointctl: the tests check that the Live engine's archives read with it, like the kubelet's.
+ln -sf "$("$repo/infra/local/deps/checkpointctl.sh")/checkpointctl" /usr/local/bin/checkpointctl
 log "ready: $(runc --version | head -n1), $(criu --version | head -n1), $(podman --version)"

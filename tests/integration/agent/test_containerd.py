@@ -280,7 +280,8 @@ def test_the_runtime_dump_takes_a_paused_tasks_images_and_overlay_changes_and_le
         freezer.freeze("ck-d", "6a2b3c4d-1111-4222-8333-944455556666", ["app"])
         at_freeze = read(count)
 
-        dumper = RuntimeDumper(tmp_path / "dumps", address=str(sock), ctr=str(ctr))
+        tasks = sock.parent / "state" / "io.containerd.runtime.v2.task"
+        dumper = RuntimeDumper(tmp_path / "dumps", address=str(sock), ctr=str(ctr), task_dir=tasks)
         assert dumper.usable() == ""
         result = dumper.dump("dump", control.pid("dump"), "ck-d-app", timeout=60)
         try:
@@ -291,6 +292,14 @@ def test_the_runtime_dump_takes_a_paused_tasks_images_and_overlay_changes_and_le
                 assert json.loads(tar.extractfile("deleted.files").read()) == ["/etc/motd"]  # type: ignore[union-attr]
                 diff = tarfile.open(fileobj=io.BytesIO(tar.extractfile("rootfs-diff.tar").read()))  # type: ignore[union-attr]
                 assert int(diff.extractfile("tmp/count").read()) == at_freeze  # type: ignore[union-attr]
+                assert json.loads(tar.extractfile("config.dump").read())["id"] == "dump"  # type: ignore[union-attr]
+            # Forensics read it as they read the kubelet's archives (tests/integration/agent/setup-host.sh).
+            assert shutil.which("checkpointctl"), "checkpointctl missing: run tests/integration/agent/setup-host.sh"
+            shown = subprocess.run(
+                ["checkpointctl", "show", str(result.local_path)], capture_output=True, text=True, check=False
+            )
+            assert shown.returncode == 0, shown.stderr
+            assert "dump" in shown.stdout and "runc" in shown.stdout, shown.stdout
         finally:
             result.local_path.unlink()
         assert list((tmp_path / "dumps").iterdir()) == [], "nothing of the dump (process memory) is left behind"

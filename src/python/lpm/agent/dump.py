@@ -176,6 +176,9 @@ class RuntimeDumper:
     address: str = "/run/containerd/containerd.sock"
     ctr: str = "ctr"
     namespace: str = "k8s.io"
+    # containerd's task bundles (config.json, the container's OCI spec): the archive carries it as spec.dump,
+    # as the kubelet's does, so that checkpointctl reads either. None: the archive goes without.
+    task_dir: Path | None = None
 
     def _ctr(self, timeout: float, *args: str) -> subprocess.CompletedProcess[str]:
         argv = [self.ctr, "--address", self.address, "-n", self.namespace, *args]
@@ -230,7 +233,12 @@ class RuntimeDumper:
                 raise DumpError(f"ctr tasks checkpoint failed: {message}")
             dumped = time.monotonic()
             fd = os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            self._describe(container_id, work)
             with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                for name in ("config.dump", "spec.dump"):
+                    if (work / name).exists():
+                        tar.add(work / name, arcname=name)
+                tar.add(images, arcname="checkpoint", recursive=False)  # checkpointctl looks for the directory
                 for image in sorted(images.iterdir()):
                     tar.add(image, arcname=f"checkpoint/{image.name}", recursive=False)
                 if entries:
@@ -251,6 +259,32 @@ class RuntimeDumper:
             raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _describe(self, container_id: str, work: Path) -> None:
+        """spec.dump (the bundle's OCI spec) and config.dump (checkpointctl's ContainerConfig), as containerd's
+        CRI writes them into a kubelet checkpoint. Best effort: they are for forensics, not for the restore."""
+        if self.task_dir is None:
+            return
+        try:
+            spec_bytes = (self.task_dir / self.namespace / container_id / "config.json").read_bytes()
+            spec = json.loads(spec_bytes)
+        except (OSError, ValueError) as exc:
+            log.info("no spec.dump for %s: %s", container_id, exc)
+            return
+        annotations = spec.get("annotations") or {}
+        (work / "spec.dump").write_bytes(spec_bytes)
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        config = {
+            "id": container_id,
+            "name": annotations.get("io.kubernetes.cri.container-name", container_id),
+            "rootfsImageName": annotations.get("io.kubernetes.cri.image-name", ""),
+            "runtime": "io.containerd.runc.v2",
+            "createdTime": now,
+            "checkpointedTime": now,
+            "restoredTime": "0001-01-01T00:00:00Z",
+            "restored": False,
+        }
+        (work / "config.dump").write_text(json.dumps(config))
 
     def sweep(self, older_than: float = 3600.0) -> None:
         """Remove what an agent that died mid-dump left behind (process memory: never keep it)."""

@@ -755,7 +755,13 @@ def build_deps(cfg: AgentConfig, locate: fz.Locate | None = None, backoff: Backo
         restore_logs=RestoreLogWatcher(Path(cfg.runtime_state_dir), bundle_dir=Path(cfg.runtime_task_dir)),
         handoff=ho.Handoff(Path(cfg.restore_handoff_dir)) if cfg.restore_handoff_dir else None,
         dumper=(
-            dp.RuntimeDumper(Path(cfg.dump_dir), Path(cfg.proc_root), address=cfg.containerd_address, ctr=cfg.ctr)
+            dp.RuntimeDumper(
+                Path(cfg.dump_dir),
+                Path(cfg.proc_root),
+                address=cfg.containerd_address,
+                ctr=cfg.ctr,
+                task_dir=Path(cfg.runtime_task_dir) if cfg.runtime_task_dir else None,
+            )
             if cfg.dump_dir and method == "containerd"
             else None
         ),
