@@ -26,6 +26,7 @@ class ControllerConfig:
     priority: int
     resync_seconds: float
     workers: int
+    checkpoint_retention: str
     log_level: str
     log_format: str
     self_check: bool
@@ -84,9 +85,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="Re-check unfinished objects this often (waiting for pods, agents, children).",
     )
     add_flag(p, "--workers", "LPM_WORKERS", type=int, default=32, help="Reconcile threads (agent calls block one).")
+    add_flag(
+        p,
+        "--checkpoint-retention",
+        "LPM_CHECKPOINT_RETENTION",
+        type=_retention,
+        default="keep=3,maxAge=168h",
+        help="Default retention of finished PodCheckpoints and their stored data: keep=N (newest per pod; 0 no "
+        "bound), maxAge=DURATION (s, m, h, d; 0 no bound). The annotation lpm.my.domain/checkpoint-retention on a "
+        "PodCheckpoint, its pod or its namespace overrides it, in that order.",
+    )
     add_logging_flags(p)
     p.add_argument("--self-check", action="store_true", help="Check configuration, then exit.")
     return p
+
+
+def _retention(text: str) -> str:
+    from lpm.controller.retention import RetentionPolicy
+
+    try:
+        RetentionPolicy.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def parse(argv: list[str] | None = None) -> ControllerConfig:

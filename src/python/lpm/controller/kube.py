@@ -43,6 +43,7 @@ RESOURCES: dict[str, Resource] = {
     for r in (
         Resource("", "v1", "pods", "Pod", True),
         Resource("", "v1", "nodes", "Node", False),
+        Resource("", "v1", "namespaces", "Namespace", False),
         Resource(c.GROUP, c.VERSION, c.PLURAL_POD_MIGRATIONS, c.KIND_POD_MIGRATION, True),
         Resource(c.GROUP, c.VERSION, c.PLURAL_POD_CHECKPOINTS, c.KIND_POD_CHECKPOINT, True),
         Resource(c.GROUP, c.VERSION, c.PLURAL_CONTAINER_CHECKPOINTS, c.KIND_CONTAINER_CHECKPOINT, True),
@@ -101,6 +102,8 @@ class Kube:
             if r.group == "":
                 if plural == "pods":
                     resp = self.core.read_namespaced_pod(name, namespace, _preload_content=False)
+                elif plural == "namespaces":
+                    resp = self.core.read_namespace(name, _preload_content=False)
                 else:
                     resp = self.core.read_node(name, _preload_content=False)
                 return dict(json.loads(resp.data))
@@ -178,6 +181,23 @@ class Kube:
             return api_outcome(exc, "delete", f"{r.kind} {name}")
         except Exception as exc:
             return api_outcome(exc, "delete", f"{r.kind} {name}")
+        return Outcome.success()
+
+    def patch(self, plural: str, namespace: str | None, name: str, body: Mapping[str, Any]) -> Outcome:
+        """A merge patch of one of LPM's own objects (not its status)."""
+        r = RESOURCES[plural]
+        self._count("patch", plural)
+        try:
+            if r.namespaced:
+                self.custom.patch_namespaced_custom_object(r.group, r.version, namespace, plural, name, dict(body))
+            else:
+                self.custom.patch_cluster_custom_object(r.group, r.version, plural, name, dict(body))
+        except ApiException as exc:
+            if exc.status == 404:
+                return Outcome.success(reason="NotFound")
+            return api_outcome(exc, "patch", f"{r.kind} {name}")
+        except Exception as exc:
+            return api_outcome(exc, "patch", f"{r.kind} {name}")
         return Outcome.success()
 
     def replace_status(self, plural: str, obj: Mapping[str, Any], status: Mapping[str, Any]) -> bool:

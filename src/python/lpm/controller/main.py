@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from prometheus_client import start_http_server
 
     from lpm.controller import runtime
+    from lpm.controller.retention import RetentionPolicy
 
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port)
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         resync_seconds=cfg.resync_seconds,
         workers=cfg.workers,
         priority=cfg.priority or secrets.randbelow(2**30) + 1,
+        retention_policy=RetentionPolicy.parse(cfg.checkpoint_retention),
         liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz" if cfg.health_port else None,
     )
     return 0

@@ -23,6 +23,7 @@ from typing import Any
 import kopf
 
 from lpm.api import constants as c
+from lpm.controller import retention
 from lpm.controller.containercheckpoint import handlers as containercheckpoint
 from lpm.controller.cycle import Runtime
 from lpm.controller.podcheckpoint import handlers as podcheckpoint
@@ -45,7 +46,13 @@ def _active(body: Any, **_: Any) -> bool:
 
 
 def build_registry(
-    rt: Runtime, *, resync_seconds: float, workers: int, peering: str, priority: int = 0
+    rt: Runtime,
+    *,
+    resync_seconds: float,
+    workers: int,
+    peering: str,
+    priority: int = 0,
+    retention_policy: retention.RetentionPolicy | None = None,
 ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
@@ -101,6 +108,22 @@ def build_registry(
         when=_expiring,
         id="ttl",
     )(expire)
+
+    # Finished PodCheckpoints: expired by their retention policy (lpm.controller.retention).
+    default_retention = retention_policy or retention.RetentionPolicy()
+
+    def retain(**kw: Any) -> None:
+        retention.sweep(rt, dict(kw["body"]), default_retention)
+
+    kopf.timer(
+        c.GROUP,
+        c.VERSION,
+        c.PLURAL_POD_CHECKPOINTS,
+        registry=registry,
+        interval=retention.CHECK_SECONDS,
+        when=lambda body, **_: not _active(body),
+        id="retention",
+    )(retain)
     return registry
 
 
@@ -156,6 +179,7 @@ def run(
     resync_seconds: float,
     workers: int,
     priority: int = 0,
+    retention_policy: retention.RetentionPolicy | None = None,
     liveness_endpoint: str | None = None,
     stop_flag: threading.Event | None = None,
     ready_flag: threading.Event | None = None,
@@ -163,7 +187,14 @@ def run(
     """Run the operator in the calling thread until `stop_flag` is set (or forever)."""
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # "Timer succeeded" on every tick is noise
-    registry = build_registry(rt, resync_seconds=resync_seconds, workers=workers, peering=peering, priority=priority)
+    registry = build_registry(
+        rt,
+        resync_seconds=resync_seconds,
+        workers=workers,
+        peering=peering,
+        priority=priority,
+        retention_policy=retention_policy,
+    )
     watcher_stop = threading.Event()
     RestoredPodWatcher(rt, namespace, watcher_stop).start()
     try:

@@ -114,7 +114,10 @@ def _is_transport(exc: BaseException) -> bool:
         | nfs_rs.NfsTimeoutError
         | nfs_rs.NfsRetryableError
         | nfs_rs.NfsRpcError
-        | nfs_rs.NfsClosedResourceError,
+        | nfs_rs.NfsClosedResourceError
+        # The connection broke after a request went out (a server killed mid-write): whether it was applied
+        # is unknown. Redoing is safe here: reads and writes are positional, and renames are checked.
+        | nfs_rs.NfsUncertainOutcomeError,
     ) or (isinstance(exc, nfs_rs.NfsError) and exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ECONNREFUSED))
 
 
