@@ -110,6 +110,17 @@ def test_the_agents_own_reason_wins_so_a_criu_refusal_is_never_called_an_unavail
     agents.close()
 
 
+def test_an_unreachable_repository_is_permanent_although_its_code_is_an_unreachable_agents(double):
+    """The NFS backend already reconnected with backoff; the controller must not retry it for the whole
+    timeout while the source waits frozen (measured: a 60 s pause before this)."""
+    double.fail("Checkpoint", grpc.StatusCode.UNAVAILABLE, "NFS server unavailable", reason="StorageUnavailable")
+    agents = Agents(lambda node: agent_pods(double.port), "lpm-system", TLS(insecure=True))
+    req = {"pod_namespace": "ns", "pod_name": "web", "container_name": "app", "pod_uid": UID, "checkpoint_id": "c1"}
+    out = agents.call(CallCheckpoint("node-a", req))
+    assert (out.reason, out.retryable) == ("StorageUnavailable", False)
+    agents.close()
+
+
 def test_a_full_repository_is_permanent_although_its_code_is_the_busy_agents(double):
     double.fail(
         "Checkpoint", grpc.StatusCode.RESOURCE_EXHAUSTED, "no space left on /mnt/checkpoints", reason="StorageFull"

@@ -62,7 +62,13 @@ from lpm.agent.kubelet import (
 from lpm.agent.restore_logs import RestoreLogWatcher
 from lpm.agent.v1 import agent_pb2, agent_pb2_grpc
 from lpm.api.names import InvalidName, require_label, require_subdomain, require_uid
-from lpm.storage.backend import CheckpointIncomplete, IntegrityError, StorageError, StorageFull
+from lpm.storage.backend import (
+    CheckpointIncomplete,
+    IntegrityError,
+    StorageError,
+    StorageFull,
+    StorageUnavailable,
+)
 from lpm.storage.manifest import ArchiveInfo, Manifest
 from lpm.storage.sealing import KeyConfigError, KeyDirectory, KeyUnavailable
 from lpm.storage.store import CheckpointStore, open_backend
@@ -130,6 +136,8 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
             return code.RESOURCE_EXHAUSTED, str(exc), "StorageFull"
         case KeyUnavailable() | KeyConfigError():
             return code.FAILED_PRECONDITION, str(exc), "EncryptionKeyUnavailable"
+        case StorageUnavailable():  # already retried with backoff by the backend
+            return code.UNAVAILABLE, str(exc), "StorageUnavailable"
         case FileNotFoundError():
             return code.NOT_FOUND, f"not found: {exc.filename or exc}", ""
         case ConnectionError() | StorageError():

@@ -46,8 +46,16 @@ REASON_KEY = "lpm-reason"  # trailing metadata: the agent's CamelCase reason, wh
 # Reasons that make a retryable-looking code permanent: a full repository (RESOURCE_EXHAUSTED, like a busy agent)
 # does not empty itself while the source waits frozen, and an unreachable kubelet (UNAVAILABLE) was already
 # retried by the agent with the seed's backoff (5 retries, 2 s doubling): retrying that again would multiply it.
+# So was an unreachable checkpoint repository (StorageUnavailable: the NFS backend's own reconnect budget).
 PERMANENT_REASONS = frozenset(
-    {"StorageFull", "CheckpointRefused", "CheckpointFenced", "KubeletUnavailable", "RestoreAborted"}
+    {
+        "StorageFull",
+        "StorageUnavailable",
+        "CheckpointRefused",
+        "CheckpointFenced",
+        "KubeletUnavailable",
+        "RestoreAborted",
+    }
 )
 
 RETRYABLE = frozenset(

@@ -28,6 +28,10 @@ class IntegrityError(StorageError):
     """Stored bytes do not match their manifest."""
 
 
+class StorageUnavailable(StorageError, ConnectionError):
+    """The repository's server could not be reached within the backend's own retry budget."""
+
+
 class StorageFull(StorageError):
     """The repository's volume is full; nothing partial was left behind."""
 

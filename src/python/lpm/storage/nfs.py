@@ -31,7 +31,7 @@ from typing import Final, TypeVar
 
 import nfs_rs
 
-from lpm.storage.backend import DIR_MODE, FILE_MODE
+from lpm.storage.backend import DIR_MODE, FILE_MODE, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ WRITE_BATCH: Final = 32 << 20
 T = TypeVar("T")
 
 
-class NfsUnavailable(ConnectionError):
+class NfsUnavailable(StorageUnavailable):
     """The NFS server could not be reached within the retry budget."""
 
 
