@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from property.controller.world import SOURCE, TARGET, World
 
-from lpm.api.models import MigrationPhase
+from lpm.api.models import Engine, MigrationPhase, SourceCleanup, SourcePolicy
 
 METHODS = [
     "GetCapabilities",
@@ -114,7 +114,7 @@ class MigrationMachine(RuleBasedStateMachine):
     @invariant()
     def never_two_unfrozen_copies(self):
         w = self.world
-        if w.migration.spec.source_policy.value != "Freeze":
+        if w.migration.spec.source_policy is not SourcePolicy.FREEZE:
             return  # a clone runs both copies on purpose
         source = w.source()
         running_copy = [
@@ -206,8 +206,8 @@ class MigrationMachine(RuleBasedStateMachine):
         if w.migration.status.phase is MigrationPhase.COMPLETED:
             assert len(w.restored_pods()) == 1
             live = w.restored_pods()[0]["spec"].get("runtimeClassName") == "lpm"
-            assert live == w.live == (engine is not None and engine.value == "Live")
-            if w.migration.spec.source_cleanup.value == "Delete":
+            assert live == w.live == (engine is Engine.LIVE)
+            if w.migration.spec.source_cleanup is SourceCleanup.DELETE:
                 assert w.source() is None
 
 

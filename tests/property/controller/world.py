@@ -21,11 +21,14 @@ from lpm.api.codec import decode, encode
 from lpm.api.models import (
     ContainerCheckpoint,
     ContainerCheckpointContent,
+    MigrationPhase,
     PodCheckpoint,
     PodCheckpointContent,
     PodMigration,
+    SourcePolicy,
 )
-from lpm.controller import clock
+from lpm.api.views import NodeView, PodView, controller_owner, owner_if_same
+from lpm.app import clock
 from lpm.controller.containercheckpoint import decide as ccd
 from lpm.controller.effects import (
     Action,
@@ -41,7 +44,6 @@ from lpm.controller.effects import (
 from lpm.controller.podcheckpoint import decide as pcd
 from lpm.controller.podmigration import decide as pmd
 from lpm.controller.podmigration.restore import pod_checkpoint_name, restored_pod_name
-from lpm.controller.views import NodeView, PodView, controller_owner, owner_if_same
 from lpm.storage.uri import ArtifactRef
 
 NS = "default"
@@ -79,7 +81,7 @@ class World:
         self.history: list[str] = []
         self.violations: list[str] = []
         self.restored_names_created: set[str] = set()
-        self.ever_terminal: str | None = None
+        self.ever_terminal: MigrationPhase | None = None
         for node in (SOURCE, TARGET):
             self._put(
                 ("nodes", None, node), {"metadata": {"name": node}, "spec": {}, "status": self._node_status(True)}
@@ -385,7 +387,7 @@ class World:
                     pod["status"] = {"phase": "Running", "containerStatuses": statuses}
                 else:
                     continue
-                if self.migration.spec.source_policy.value == "Freeze" and self.source_uid not in self.frozen:
+                if self.migration.spec.source_policy is SourcePolicy.FREEZE and self.source_uid not in self.frozen:
                     if pod["status"]["phase"] == "Running" and self.source() is not None:
                         self.violations.append("lpm-runc restored the replacement next to a thawed source")
                 self._put(("pods", NS, pod["metadata"]["name"]), pod)
@@ -420,10 +422,10 @@ class World:
 
     def _check_terminal(self) -> None:
         phase = self.migration.status.phase
-        if self.ever_terminal and phase.value != self.ever_terminal:
-            self.violations.append(f"terminal phase {self.ever_terminal} changed to {phase.value}")
-        if phase.terminal and not self.ever_terminal:
-            self.ever_terminal = phase.value
+        if self.ever_terminal is not None and phase is not self.ever_terminal:
+            self.violations.append(f"terminal phase {self.ever_terminal.value} changed to {phase.value}")
+        if phase.terminal and self.ever_terminal is None:
+            self.ever_terminal = phase
 
 
 def _ready(ready: bool) -> dict[str, Any]:

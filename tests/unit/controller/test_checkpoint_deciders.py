@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from lpm.api.models import (
     CheckpointPhase,
+    ConditionStatus,
     ContainerCheckpoint,
     ContainerCheckpointSpec,
     ContainerCheckpointStatus,
@@ -16,6 +17,7 @@ from lpm.api.models import (
     PodMigration,
     PodMigrationSpec,
 )
+from lpm.api.views import PodView
 from lpm.controller.containercheckpoint import decide as ccd
 from lpm.controller.effects import (
     CallCheckpoint,
@@ -30,7 +32,6 @@ from lpm.controller.effects import (
     PatchStatus,
 )
 from lpm.controller.podcheckpoint import decide as pcd
-from lpm.controller.views import PodView
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 PUID = "0f8fad5b-d9cb-469f-a165-70867728950e"
@@ -155,7 +156,7 @@ def test_containercheckpoint_calls_the_agent_on_the_pods_node_then_binds_content
     st = status(ccd.decide(ccd.Observed(container_checkpoint=obj, now=NOW, pod=pod(), outcomes=outcomes)))
     assert st.phase is CheckpointPhase.READY and st.artifact_uri == uri and st.bound_content_name == create.name
     ready = next(c for c in st.conditions if c.type == "Ready")
-    assert ready.status.value == "True"
+    assert ready.status is ConditionStatus.TRUE
 
 
 def test_containercheckpoint_failure_sets_ready_false_with_reason():

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from lpm.api import constants as c
 from lpm.api.models import (
     CheckpointPhase,
+    ConditionStatus,
     ContainerCheckpointState,
     ContainerImage,
     EligibilityPolicy,
@@ -17,6 +18,7 @@ from lpm.api.models import (
     PodMigrationSpec,
     PodMigrationStatus,
 )
+from lpm.api.views import NodeView, PodView
 from lpm.controller.cycle import to_fixed_point
 from lpm.controller.effects import (
     CheckEligibility,
@@ -33,7 +35,6 @@ from lpm.controller.effects import (
     ThawSource,
 )
 from lpm.controller.podmigration.decide import Observed, decide, decide_finalize, ttl_remaining
-from lpm.controller.views import NodeView, PodView
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 MUID = "aaaaaaaa-0000-0000-0000-000000000001"
@@ -375,7 +376,7 @@ def test_a_thaw_the_runtime_does_not_confirm_is_retried_then_fails_loudly_never_
     assert st.phase is MigrationPhase.FAILED and st.reason == "SourceStillFrozen" and st.source_frozen
     assert "STILL BE FROZEN" in (st.message or "") and st.source_state == "app: FROZEN (containerd task PAUSED)"
     frozen = next(cd for cd in st.conditions if cd.type == c.CONDITION_SOURCE_FROZEN)
-    assert frozen.status.value == "True" and frozen.reason == "ThawNotVerified"
+    assert frozen.status is ConditionStatus.TRUE and frozen.reason == "ThawNotVerified"
     assert any(isinstance(a, EmitEvent) and a.type == "Warning" for a in later)
 
 
@@ -400,7 +401,7 @@ def test_a_pod_with_an_open_tcp_connection_is_refused_before_anything_is_frozen(
     assert not any(isinstance(a, (FreezeSource, CreatePodCheckpoint)) for a in actions)
     assert st.eligibility[0].startswith("TCP: 1 established") and st.eligibility[-1].startswith("refused: container")
     eligible = next(cd for cd in st.conditions if cd.type == c.CONDITION_ELIGIBLE)
-    assert eligible.status.value == "False" and eligible.reason == "TCPConnectionOpen"
+    assert eligible.status is ConditionStatus.FALSE and eligible.reason == "TCPConnectionOpen"
 
 
 def test_eligibility_warn_records_the_finding_and_goes_on_to_freeze():

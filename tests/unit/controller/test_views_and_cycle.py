@@ -3,9 +3,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from lpm.api.views import NodeView, PodView
 from lpm.controller.cycle import Runtime, to_fixed_point
 from lpm.controller.effects import DeletePod, Outcome, PatchStatus, ProbeAgent
-from lpm.controller.views import NodeView, PodView
 
 
 def test_pod_view_reports_controller_and_stuck_containers():

@@ -20,7 +20,8 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from prometheus_client import Counter as PromCounter
 
 from lpm.api.codec import decode, encode
-from lpm.controller import clock
+from lpm.api.views import controller_owner, owner_if_same
+from lpm.app import clock
 from lpm.controller.agents import Agents
 from lpm.controller.effects import (
     Action,
@@ -35,7 +36,6 @@ from lpm.controller.effects import (
     status_of,
 )
 from lpm.controller.kube import Kube
-from lpm.controller.views import controller_owner, owner_if_same
 
 log = logging.getLogger(__name__)
 CYCLES = PromCounter("lpm_controller_reconcile_total", "Reconcile cycles", ["kind", "result"])

@@ -23,6 +23,7 @@ from typing import Any
 import kopf
 
 from lpm.api import constants as c
+from lpm.api.models import CheckpointPhase, MigrationPhase
 from lpm.controller.containercheckpoint import handlers as containercheckpoint
 from lpm.controller.cycle import Runtime
 from lpm.controller.podcheckpoint import handlers as podcheckpoint
@@ -30,7 +31,8 @@ from lpm.controller.podmigration import handlers as podmigration
 from lpm.controller.restored_pods import RestoredPodWatcher
 
 log = logging.getLogger(__name__)
-TERMINAL = frozenset({"Completed", "Failed", "Ready"})
+# Phases after which an object is left alone (kopf filters on the raw body, so these are its strings).
+TERMINAL = frozenset(p.value for p in (*MigrationPhase, *CheckpointPhase) if p.terminal)
 TTL_CHECK_SECONDS = 5.0  # how late a ttlSecondsAfterFinished deletion may be
 BATCH_WINDOW_SECONDS = 0.005  # see configure() below
 KINDS: tuple[tuple[str, ModuleType], ...] = (

@@ -30,7 +30,8 @@ from lpm.api.models import (
     PodCheckpoint,
 )
 from lpm.api.names import checkpoint_id_for, content_name
-from lpm.controller import clock
+from lpm.api.views import PodView
+from lpm.app import clock
 from lpm.controller.effects import (
     Action,
     CallCheckpoint,
@@ -42,7 +43,6 @@ from lpm.controller.effects import (
     Outcome,
     PatchStatus,
 )
-from lpm.controller.views import PodView
 
 CP = CheckpointPhase
 # An agent that is restarting is back within seconds (measured: ~10 s on infra/local); a source may be frozen

@@ -7,10 +7,10 @@ from typing import Any
 from lpm.api import constants as c
 from lpm.api.codec import decode
 from lpm.api.models import ContainerCheckpoint, ContainerCheckpointContent, PodCheckpoint
+from lpm.api.views import PodView
 from lpm.controller.containercheckpoint.decide import Observed, container_content_name, decide, decide_finalize
 from lpm.controller.cycle import Runtime, read_owner, reconcile_object
 from lpm.controller.effects import Effect
-from lpm.controller.views import PodView
 
 PLURAL = c.PLURAL_CONTAINER_CHECKPOINTS
 

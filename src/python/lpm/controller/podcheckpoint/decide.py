@@ -33,7 +33,8 @@ from lpm.api.models import (
     PodMigration,
 )
 from lpm.api.names import checkpoint_id_for, child_name, content_name
-from lpm.controller import clock
+from lpm.api.views import PodView
+from lpm.app import clock
 from lpm.controller.effects import (
     Action,
     CompleteCheckpoint,
@@ -47,7 +48,6 @@ from lpm.controller.effects import (
     Outcome,
     PatchStatus,
 )
-from lpm.controller.views import PodView
 
 CP = CheckpointPhase
 

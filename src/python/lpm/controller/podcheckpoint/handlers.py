@@ -7,10 +7,10 @@ from typing import Any
 from lpm.api import constants as c
 from lpm.api.codec import decode
 from lpm.api.models import CheckpointPhase, ContainerCheckpoint, PodCheckpoint, PodCheckpointContent, PodMigration
+from lpm.api.views import PodView
 from lpm.controller.cycle import Runtime, read_owner, reconcile_object
 from lpm.controller.effects import Effect
 from lpm.controller.podcheckpoint.decide import Observed, decide, decide_finalize, pod_content_name
-from lpm.controller.views import PodView
 
 PLURAL = c.PLURAL_POD_CHECKPOINTS
 

@@ -52,7 +52,8 @@ from lpm.api.models import (
     SourcePolicy,
 )
 from lpm.api.names import checkpoint_id_for
-from lpm.controller import clock
+from lpm.api.views import NodeView, PodView
+from lpm.app import clock
 from lpm.controller.effects import (
     AbortRestore,
     Action,
@@ -74,7 +75,6 @@ from lpm.controller.effects import (
     ThawSource,
 )
 from lpm.controller.podmigration.restore import build_restored_pod, pod_checkpoint_name, restored_pod_name
-from lpm.controller.views import NodeView, PodView
 
 P = MigrationPhase
 # Phases in which the migration has touched the source and a failure must roll back.

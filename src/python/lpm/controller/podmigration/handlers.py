@@ -8,6 +8,7 @@ from typing import Any
 from lpm.api import constants as c
 from lpm.api.codec import decode
 from lpm.api.models import PodCheckpoint, PodMigration
+from lpm.api.views import NodeView, PodView
 from lpm.controller import metrics
 from lpm.controller.cycle import Runtime, reconcile_object
 from lpm.controller.podmigration.decide import (
@@ -19,7 +20,6 @@ from lpm.controller.podmigration.decide import (
     ttl_remaining,
 )
 from lpm.controller.podmigration.restore import pod_checkpoint_name, restored_pod_name
-from lpm.controller.views import NodeView, PodView
 
 log = logging.getLogger(__name__)
 PLURAL = c.PLURAL_POD_MIGRATIONS
