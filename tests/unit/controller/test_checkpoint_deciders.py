@@ -30,6 +30,8 @@ from lpm.controller.effects import (
     MarkContentReady,
     Outcome,
     PatchStatus,
+    effects_of,
+    holds_of,
 )
 from lpm.controller.podcheckpoint import decide as pcd
 
@@ -186,15 +188,24 @@ def _stored(policy: DeletionPolicy) -> PodCheckpoint:
 
 
 def test_deleting_a_podcheckpoint_with_policy_delete_removes_its_files_then_its_content():
-    actions = pcd.decide_finalize(_stored(DeletionPolicy.DELETE))
-    assert [type(a) for a in actions] == [DeleteCheckpoint, DeleteObject]
-    delete = actions[0]
+    first = pcd.decide_finalize(pcd.Observed(pod_checkpoint=_stored(DeletionPolicy.DELETE), now=NOW))
+    effects = effects_of(first)
+    assert [type(a) for a in effects] == [DeleteCheckpoint, DeleteObject]
+    delete = effects[0]
     assert isinstance(delete, DeleteCheckpoint) and delete.node == "node-a"
     assert delete.request == {"pod_uid": PUID, "checkpoint_id": "20260101t000000z-11111111"}
+    assert holds_of(first), "not done before the deletions ran"
+    busy = {delete.key: Outcome.failure("AgentUnavailable", "down", retryable=True), effects[1].key: Outcome.success()}
+    held = pcd.decide_finalize(pcd.Observed(pod_checkpoint=_stored(DeletionPolicy.DELETE), now=NOW, outcomes=busy))
+    assert effects_of(held) == [] and holds_of(held), "an agent that may come back is waited for"
+    gone = dict(busy, **{delete.key: Outcome.failure("NotFound", "gone", retryable=False)})
+    assert (
+        pcd.decide_finalize(pcd.Observed(pod_checkpoint=_stored(DeletionPolicy.DELETE), now=NOW, outcomes=gone)) == []
+    )
 
 
 def test_deleting_a_podcheckpoint_with_policy_retain_keeps_everything():
-    assert pcd.decide_finalize(_stored(DeletionPolicy.RETAIN)) == []
+    assert pcd.decide_finalize(pcd.Observed(pod_checkpoint=_stored(DeletionPolicy.RETAIN), now=NOW)) == []
 
 
 def test_a_criu_refusal_fails_at_once_with_criu_words_and_is_never_called_again():

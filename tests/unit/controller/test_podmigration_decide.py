@@ -19,7 +19,6 @@ from lpm.api.models import (
     PodMigrationStatus,
 )
 from lpm.api.views import NodeView, PodView
-from lpm.controller.cycle import to_fixed_point
 from lpm.controller.effects import (
     CheckEligibility,
     ConvertImage,
@@ -33,8 +32,10 @@ from lpm.controller.effects import (
     PatchStatus,
     ProbeAgent,
     ThawSource,
+    holds_of,
 )
 from lpm.controller.podmigration.decide import Observed, decide, decide_finalize, ttl_remaining
+from lpm.controller.reconciler import to_fixed_point
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 MUID = "aaaaaaaa-0000-0000-0000-000000000001"
@@ -460,9 +461,8 @@ def test_terminal_phases_never_act():
 def test_finalizer_cleans_an_unfinished_migration_but_never_a_completed_one():
     restored = pod(name="web-12345", uid="cc", node="node-b", annotations={c.ANNOTATION_MIGRATION_UID: MUID})
     fin = decide_finalize(obs(_restoring(), source_pod=pod(), restored_pod=restored))
-    assert not fin.done and any(isinstance(a, DeletePod) and a.name == "web-12345" for a in fin.actions)
-    fin = decide_finalize(obs(migration(MigrationPhase.COMPLETED), restored_pod=restored))
-    assert fin.done and fin.actions == []
+    assert holds_of(fin) and any(isinstance(a, DeletePod) and a.name == "web-12345" for a in fin)
+    assert decide_finalize(obs(migration(MigrationPhase.COMPLETED), restored_pod=restored)) == []
 
 
 def test_ttl_counts_from_completion_and_only_for_finished_migrations():

@@ -210,7 +210,14 @@ class EmitEvent:
     message: str
 
 
-Action = Effect | PatchStatus | EmitEvent
+@dataclass(frozen=True)
+class HoldFinalizer:
+    """A finalizer's answer: the object may not go yet, and why (it is asked again later)."""
+
+    why: str
+
+
+Action = Effect | PatchStatus | EmitEvent | HoldFinalizer
 
 
 def effects_of(actions: list[Action]) -> list[Effect]:
@@ -225,3 +232,7 @@ def status_of(actions: list[Action]) -> PatchStatus | None:
 
 def events_of(actions: list[Action]) -> list[EmitEvent]:
     return [a for a in actions if isinstance(a, EmitEvent)]
+
+
+def holds_of(actions: list[Action]) -> list[HoldFinalizer]:
+    return [a for a in actions if isinstance(a, HoldFinalizer)]

@@ -26,7 +26,6 @@ Safety rules the property tests check, and how this module keeps them:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -64,16 +63,14 @@ from lpm.controller.effects import (
     DeleteObject,
     DeletePod,
     DescribeRestoreFailure,
-    Effect,
-    EmitEvent,
     FreezeSource,
     GetRestoreState,
     Outcome,
-    PatchStatus,
     ProbeAgent,
     StageRestore,
     ThawSource,
 )
+from lpm.controller.plan import Plan
 from lpm.controller.podmigration.restore import build_restored_pod, pod_checkpoint_name, restored_pod_name
 
 P = MigrationPhase
@@ -122,27 +119,19 @@ def is_active(migration: PodMigration) -> bool:
     return not migration.status.phase.terminal
 
 
-class _Plan:
-    """Accumulates one answer: effects to run, the new status, events for each phase change."""
+class MigrationPlan(Plan[PodMigrationStatus]):
+    """One answer for a PodMigration (`Plan`), with the migration's own vocabulary: phases entered with their
+    durations, conditions and events, and who is who (source pod, restored pod)."""
 
     def __init__(self, obs: Observed) -> None:
+        super().__init__(obs.migration.status, obs.outcomes)
         self.obs = obs
         self.m = obs.migration
-        self.status: PodMigrationStatus = copy.deepcopy(obs.migration.status)
-        self.effects: list[Effect] = []
-        self.events: list[EmitEvent] = []
         self.now = clock.fmt(obs.now)
         self.recorded = obs.recorded_at or obs.now
         self.stamp = clock.fmt(self.recorded)
 
     # ----------------------------------------------------------------------------------------- helpers
-    def outcome(self, effect: Effect) -> Outcome | None:
-        """The effect's outcome if it already ran this cycle; otherwise ask for it and return None."""
-        out = self.obs.outcomes.get(effect.key)
-        if out is None:
-            self.effects.append(effect)
-        return out
-
     def note(self, reason: str, message: str) -> None:
         self.status.reason, self.status.message = reason, message
 
@@ -167,7 +156,7 @@ class _Plan:
         st.conditions = set_condition(st.conditions, c.CONDITION_READY, *ready, self.now, gen)
         st.observed_generation = gen
         warning = phase in (P.FAILED, P.ROLLING_BACK)
-        self.events.append(EmitEvent("Warning" if warning else "Normal", phase.value, message))
+        self.emit("Warning" if warning else "Normal", phase.value, message)
 
     def fail(self, reason: str, message: str) -> None:
         """Failed without having touched anything (validation)."""
@@ -175,13 +164,6 @@ class _Plan:
             self.status.conditions, c.CONDITION_VALIDATED, ConditionStatus.FALSE, reason, message, self.now
         )
         self.enter(P.FAILED, reason, message)
-
-    def actions(self) -> list[Action]:
-        out: list[Action] = list(self.effects)
-        if self.status != self.m.status:
-            out.append(PatchStatus(self.status))
-        out.extend(self.events)
-        return out
 
     # ---------------------------------------------------------------------------------------- identity
     @property
@@ -219,7 +201,7 @@ class _Plan:
 
 
 def decide(obs: Observed) -> list[Action]:
-    plan = _Plan(obs)
+    plan = MigrationPlan(obs)
     phase = plan.status.phase
     if phase.terminal or obs.migration.metadata.get("deletionTimestamp"):
         return []
@@ -251,7 +233,7 @@ def decide(obs: Observed) -> list[Action]:
 # ------------------------------------------------------------------------------------------------ phases
 
 
-def _pending(plan: _Plan) -> None:
+def _pending(plan: MigrationPlan) -> None:
     plan.status.start_time = plan.now
     # Time spent Pending is the wait for a controller to pick the migration up.
     plan.status.phase_started_at = str(plan.m.metadata.get("creationTimestamp") or plan.now)
@@ -259,7 +241,7 @@ def _pending(plan: _Plan) -> None:
     _validating(plan)
 
 
-def _validating(plan: _Plan) -> None:
+def _validating(plan: MigrationPlan) -> None:
     obs, m = plan.obs, plan.m
     pod_name, target = m.spec.pod_name, m.spec.target_node
     if m.spec.source_policy is SourcePolicy.FREEZE and m.spec.source_cleanup is SourceCleanup.RETAIN:
@@ -374,7 +356,7 @@ def _validating(plan: _Plan) -> None:
     return _begin_checkpoint(plan)
 
 
-def _begin_checkpoint(plan: _Plan) -> None:
+def _begin_checkpoint(plan: MigrationPlan) -> None:
     pod_name, node = plan.m.spec.pod_name, plan.status.source_node
     if plan.m.spec.source_policy is SourcePolicy.FREEZE:
         # Write-ahead: Freezing is recorded before the agent is asked to freeze, so a controller killed right
@@ -385,7 +367,7 @@ def _begin_checkpoint(plan: _Plan) -> None:
     return _checkpointing(plan)
 
 
-def _choose_engine(plan: _Plan, pod: PodView, node: NodeView, target_caps: Mapping[str, Any]) -> Engine | None:
+def _choose_engine(plan: MigrationPlan, pod: PodView, node: NodeView, target_caps: Mapping[str, Any]) -> Engine | None:
     """spec.engine against what the target can do; None once the plan failed."""
     want, target = plan.m.spec.engine, plan.m.spec.target_node
     why_not_live = []
@@ -433,7 +415,7 @@ def _spec_problems(pod: PodView) -> list[tuple[str, str]]:
     return out
 
 
-def _eligible(plan: _Plan, pod: PodView, waited: float) -> bool | None:
+def _eligible(plan: MigrationPlan, pod: PodView, waited: float) -> bool | None:
     """True once the source's agent found nothing that makes the dump or the restore fail for certain (or the
     policy is Warn); None while waiting for it; False once the plan failed. Nothing is frozen before True."""
     m, st = plan.m, plan.status
@@ -499,7 +481,7 @@ def _eligible(plan: _Plan, pod: PodView, waited: float) -> bool | None:
     return False
 
 
-def _freezing(plan: _Plan) -> None:
+def _freezing(plan: MigrationPlan) -> None:
     st = plan.status
     remaining = max(0.0, plan.m.spec.timeout_seconds - (clock.seconds_between(st.start_time, plan.obs.now) or 0.0))
     request = dict(plan.agent_pod_request(), auto_thaw_after=f"{int(remaining) + AUTO_THAW_MARGIN_SECONDS}s")
@@ -519,7 +501,7 @@ def _freezing(plan: _Plan) -> None:
     _checkpointing(plan)
 
 
-def _pod_checkpoint_manifest(plan: _Plan) -> dict[str, object]:
+def _pod_checkpoint_manifest(plan: MigrationPlan) -> dict[str, object]:
     m, st = plan.m, plan.status
     spec = PodCheckpointSpec(
         pod_name=m.spec.pod_name,
@@ -553,7 +535,7 @@ def _owned(metadata: Mapping[str, Any], uid: str) -> bool:
     return any(isinstance(ref, Mapping) and ref.get("uid") == uid for ref in refs)
 
 
-def _replacement_runs(plan: _Plan) -> bool:
+def _replacement_runs(plan: MigrationPlan) -> bool:
     """Every container of our replacement pod runs (live engine: each was restored by lpm-runc)."""
     rp = plan.obs.restored_pod
     return (
@@ -565,7 +547,7 @@ def _replacement_runs(plan: _Plan) -> bool:
     )
 
 
-def _checkpointing(plan: _Plan) -> None:
+def _checkpointing(plan: MigrationPlan) -> None:
     pc = plan.obs.pod_checkpoint
     if plan.status.engine is Engine.LIVE and _replacement_runs(plan):
         # The source's agent pushed each archive node to node and lpm-runc restored them, verified, before the
@@ -608,7 +590,7 @@ def _checkpointing(plan: _Plan) -> None:
     plan.enter(P.CONVERTING, "Converting", f"converting the checkpoint to images on {plan.m.spec.target_node}")
 
 
-def _converting(plan: _Plan) -> None:
+def _converting(plan: MigrationPlan) -> None:
     pc = plan.obs.pod_checkpoint
     if pc is None or pc.status.phase is not CheckpointPhase.READY:
         return _rollback(plan, "CheckpointGone", "the PodCheckpoint disappeared or is no longer Ready")
@@ -632,7 +614,7 @@ def _converting(plan: _Plan) -> None:
         plan.enter(P.RESTORING, "Restoring", f"starting pod {st.restored_pod_name} on {plan.m.spec.target_node}")
 
 
-def _replacement_body(plan: _Plan, source: PodView) -> dict[str, Any]:
+def _replacement_body(plan: MigrationPlan, source: PodView) -> dict[str, Any]:
     st = plan.status
     live = st.engine is Engine.LIVE
     return build_restored_pod(
@@ -647,18 +629,16 @@ def _replacement_body(plan: _Plan, source: PodView) -> dict[str, Any]:
     )
 
 
-def _preparing(plan: _Plan) -> None:
+def _preparing(plan: MigrationPlan) -> None:
     """Live engine: the replacement pod comes up on the target before anything is frozen; its first container
     then waits in lpm-runc (kubelet starts a pod's containers one after another)."""
     st, rp, target = plan.status, plan.obs.restored_pod, plan.m.spec.target_node
     name = st.restored_pod_name or restored_pod_name(plan.m.spec.pod_name, plan.uid)
     if rp is None:
-        created = plan.obs.outcomes.get(f"create:pods:{plan.ns}:{name}")
-        if created is not None and created.ok:
-            return None  # created this cycle; the next one observes it
         source = plan.source()
         if source is None:
             return _rollback(plan, "SourcePodGone", f"pod {plan.m.spec.pod_name} disappeared before the migration")
+        # Once created (this cycle), the next cycle observes it.
         out = plan.outcome(CreateRestoredPod("pods", plan.ns, _replacement_body(plan, source)))
         if out is not None and not out.ok:
             if out.retryable:
@@ -702,7 +682,7 @@ def _preparing(plan: _Plan) -> None:
     return _begin_checkpoint(plan)
 
 
-def _transferring(plan: _Plan) -> None:
+def _transferring(plan: MigrationPlan) -> None:
     """Live engine: the target's agent reads each container's checkpoint, verifies it, and stages it for
     lpm-runc; a container whose staging is not verified is never restored."""
     pc = plan.obs.pod_checkpoint
@@ -724,18 +704,16 @@ def _transferring(plan: _Plan) -> None:
         plan.enter(P.RESTORING, "Restoring", f"lpm-runc restores pod {plan.status.restored_pod_name} on {target}")
 
 
-def _restoring(plan: _Plan) -> None:
+def _restoring(plan: MigrationPlan) -> None:
     st, rp = plan.status, plan.obs.restored_pod
     name = st.restored_pod_name or restored_pod_name(plan.m.spec.pod_name, plan.uid)
     if rp is None and st.engine is Engine.LIVE:
         return _rollback(plan, "ReplacementGone", f"replacement pod {name} disappeared before it was restored")
     if rp is None:
-        created = plan.obs.outcomes.get(f"create:pods:{plan.ns}:{name}")
-        if created is not None and created.ok:
-            return None  # created this cycle; the next one observes it
         source = plan.source()
         if source is None:
             return _rollback(plan, "SourcePodGone", f"pod {plan.m.spec.pod_name} disappeared before it was restored")
+        # Once created (this cycle), the next cycle observes it.
         out = plan.outcome(CreateRestoredPod("pods", plan.ns, _replacement_body(plan, source)))
         if out is not None and not out.ok:
             if out.retryable:
@@ -769,7 +747,7 @@ def _restoring(plan: _Plan) -> None:
     return None
 
 
-def _cleaning(plan: _Plan) -> None:
+def _cleaning(plan: MigrationPlan) -> None:
     st, m = plan.status, plan.m
     src = plan.source()
     done_msg = f"pod {m.spec.pod_name} now runs as {st.restored_pod_name} on {m.spec.target_node}"
@@ -798,19 +776,19 @@ def _cleaning(plan: _Plan) -> None:
 # ---------------------------------------------------------------------------------------------- rollback
 
 
-def _rollback(plan: _Plan, reason: str, message: str) -> None:
+def _rollback(plan: MigrationPlan, reason: str, message: str) -> None:
     plan.enter(P.ROLLING_BACK, reason, message)
     _rolling_back(plan)
 
 
-def _abort_restore(plan: _Plan) -> AbortRestore | None:
+def _abort_restore(plan: MigrationPlan) -> AbortRestore | None:
     st = plan.status
     if st.engine is not Engine.LIVE or not st.checkpoint_id:
         return None
     return AbortRestore(plan.m.spec.target_node, {"checkpoint_id": st.checkpoint_id, "reason": st.message or ""})
 
 
-def _rolling_back(plan: _Plan) -> None:
+def _rolling_back(plan: MigrationPlan) -> None:
     st, rp = plan.status, plan.obs.restored_pod
     abort = _abort_restore(plan)
     if abort is not None:
@@ -878,12 +856,6 @@ def thaw_verdict(out: Outcome) -> tuple[bool, str]:
 # -------------------------------------------------------------------------------------------- finalizer
 
 
-@dataclass(frozen=True)
-class Finalization:
-    actions: list[Action]
-    done: bool
-
-
 def ttl_remaining(m: PodMigration, now: datetime) -> float | None:
     """Seconds until a finished migration's spec.ttlSecondsAfterFinished runs out (<= 0: delete it now); None
     while it runs, without a TTL, or once it is being deleted."""
@@ -895,33 +867,28 @@ def ttl_remaining(m: PodMigration, now: datetime) -> float | None:
     return float(ttl) - (elapsed if elapsed is not None else 0.0)
 
 
-def decide_finalize(obs: Observed) -> Finalization:
+def decide_finalize(obs: Observed) -> list[Action]:
     """A PodMigration is being deleted: undo what an unfinished migration made; never touch the source pod
     beyond thawing it, never the restored pod of a migration that got as far as Cleaning."""
-    plan = _Plan(obs)
+    plan = MigrationPlan(obs)
     st = plan.status
-    effects: list[Action] = []
-    done = True
     if st.phase in ROLLBACK_PHASES or st.phase is P.ROLLING_BACK:
         abort = _abort_restore(plan)
-        if abort is not None and abort.key not in obs.outcomes:
-            effects.append(abort)
+        if abort is not None:
+            plan.outcome(abort)
         rp = obs.restored_pod
         if plan.restored_is_ours() and rp is not None:
-            effects.append(DeletePod(namespace=plan.ns, name=rp.name, uid=rp.uid, grace_period_seconds=0))
-            done = False
+            plan.outcome(DeletePod(namespace=plan.ns, name=rp.name, uid=rp.uid, grace_period_seconds=0))
+            plan.hold(f"restored pod {rp.name} is being deleted")
         elif plan.m.spec.source_policy is SourcePolicy.FREEZE and plan.source() is not None:
-            thaw = ThawSource(st.source_node or "", plan.agent_pod_request())
-            out = obs.outcomes.get(thaw.key)
-            if out is None:
-                effects.append(thaw)
-            done = out is not None and (out.ok or not out.retryable)
+            if not plan.settled(ThawSource(st.source_node or "", plan.agent_pod_request())):
+                plan.hold(f"source pod {plan.m.spec.pod_name} is not thawed yet")
     if st.phase is P.CLEANING and plan.m.spec.source_cleanup is SourceCleanup.DELETE:
         # The restored pod already runs: finish the move rather than leave a frozen source behind.
         src = plan.source()
         if src is not None and not src.deleting:
             grace = 0 if st.source_frozen else None
-            effects.append(DeletePod(namespace=plan.ns, name=src.name, uid=src.uid, grace_period_seconds=grace))
+            plan.outcome(DeletePod(namespace=plan.ns, name=src.name, uid=src.uid, grace_period_seconds=grace))
     if plan.m.spec.checkpoint_retention is DeletionPolicy.DELETE and st.pod_checkpoint_name:
-        effects.append(DeleteObject(c.PLURAL_POD_CHECKPOINTS, plan.ns, st.pod_checkpoint_name))
-    return Finalization(effects, done)
+        plan.outcome(DeleteObject(c.PLURAL_POD_CHECKPOINTS, plan.ns, st.pod_checkpoint_name))
+    return plan.actions()
