@@ -18,7 +18,7 @@ from lpm.agent import freezer as fz
 from lpm.agent.images import ImageLoader
 from lpm.agent.kubelet import CheckpointResult, KubeletUnavailable
 from lpm.agent.server import AgentServer, Deps
-from lpm.agent.v1 import agent_pb2, agent_pb2_grpc
+from lpm.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from lpm.storage.store import CheckpointStore, PosixBackend
 
 POD = "6a2b3c4d-1111-4222-8333-944455556666"

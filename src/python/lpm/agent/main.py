@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from lpm.agent import config
-from lpm.agent.v1 import agent_pb2
+from lpm.api.agent.v1 import agent_pb2
 from lpm.app.logs import setup_logging
 
 log = logging.getLogger("lpm.agent")

@@ -19,8 +19,8 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from lpm.agent.v1 import agent_pb2, agent_pb2_grpc
 from lpm.api import constants as c
+from lpm.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from lpm.api.messages import scrub_paths
 from lpm.controller.effects import AgentCall, Outcome
 
