@@ -181,14 +181,14 @@ class World:
             return Outcome.success()
         raise TypeError(effect)
 
-    def _agent(self, call: AgentCall) -> Outcome:
+    def _agent(self, call: AgentCall[Any]) -> Outcome:
         agent = self.agents[call.node]
         if agent.down:
             return Outcome.failure("AgentUnavailable", f"agent on node {call.node} is down", retryable=True)
         if call.METHOD in agent.fail_next:
             permanent = agent.fail_next.pop(call.METHOD)
             return Outcome.failure(f"Agent{call.METHOD}Failed", f"injected {call.METHOD} failure", not permanent)
-        req = call.request
+        req: Any = call.request  # the typed message of call.METHOD
         value: dict[str, Any] = {}
         if call.METHOD == "GetCapabilities":
             value = {
@@ -199,7 +199,7 @@ class World:
             }
         elif call.METHOD == "GetRestoreState":
             assert call.node == TARGET, "the replacement waits on the target"
-            ckpt = req["checkpoint_id"]
+            ckpt = req.checkpoint_id
             waits = any(
                 p["metadata"]["annotations"].get(c.ANNOTATION_RESTORE_CHECKPOINT) == ckpt
                 and not p["metadata"].get("deletionTimestamp")
@@ -207,37 +207,37 @@ class World:
             )
             state = "RESTORE_STATE_WAITING" if waits else "RESTORE_STATE_ABSENT"
             value = {
-                "containers": [{"container_name": n, "state": state} for n in req["container_names"]],
+                "containers": [{"container_name": n, "state": state} for n in req.container_names],
                 "aborted": "rolled back" if ckpt in agent.aborted else "",
             }
         elif call.METHOD == "StageRestore":
-            if req["checkpoint_id"] in agent.aborted:
+            if req.checkpoint_id in agent.aborted:
                 return Outcome.failure("RestoreAborted", "aborted", retryable=False)
-            agent.staged.add((req["checkpoint_id"], req["container_name"]))
+            agent.staged.add((req.checkpoint_id, req.container_name))
         elif call.METHOD == "AbortRestore":
-            agent.aborted.add(req["checkpoint_id"])
-        elif call.METHOD in ("Freeze", "Checkpoint") and req.get("checkpoint_id") in agent.fenced:
+            agent.aborted.add(req.checkpoint_id)
+        elif call.METHOD in ("Freeze", "Checkpoint") and req.checkpoint_id in agent.fenced:
             return Outcome.failure("CheckpointFenced", "checkpoint rolled back", retryable=False)
         elif call.METHOD == "Freeze":
             assert call.node == SOURCE, "freeze goes to the source node's agent"
             if self.migration.status.phase.terminal:
                 self.violations.append("a Freeze was sent after the migration ended")
-            secs = float(str(req.get("auto_thaw_after", "600s")).rstrip("s"))
-            if req["pod_uid"] == self.source_uid and self.source() is not None:
-                self.frozen[req["pod_uid"]] = self.now + timedelta(seconds=secs)
+            secs = req.auto_thaw_after.ToTimedelta().total_seconds() if req.HasField("auto_thaw_after") else 600
+            if req.pod_uid == self.source_uid and self.source() is not None:
+                self.frozen[req.pod_uid] = self.now + timedelta(seconds=secs)
         elif call.METHOD == "Thaw":
-            agent.fenced.add(req["checkpoint_id"])
+            agent.fenced.add(req.checkpoint_id)
             if not agent.thaw_sticks:
-                self.frozen.pop(req["pod_uid"], None)
-            state = "FREEZE_STATE_FROZEN" if req["pod_uid"] in self.frozen else "FREEZE_STATE_THAWED"
-            value = {"containers": [{"container_name": n, "state": state} for n in req["container_names"]]}
+                self.frozen.pop(req.pod_uid, None)
+            state = "FREEZE_STATE_FROZEN" if req.pod_uid in self.frozen else "FREEZE_STATE_THAWED"
+            value = {"containers": [{"container_name": n, "state": state} for n in req.container_names]}
         elif call.METHOD == "CheckEligibility":
             value = {"checked": ["sim: nothing found"]}
         elif call.METHOD == "Checkpoint":
-            ref = ArtifactRef(req["pod_uid"], req["checkpoint_id"], req["container_name"])
+            ref = ArtifactRef(req.pod_uid, req.checkpoint_id, req.container_name)
             value = {"artifact": {"artifact_uri": ref.uri, "compressed_size_bytes": "10"}, "attempts": 1}
         elif call.METHOD == "ConvertCheckpointToImage":
-            ref = ArtifactRef.parse(req["artifact_uri"])
+            ref = ArtifactRef.parse(req.artifact_uri)
             value = {"image_ref": f"localhost/lpm-checkpoint/{ref.container}:{ref.checkpoint_id}"}
         if agent.lose_reply_next:
             agent.lose_reply_next = False

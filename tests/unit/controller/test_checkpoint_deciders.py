@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from lpm.api.agent.v1 import agent_pb2 as pb
 from lpm.api.models import (
     CheckpointPhase,
     ConditionStatus,
@@ -101,7 +102,7 @@ def test_all_ready_seals_then_binds_content():
     started, kids = _in_progress({"app": CheckpointPhase.READY, "db": CheckpointPhase.READY})
     obs = pcd.Observed(pod_checkpoint=started, now=NOW, children=kids)
     (seal,) = (a for a in pcd.decide(obs) if isinstance(a, CompleteCheckpoint))
-    assert seal.node == "node-a" and seal.request["container_names"] == ["app", "db"]
+    assert seal.node == "node-a" and list(seal.request.container_names) == ["app", "db"]
     outcomes = {seal.key: Outcome.success()}
     (create,) = (
         a
@@ -140,7 +141,7 @@ def test_containercheckpoint_calls_the_agent_on_the_pods_node_then_binds_content
         for a in ccd.decide(ccd.Observed(container_checkpoint=obj, now=NOW, pod=pod()))
         if isinstance(a, CallCheckpoint)
     )
-    assert call.node == "node-a" and call.request["checkpoint_id"] == "cid"
+    assert call.node == "node-a" and call.request.checkpoint_id == "cid"
     uri = f"shared://{PUID}/cid/app/dump.tar.zst"
     outcomes = {call.key: Outcome.success({"artifact": {"artifact_uri": uri, "compressed_size_bytes": "10"}})}
     (create,) = (
@@ -193,7 +194,7 @@ def test_deleting_a_podcheckpoint_with_policy_delete_removes_its_files_then_its_
     assert [type(a) for a in effects] == [DeleteCheckpoint, DeleteObject]
     delete = effects[0]
     assert isinstance(delete, DeleteCheckpoint) and delete.node == "node-a"
-    assert delete.request == {"pod_uid": PUID, "checkpoint_id": "20260101t000000z-11111111"}
+    assert delete.request == pb.DeleteCheckpointRequest(pod_uid=PUID, checkpoint_id="20260101t000000z-11111111")
     assert holds_of(first), "not done before the deletions ran"
     busy = {delete.key: Outcome.failure("AgentUnavailable", "down", retryable=True), effects[1].key: Outcome.success()}
     held = pcd.decide_finalize(pcd.Observed(pod_checkpoint=_stored(DeletionPolicy.DELETE), now=NOW, outcomes=busy))

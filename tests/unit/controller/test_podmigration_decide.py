@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from lpm.api import constants as c
+from lpm.api.agent.v1 import agent_pb2 as pb
 from lpm.api.models import (
     CheckpointPhase,
     ConditionStatus,
@@ -92,27 +93,23 @@ def status(actions):
 
 
 def eligibility(tcp_established=True):
-    request = {
-        "pod_namespace": "ns",
-        "pod_name": "web",
-        "pod_uid": PUID,
-        "container_names": ["app"],
-        "tcp_established": tcp_established,
-    }
+    request = pb.EligibilityRequest(
+        pod_namespace="ns", pod_name="web", pod_uid=PUID, container_names=["app"], tcp_established=tcp_established
+    )
     return CheckEligibility("node-a", request)
 
 
 def probes_ok(eligible=None):
     return {
-        ProbeAgent("node-a", {}).key: Outcome.success(CAPS),
-        ProbeAgent("node-b", {}).key: Outcome.success(CAPS),
+        ProbeAgent("node-a").key: Outcome.success(CAPS),
+        ProbeAgent("node-b").key: Outcome.success(CAPS),
         eligibility().key: eligible or Outcome.success({"checked": ["TCP: 0 established"]}),
     }
 
 
 def test_pending_validates_by_probing_both_agents_first():
     actions = decide(obs(migration(), source_pod=pod(), target_node=NODE_B))
-    assert [a for a in actions if isinstance(a, ProbeAgent)] == [ProbeAgent("node-a", {}), ProbeAgent("node-b", {})]
+    assert [a for a in actions if isinstance(a, ProbeAgent)] == [ProbeAgent("node-a"), ProbeAgent("node-b")]
     assert status(actions).phase is MigrationPhase.VALIDATING
     assert not any(isinstance(a, FreezeSource) for a in actions)
 
@@ -153,14 +150,14 @@ def test_statefulset_message_says_how_to_detach():
 
 def test_incapable_agent_fails_validation_naming_the_problem():
     outcomes = probes_ok()
-    outcomes[ProbeAgent("node-b", {}).key] = Outcome.success({"checkpoint_supported": True, "problems": ["no CRIU"]})
+    outcomes[ProbeAgent("node-b").key] = Outcome.success({"checkpoint_supported": True, "problems": ["no CRIU"]})
     st = status(decide(obs(migration(), source_pod=pod(), target_node=NODE_B, outcomes=outcomes)))
     assert st.reason == "AgentNotCapable" and "target node node-b" in st.message and "no CRIU" in st.message
 
 
 def test_unreachable_agent_is_retried_then_fails():
     outcomes = probes_ok()
-    outcomes[ProbeAgent("node-a", {}).key] = Outcome.failure("AgentUnavailable", "down", retryable=True)
+    outcomes[ProbeAgent("node-a").key] = Outcome.failure("AgentUnavailable", "down", retryable=True)
     m = migration(MigrationPhase.VALIDATING)
     st = status(decide(obs(m, source_pod=pod(), target_node=NODE_B, outcomes=outcomes)))
     assert st.phase is MigrationPhase.VALIDATING and st.reason == "AgentUnavailable"
@@ -172,8 +169,8 @@ def test_unreachable_agent_is_retried_then_fails():
 def test_freezing_calls_the_source_agent_with_an_auto_thaw_deadline():
     actions = decide(obs(migration(MigrationPhase.FREEZING), source_pod=pod()))
     (freeze,) = (a for a in actions if isinstance(a, FreezeSource))
-    assert freeze.node == "node-a" and freeze.request["container_names"] == ["app"]
-    assert freeze.request["auto_thaw_after"].endswith("s")
+    assert freeze.node == "node-a" and list(freeze.request.container_names) == ["app"]
+    assert freeze.request.auto_thaw_after.seconds == 600 - 10 + 120, "the time left until the timeout, plus a margin"
     ok = decide(obs(migration(MigrationPhase.FREEZING), source_pod=pod(), outcomes={freeze.key: Outcome.success()}))
     st = status(ok)
     assert st.phase is MigrationPhase.CHECKPOINTING and st.source_frozen
@@ -226,7 +223,7 @@ def test_ready_checkpoint_is_converted_on_the_target_node():
         )
     )
     (conv,) = (a for a in actions if isinstance(a, ConvertImage))
-    assert conv.node == "node-b" and conv.request["container_name"] == "app"
+    assert conv.node == "node-b" and conv.request.container_name == "app"
     done = decide(
         obs(
             migration(MigrationPhase.CONVERTING, source_frozen=True),
@@ -492,11 +489,9 @@ def test_a_restore_criu_failed_is_explained_in_criu_words_from_the_target_agent_
     )
     first = decide(obs(_restoring(), source_pod=pod(), restored_pod=restored))
     (ask,) = (a for a in first if isinstance(a, DescribeRestoreFailure))
-    assert ask.node == "node-b" and ask.request == {
-        "pod_uid": "cc",
-        "container_names": ["app"],
-        "checkpoint_id": _restoring().status.checkpoint_id,
-    }
+    assert ask.node == "node-b" and ask.request == pb.RestoreFailureRequest(
+        pod_uid="cc", container_names=["app"], checkpoint_id=_restoring().status.checkpoint_id
+    )
     assert not any(isinstance(a, DeletePod) for a in first), "the words first, then the rollback"
     said = Outcome.success(
         {

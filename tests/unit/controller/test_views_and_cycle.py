@@ -60,7 +60,7 @@ def test_fixed_point_runs_each_effect_once_and_feeds_outcomes_back():
     calls = []
 
     def decide(obs):
-        first, second = ProbeAgent("a", {}), DeletePod(namespace="n", name="p")
+        first, second = ProbeAgent("a"), DeletePod(namespace="n", name="p")
         if first.key not in obs.outcomes:
             return [first]
         if second.key not in obs.outcomes:

@@ -14,7 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from google.protobuf import json_format
+from google.protobuf.duration_pb2 import Duration
+
 from lpm.api import constants as c
+from lpm.api.agent.v1 import agent_pb2 as pb
 from lpm.api.codec import encode
 from lpm.api.conditions import set_condition
 from lpm.api.models import (
@@ -62,14 +66,8 @@ class Observed:
     owner: PodCheckpoint | None = None
 
 
-def _seconds(value: object) -> float | None:
-    """A google.protobuf.Duration in JSON ("1.5s") -> seconds."""
-    if isinstance(value, str) and value.endswith("s"):
-        try:
-            return float(value[:-1])
-        except ValueError:
-            return None
-    return None
+def _seconds(duration: Duration, reported: bool) -> float | None:
+    return duration.ToTimedelta().total_seconds() if reported else None
 
 
 def decide(obs: Observed) -> list[Action]:
@@ -135,18 +133,18 @@ def decide(obs: Observed) -> list[Action]:
         st.conditions = set_condition(
             st.conditions, c.CONDITION_READY, ConditionStatus.FALSE, "InProgress", f"checkpointing {ctr}", now
         )
-    request = {
-        "pod_namespace": ns,
-        "pod_name": cc.spec.pod_name,
-        "container_name": ctr,
-        "pod_uid": st.pod_uid or "",
-        "checkpoint_id": st.checkpoint_id or "",
-        "options": {
-            "tcp_established": cc.spec.options.tcp_established,
-            "leave_running": cc.spec.leave_running,
-            "stage_on_node": cc.spec.stage_on_node or "",
-        },
-    }
+    request = pb.CheckpointRequest(
+        pod_namespace=ns,
+        pod_name=cc.spec.pod_name,
+        container_name=ctr,
+        pod_uid=st.pod_uid or "",
+        checkpoint_id=st.checkpoint_id or "",
+        options=pb.CheckpointOptions(
+            tcp_established=cc.spec.options.tcp_established,
+            leave_running=cc.spec.leave_running,
+            stage_on_node=cc.spec.stage_on_node or "",
+        ),
+    )
     called = plan.outcome(CallCheckpoint(st.node_name or "", request))
     if called is None:
         return plan.actions()
@@ -156,21 +154,22 @@ def decide(obs: Observed) -> list[Action]:
             st.reason, st.message = called.reason, called.message
             return plan.actions()
         return finish(CP.FAILED, called.reason or "CheckpointFailed", called.message)
-    art = called.value.get("artifact") or {}
-    st.kubelet_seconds = _seconds(called.value.get("kubelet_duration"))
-    st.dumped_by = called.value.get("dumped_by") or None
-    st.store_seconds = _seconds(called.value.get("store_duration"))
-    st.attempts = int(called.value.get("attempts") or 1)
+    reply = json_format.ParseDict(called.value, pb.CheckpointResponse())  # the agent's reply, typed again
+    art = reply.artifact
+    st.kubelet_seconds = _seconds(reply.kubelet_duration, reply.HasField("kubelet_duration"))
+    st.dumped_by = reply.dumped_by or None
+    st.store_seconds = _seconds(reply.store_duration, reply.HasField("store_duration"))
+    st.attempts = reply.attempts or 1
     spec = ContainerCheckpointContentSpec(
         container_checkpoint_ref=ObjectRef(name=name, namespace=ns, uid=uid),
-        artifact_uri=str(art.get("artifact_uri") or ""),
+        artifact_uri=art.artifact_uri,
         container_name=ctr,
         pod_uid=st.pod_uid or "",
         checkpoint_id=st.checkpoint_id or "",
         node_name=st.node_name or "",
-        sha256=art.get("sha256") or None,
-        compressed_size_bytes=int(art["compressed_size_bytes"]) if art.get("compressed_size_bytes") else None,
-        raw_size_bytes=int(art["raw_size_bytes"]) if art.get("raw_size_bytes") else None,
+        sha256=art.sha256 or None,
+        compressed_size_bytes=art.compressed_size_bytes or None,
+        raw_size_bytes=art.raw_size_bytes or None,
         deletion_policy=cc.spec.deletion_policy,
     )
     body = encode(ContainerCheckpointContent(spec=spec))

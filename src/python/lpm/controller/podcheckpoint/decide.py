@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from lpm.api import constants as c
+from lpm.api.agent.v1 import agent_pb2 as pb
 from lpm.api.codec import encode
 from lpm.api.conditions import set_condition
 from lpm.api.models import (
@@ -167,11 +168,11 @@ def decide(obs: Observed) -> list[Action]:
     sealed = plan.outcome(
         CompleteCheckpoint(
             st.node_name or "",
-            {
-                "pod_uid": st.pod_uid or "",
-                "checkpoint_id": st.checkpoint_id or "",
-                "container_names": [s.name for s in st.containers],
-            },
+            pb.CompleteCheckpointRequest(
+                pod_uid=st.pod_uid or "",
+                checkpoint_id=st.checkpoint_id or "",
+                container_names=[s.name for s in st.containers],
+            ),
         )
     )
     if sealed is None:
@@ -223,7 +224,7 @@ def decide_finalize(obs: Observed) -> list[Action]:
     if pc.spec.deletion_policy is DeletionPolicy.DELETE:
         st = pc.status
         if st.node_name and st.pod_uid and st.checkpoint_id:
-            request = {"pod_uid": st.pod_uid, "checkpoint_id": st.checkpoint_id}
+            request = pb.DeleteCheckpointRequest(pod_uid=st.pod_uid, checkpoint_id=st.checkpoint_id)
             if not plan.settled(DeleteCheckpoint(st.node_name, request)):
                 plan.hold(f"checkpoint {st.checkpoint_id} is not deleted yet")
         if st.bound_content_name and not plan.settled(

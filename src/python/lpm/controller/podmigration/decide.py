@@ -31,7 +31,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from google.protobuf.duration_pb2 import Duration
+
 from lpm.api import constants as c
+from lpm.api.agent.v1 import agent_pb2 as pb
 from lpm.api.codec import encode
 from lpm.api.conditions import set_condition
 from lpm.api.messages import scrub_paths
@@ -84,7 +87,7 @@ ROLLBACK_THAW_SECONDS = 120.0
 # The agent thaws by itself this long after the migration's deadline if nobody calls Thaw.
 AUTO_THAW_MARGIN_SECONDS = 120
 # Preparing asks the target's agent to answer as soon as the replacement's first container waits in lpm-runc.
-REPLACEMENT_POLL = "1.5s"
+REPLACEMENT_POLL = Duration(seconds=1, nanos=500_000_000)
 
 
 @dataclass(frozen=True)
@@ -189,15 +192,26 @@ class MigrationPlan(Plan[PodMigrationStatus]):
         pod = self.source()
         return list(pod.containers) if pod else []
 
-    def agent_pod_request(self) -> dict[str, object]:
+    def freeze_request(self, auto_thaw_after: Duration) -> pb.FreezeRequest:
         st = self.status
-        return {
-            "pod_namespace": self.ns,
-            "pod_name": self.m.spec.pod_name,
-            "pod_uid": st.pod_uid or "",
-            "container_names": self.containers(),
-            "checkpoint_id": st.checkpoint_id or "",
-        }
+        return pb.FreezeRequest(
+            pod_namespace=self.ns,
+            pod_name=self.m.spec.pod_name,
+            pod_uid=st.pod_uid or "",
+            container_names=self.containers(),
+            checkpoint_id=st.checkpoint_id or "",
+            auto_thaw_after=auto_thaw_after,
+        )
+
+    def thaw_request(self) -> pb.ThawRequest:
+        st = self.status
+        return pb.ThawRequest(
+            pod_namespace=self.ns,
+            pod_name=self.m.spec.pod_name,
+            pod_uid=st.pod_uid or "",
+            container_names=self.containers(),
+            checkpoint_id=st.checkpoint_id or "",
+        )
 
 
 def decide(obs: Observed) -> list[Action]:
@@ -288,7 +302,7 @@ def _validating(plan: MigrationPlan) -> None:
     pending_probe = False
     target_caps: Mapping[str, Any] = {}
     for role, node_name in (("source", pod.node_name), ("target", target)):
-        out = plan.outcome(ProbeAgent(node_name, {}))
+        out = plan.outcome(ProbeAgent(node_name))
         if out is None:
             pending_probe = True
             continue
@@ -419,13 +433,13 @@ def _eligible(plan: MigrationPlan, pod: PodView, waited: float) -> bool | None:
     """True once the source's agent found nothing that makes the dump or the restore fail for certain (or the
     policy is Warn); None while waiting for it; False once the plan failed. Nothing is frozen before True."""
     m, st = plan.m, plan.status
-    request = {
-        "pod_namespace": plan.ns,
-        "pod_name": m.spec.pod_name,
-        "pod_uid": pod.uid,
-        "container_names": list(pod.containers),
-        "tcp_established": m.spec.options.tcp_established,
-    }
+    request = pb.EligibilityRequest(
+        pod_namespace=plan.ns,
+        pod_name=m.spec.pod_name,
+        pod_uid=pod.uid,
+        container_names=list(pod.containers),
+        tcp_established=m.spec.options.tcp_established,
+    )
     out = plan.outcome(CheckEligibility(pod.node_name or "", request))
     if out is None:
         return None
@@ -484,7 +498,7 @@ def _eligible(plan: MigrationPlan, pod: PodView, waited: float) -> bool | None:
 def _freezing(plan: MigrationPlan) -> None:
     st = plan.status
     remaining = max(0.0, plan.m.spec.timeout_seconds - (clock.seconds_between(st.start_time, plan.obs.now) or 0.0))
-    request = dict(plan.agent_pod_request(), auto_thaw_after=f"{int(remaining) + AUTO_THAW_MARGIN_SECONDS}s")
+    request = plan.freeze_request(auto_thaw_after=Duration(seconds=int(remaining) + AUTO_THAW_MARGIN_SECONDS))
     out = plan.outcome(FreezeSource(st.source_node or "", request))
     if out is None:
         return
@@ -599,7 +613,7 @@ def _converting(plan: MigrationPlan) -> None:
     for ctr in pc.status.containers:
         if ctr.name in done:
             continue
-        request = {"artifact_uri": ctr.artifact_uri or "", "container_name": ctr.name, "image_name": ""}
+        request = pb.ConvertRequest(artifact_uri=ctr.artifact_uri or "", container_name=ctr.name)
         out = plan.outcome(ConvertImage(plan.m.spec.target_node, request))
         if out is None:
             continue
@@ -653,7 +667,7 @@ def _preparing(plan: MigrationPlan) -> None:
         detail = scrub_paths(rp.problem or f"it is {'terminating' if rp.deleting else rp.phase}")
         return _rollback(plan, "ReplacementFailed", f"replacement pod {name} could not start on {target}: {detail}")
     first = plan.containers()[:1]
-    request = {"checkpoint_id": st.checkpoint_id or "", "container_names": first, "wait": REPLACEMENT_POLL}
+    request = pb.RestoreStateRequest(checkpoint_id=st.checkpoint_id or "", container_names=first, wait=REPLACEMENT_POLL)
     out = plan.outcome(GetRestoreState(target, request))
     if out is None:
         return None
@@ -690,8 +704,10 @@ def _transferring(plan: MigrationPlan) -> None:
         return _rollback(plan, "CheckpointGone", "the PodCheckpoint disappeared or is no longer Ready")
     target, staged = plan.m.spec.target_node, 0
     for ctr in pc.status.containers:
-        request = {"checkpoint_id": plan.status.checkpoint_id or "", "container_name": ctr.name}
-        out = plan.outcome(StageRestore(target, dict(request, artifact_uri=ctr.artifact_uri or "")))
+        request = pb.StageRestoreRequest(
+            checkpoint_id=plan.status.checkpoint_id or "", container_name=ctr.name, artifact_uri=ctr.artifact_uri or ""
+        )
+        out = plan.outcome(StageRestore(target, request))
         if out is None:
             continue
         if out.ok:
@@ -732,7 +748,9 @@ def _restoring(plan: MigrationPlan) -> None:
         if "criu failed" not in detail.lower():
             return _rollback(plan, "RestoredPodFailed", f"restored pod {name} did not come up: {detail}")
         # CRIU failed the restore: its own words are with the target's agent (the runtime deleted its log).
-        request = {"pod_uid": rp.uid, "container_names": list(rp.containers), "checkpoint_id": st.checkpoint_id or ""}
+        request = pb.RestoreFailureRequest(
+            pod_uid=rp.uid, container_names=list(rp.containers), checkpoint_id=st.checkpoint_id or ""
+        )
         said = plan.outcome(DescribeRestoreFailure(plan.m.spec.target_node, request))
         if said is None:
             return None
@@ -785,7 +803,9 @@ def _abort_restore(plan: MigrationPlan) -> AbortRestore | None:
     st = plan.status
     if st.engine is not Engine.LIVE or not st.checkpoint_id:
         return None
-    return AbortRestore(plan.m.spec.target_node, {"checkpoint_id": st.checkpoint_id, "reason": st.message or ""})
+    return AbortRestore(
+        plan.m.spec.target_node, pb.AbortRestoreRequest(checkpoint_id=st.checkpoint_id, reason=st.message or "")
+    )
 
 
 def _rolling_back(plan: MigrationPlan) -> None:
@@ -803,7 +823,7 @@ def _rolling_back(plan: MigrationPlan) -> None:
     src = plan.source()
     message = st.message or "the migration failed"
     if plan.m.spec.source_policy is SourcePolicy.FREEZE and src is not None:
-        out = plan.outcome(ThawSource(st.source_node or src.node_name or "", plan.agent_pod_request()))
+        out = plan.outcome(ThawSource(st.source_node or src.node_name or "", plan.thaw_request()))
         if out is None:
             return None
         thawed, seen = thaw_verdict(out)
@@ -881,7 +901,7 @@ def decide_finalize(obs: Observed) -> list[Action]:
             plan.outcome(DeletePod(namespace=plan.ns, name=rp.name, uid=rp.uid, grace_period_seconds=0))
             plan.hold(f"restored pod {rp.name} is being deleted")
         elif plan.m.spec.source_policy is SourcePolicy.FREEZE and plan.source() is not None:
-            if not plan.settled(ThawSource(st.source_node or "", plan.agent_pod_request())):
+            if not plan.settled(ThawSource(st.source_node or "", plan.thaw_request())):
                 plan.hold(f"source pod {plan.m.spec.pod_name} is not thawed yet")
     if st.phase is P.CLEANING and plan.m.spec.source_cleanup is SourceCleanup.DELETE:
         # The restored pod already runs: finish the move rather than leave a frozen source behind.
