@@ -18,6 +18,7 @@ from lpm.api.models import (
     PodMigration,
     PodMigrationSpec,
     PodMigrationStatus,
+    SourceCleanup,
 )
 from lpm.api.views import NodeView, PodView
 from lpm.controller.effects import (
@@ -35,7 +36,7 @@ from lpm.controller.effects import (
     ThawSource,
     holds_of,
 )
-from lpm.controller.podmigration.decide import Observed, decide, decide_finalize, ttl_remaining
+from lpm.controller.podmigration.decide import CHECKS, Observed, decide, decide_finalize, ttl_remaining
 from lpm.controller.reconciler import to_fixed_point
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -127,6 +128,7 @@ def test_validation_failures_have_actionable_reasons():
         (dict(source_pod=None, target_node=NODE_B), "PodNotFound"),
         (dict(source_pod=pod(phase="Pending"), target_node=NODE_B), "PodNotRunning"),
         (dict(source_pod=pod(owner="StatefulSet/web"), target_node=NODE_B), "PodHasController"),
+        (dict(source_pod=pod(node=None), target_node=NODE_B), "PodNotScheduled"),
         (dict(source_pod=pod(node="node-b"), target_node=NODE_B), "TargetIsSourceNode"),
         (dict(source_pod=pod(), target_node=None), "TargetNodeNotFound"),
         (dict(source_pod=pod(), target_node=NodeView("node-b", False, "runtime down", False)), "TargetNodeNotReady"),
@@ -134,13 +136,14 @@ def test_validation_failures_have_actionable_reasons():
         (dict(source_pod=pod(), target_node=NODE_B, older_active_migrations=("other",)), "AnotherMigrationActive"),
     ]
     retained = migration()
-    retained.spec.source_cleanup = __import__("lpm.api.models", fromlist=["SourceCleanup"]).SourceCleanup.RETAIN
+    retained.spec.source_cleanup = SourceCleanup.RETAIN
     st = status(decide(obs(retained, source_pod=pod(), target_node=NODE_B)))
     assert st.reason == "FrozenSourceRetained" and "KeepRunning" in st.message
     for kw, reason in cases:
         st = status(decide(obs(migration(), **kw)))
         assert (st.phase, st.reason) == (MigrationPhase.FAILED, reason), kw
         assert st.message
+    assert {reason for _, reason in cases} | {"FrozenSourceRetained"} == {check.reason for check in CHECKS}
 
 
 def test_statefulset_message_says_how_to_detach():

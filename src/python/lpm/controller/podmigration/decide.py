@@ -26,7 +26,7 @@ Safety rules the property tests check, and how this module keeps them:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -49,6 +49,7 @@ from lpm.api.models import (
     PodCheckpoint,
     PodCheckpointSpec,
     PodMigration,
+    PodMigrationSpec,
     PodMigrationStatus,
     SourceCleanup,
     SourcePolicy,
@@ -255,48 +256,124 @@ def _pending(plan: MigrationPlan) -> None:
     _validating(plan)
 
 
+@dataclass(frozen=True)
+class _Subject:
+    """What validation looks at before asking any agent. `pod` and `node` are for checks that come after the
+    ones that found them missing."""
+
+    spec: PodMigrationSpec
+    ns: str
+    found_pod: PodView | None
+    found_node: NodeView | None
+    older: tuple[str, ...]
+
+    @property
+    def pod(self) -> PodView:
+        assert self.found_pod is not None, "a check on the pod comes after PodNotFound"
+        return self.found_pod
+
+    @property
+    def node(self) -> NodeView:
+        assert self.found_node is not None, "a check on the node comes after TargetNodeNotFound"
+        return self.found_node
+
+
+@dataclass(frozen=True)
+class Check:
+    reason: str
+    fails: Callable[[_Subject], bool]
+    message: Callable[[_Subject], str]
+
+
+def _detach_hint(controller: str) -> str:
+    kind, name = controller.split("/", 1)
+    return f"kubectl delete {kind.lower()} {name} --cascade=orphan, or remove the ownerReference"
+
+
+# What makes a migration fail validation before any agent is asked, in order: a check may assume that every
+# check above it passed. The first that fails names the reason.
+CHECKS: tuple[Check, ...] = (
+    Check(
+        "FrozenSourceRetained",
+        lambda s: s.spec.source_policy is SourcePolicy.FREEZE and s.spec.source_cleanup is SourceCleanup.RETAIN,
+        lambda s: "sourcePolicy Freeze with sourceCleanup Retain would leave a frozen source pod that its agent "
+        "thaws later, running next to the restored copy; use sourceCleanup Delete, or sourcePolicy KeepRunning "
+        "for a clone",
+    ),
+    Check(
+        "PodNotFound",
+        lambda s: s.found_pod is None,
+        lambda s: f"pod {s.ns}/{s.spec.pod_name} does not exist; check spec.podName",
+    ),
+    Check(
+        "PodNotRunning",
+        lambda s: not s.pod.running,
+        lambda s: f"pod {s.spec.pod_name} is {'terminating' if s.pod.deleting else s.pod.phase}; only Running "
+        "pods can be migrated",
+    ),
+    Check(
+        "PodHasController",
+        lambda s: bool(s.pod.controller),
+        lambda s: f"pod {s.spec.pod_name} is managed by {s.pod.controller}, which would recreate it and fight the "
+        f"restored copy; detach it first ({_detach_hint(s.pod.controller or '/')}) and retry",
+    ),
+    Check(
+        "PodNotScheduled",
+        lambda s: not s.pod.node_name,
+        lambda s: f"pod {s.spec.pod_name} is not bound to a node yet",
+    ),
+    Check(
+        "TargetIsSourceNode",
+        lambda s: s.spec.target_node == s.pod.node_name,
+        lambda s: f"pod {s.spec.pod_name} already runs on {s.spec.target_node}; choose another node",
+    ),
+    Check(
+        "TargetNodeNotFound",
+        lambda s: s.found_node is None,
+        lambda s: f"node {s.spec.target_node} does not exist (kubectl get nodes)",
+    ),
+    Check(
+        "TargetNodeNotReady",
+        lambda s: s.node.deleting or not s.node.ready,
+        lambda s: f"target node {s.spec.target_node} is NotReady: {s.node.ready_message}",
+    ),
+    Check(
+        "TargetNodeUnschedulable",
+        lambda s: s.node.unschedulable,
+        lambda s: f"target node {s.spec.target_node} is cordoned; uncordon it or choose another node",
+    ),
+    Check(
+        "AnotherMigrationActive",
+        lambda s: bool(s.older),
+        lambda s: f"PodMigration {s.older[0]} is already migrating pod {s.spec.pod_name}; wait for it to finish "
+        "or delete it",
+    ),
+)
+
+
+def validation_problem(obs: Observed) -> tuple[str, str] | None:
+    """(reason, message) of the first check in CHECKS that fails; None when all pass."""
+    m = obs.migration
+    subject = _Subject(
+        m.spec,
+        str(m.metadata.get("namespace", "")),
+        obs.source_pod,
+        obs.target_node,
+        obs.older_active_migrations,
+    )
+    return next(((ch.reason, ch.message(subject)) for ch in CHECKS if ch.fails(subject)), None)
+
+
 def _validating(plan: MigrationPlan) -> None:
+    """CHECKS, then the agents: both must be up and able (the source to checkpoint, and to freeze if asked),
+    the target decides the engine, and the source's agent checks the pod's eligibility."""
     obs, m = plan.obs, plan.m
+    problem = validation_problem(obs)
+    if problem is not None:
+        return plan.fail(*problem)
+    pod, node = obs.source_pod, obs.target_node
+    assert pod is not None and pod.node_name and node is not None, "CHECKS found them"
     pod_name, target = m.spec.pod_name, m.spec.target_node
-    if m.spec.source_policy is SourcePolicy.FREEZE and m.spec.source_cleanup is SourceCleanup.RETAIN:
-        return plan.fail(
-            "FrozenSourceRetained",
-            "sourcePolicy Freeze with sourceCleanup Retain would leave a frozen source pod that its agent thaws "
-            "later, running next to the restored copy; use sourceCleanup Delete, or sourcePolicy KeepRunning "
-            "for a clone",
-        )
-    pod = obs.source_pod
-    if pod is None:
-        return plan.fail("PodNotFound", f"pod {plan.ns}/{pod_name} does not exist; check spec.podName")
-    if not pod.running:
-        state = "terminating" if pod.deleting else pod.phase
-        return plan.fail("PodNotRunning", f"pod {pod_name} is {state}; only Running pods can be migrated")
-    if pod.controller:
-        return plan.fail(
-            "PodHasController",
-            f"pod {pod_name} is managed by {pod.controller}, which would recreate it and fight the restored copy; "
-            f"detach it first (kubectl delete {pod.controller.split('/')[0].lower()} "
-            f"{pod.controller.split('/', 1)[1]} --cascade=orphan, or remove the ownerReference) and retry",
-        )
-    if not pod.node_name:
-        return plan.fail("PodNotScheduled", f"pod {pod_name} is not bound to a node yet")
-    if target == pod.node_name:
-        return plan.fail("TargetIsSourceNode", f"pod {pod_name} already runs on {target}; choose another node")
-    node = obs.target_node
-    if node is None:
-        return plan.fail("TargetNodeNotFound", f"node {target} does not exist (kubectl get nodes)")
-    if node.deleting or not node.ready:
-        return plan.fail("TargetNodeNotReady", f"target node {target} is NotReady: {node.ready_message}")
-    if node.unschedulable:
-        return plan.fail(
-            "TargetNodeUnschedulable", f"target node {target} is cordoned; uncordon it or choose another node"
-        )
-    if obs.older_active_migrations:
-        other = obs.older_active_migrations[0]
-        return plan.fail(
-            "AnotherMigrationActive",
-            f"PodMigration {other} is already migrating pod {pod_name}; wait for it to finish or delete it",
-        )
     waited = clock.seconds_between(plan.status.start_time, obs.now) or 0.0
     freeze = m.spec.source_policy is SourcePolicy.FREEZE
     pending_probe = False
