@@ -1,7 +1,8 @@
-"""Hypothesis state machine: the three pure deciders driven through a simulated cluster with random
-interleavings of reconciles, controller crashes mid-cycle, agent outages and failures, lost replies,
-API conflicts, kubelet outcomes, node changes and time passing. After every step the safety invariants
-hold; at the end, once the world calms down, the migration always reaches a terminal phase."""
+"""Hypothesis state machine: the three reconcilers (their real observe, deciders and reconcile cycle) driven
+through a simulated cluster with random interleavings of reconciles, controller crashes mid-cycle, agent
+outages and failures, lost replies, API conflicts, kubelet outcomes, node changes and time passing. After
+every step the safety invariants hold; at the end, once the world calms down, the migration always reaches a
+terminal phase."""
 
 from __future__ import annotations
 
