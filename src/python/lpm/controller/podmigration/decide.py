@@ -193,26 +193,22 @@ class MigrationPlan(Plan[PodMigrationStatus]):
         pod = self.source()
         return list(pod.containers) if pod else []
 
-    def freeze_request(self, auto_thaw_after: Duration) -> pb.FreezeRequest:
+    def _source_containers(self) -> dict[str, Any]:
+        """The fields that name the source's containers in a Freeze or a Thaw (both messages have them)."""
         st = self.status
-        return pb.FreezeRequest(
-            pod_namespace=self.ns,
-            pod_name=self.m.spec.pod_name,
-            pod_uid=st.pod_uid or "",
-            container_names=self.containers(),
-            checkpoint_id=st.checkpoint_id or "",
-            auto_thaw_after=auto_thaw_after,
-        )
+        return {
+            "pod_namespace": self.ns,
+            "pod_name": self.m.spec.pod_name,
+            "pod_uid": st.pod_uid or "",
+            "container_names": self.containers(),
+            "checkpoint_id": st.checkpoint_id or "",
+        }
+
+    def freeze_request(self, auto_thaw_after: Duration) -> pb.FreezeRequest:
+        return pb.FreezeRequest(auto_thaw_after=auto_thaw_after, **self._source_containers())
 
     def thaw_request(self) -> pb.ThawRequest:
-        st = self.status
-        return pb.ThawRequest(
-            pod_namespace=self.ns,
-            pod_name=self.m.spec.pod_name,
-            pod_uid=st.pod_uid or "",
-            container_names=self.containers(),
-            checkpoint_id=st.checkpoint_id or "",
-        )
+        return pb.ThawRequest(**self._source_containers())
 
 
 def decide(obs: Observed) -> list[Action]:
