@@ -1,8 +1,8 @@
-"""Wires the three shells into kopf: watches, a resync timer per unfinished object, finalizers, peering.
+"""Wires the three reconcilers into kopf: watches, a resync timer per unfinished object, finalizers, peering.
 
 Why kopf: it is the maintained Python operator runtime (watch streams with resumption, per-object
 serialization, finalizer handling, retries with backoff, peering for active/standby replicas), so LPM's
-code is only the deciders and shells. Handlers are plain functions run in kopf's thread pool.
+code is only the reconcilers (controller/reconciler.py). Handlers are plain functions run in kopf's thread pool.
 
 - `on.event` reconciles on every change of the object (including the controller's own status writes, which is
   how a migration moves from one phase to the next without waiting);
