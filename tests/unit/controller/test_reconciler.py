@@ -1,3 +1,5 @@
+"""The reconciler kit (fixed-point loop, finalizers) and the Runtime's per-object serialization."""
+
 from __future__ import annotations
 
 import threading
@@ -6,49 +8,12 @@ from datetime import UTC, datetime
 
 from lpm.api.codec import encode
 from lpm.api.models import MigrationPhase, PodMigration, PodMigrationSpec, PodMigrationStatus
-from lpm.api.views import NodeView, PodView
 from lpm.controller.effects import DeletePod, Outcome, PatchStatus, ProbeAgent
 from lpm.controller.podmigration.handlers import PODMIGRATIONS
 from lpm.controller.reconciler import finalize_once, to_fixed_point
 from lpm.controller.runtime import Runtime
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def test_pod_view_reports_controller_and_stuck_containers():
-    pod = PodView.from_api(
-        {
-            "metadata": {
-                "name": "w",
-                "namespace": "n",
-                "uid": "u",
-                "ownerReferences": [{"kind": "ReplicaSet", "name": "rs", "controller": True}],
-            },
-            "spec": {"nodeName": "a", "containers": [{"name": "app"}]},
-            "status": {
-                "phase": "Running",
-                "containerStatuses": [
-                    {
-                        "name": "app",
-                        "state": {"waiting": {"reason": "ErrImageNeverPull", "message": "image not present"}},
-                    }
-                ],
-            },
-        }
-    )
-    assert pod.controller == "ReplicaSet/rs" and pod.running
-    assert pod.problem and "ErrImageNeverPull" in pod.problem
-
-
-def test_node_view_reads_ready_and_cordon():
-    node = NodeView.from_api(
-        {
-            "metadata": {"name": "b"},
-            "spec": {"unschedulable": True},
-            "status": {"conditions": [{"type": "Ready", "status": "False", "message": "PLEG"}]},
-        }
-    )
-    assert (node.ready, node.ready_message, node.unschedulable) == (False, "PLEG", True)
 
 
 @dataclass(frozen=True)
