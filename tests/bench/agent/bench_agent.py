@@ -32,7 +32,7 @@ from pathlib import Path
 import grpc
 from integration.agent.harness import RuncKubelet, make_bundle, make_pki, runc_remove, wait_for
 
-from lpm.agent.v1 import agent_pb2, agent_pb2_grpc
+from lpm.api.agent.v1 import agent_pb2, agent_pb2_grpc
 
 DIRTY_C = r"""
 #include <stdio.h>

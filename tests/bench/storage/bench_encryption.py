@@ -117,12 +117,14 @@ def main() -> None:
     print(f"\n{args.size_mib} MiB incompressible, {args.rounds} rounds (medians)")
     print("| where | op | floor | store, clear | store, sealed | encryption overhead | sealed vs floor |")
     print("|---|---|---|---|---|---|---|")
-    for where, floor in (("disk", "cp"), ("nfs", "nfs-cp")):
+    for where, tool in (("disk", "cp"), ("nfs", "nfs-cp")):
         for op in ("write", "read"):
-            f, c, s = (medians[f"{where} {x} {op}"] for x in (floor, "clear", "sealed"))
+            floor_t, clear_t, sealed_t = (medians[f"{where} {x} {op}"] for x in (tool, "clear", "sealed"))
             print(
-                f"| {where} | {op} | {f:.2f} s ({mib / f:.0f} MiB/s) | {c:.2f} s ({mib / c:.0f} MiB/s) | "
-                f"{s:.2f} s ({mib / s:.0f} MiB/s) | {100 * (s / c - 1):+.1f}% | {s / f:.2f}x |"
+                f"| {where} | {op} | {floor_t:.2f} s ({mib / floor_t:.0f} MiB/s) | "
+                f"{clear_t:.2f} s ({mib / clear_t:.0f} MiB/s) | {sealed_t:.2f} s ({mib / sealed_t:.0f} MiB/s) | "
+                f"{100 * (sealed_t / clear_t - 1):+.1f}% | "
+                f"{sealed_t / floor_t:.2f}x |"
             )
 
 

@@ -28,7 +28,7 @@ from integration.agent.harness import (
 from lpm.agent import config
 from lpm.agent.kubelet import Backoff
 from lpm.agent.server import AgentServer, build_deps
-from lpm.agent.v1 import agent_pb2_grpc
+from lpm.api.agent.v1 import agent_pb2_grpc
 
 # Short retry waits for tests; the production default (5 x 2 s, x2) is asserted by the unit tests.
 TEST_BACKOFF = Backoff(retries=3, initial=0.05, factor=2.0)

@@ -22,7 +22,7 @@ from integration.agent.conftest import TEST_BACKOFF, Agent, Containers, agent_co
 from integration.agent.harness import TCP_COUNTER, RuncKubelet, restore_from_image_dir, runc_state, wait_for
 
 from lpm.agent.server import AgentServer, build_deps
-from lpm.agent.v1 import agent_pb2, agent_pb2_grpc
+from lpm.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from lpm.api.constants import IMAGE_ANNOTATION_CRIO_CHECKPOINT_NAME, IMAGE_ANNOTATION_CRIU_CONTAINER_NAME
 from lpm.storage.uri import ArtifactRef
 

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from lpm.agent.v1 import agent_pb2, agent_pb2_grpc
+from lpm.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from lpm.storage.uri import ArtifactRef
 
 

@@ -1,7 +1,8 @@
-"""Hypothesis state machine: the three pure deciders driven through a simulated cluster with random
-interleavings of reconciles, controller crashes mid-cycle, agent outages and failures, lost replies,
-API conflicts, kubelet outcomes, node changes and time passing. After every step the safety invariants
-hold; at the end, once the world calms down, the migration always reaches a terminal phase."""
+"""Hypothesis state machine: the three reconcilers (their real observe, deciders and reconcile cycle) driven
+through a simulated cluster with random interleavings of reconciles, controller crashes mid-cycle, agent
+outages and failures, lost replies, API conflicts, kubelet outcomes, node changes and time passing. After
+every step the safety invariants hold; at the end, once the world calms down, the migration always reaches a
+terminal phase."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from property.controller.world import SOURCE, TARGET, World
 
-from lpm.api.models import MigrationPhase
+from lpm.api.models import Engine, MigrationPhase, SourceCleanup, SourcePolicy
 
 METHODS = [
     "GetCapabilities",
@@ -114,7 +115,7 @@ class MigrationMachine(RuleBasedStateMachine):
     @invariant()
     def never_two_unfrozen_copies(self):
         w = self.world
-        if w.migration.spec.source_policy.value != "Freeze":
+        if w.migration.spec.source_policy is not SourcePolicy.FREEZE:
             return  # a clone runs both copies on purpose
         source = w.source()
         running_copy = [
@@ -206,8 +207,8 @@ class MigrationMachine(RuleBasedStateMachine):
         if w.migration.status.phase is MigrationPhase.COMPLETED:
             assert len(w.restored_pods()) == 1
             live = w.restored_pods()[0]["spec"].get("runtimeClassName") == "lpm"
-            assert live == w.live == (engine is not None and engine.value == "Live")
-            if w.migration.spec.source_cleanup.value == "Delete":
+            assert live == w.live == (engine is Engine.LIVE)
+            if w.migration.spec.source_cleanup is SourceCleanup.DELETE:
                 assert w.source() is None
 
 

@@ -1,47 +1,30 @@
-"""A simulated cluster for the pure deciders: an object store with resourceVersions, nodes, pods, agents
+"""A simulated cluster for the controller's reconcilers: an object store with resourceVersions, nodes, pods, agents
 that freeze/thaw/checkpoint and can be down or fail, a kubelet that starts (or crashes) restored pods, and
 API faults (rejected writes, and writes that landed but whose reply was lost).
 
-The simulated shells hold no memory between cycles: every cycle reads the store, exactly like a controller
-process that was just restarted. A cycle can also "crash" after any number of effects, before its status
-write, like a controller killed mid-cycle.
+The production cycle runs against it (`reconcile_once` with each kind's real `observe` and decider); only
+the effects are executed here instead of by `Runtime`. Cycles hold no memory between them: every cycle reads
+the store, exactly like a controller process that was just restarted. A cycle can also "crash" after any
+number of effects, before its status write, like a controller killed mid-cycle.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import uuid
-from collections.abc import Callable
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from lpm.api import constants as c
-from lpm.api.codec import decode, encode
-from lpm.api.models import (
-    ContainerCheckpoint,
-    ContainerCheckpointContent,
-    PodCheckpoint,
-    PodCheckpointContent,
-    PodMigration,
-)
-from lpm.controller import clock
-from lpm.controller.containercheckpoint import decide as ccd
-from lpm.controller.effects import (
-    Action,
-    AgentCall,
-    CreateObject,
-    DeleteObject,
-    Effect,
-    MarkContentReady,
-    Outcome,
-    effects_of,
-    status_of,
-)
-from lpm.controller.podcheckpoint import decide as pcd
-from lpm.controller.podmigration import decide as pmd
-from lpm.controller.podmigration.restore import pod_checkpoint_name, restored_pod_name
-from lpm.controller.views import NodeView, PodView, controller_owner, owner_if_same
+from lpm.api.codec import decode
+from lpm.api.models import MigrationPhase, PodMigration, SourcePolicy
+from lpm.app import clock
+from lpm.controller.containercheckpoint.handlers import CONTAINERCHECKPOINTS
+from lpm.controller.effects import AgentCall, CreateObject, DeleteObject, Effect, MarkContentReady, Outcome
+from lpm.controller.podcheckpoint.handlers import PODCHECKPOINTS
+from lpm.controller.podmigration.handlers import PODMIGRATIONS
+from lpm.controller.reconciler import Reconciler, reconcile_once
 from lpm.storage.uri import ArtifactRef
 
 NS = "default"
@@ -50,6 +33,10 @@ CRIU_RESTORE_FAILED = (
 )
 SOURCE, TARGET = "node-a", "node-b"
 Key = tuple[str, str | None, str]
+
+
+class _Killed(Exception):
+    """The controller process died mid-cycle."""
 
 
 class AgentSim:
@@ -79,7 +66,7 @@ class World:
         self.history: list[str] = []
         self.violations: list[str] = []
         self.restored_names_created: set[str] = set()
-        self.ever_terminal: str | None = None
+        self.ever_terminal: MigrationPhase | None = None
         for node in (SOURCE, TARGET):
             self._put(
                 ("nodes", None, node), {"metadata": {"name": node}, "spec": {}, "status": self._node_status(True)}
@@ -194,14 +181,14 @@ class World:
             return Outcome.success()
         raise TypeError(effect)
 
-    def _agent(self, call: AgentCall) -> Outcome:
+    def _agent(self, call: AgentCall[Any]) -> Outcome:
         agent = self.agents[call.node]
         if agent.down:
             return Outcome.failure("AgentUnavailable", f"agent on node {call.node} is down", retryable=True)
         if call.METHOD in agent.fail_next:
             permanent = agent.fail_next.pop(call.METHOD)
             return Outcome.failure(f"Agent{call.METHOD}Failed", f"injected {call.METHOD} failure", not permanent)
-        req = call.request
+        req: Any = call.request  # the typed message of call.METHOD
         value: dict[str, Any] = {}
         if call.METHOD == "GetCapabilities":
             value = {
@@ -212,7 +199,7 @@ class World:
             }
         elif call.METHOD == "GetRestoreState":
             assert call.node == TARGET, "the replacement waits on the target"
-            ckpt = req["checkpoint_id"]
+            ckpt = req.checkpoint_id
             waits = any(
                 p["metadata"]["annotations"].get(c.ANNOTATION_RESTORE_CHECKPOINT) == ckpt
                 and not p["metadata"].get("deletionTimestamp")
@@ -220,37 +207,37 @@ class World:
             )
             state = "RESTORE_STATE_WAITING" if waits else "RESTORE_STATE_ABSENT"
             value = {
-                "containers": [{"container_name": n, "state": state} for n in req["container_names"]],
+                "containers": [{"container_name": n, "state": state} for n in req.container_names],
                 "aborted": "rolled back" if ckpt in agent.aborted else "",
             }
         elif call.METHOD == "StageRestore":
-            if req["checkpoint_id"] in agent.aborted:
+            if req.checkpoint_id in agent.aborted:
                 return Outcome.failure("RestoreAborted", "aborted", retryable=False)
-            agent.staged.add((req["checkpoint_id"], req["container_name"]))
+            agent.staged.add((req.checkpoint_id, req.container_name))
         elif call.METHOD == "AbortRestore":
-            agent.aborted.add(req["checkpoint_id"])
-        elif call.METHOD in ("Freeze", "Checkpoint") and req.get("checkpoint_id") in agent.fenced:
+            agent.aborted.add(req.checkpoint_id)
+        elif call.METHOD in ("Freeze", "Checkpoint") and req.checkpoint_id in agent.fenced:
             return Outcome.failure("CheckpointFenced", "checkpoint rolled back", retryable=False)
         elif call.METHOD == "Freeze":
             assert call.node == SOURCE, "freeze goes to the source node's agent"
             if self.migration.status.phase.terminal:
                 self.violations.append("a Freeze was sent after the migration ended")
-            secs = float(str(req.get("auto_thaw_after", "600s")).rstrip("s"))
-            if req["pod_uid"] == self.source_uid and self.source() is not None:
-                self.frozen[req["pod_uid"]] = self.now + timedelta(seconds=secs)
+            secs = req.auto_thaw_after.ToTimedelta().total_seconds() if req.HasField("auto_thaw_after") else 600
+            if req.pod_uid == self.source_uid and self.source() is not None:
+                self.frozen[req.pod_uid] = self.now + timedelta(seconds=secs)
         elif call.METHOD == "Thaw":
-            agent.fenced.add(req["checkpoint_id"])
+            agent.fenced.add(req.checkpoint_id)
             if not agent.thaw_sticks:
-                self.frozen.pop(req["pod_uid"], None)
-            state = "FREEZE_STATE_FROZEN" if req["pod_uid"] in self.frozen else "FREEZE_STATE_THAWED"
-            value = {"containers": [{"container_name": n, "state": state} for n in req["container_names"]]}
+                self.frozen.pop(req.pod_uid, None)
+            state = "FREEZE_STATE_FROZEN" if req.pod_uid in self.frozen else "FREEZE_STATE_THAWED"
+            value = {"containers": [{"container_name": n, "state": state} for n in req.container_names]}
         elif call.METHOD == "CheckEligibility":
             value = {"checked": ["sim: nothing found"]}
         elif call.METHOD == "Checkpoint":
-            ref = ArtifactRef(req["pod_uid"], req["checkpoint_id"], req["container_name"])
+            ref = ArtifactRef(req.pod_uid, req.checkpoint_id, req.container_name)
             value = {"artifact": {"artifact_uri": ref.uri, "compressed_size_bytes": "10"}, "attempts": 1}
         elif call.METHOD == "ConvertCheckpointToImage":
-            ref = ArtifactRef.parse(req["artifact_uri"])
+            ref = ArtifactRef.parse(req.artifact_uri)
             value = {"image_ref": f"localhost/lpm-checkpoint/{ref.container}:{ref.checkpoint_id}"}
         if agent.lose_reply_next:
             agent.lose_reply_next = False
@@ -258,115 +245,62 @@ class World:
         return Outcome.success(value)
 
     # ----------------------------------------------------------------------------------------- cycles
-    def _cycle(
-        self,
-        key: Key,
-        model: type,
-        observe: Callable[[dict[str, Any]], Any],
-        decide: Callable[[Any], list[Action]],
-        crash_after: int | None,
-    ) -> None:
-        obj = self.get(*key)
-        if obj is None:
-            return
-        observed = observe(obj)
-        outcomes: dict[str, Outcome] = {}
-        done = 0
-        actions: list[Action] = []
-        for _ in range(8):
-            actions = decide(dataclasses.replace(observed, outcomes=dict(outcomes)))
-            new = [e for e in effects_of(actions) if e.key not in outcomes]
-            if not new:
-                break
-            for effect in new:
-                if crash_after is not None and done >= crash_after:
-                    return  # killed mid-cycle: no status write
-                outcomes[effect.key] = self.execute(effect)
-                done += 1
-        patch = status_of(actions)
-        if patch is None:
-            return
-        fault = self._fault()
-        if fault == "reject":
-            return
+    # The production cycle (`reconcile_once`: each kind's real `observe`, its decider to a fixed point, one
+    # status write) runs against this world, which is its `Cluster`: reads, and resourceVersion-guarded status
+    # writes that API faults can reject.
+    def list(self, plural: str, namespace: str | None, label_selector: str = "") -> list[dict[str, Any]]:
+        wanted = dict(term.split("=", 1) for term in label_selector.split(",") if term)
+        return [
+            copy.deepcopy(obj)
+            for (kind, ns, _), obj in self.store.items()
+            if kind == plural
+            and (namespace is None or ns == namespace)
+            and all((obj["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())
+        ]
+
+    def replace_status(self, plural: str, obj: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+        if self._fault() == "reject":
+            return False
+        meta = obj["metadata"]
+        key = (plural, meta.get("namespace"), meta["name"])
         current = self.store.get(key)
-        if current is None or current["metadata"]["resourceVersion"] != obj["metadata"]["resourceVersion"]:
-            return  # conflict
-        current["status"] = encode(patch.status)
+        if current is None or current["metadata"]["resourceVersion"] != meta["resourceVersion"]:
+            return False  # conflict
+        current["status"] = copy.deepcopy(dict(status))
         self._put(key, current)
+        return True
+
+    def emit_event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        pass
+
+    def _cycle(self, rec: Reconciler[Any], key: Key, crash_after: int | None) -> None:
+        """One production cycle; with `crash_after`, the controller dies before its effect number
+        `crash_after`, so nothing after it (the status write included) happens."""
+        done = 0
+
+        def execute(effect: Effect) -> Outcome:
+            nonlocal done
+            if crash_after is not None and done >= crash_after:
+                raise _Killed
+            done += 1
+            return self.execute(effect)
+
+        _, ns, name = key
+        try:
+            reconcile_once(self, execute, lambda: self.now, rec, str(ns), name)
+        except _Killed:
+            pass
 
     def reconcile_migration(self, crash_after: int | None = None) -> None:
-        self._cycle(self.migration_key, PodMigration, self._observe_migration, pmd.decide, crash_after)
+        self._cycle(PODMIGRATIONS, self.migration_key, crash_after)
         self._check_terminal()
 
-    def _observe_migration(self, obj: dict[str, Any]) -> pmd.Observed:
-        m = decode(PodMigration, obj)
-        reads = pmd.reads_for(m.status.phase)
-        uid = obj["metadata"]["uid"]
-        pod = self.get("pods", NS, "web") if "source_pod" in reads else None
-        node = self.get("nodes", None, TARGET) if "nodes" in reads else None
-        pc = self.get(c.PLURAL_POD_CHECKPOINTS, NS, m.status.pod_checkpoint_name or pod_checkpoint_name("mig"))
-        rp = self.get("pods", NS, m.status.restored_pod_name or restored_pod_name("web", uid))
-        return pmd.Observed(
-            migration=m,
-            now=self.now,
-            source_pod=PodView.from_api(pod) if pod else None,
-            target_node=NodeView.from_api(node) if node else None,
-            pod_checkpoint=decode(PodCheckpoint, pc) if pc and "pod_checkpoint" in reads else None,
-            restored_pod=PodView.from_api(rp) if rp and "restored_pod" in reads else None,
-        )
-
     def reconcile_checkpoints(self, crash_after: int | None = None) -> None:
-        for plural, ns, name in list(self.store):
-            if plural == c.PLURAL_POD_CHECKPOINTS:
-                self._cycle((plural, ns, name), PodCheckpoint, self._observe_pc, pcd.decide, crash_after)
-            elif plural == c.PLURAL_CONTAINER_CHECKPOINTS:
-                self._cycle((plural, ns, name), ContainerCheckpoint, self._observe_cc, ccd.decide, crash_after)
-
-    def _observe_pc(self, obj: dict[str, Any]) -> pcd.Observed:
-        pc = decode(PodCheckpoint, obj)
-        uid = obj["metadata"]["uid"]
-        pod = self.get("pods", NS, pc.spec.pod_name)
-        children = {}
-        for (plural, _, _), o in self.store.items():
-            if plural == c.PLURAL_CONTAINER_CHECKPOINTS and any(
-                r.get("uid") == uid for r in o["metadata"].get("ownerReferences") or []
-            ):
-                cc = decode(ContainerCheckpoint, copy.deepcopy(o))
-                children[cc.spec.container_name] = cc
-        content = self.get(
-            c.PLURAL_POD_CHECKPOINT_CONTENTS, None, pcd.pod_content_name(NS, obj["metadata"]["name"], uid)
-        )
-        ref = controller_owner(obj["metadata"], c.KIND_POD_MIGRATION)
-        owner = owner_if_same(self.get(c.PLURAL_POD_MIGRATIONS, NS, ref[0]), ref[1]) if ref else None
-        return pcd.Observed(
-            pod_checkpoint=pc,
-            now=self.now,
-            pod=PodView.from_api(pod) if pod else None,
-            children=children,
-            content=decode(PodCheckpointContent, content) if content else None,
-            owner_name=ref[0] if ref else None,
-            owner=decode(PodMigration, dict(owner)) if owner else None,
-        )
-
-    def _observe_cc(self, obj: dict[str, Any]) -> ccd.Observed:
-        cc = decode(ContainerCheckpoint, obj)
-        pod = self.get("pods", NS, cc.spec.pod_name)
-        content = self.get(
-            c.PLURAL_CONTAINER_CHECKPOINT_CONTENTS,
-            None,
-            ccd.container_content_name(NS, obj["metadata"]["name"], obj["metadata"]["uid"]),
-        )
-        ref = controller_owner(obj["metadata"], c.KIND_POD_CHECKPOINT)
-        owner = owner_if_same(self.get(c.PLURAL_POD_CHECKPOINTS, NS, ref[0]), ref[1]) if ref else None
-        return ccd.Observed(
-            container_checkpoint=cc,
-            now=self.now,
-            pod=PodView.from_api(pod) if pod else None,
-            content=decode(ContainerCheckpointContent, content) if content else None,
-            owner_name=ref[0] if ref else None,
-            owner=decode(PodCheckpoint, dict(owner)) if owner else None,
-        )
+        for key in list(self.store):
+            if key[0] == c.PLURAL_POD_CHECKPOINTS:
+                self._cycle(PODCHECKPOINTS, key, crash_after)
+            elif key[0] == c.PLURAL_CONTAINER_CHECKPOINTS:
+                self._cycle(CONTAINERCHECKPOINTS, key, crash_after)
 
     # ------------------------------------------------------------------------------------- the world
     def kubelet(self) -> None:
@@ -385,7 +319,7 @@ class World:
                     pod["status"] = {"phase": "Running", "containerStatuses": statuses}
                 else:
                     continue
-                if self.migration.spec.source_policy.value == "Freeze" and self.source_uid not in self.frozen:
+                if self.migration.spec.source_policy is SourcePolicy.FREEZE and self.source_uid not in self.frozen:
                     if pod["status"]["phase"] == "Running" and self.source() is not None:
                         self.violations.append("lpm-runc restored the replacement next to a thawed source")
                 self._put(("pods", NS, pod["metadata"]["name"]), pod)
@@ -420,10 +354,10 @@ class World:
 
     def _check_terminal(self) -> None:
         phase = self.migration.status.phase
-        if self.ever_terminal and phase.value != self.ever_terminal:
-            self.violations.append(f"terminal phase {self.ever_terminal} changed to {phase.value}")
-        if phase.terminal and not self.ever_terminal:
-            self.ever_terminal = phase.value
+        if self.ever_terminal is not None and phase is not self.ever_terminal:
+            self.violations.append(f"terminal phase {self.ever_terminal.value} changed to {phase.value}")
+        if phase.terminal and self.ever_terminal is None:
+            self.ever_terminal = phase
 
 
 def _ready(ready: bool) -> dict[str, Any]:

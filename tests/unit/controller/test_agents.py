@@ -7,6 +7,7 @@ import grpc
 import pytest
 from integration.controller import agent_double
 
+from lpm.api.agent.v1 import agent_pb2 as pb
 from lpm.controller.agents import TLS, Agents, grpc_outcome
 from lpm.controller.effects import CallCheckpoint, ProbeAgent
 
@@ -28,7 +29,9 @@ def double():
 
 def test_checkpoint_call_returns_the_artifact(double):
     agents = Agents(lambda node: agent_pods(double.port), "lpm-system", TLS(insecure=True))
-    req = {"pod_namespace": "ns", "pod_name": "web", "container_name": "app", "pod_uid": UID, "checkpoint_id": "c1"}
+    req = pb.CheckpointRequest(
+        pod_namespace="ns", pod_name="web", container_name="app", pod_uid=UID, checkpoint_id="c1"
+    )
     out = agents.call(CallCheckpoint("node-a", req))
     assert out.ok, out
     assert out.value["artifact"]["artifact_uri"] == f"shared://{UID}/c1/app/dump.tar.zst"
@@ -36,24 +39,45 @@ def test_checkpoint_call_returns_the_artifact(double):
     agents.close()
 
 
+def test_a_checkpoint_staged_elsewhere_names_that_nodes_agent_and_leaves_the_effect_as_decided(double):
+    agents = Agents(lambda node: agent_pods(double.port, node), "lpm-system", TLS(insecure=True))
+    options = pb.CheckpointOptions(leave_running=True, stage_on_node="node-b")
+    request = pb.CheckpointRequest(container_name="app", pod_uid=UID, checkpoint_id="c1", options=options)
+    effect = CallCheckpoint("node-a", request)
+    key = effect.key
+    assert agents.call(effect).ok
+    sent = double.calls_to("Checkpoint")[0]["options"]
+    assert sent == {"leave_running": True, "stage_on_node": "node-b", "stage_on_address": f"127.0.0.1:{double.port}"}
+    assert effect.key == key and not effect.request.options.stage_on_address, "the address is the shell's business"
+    agents.close()
+
+
+def test_an_agent_requests_key_is_its_method_node_and_canonical_json():
+    first = CallCheckpoint("node-a", pb.CheckpointRequest(pod_uid=UID, checkpoint_id="c1", container_name="app"))
+    again = CallCheckpoint("node-a", pb.CheckpointRequest(container_name="app", checkpoint_id="c1", pod_uid=UID))
+    assert first.key == again.key and first.key.startswith("Checkpoint:node-a:{")
+    assert CallCheckpoint("node-b", first.request).key != first.key
+    assert ProbeAgent("node-a").key == "GetCapabilities:node-a:{}"
+
+
 def test_permanent_agent_error_keeps_its_details(double):
     double.fail("GetCapabilities", grpc.StatusCode.FAILED_PRECONDITION, "CRIU 3.x is too old")
     agents = Agents(lambda node: agent_pods(double.port), "lpm-system", TLS(insecure=True))
-    out = agents.call(ProbeAgent("node-a", {}))
+    out = agents.call(ProbeAgent("node-a"))
     assert not out.ok and not out.retryable
     assert out.reason == "AgentFailedPrecondition" and "CRIU 3.x is too old" in out.message and "node-a" in out.message
 
 
 def test_unreachable_agent_is_retryable_with_a_hint():
     agents = Agents(lambda node: agent_pods(1), "lpm-system", TLS(insecure=True))
-    out = agents.call(ProbeAgent("node-a", {}))
+    out = agents.call(ProbeAgent("node-a"))
     assert not out.ok and out.retryable and out.reason == "AgentUnavailable"
     assert "running and reachable" in out.message
 
 
 def test_no_agent_pod_on_the_node_says_so():
     agents = Agents(lambda node: [], "lpm-system", TLS(insecure=True))
-    out = agents.call(ProbeAgent("node-x", {}))
+    out = agents.call(ProbeAgent("node-x"))
     assert out.reason == "AgentNotFound" and "node-x" in out.message and "lpm-system" in out.message
 
 
@@ -99,7 +123,9 @@ def test_the_agents_own_reason_wins_so_a_criu_refusal_is_never_called_an_unavail
     )
     double.fail("Checkpoint", grpc.StatusCode.UNAVAILABLE, "kubelet unreachable", reason="KubeletUnavailable")
     agents = Agents(lambda node: agent_pods(double.port), "lpm-system", TLS(insecure=True))
-    req = {"pod_namespace": "ns", "pod_name": "web", "container_name": "app", "pod_uid": UID, "checkpoint_id": "c1"}
+    req = pb.CheckpointRequest(
+        pod_namespace="ns", pod_name="web", container_name="app", pod_uid=UID, checkpoint_id="c1"
+    )
     refused = agents.call(CallCheckpoint("node-a", req))
     assert (refused.reason, refused.retryable) == ("CheckpointRefused", False)
     assert "Connected TCP socket" in refused.message and "lpm-agent pod" not in refused.message
@@ -127,7 +153,9 @@ def test_a_full_repository_is_permanent_although_its_code_is_the_busy_agents(dou
     )
     double.fail("Checkpoint", grpc.StatusCode.RESOURCE_EXHAUSTED, "all 4 slots busy")
     agents = Agents(lambda node: agent_pods(double.port), "lpm-system", TLS(insecure=True))
-    req = {"pod_namespace": "ns", "pod_name": "web", "container_name": "app", "pod_uid": UID, "checkpoint_id": "c1"}
+    req = pb.CheckpointRequest(
+        pod_namespace="ns", pod_name="web", container_name="app", pod_uid=UID, checkpoint_id="c1"
+    )
     full = agents.call(CallCheckpoint("node-a", req))
     assert (full.reason, full.retryable) == ("StorageFull", False) and "free space" in full.message
     busy = agents.call(CallCheckpoint("node-a", req))
@@ -143,10 +171,10 @@ def test_a_restarted_agent_is_reached_again_within_seconds_not_after_grpcs_defau
     d = agent_double.serve("node-a")
     port = d.port
     agents = Agents(lambda node: agent_pods(port), "lpm-system", TLS(insecure=True))
-    assert agents.call(ProbeAgent("node-a", {})).ok
+    assert agents.call(ProbeAgent("node-a")).ok
     d.server.stop(0)
     for _ in range(20):  # a 10 s outage: gRPC's default back-off has grown to ~6 s between tries by then
-        out = agents.call(ProbeAgent("node-a", {}))
+        out = agents.call(ProbeAgent("node-a"))
         assert not out.ok and out.retryable
         time.sleep(0.5)
     again = agent_double.AgentDouble(node="node-a")
@@ -156,7 +184,7 @@ def test_a_restarted_agent_is_reached_again_within_seconds_not_after_grpcs_defau
     server.start()
     back = time.monotonic()
     try:
-        while not agents.call(ProbeAgent("node-a", {})).ok:
+        while not agents.call(ProbeAgent("node-a")).ok:
             assert time.monotonic() - back < 3, "not reconnected within 3 s of the agent's return"
             time.sleep(0.1)
     finally:

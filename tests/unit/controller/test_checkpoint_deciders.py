@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from lpm.api.agent.v1 import agent_pb2 as pb
 from lpm.api.models import (
     CheckpointPhase,
+    ConditionStatus,
     ContainerCheckpoint,
     ContainerCheckpointSpec,
     ContainerCheckpointStatus,
@@ -16,6 +18,7 @@ from lpm.api.models import (
     PodMigration,
     PodMigrationSpec,
 )
+from lpm.api.views import PodView
 from lpm.controller.containercheckpoint import decide as ccd
 from lpm.controller.effects import (
     CallCheckpoint,
@@ -28,9 +31,10 @@ from lpm.controller.effects import (
     MarkContentReady,
     Outcome,
     PatchStatus,
+    effects_of,
+    holds_of,
 )
 from lpm.controller.podcheckpoint import decide as pcd
-from lpm.controller.views import PodView
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 PUID = "0f8fad5b-d9cb-469f-a165-70867728950e"
@@ -98,7 +102,7 @@ def test_all_ready_seals_then_binds_content():
     started, kids = _in_progress({"app": CheckpointPhase.READY, "db": CheckpointPhase.READY})
     obs = pcd.Observed(pod_checkpoint=started, now=NOW, children=kids)
     (seal,) = (a for a in pcd.decide(obs) if isinstance(a, CompleteCheckpoint))
-    assert seal.node == "node-a" and seal.request["container_names"] == ["app", "db"]
+    assert seal.node == "node-a" and list(seal.request.container_names) == ["app", "db"]
     outcomes = {seal.key: Outcome.success()}
     (create,) = (
         a
@@ -137,7 +141,7 @@ def test_containercheckpoint_calls_the_agent_on_the_pods_node_then_binds_content
         for a in ccd.decide(ccd.Observed(container_checkpoint=obj, now=NOW, pod=pod()))
         if isinstance(a, CallCheckpoint)
     )
-    assert call.node == "node-a" and call.request["checkpoint_id"] == "cid"
+    assert call.node == "node-a" and call.request.checkpoint_id == "cid"
     uri = f"shared://{PUID}/cid/app/dump.tar.zst"
     outcomes = {call.key: Outcome.success({"artifact": {"artifact_uri": uri, "compressed_size_bytes": "10"}})}
     (create,) = (
@@ -155,7 +159,7 @@ def test_containercheckpoint_calls_the_agent_on_the_pods_node_then_binds_content
     st = status(ccd.decide(ccd.Observed(container_checkpoint=obj, now=NOW, pod=pod(), outcomes=outcomes)))
     assert st.phase is CheckpointPhase.READY and st.artifact_uri == uri and st.bound_content_name == create.name
     ready = next(c for c in st.conditions if c.type == "Ready")
-    assert ready.status.value == "True"
+    assert ready.status is ConditionStatus.TRUE
 
 
 def test_containercheckpoint_failure_sets_ready_false_with_reason():
@@ -185,15 +189,24 @@ def _stored(policy: DeletionPolicy) -> PodCheckpoint:
 
 
 def test_deleting_a_podcheckpoint_with_policy_delete_removes_its_files_then_its_content():
-    actions = pcd.decide_finalize(_stored(DeletionPolicy.DELETE))
-    assert [type(a) for a in actions] == [DeleteCheckpoint, DeleteObject]
-    delete = actions[0]
+    first = pcd.decide_finalize(pcd.Observed(pod_checkpoint=_stored(DeletionPolicy.DELETE), now=NOW))
+    effects = effects_of(first)
+    assert [type(a) for a in effects] == [DeleteCheckpoint, DeleteObject]
+    delete = effects[0]
     assert isinstance(delete, DeleteCheckpoint) and delete.node == "node-a"
-    assert delete.request == {"pod_uid": PUID, "checkpoint_id": "20260101t000000z-11111111"}
+    assert delete.request == pb.DeleteCheckpointRequest(pod_uid=PUID, checkpoint_id="20260101t000000z-11111111")
+    assert holds_of(first), "not done before the deletions ran"
+    busy = {delete.key: Outcome.failure("AgentUnavailable", "down", retryable=True), effects[1].key: Outcome.success()}
+    held = pcd.decide_finalize(pcd.Observed(pod_checkpoint=_stored(DeletionPolicy.DELETE), now=NOW, outcomes=busy))
+    assert effects_of(held) == [] and holds_of(held), "an agent that may come back is waited for"
+    gone = dict(busy, **{delete.key: Outcome.failure("NotFound", "gone", retryable=False)})
+    assert (
+        pcd.decide_finalize(pcd.Observed(pod_checkpoint=_stored(DeletionPolicy.DELETE), now=NOW, outcomes=gone)) == []
+    )
 
 
 def test_deleting_a_podcheckpoint_with_policy_retain_keeps_everything():
-    assert pcd.decide_finalize(_stored(DeletionPolicy.RETAIN)) == []
+    assert pcd.decide_finalize(pcd.Observed(pod_checkpoint=_stored(DeletionPolicy.RETAIN), now=NOW)) == []
 
 
 def test_a_criu_refusal_fails_at_once_with_criu_words_and_is_never_called_again():

@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from lpm.api import constants as c
+from lpm.api.agent.v1 import agent_pb2 as pb
 from lpm.api.models import (
     CheckpointPhase,
+    ConditionStatus,
     ContainerCheckpointState,
     ContainerImage,
     EligibilityPolicy,
@@ -16,8 +18,9 @@ from lpm.api.models import (
     PodMigration,
     PodMigrationSpec,
     PodMigrationStatus,
+    SourceCleanup,
 )
-from lpm.controller.cycle import to_fixed_point
+from lpm.api.views import NodeView, PodView
 from lpm.controller.effects import (
     CheckEligibility,
     ConvertImage,
@@ -31,9 +34,10 @@ from lpm.controller.effects import (
     PatchStatus,
     ProbeAgent,
     ThawSource,
+    holds_of,
 )
-from lpm.controller.podmigration.decide import Observed, decide, decide_finalize, ttl_remaining
-from lpm.controller.views import NodeView, PodView
+from lpm.controller.podmigration.decide import CHECKS, Observed, decide, decide_finalize, ttl_remaining
+from lpm.controller.reconciler import to_fixed_point
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 MUID = "aaaaaaaa-0000-0000-0000-000000000001"
@@ -90,27 +94,23 @@ def status(actions):
 
 
 def eligibility(tcp_established=True):
-    request = {
-        "pod_namespace": "ns",
-        "pod_name": "web",
-        "pod_uid": PUID,
-        "container_names": ["app"],
-        "tcp_established": tcp_established,
-    }
+    request = pb.EligibilityRequest(
+        pod_namespace="ns", pod_name="web", pod_uid=PUID, container_names=["app"], tcp_established=tcp_established
+    )
     return CheckEligibility("node-a", request)
 
 
 def probes_ok(eligible=None):
     return {
-        ProbeAgent("node-a", {}).key: Outcome.success(CAPS),
-        ProbeAgent("node-b", {}).key: Outcome.success(CAPS),
+        ProbeAgent("node-a").key: Outcome.success(CAPS),
+        ProbeAgent("node-b").key: Outcome.success(CAPS),
         eligibility().key: eligible or Outcome.success({"checked": ["TCP: 0 established"]}),
     }
 
 
 def test_pending_validates_by_probing_both_agents_first():
     actions = decide(obs(migration(), source_pod=pod(), target_node=NODE_B))
-    assert [a for a in actions if isinstance(a, ProbeAgent)] == [ProbeAgent("node-a", {}), ProbeAgent("node-b", {})]
+    assert [a for a in actions if isinstance(a, ProbeAgent)] == [ProbeAgent("node-a"), ProbeAgent("node-b")]
     assert status(actions).phase is MigrationPhase.VALIDATING
     assert not any(isinstance(a, FreezeSource) for a in actions)
 
@@ -128,6 +128,7 @@ def test_validation_failures_have_actionable_reasons():
         (dict(source_pod=None, target_node=NODE_B), "PodNotFound"),
         (dict(source_pod=pod(phase="Pending"), target_node=NODE_B), "PodNotRunning"),
         (dict(source_pod=pod(owner="StatefulSet/web"), target_node=NODE_B), "PodHasController"),
+        (dict(source_pod=pod(node=None), target_node=NODE_B), "PodNotScheduled"),
         (dict(source_pod=pod(node="node-b"), target_node=NODE_B), "TargetIsSourceNode"),
         (dict(source_pod=pod(), target_node=None), "TargetNodeNotFound"),
         (dict(source_pod=pod(), target_node=NodeView("node-b", False, "runtime down", False)), "TargetNodeNotReady"),
@@ -135,13 +136,14 @@ def test_validation_failures_have_actionable_reasons():
         (dict(source_pod=pod(), target_node=NODE_B, older_active_migrations=("other",)), "AnotherMigrationActive"),
     ]
     retained = migration()
-    retained.spec.source_cleanup = __import__("lpm.api.models", fromlist=["SourceCleanup"]).SourceCleanup.RETAIN
+    retained.spec.source_cleanup = SourceCleanup.RETAIN
     st = status(decide(obs(retained, source_pod=pod(), target_node=NODE_B)))
     assert st.reason == "FrozenSourceRetained" and "KeepRunning" in st.message
     for kw, reason in cases:
         st = status(decide(obs(migration(), **kw)))
         assert (st.phase, st.reason) == (MigrationPhase.FAILED, reason), kw
         assert st.message
+    assert {reason for _, reason in cases} | {"FrozenSourceRetained"} == {check.reason for check in CHECKS}
 
 
 def test_statefulset_message_says_how_to_detach():
@@ -151,14 +153,14 @@ def test_statefulset_message_says_how_to_detach():
 
 def test_incapable_agent_fails_validation_naming_the_problem():
     outcomes = probes_ok()
-    outcomes[ProbeAgent("node-b", {}).key] = Outcome.success({"checkpoint_supported": True, "problems": ["no CRIU"]})
+    outcomes[ProbeAgent("node-b").key] = Outcome.success({"checkpoint_supported": True, "problems": ["no CRIU"]})
     st = status(decide(obs(migration(), source_pod=pod(), target_node=NODE_B, outcomes=outcomes)))
     assert st.reason == "AgentNotCapable" and "target node node-b" in st.message and "no CRIU" in st.message
 
 
 def test_unreachable_agent_is_retried_then_fails():
     outcomes = probes_ok()
-    outcomes[ProbeAgent("node-a", {}).key] = Outcome.failure("AgentUnavailable", "down", retryable=True)
+    outcomes[ProbeAgent("node-a").key] = Outcome.failure("AgentUnavailable", "down", retryable=True)
     m = migration(MigrationPhase.VALIDATING)
     st = status(decide(obs(m, source_pod=pod(), target_node=NODE_B, outcomes=outcomes)))
     assert st.phase is MigrationPhase.VALIDATING and st.reason == "AgentUnavailable"
@@ -170,8 +172,8 @@ def test_unreachable_agent_is_retried_then_fails():
 def test_freezing_calls_the_source_agent_with_an_auto_thaw_deadline():
     actions = decide(obs(migration(MigrationPhase.FREEZING), source_pod=pod()))
     (freeze,) = (a for a in actions if isinstance(a, FreezeSource))
-    assert freeze.node == "node-a" and freeze.request["container_names"] == ["app"]
-    assert freeze.request["auto_thaw_after"].endswith("s")
+    assert freeze.node == "node-a" and list(freeze.request.container_names) == ["app"]
+    assert freeze.request.auto_thaw_after.seconds == 600 - 10 + 120, "the time left until the timeout, plus a margin"
     ok = decide(obs(migration(MigrationPhase.FREEZING), source_pod=pod(), outcomes={freeze.key: Outcome.success()}))
     st = status(ok)
     assert st.phase is MigrationPhase.CHECKPOINTING and st.source_frozen
@@ -224,7 +226,7 @@ def test_ready_checkpoint_is_converted_on_the_target_node():
         )
     )
     (conv,) = (a for a in actions if isinstance(a, ConvertImage))
-    assert conv.node == "node-b" and conv.request["container_name"] == "app"
+    assert conv.node == "node-b" and conv.request.container_name == "app"
     done = decide(
         obs(
             migration(MigrationPhase.CONVERTING, source_frozen=True),
@@ -375,7 +377,7 @@ def test_a_thaw_the_runtime_does_not_confirm_is_retried_then_fails_loudly_never_
     assert st.phase is MigrationPhase.FAILED and st.reason == "SourceStillFrozen" and st.source_frozen
     assert "STILL BE FROZEN" in (st.message or "") and st.source_state == "app: FROZEN (containerd task PAUSED)"
     frozen = next(cd for cd in st.conditions if cd.type == c.CONDITION_SOURCE_FROZEN)
-    assert frozen.status.value == "True" and frozen.reason == "ThawNotVerified"
+    assert frozen.status is ConditionStatus.TRUE and frozen.reason == "ThawNotVerified"
     assert any(isinstance(a, EmitEvent) and a.type == "Warning" for a in later)
 
 
@@ -400,7 +402,7 @@ def test_a_pod_with_an_open_tcp_connection_is_refused_before_anything_is_frozen(
     assert not any(isinstance(a, (FreezeSource, CreatePodCheckpoint)) for a in actions)
     assert st.eligibility[0].startswith("TCP: 1 established") and st.eligibility[-1].startswith("refused: container")
     eligible = next(cd for cd in st.conditions if cd.type == c.CONDITION_ELIGIBLE)
-    assert eligible.status.value == "False" and eligible.reason == "TCPConnectionOpen"
+    assert eligible.status is ConditionStatus.FALSE and eligible.reason == "TCPConnectionOpen"
 
 
 def test_eligibility_warn_records_the_finding_and_goes_on_to_freeze():
@@ -459,9 +461,8 @@ def test_terminal_phases_never_act():
 def test_finalizer_cleans_an_unfinished_migration_but_never_a_completed_one():
     restored = pod(name="web-12345", uid="cc", node="node-b", annotations={c.ANNOTATION_MIGRATION_UID: MUID})
     fin = decide_finalize(obs(_restoring(), source_pod=pod(), restored_pod=restored))
-    assert not fin.done and any(isinstance(a, DeletePod) and a.name == "web-12345" for a in fin.actions)
-    fin = decide_finalize(obs(migration(MigrationPhase.COMPLETED), restored_pod=restored))
-    assert fin.done and fin.actions == []
+    assert holds_of(fin) and any(isinstance(a, DeletePod) and a.name == "web-12345" for a in fin)
+    assert decide_finalize(obs(migration(MigrationPhase.COMPLETED), restored_pod=restored)) == []
 
 
 def test_ttl_counts_from_completion_and_only_for_finished_migrations():
@@ -491,11 +492,9 @@ def test_a_restore_criu_failed_is_explained_in_criu_words_from_the_target_agent_
     )
     first = decide(obs(_restoring(), source_pod=pod(), restored_pod=restored))
     (ask,) = (a for a in first if isinstance(a, DescribeRestoreFailure))
-    assert ask.node == "node-b" and ask.request == {
-        "pod_uid": "cc",
-        "container_names": ["app"],
-        "checkpoint_id": _restoring().status.checkpoint_id,
-    }
+    assert ask.node == "node-b" and ask.request == pb.RestoreFailureRequest(
+        pod_uid="cc", container_names=["app"], checkpoint_id=_restoring().status.checkpoint_id
+    )
     assert not any(isinstance(a, DeletePod) for a in first), "the words first, then the rollback"
     said = Outcome.success(
         {

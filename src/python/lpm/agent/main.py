@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from lpm.agent import config
-from lpm.agent.v1 import agent_pb2
+from lpm.api.agent.v1 import agent_pb2
 from lpm.app.logs import setup_logging
 
 log = logging.getLogger("lpm.agent")

@@ -60,7 +60,7 @@ from lpm.agent.kubelet import (
     KubeletUnavailable,
 )
 from lpm.agent.restore_logs import RestoreLogWatcher
-from lpm.agent.v1 import agent_pb2, agent_pb2_grpc
+from lpm.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from lpm.api.names import InvalidName, require_label, require_subdomain, require_uid
 from lpm.storage.backend import (
     CheckpointIncomplete,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import grpc
 
-from lpm.agent.v1 import agent_pb2, agent_pb2_grpc
+from lpm.api.agent.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -47,9 +47,10 @@ def encode(value: Any) -> Any:
     """Model -> JSON-ready value."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         out: dict[str, Any] = {}
-        if hasattr(type(value), "KIND"):
+        kind = getattr(type(value), "KIND", None)  # a custom resource (models.Resource) names its kind
+        if kind is not None:
             out["apiVersion"] = c.API_VERSION
-            out["kind"] = type(value).KIND  # type: ignore[attr-defined]
+            out["kind"] = kind
         for f, _ in model_fields(type(value)):
             v = getattr(value, f.name)
             if v is None:

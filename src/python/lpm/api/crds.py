@@ -19,7 +19,7 @@ import yaml
 from lpm.api import constants as c
 from lpm.api.codec import model_fields, unwrap_optional
 from lpm.api.fields import json_name
-from lpm.api.models import RESOURCES
+from lpm.api.models import RESOURCES, Resource
 
 _SCALARS: dict[Any, dict[str, Any]] = {
     str: {"type": "string"},
@@ -76,9 +76,8 @@ def schema_of(tp: Any) -> dict[str, Any]:
     raise TypeError(f"no schema for {tp!r}")
 
 
-def render_crd(cls: type) -> dict[str, Any]:
-    kind: str = cls.KIND  # type: ignore[attr-defined]
-    plural: str = cls.PLURAL  # type: ignore[attr-defined]
+def render_crd(cls: type[Resource]) -> dict[str, Any]:
+    kind, plural = cls.KIND, cls.PLURAL
     hints = typing.get_type_hints(cls)
     spec_schema = schema_of(hints["spec"])
     status_schema = schema_of(hints["status"])
@@ -96,10 +95,10 @@ def render_crd(cls: type) -> dict[str, Any]:
                 "listKind": f"{kind}List",
                 "plural": plural,
                 "singular": kind.lower(),
-                "shortNames": list(cls.SHORT_NAMES),  # type: ignore[attr-defined]
+                "shortNames": list(cls.SHORT_NAMES),
                 "categories": ["lpm"],
             },
-            "scope": "Namespaced" if cls.NAMESPACED else "Cluster",  # type: ignore[attr-defined]
+            "scope": "Namespaced" if cls.NAMESPACED else "Cluster",
             "versions": [
                 {
                     "name": c.VERSION,
@@ -108,12 +107,12 @@ def render_crd(cls: type) -> dict[str, Any]:
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": [
                         {**col, "priority": int(col["priority"])} if "priority" in col else dict(col)
-                        for col in cls.PRINTER_COLUMNS  # type: ignore[attr-defined]
+                        for col in cls.PRINTER_COLUMNS
                     ],
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
-                            "description": cls.DESCRIPTION,  # type: ignore[attr-defined]
+                            "description": cls.DESCRIPTION,
                             "required": ["spec"],
                             "properties": {
                                 "apiVersion": {"type": "string"},
@@ -130,8 +129,8 @@ def render_crd(cls: type) -> dict[str, Any]:
     }
 
 
-def file_name(cls: type) -> str:
-    return f"{c.GROUP}_{cls.PLURAL}.yaml"  # type: ignore[attr-defined]
+def file_name(cls: type[Resource]) -> str:
+    return f"{c.GROUP}_{cls.PLURAL}.yaml"
 
 
 def render_all() -> dict[str, str]:

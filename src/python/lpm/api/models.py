@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from lpm.api import constants as c
 from lpm.api.fields import spec_field
@@ -500,7 +500,19 @@ class ContainerCheckpointContent:
     status: ContentStatus = field(default_factory=ContentStatus)
 
 
-RESOURCES: tuple[type, ...] = (
+class Resource(Protocol):
+    """What every custom resource class above declares: the CRD generator and the controller read these."""
+
+    KIND: ClassVar[str]
+    PLURAL: ClassVar[str]
+    SHORT_NAMES: ClassVar[list[str]]
+    NAMESPACED: ClassVar[bool]
+    DESCRIPTION: ClassVar[str]
+    PRINTER_COLUMNS: ClassVar[list[dict[str, str]]]
+    metadata: dict[str, Any]
+
+
+RESOURCES: tuple[type[Resource], ...] = (
     PodMigration,
     PodCheckpoint,
     ContainerCheckpoint,

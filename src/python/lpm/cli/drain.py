@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lpm.controller.views import NodeView, PodView
+from lpm.api.views import NodeView, PodView
 
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 _BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})

@@ -31,8 +31,8 @@ from lpm.api.models import (
     SourceCleanup,
     SourcePolicy,
 )
+from lpm.api.views import NodeView, PodView
 from lpm.cli.drain import DrainPlan, Taint, plan_drain
-from lpm.controller.views import NodeView, PodView
 
 EXIT_OK = 0
 EXIT_FAILED = 1

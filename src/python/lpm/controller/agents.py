@@ -11,35 +11,36 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
-from lpm.agent.v1 import agent_pb2, agent_pb2_grpc
 from lpm.api import constants as c
+from lpm.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from lpm.api.messages import scrub_paths
 from lpm.controller.effects import AgentCall, Outcome
 
 log = logging.getLogger(__name__)
 
-# method -> (request type, deadline seconds)
-METHODS: dict[str, tuple[type, float]] = {
-    "GetCapabilities": (agent_pb2.GetCapabilitiesRequest, 5.0),
-    "Freeze": (agent_pb2.FreezeRequest, 30.0),
-    "Thaw": (agent_pb2.ThawRequest, 30.0),
-    "Checkpoint": (agent_pb2.CheckpointRequest, 900.0),
-    "CompleteCheckpoint": (agent_pb2.CompleteCheckpointRequest, 60.0),
-    "DeleteCheckpoint": (agent_pb2.DeleteCheckpointRequest, 120.0),
-    "ConvertCheckpointToImage": (agent_pb2.ConvertRequest, 600.0),
-    "CheckEligibility": (agent_pb2.EligibilityRequest, 30.0),
-    "DescribeRestoreFailure": (agent_pb2.RestoreFailureRequest, 10.0),
-    "GetRestoreState": (agent_pb2.RestoreStateRequest, 10.0),
-    "StageRestore": (agent_pb2.StageRestoreRequest, 600.0),
-    "AbortRestore": (agent_pb2.AbortRestoreRequest, 10.0),
+# method -> deadline in seconds
+DEADLINE_SECONDS: dict[str, float] = {
+    "GetCapabilities": 5.0,
+    "Freeze": 30.0,
+    "Thaw": 30.0,
+    "Checkpoint": 900.0,
+    "CompleteCheckpoint": 60.0,
+    "DeleteCheckpoint": 120.0,
+    "ConvertCheckpointToImage": 600.0,
+    "CheckEligibility": 30.0,
+    "DescribeRestoreFailure": 10.0,
+    "GetRestoreState": 10.0,
+    "StageRestore": 600.0,
+    "AbortRestore": 10.0,
 }
 RECONNECT_BACKOFF_MS = (250, 2000)  # (initial, maximum) wait between reconnects to an agent
 REASON_KEY = "lpm-reason"  # trailing metadata: the agent's CamelCase reason, when it knows more than the code
@@ -197,11 +198,11 @@ class Agents:
         with self._lock:
             self._addresses.pop(node, None)
 
-    def call(self, effect: AgentCall) -> Outcome:
+    def call(self, effect: AgentCall[Message]) -> Outcome:
         return self.invoke(effect.node, effect.METHOD, effect.request)
 
-    def invoke(self, node: str, method: str, request: Mapping[str, Any]) -> Outcome:
-        req_type, deadline = METHODS[method]
+    def invoke(self, node: str, method: str, request: Message) -> Outcome:
+        deadline = DEADLINE_SECONDS[method]
         try:
             addr = self.address(node)
         except AgentNotFound as exc:
@@ -209,10 +210,9 @@ class Agents:
         except Exception as exc:
             return Outcome.failure("AgentLookupFailed", f"listing agent pods for node {node}: {exc}", retryable=True)
         request = self._with_peer_address(request)
-        message = json_format.ParseDict(dict(request), req_type(), ignore_unknown_fields=True)
         stub = agent_pb2_grpc.CheckpointServiceStub(self._channel(addr))
         try:
-            response = getattr(stub, method)(message, timeout=deadline)
+            response = getattr(stub, method)(request, timeout=deadline)
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
             details = exc.details() if hasattr(exc, "details") else str(exc)
@@ -223,19 +223,21 @@ class Agents:
         value = json_format.MessageToDict(response, preserving_proto_field_name=True)
         return Outcome.success(value)
 
-    def _with_peer_address(self, request: Mapping[str, Any]) -> Mapping[str, Any]:
+    def _with_peer_address(self, request: Message) -> Message:
         """A checkpoint to stage on another node also names that node's agent address (decided by node name;
         an address is the shell's business). Unresolvable: no push, the target fetches from the store."""
-        options = request.get("options")
-        if not isinstance(options, Mapping) or not options.get("stage_on_node"):
+        if not isinstance(request, agent_pb2.CheckpointRequest) or not request.options.stage_on_node:
             return request
-        node = options["stage_on_node"]
+        node = request.options.stage_on_node
         try:
-            address = self.address(str(node))
+            address = self.address(node)
         except Exception as exc:  # the push is an optimisation: its absence is never an error
             log.info("no address for the agent on %s, the archive is not pushed: %s", node, exc)
             return request
-        return {**request, "options": {**options, "stage_on_address": address}}
+        addressed = agent_pb2.CheckpointRequest()
+        addressed.CopyFrom(request)  # the effect's own request stays as the decider built it
+        addressed.options.stage_on_address = address
+        return addressed
 
     def close(self) -> None:
         with self._lock:

@@ -11,10 +11,14 @@ checkpoint ID), which is what makes a cycle safe to kill and rerun at any point.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from lpm.api.agent.v1 import agent_pb2 as pb
 
 
 @dataclass(frozen=True)
@@ -47,76 +51,83 @@ class Effect:
 # ------------------------------------------------------------------------------------------- agent calls
 
 
+RequestT = TypeVar("RequestT", bound=Message)
+
+
 @dataclass(frozen=True)
-class AgentCall(Effect):
-    """One CheckpointService rpc on the agent of `node`; `request` is the message in JSON (proto field names)."""
+class AgentCall(Effect, Generic[RequestT]):
+    """One CheckpointService rpc on the agent of `node`, with its request as the generated protobuf message (a
+    misspelled field is an error where the decider builds it, not an empty field on the wire)."""
 
     METHOD: ClassVar[str] = ""
     node: str
-    request: Mapping[str, Any]
+    request: RequestT
 
     @property
     def key(self) -> str:
-        return f"{self.METHOD}:{self.node}:{json.dumps(self.request, sort_keys=True, default=str)}"
+        # The canonical proto3 JSON with sorted keys: the same request always gives the same key.
+        body = json_format.MessageToJson(self.request, preserving_proto_field_name=True, sort_keys=True, indent=None)
+        return f"{self.METHOD}:{self.node}:{body}"
 
 
 @dataclass(frozen=True)
-class ProbeAgent(AgentCall):
+class ProbeAgent(AgentCall[pb.GetCapabilitiesRequest]):
     METHOD: ClassVar[str] = "GetCapabilities"
+    request: pb.GetCapabilitiesRequest = field(default_factory=pb.GetCapabilitiesRequest)
 
 
 @dataclass(frozen=True)
-class CheckEligibility(AgentCall):
+class CheckEligibility(AgentCall[pb.EligibilityRequest]):
     METHOD: ClassVar[str] = "CheckEligibility"
 
 
 @dataclass(frozen=True)
-class DescribeRestoreFailure(AgentCall):
+class DescribeRestoreFailure(AgentCall[pb.RestoreFailureRequest]):
     METHOD: ClassVar[str] = "DescribeRestoreFailure"
 
 
 @dataclass(frozen=True)
-class FreezeSource(AgentCall):
+class FreezeSource(AgentCall[pb.FreezeRequest]):
     METHOD: ClassVar[str] = "Freeze"
 
 
 @dataclass(frozen=True)
-class ThawSource(AgentCall):
+class ThawSource(AgentCall[pb.ThawRequest]):
     METHOD: ClassVar[str] = "Thaw"
 
 
 @dataclass(frozen=True)
-class CallCheckpoint(AgentCall):
+class CallCheckpoint(AgentCall[pb.CheckpointRequest]):
     METHOD: ClassVar[str] = "Checkpoint"
 
 
 @dataclass(frozen=True)
-class CompleteCheckpoint(AgentCall):
+class CompleteCheckpoint(AgentCall[pb.CompleteCheckpointRequest]):
     METHOD: ClassVar[str] = "CompleteCheckpoint"
 
 
 @dataclass(frozen=True)
-class DeleteCheckpoint(AgentCall):
+class DeleteCheckpoint(AgentCall[pb.DeleteCheckpointRequest]):
     METHOD: ClassVar[str] = "DeleteCheckpoint"
 
 
 @dataclass(frozen=True)
-class ConvertImage(AgentCall):
+class ConvertImage(AgentCall[pb.ConvertRequest]):
     METHOD: ClassVar[str] = "ConvertCheckpointToImage"
 
 
 @dataclass(frozen=True)
-class GetRestoreState(AgentCall):
+class GetRestoreState(AgentCall[pb.RestoreStateRequest]):
     METHOD: ClassVar[str] = "GetRestoreState"
 
 
 @dataclass(frozen=True)
-class StageRestore(AgentCall):
+class StageRestore(AgentCall[pb.StageRestoreRequest]):
     METHOD: ClassVar[str] = "StageRestore"
 
 
 @dataclass(frozen=True)
-class AbortRestore(AgentCall):
+class AbortRestore(AgentCall[pb.AbortRestoreRequest]):
     METHOD: ClassVar[str] = "AbortRestore"
 
 
@@ -210,7 +221,14 @@ class EmitEvent:
     message: str
 
 
-Action = Effect | PatchStatus | EmitEvent
+@dataclass(frozen=True)
+class HoldFinalizer:
+    """A finalizer's answer: the object may not go yet, and why (it is asked again later)."""
+
+    why: str
+
+
+Action = Effect | PatchStatus | EmitEvent | HoldFinalizer
 
 
 def effects_of(actions: list[Action]) -> list[Effect]:
@@ -225,3 +243,7 @@ def status_of(actions: list[Action]) -> PatchStatus | None:
 
 def events_of(actions: list[Action]) -> list[EmitEvent]:
     return [a for a in actions if isinstance(a, EmitEvent)]
+
+
+def holds_of(actions: list[Action]) -> list[HoldFinalizer]:
+    return [a for a in actions if isinstance(a, HoldFinalizer)]

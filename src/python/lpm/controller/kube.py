@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter as PromCounter
 
 from lpm.api import constants as c
-from lpm.controller import clock
+from lpm.app import clock
 from lpm.controller.effects import Outcome
 
 log = logging.getLogger(__name__)

@@ -5,22 +5,26 @@ from __future__ import annotations
 import logging
 import secrets
 import sys
+from typing import TYPE_CHECKING
 
 from lpm.api.models import RESOURCES
 from lpm.app.logs import setup_logging
 from lpm.controller import config
 
+if TYPE_CHECKING:
+    from lpm.controller.runtime import Runtime
+
 log = logging.getLogger("lpm.controller")
 
 
-def build_runtime(cfg: config.ControllerConfig):  # type: ignore[no-untyped-def]
+def build_runtime(cfg: config.ControllerConfig) -> Runtime:
     from kubernetes import client
     from kubernetes import config as kconfig
 
     from lpm.api import constants as c
     from lpm.controller.agents import TLS, Agents
-    from lpm.controller.cycle import Runtime
     from lpm.controller.kube import Kube
+    from lpm.controller.runtime import Runtime
 
     if cfg.kubeconfig:
         api_client = kconfig.new_client_from_config(config_file=cfg.kubeconfig)
@@ -50,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config.parse(argv)
     setup_logging(cfg.log_level, cfg.log_format)
     if cfg.self_check:
-        kinds = ", ".join(r.KIND for r in RESOURCES)  # type: ignore[attr-defined]
+        kinds = ", ".join(r.KIND for r in RESOURCES)
         print(f"lpm-controller self-check: kinds {kinds}; agents in namespace {cfg.agent_namespace}")
         return 0
     if not cfg.insecure_agents and not (cfg.agent_tls_cert and cfg.agent_tls_key and cfg.agent_tls_ca):
@@ -58,13 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from prometheus_client import start_http_server
 
-    from lpm.controller import runtime
+    from lpm.controller import kopf_wiring
     from lpm.controller.retention import RetentionPolicy
 
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port)
     rt = build_runtime(cfg)
-    runtime.run(
+    kopf_wiring.run(
         rt,
         namespace=cfg.namespace,
         standalone=cfg.standalone,

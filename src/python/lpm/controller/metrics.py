@@ -9,7 +9,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Histogram
 
 from lpm.api.models import MigrationPhase, PodMigrationStatus
-from lpm.controller import clock
+from lpm.app import clock
 
 # Seconds: small pods migrate in a few, big ones in tens; the long tail is timeouts and rollbacks.
 _BUCKETS = (0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200)

@@ -12,8 +12,8 @@ from typing import Any
 from kubernetes import client, watch
 
 from lpm.api import constants as c
-from lpm.controller.cycle import Runtime
-from lpm.controller.podmigration import handlers as podmigration
+from lpm.controller.podmigration.handlers import PODMIGRATIONS
+from lpm.controller.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -61,4 +61,4 @@ class RestoredPodWatcher:
             and migration
             and self.rt.recently_seen((c.PLURAL_POD_MIGRATIONS, meta.namespace, migration))
         ):
-            self.pool.submit(podmigration.reconcile, self.rt, meta.namespace, migration)
+            self.pool.submit(self.rt.reconcile, PODMIGRATIONS, meta.namespace, migration)

@@ -1,228 +1,83 @@
-"""Wires the three shells into kopf: watches, a resync timer per unfinished object, finalizers, peering.
+"""`Runtime`: the controller's doors to the world (Kubernetes, agents, the clock), handed to the reconciler kit.
 
-Why kopf: it is the maintained Python operator runtime (watch streams with resumption, per-object
-serialization, finalizer handling, retries with backoff, peering for active/standby replicas), so LPM's
-code is only the deciders and shells. Handlers are plain functions run in kopf's thread pool.
-
-- `on.event` reconciles on every change of the object (including the controller's own status writes, which is
-  how a migration moves from one phase to the next without waiting);
-- a timer re-checks every unfinished object each `resync_seconds` (pods becoming Running, agents coming
-  back); both go through `Runtime.serialized`, so one object never has two cycles at once;
-- kopf's finalizer is LPM's (`lpm.my.domain/cleanup`), and `on.delete` runs the kind's `finalize`;
-- kopf's own bookkeeping lives in annotations under lpm.my.domain (the CRD schemas prune unknown status).
+Tests hand it a real API server and an agent double. It also serializes cycles per object, so that a watch
+event and a timer tick never reconcile the same object at the same time.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import threading
-from types import ModuleType
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-import kopf
-
-from lpm.api import constants as c
-from lpm.controller import retention
-from lpm.controller.containercheckpoint import handlers as containercheckpoint
-from lpm.controller.cycle import Runtime
-from lpm.controller.podcheckpoint import handlers as podcheckpoint
-from lpm.controller.podmigration import handlers as podmigration
-from lpm.controller.restored_pods import RestoredPodWatcher
-
-log = logging.getLogger(__name__)
-TERMINAL = frozenset({"Completed", "Failed", "Ready"})
-TTL_CHECK_SECONDS = 5.0  # how late a ttlSecondsAfterFinished deletion may be
-BATCH_WINDOW_SECONDS = 0.005  # see configure() below
-KINDS: tuple[tuple[str, ModuleType], ...] = (
-    (c.PLURAL_POD_MIGRATIONS, podmigration),
-    (c.PLURAL_POD_CHECKPOINTS, podcheckpoint),
-    (c.PLURAL_CONTAINER_CHECKPOINTS, containercheckpoint),
-)
+from lpm.app import clock
+from lpm.controller.agents import Agents
+from lpm.controller.effects import AgentCall, CreateObject, DeleteObject, Effect, MarkContentReady, Outcome
+from lpm.controller.kube import Kube
+from lpm.controller.reconciler import Reconciler, finalize_once, reconcile_once
 
 
-def _active(body: Any, **_: Any) -> bool:
-    return (body.get("status") or {}).get("phase") not in TERMINAL
+@dataclass
+class Runtime:
+    kube: Kube
+    agents: Agents
+    now: Callable[[], datetime] = clock.utcnow
+    _locks: dict[tuple[str, str, str], threading.Lock] = field(default_factory=dict)
+    _dirty: set[tuple[str, str, str]] = field(default_factory=set)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+    _seen: dict[tuple[str, str, str], float] = field(default_factory=dict)
 
+    def note_seen(self, key: tuple[str, str, str], ttl: float) -> None:
+        """kopf delivered this object to us: this replica is the active one for it (peering)."""
+        with self._guard:
+            self._seen[key] = time.monotonic() + ttl
 
-def build_registry(
-    rt: Runtime,
-    *,
-    resync_seconds: float,
-    workers: int,
-    peering: str,
-    priority: int = 0,
-    retention_policy: retention.RetentionPolicy | None = None,
-) -> kopf.OperatorRegistry:
-    registry = kopf.OperatorRegistry()
+    def recently_seen(self, key: tuple[str, str, str]) -> bool:
+        with self._guard:
+            return self._seen.get(key, 0.0) > time.monotonic()
 
-    @kopf.on.startup(registry=registry)
-    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.persistence.finalizer = c.FINALIZER
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=c.GROUP)
-        settings.posting.level = logging.WARNING  # LPM posts its own Events on phase changes
-        settings.execution.max_workers = workers
-        settings.peering.name = peering
-        settings.peering.mandatory = False
-        # Replicas with equal priorities would all pause; distinct ones make the highest the active replica.
-        settings.peering.priority = priority
-        # kopf waits batch_window (default 0.1 s) after an object's event for more before it reconciles. A
-        # migration crosses five such hops while its source is frozen (freeze, checkpoint, sealed, staged,
-        # restored): 0.5 s of downtime spent waiting. The deciders are idempotent, so reacting to every event
-        # costs only a few more reconciles when events come in bursts.
-        settings.batching.batch_window = BATCH_WINDOW_SECONDS
-        settings.watching.server_timeout = 300
-        settings.networking.request_timeout = 60
+    def execute(self, effect: Effect) -> Outcome:
+        if isinstance(effect, AgentCall):
+            return self.agents.call(effect)
+        if isinstance(effect, CreateObject):
+            return self.kube.create(effect.plural, effect.namespace, effect.body)
+        if isinstance(effect, DeleteObject):
+            return self.kube.delete(
+                effect.plural, effect.namespace, effect.name, effect.uid, effect.grace_period_seconds
+            )
+        if isinstance(effect, MarkContentReady):
+            return self.kube.mark_content_ready(effect.plural, effect.name)
+        raise TypeError(f"unknown effect {effect!r}")
 
-    @kopf.on.login(registry=registry)
-    def login(**_: Any) -> kopf.ConnectionInfo:
-        cfg = rt.kube.api_client.configuration
-        auth = (cfg.api_key or {}).get("authorization") or ""
-        scheme, _sep, token = auth.partition(" ")
-        return kopf.ConnectionInfo(
-            server=cfg.host,
-            ca_path=cfg.ssl_ca_cert,
-            insecure=not cfg.verify_ssl,
-            scheme=scheme or None,
-            token=token or None,
-            certificate_path=cfg.cert_file,
-            private_key_path=cfg.key_file,
-            default_namespace="default",
+    def reconcile(self, rec: Reconciler[Any], namespace: str, name: str) -> None:
+        """One cycle of the object, unless one is running (then that one runs once more)."""
+        self.serialized(
+            (rec.plural, namespace, name),
+            lambda: reconcile_once(self.kube, self.execute, self.now, rec, namespace, name),
         )
 
-    for plural, module in KINDS:
-        _register(registry, rt, plural, module, resync_seconds)
+    def finalize(self, rec: Reconciler[Any], namespace: str, name: str) -> bool:
+        """The object is being deleted: True once what it left behind is undone (its finalizer may go)."""
+        return finalize_once(self.kube, self.execute, self.now, rec, namespace, name)
 
-    # Finished migrations with spec.ttlSecondsAfterFinished: checked on a timer of their own, since the resync
-    # timer stops once an object is finished.
-    def expire(**kw: Any) -> None:
-        podmigration.expire(rt, dict(kw["body"]))
-
-    kopf.timer(
-        c.GROUP,
-        c.VERSION,
-        c.PLURAL_POD_MIGRATIONS,
-        registry=registry,
-        interval=TTL_CHECK_SECONDS,
-        when=_expiring,
-        id="ttl",
-    )(expire)
-
-    # Finished PodCheckpoints: expired by their retention policy (lpm.controller.retention).
-    default_retention = retention_policy or retention.RetentionPolicy()
-
-    def retain(**kw: Any) -> None:
-        retention.sweep(rt, dict(kw["body"]), default_retention)
-
-    kopf.timer(
-        c.GROUP,
-        c.VERSION,
-        c.PLURAL_POD_CHECKPOINTS,
-        registry=registry,
-        interval=retention.CHECK_SECONDS,
-        when=lambda body, **_: not _active(body),
-        id="retention",
-    )(retain)
-    return registry
-
-
-def _expiring(body: Any, **_: Any) -> bool:
-    return not _active(body) and (body.get("spec") or {}).get("ttlSecondsAfterFinished") is not None
-
-
-# A child's change is news for its owner: reconcile the owner at once instead of at its next resync.
-_OWNER_KINDS: dict[str, ModuleType] = {
-    c.KIND_POD_MIGRATION: podmigration,
-    c.KIND_POD_CHECKPOINT: podcheckpoint,
-}
-
-
-def _poke_owners(rt: Runtime, namespace: str, body: Any) -> None:
-    for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
-        owner = _OWNER_KINDS.get(ref.get("kind"))
-        if owner is not None and ref.get("apiVersion") == c.API_VERSION:
-            owner.reconcile(rt, namespace, ref["name"])
-
-
-def _register(registry: kopf.OperatorRegistry, rt: Runtime, plural: str, module: ModuleType, resync: float) -> None:
-    # kopf passes everything as keyword arguments; these take what they need.
-    seen_ttl = 3 * resync + 5
-
-    def tick(**kw: Any) -> None:
-        rt.note_seen((plural, kw["namespace"], kw["name"]), seen_ttl)
-        module.reconcile(rt, kw["namespace"], kw["name"])
-
-    def changed(**kw: Any) -> None:
-        if kw["type"] == "DELETED":
-            return
-        rt.note_seen((plural, kw["namespace"], kw["name"]), seen_ttl)
-        if _active(kw["body"]):
-            module.reconcile(rt, kw["namespace"], kw["name"])
-        _poke_owners(rt, kw["namespace"], kw["body"])
-
-    def deleting(**kw: Any) -> None:
-        if not module.finalize(rt, kw["namespace"], kw["name"]):
-            raise kopf.TemporaryError("waiting for cleanup to finish", delay=1)
-
-    kopf.timer(c.GROUP, c.VERSION, plural, registry=registry, interval=resync, when=_active, id="resync")(tick)
-    kopf.on.event(c.GROUP, c.VERSION, plural, registry=registry, id="changed")(changed)
-    kopf.on.delete(c.GROUP, c.VERSION, plural, registry=registry, id="cleanup", backoff=1)(deleting)
-
-
-def run(
-    rt: Runtime,
-    *,
-    namespace: str | None,
-    standalone: bool,
-    peering: str,
-    resync_seconds: float,
-    workers: int,
-    priority: int = 0,
-    retention_policy: retention.RetentionPolicy | None = None,
-    liveness_endpoint: str | None = None,
-    stop_flag: threading.Event | None = None,
-    ready_flag: threading.Event | None = None,
-) -> None:
-    """Run the operator in the calling thread until `stop_flag` is set (or forever)."""
-    if not logging.getLogger().isEnabledFor(logging.DEBUG):
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # "Timer succeeded" on every tick is noise
-    registry = build_registry(
-        rt,
-        resync_seconds=resync_seconds,
-        workers=workers,
-        peering=peering,
-        priority=priority,
-        retention_policy=retention_policy,
-    )
-    watcher_stop = threading.Event()
-    RestoredPodWatcher(rt, namespace, watcher_stop).start()
-    try:
-        _run_kopf(registry, namespace, standalone, peering, priority, liveness_endpoint, stop_flag, ready_flag)
-    finally:
-        watcher_stop.set()
-
-
-def _run_kopf(
-    registry: kopf.OperatorRegistry,
-    namespace: str | None,
-    standalone: bool,
-    peering: str,
-    priority: int,
-    liveness_endpoint: str | None,
-    stop_flag: threading.Event | None,
-    ready_flag: threading.Event | None,
-) -> None:
-    asyncio.run(
-        kopf.operator(
-            registry=registry,
-            standalone=standalone,
-            peering_name=peering,
-            priority=priority,
-            clusterwide=namespace is None,
-            namespaces=[namespace] if namespace else (),
-            liveness_endpoint=liveness_endpoint,
-            stop_flag=stop_flag,
-            ready_flag=ready_flag,
-        )
-    )
+    def serialized(self, key: tuple[str, str, str], fn: Callable[[], None]) -> None:
+        """Run `fn` unless a cycle for `key` is already running; then that cycle runs once more instead."""
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+            if not lock.acquire(blocking=False):
+                self._dirty.add(key)
+                return
+        try:
+            while True:
+                fn()
+                with self._guard:
+                    if key not in self._dirty:
+                        break
+                    self._dirty.discard(key)
+        finally:
+            with self._guard:
+                lock.release()
+                self._locks.pop(key, None)

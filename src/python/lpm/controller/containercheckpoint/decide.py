@@ -10,12 +10,15 @@ PodCheckpoint is gone or has failed ends Failed (Abandoned) without another agen
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from google.protobuf import json_format
+from google.protobuf.duration_pb2 import Duration
+
 from lpm.api import constants as c
+from lpm.api.agent.v1 import agent_pb2 as pb
 from lpm.api.codec import encode
 from lpm.api.conditions import set_condition
 from lpm.api.models import (
@@ -24,25 +27,22 @@ from lpm.api.models import (
     ContainerCheckpoint,
     ContainerCheckpointContent,
     ContainerCheckpointContentSpec,
-    ContainerCheckpointStatus,
     DeletionPolicy,
     ObjectRef,
     PodCheckpoint,
 )
 from lpm.api.names import checkpoint_id_for, content_name
-from lpm.controller import clock
+from lpm.api.views import PodView
+from lpm.app import clock
 from lpm.controller.effects import (
     Action,
     CallCheckpoint,
     CreateContent,
     DeleteObject,
-    Effect,
-    EmitEvent,
     MarkContentReady,
     Outcome,
-    PatchStatus,
 )
-from lpm.controller.views import PodView
+from lpm.controller.plan import Plan
 
 CP = CheckpointPhase
 # An agent that is restarting is back within seconds (measured: ~10 s on infra/local); a source may be frozen
@@ -66,40 +66,35 @@ class Observed:
     owner: PodCheckpoint | None = None
 
 
-def _seconds(value: object) -> float | None:
-    """A google.protobuf.Duration in JSON ("1.5s") -> seconds."""
-    if isinstance(value, str) and value.endswith("s"):
-        try:
-            return float(value[:-1])
-        except ValueError:
-            return None
-    return None
+def _seconds(duration: Duration, reported: bool) -> float | None:
+    return duration.ToTimedelta().total_seconds() if reported else None
 
 
 def decide(obs: Observed) -> list[Action]:
     cc = obs.container_checkpoint
-    st: ContainerCheckpointStatus = copy.deepcopy(cc.status)
-    if st.phase.terminal or cc.metadata.get("deletionTimestamp"):
+    if cc.status.phase.terminal or cc.metadata.get("deletionTimestamp"):
         return []
+    plan = Plan(cc.status, obs.outcomes)
+    st = plan.status
     ns, name, uid = (str(cc.metadata.get(k, "")) for k in ("namespace", "name", "uid"))
     now = clock.fmt(obs.now)
-    effects: list[Effect] = []
-    events: list[EmitEvent] = []
     ctr = cc.spec.container_name
-
-    def answer() -> list[Action]:
-        out: list[Action] = list(effects)
-        if st != cc.status:
-            out.append(PatchStatus(st))
-        out.extend(events)
-        return out
 
     def finish(phase: CheckpointPhase, reason: str, message: str) -> list[Action]:
         st.phase, st.reason, st.message = phase, reason, message
         ready = ConditionStatus.TRUE if phase is CP.READY else ConditionStatus.FALSE
         st.conditions = set_condition(st.conditions, c.CONDITION_READY, ready, reason, message, now)
-        events.append(EmitEvent("Normal" if phase is CP.READY else "Warning", reason, message))
-        return answer()
+        plan.emit("Normal" if phase is CP.READY else "Warning", reason, message)
+        return plan.actions()
+
+    def ready(spec: ContainerCheckpointContentSpec) -> list[Action]:
+        st.bound_content_name = cname
+        st.artifact_uri = spec.artifact_uri
+        st.sha256 = spec.sha256
+        st.compressed_size_bytes = spec.compressed_size_bytes
+        st.raw_size_bytes = spec.raw_size_bytes
+        st.pod_uid, st.checkpoint_id, st.node_name = spec.pod_uid, spec.checkpoint_id, spec.node_name
+        return finish(CP.READY, "Ready", f"stored as {spec.artifact_uri}")
 
     cname = container_content_name(ns, name, uid)
     content = obs.content
@@ -108,11 +103,9 @@ def decide(obs: Observed) -> list[Action]:
             return finish(CP.FAILED, "ContentConflict", f"ContainerCheckpointContent {cname} is bound elsewhere")
         # Stored and bound already (a previous cycle died before recording it): adopt it.
         if not content.status.ready_to_use:
-            out = obs.outcomes.get(MarkContentReady(c.PLURAL_CONTAINER_CHECKPOINT_CONTENTS, cname).key)
-            if out is None:
-                effects.append(MarkContentReady(c.PLURAL_CONTAINER_CHECKPOINT_CONTENTS, cname))
-                return answer()
-        return _ready(st, content.spec, cname, finish)
+            if plan.outcome(MarkContentReady(c.PLURAL_CONTAINER_CHECKPOINT_CONTENTS, cname)) is None:
+                return plan.actions()
+        return ready(content.spec)
 
     owner = obs.owner
     if obs.owner_name and (owner is None or owner.metadata.get("deletionTimestamp") or owner.status.phase is CP.FAILED):
@@ -140,74 +133,66 @@ def decide(obs: Observed) -> list[Action]:
         st.conditions = set_condition(
             st.conditions, c.CONDITION_READY, ConditionStatus.FALSE, "InProgress", f"checkpointing {ctr}", now
         )
-    request = {
-        "pod_namespace": ns,
-        "pod_name": cc.spec.pod_name,
-        "container_name": ctr,
-        "pod_uid": st.pod_uid or "",
-        "checkpoint_id": st.checkpoint_id or "",
-        "options": {
-            "tcp_established": cc.spec.options.tcp_established,
-            "leave_running": cc.spec.leave_running,
-            "stage_on_node": cc.spec.stage_on_node or "",
-        },
-    }
-    called = obs.outcomes.get(CallCheckpoint(st.node_name or "", request).key)
+    request = pb.CheckpointRequest(
+        pod_namespace=ns,
+        pod_name=cc.spec.pod_name,
+        container_name=ctr,
+        pod_uid=st.pod_uid or "",
+        checkpoint_id=st.checkpoint_id or "",
+        options=pb.CheckpointOptions(
+            tcp_established=cc.spec.options.tcp_established,
+            leave_running=cc.spec.leave_running,
+            stage_on_node=cc.spec.stage_on_node or "",
+        ),
+    )
+    called = plan.outcome(CallCheckpoint(st.node_name or "", request))
     if called is None:
-        effects.append(CallCheckpoint(st.node_name or "", request))
-        return answer()
+        return plan.actions()
     if not called.ok:
         age = clock.seconds_between(str(cc.metadata.get("creationTimestamp") or ""), obs.now) or 0.0
         if called.retryable and age < DEADLINE_SECONDS:
             st.reason, st.message = called.reason, called.message
-            return answer()
+            return plan.actions()
         return finish(CP.FAILED, called.reason or "CheckpointFailed", called.message)
-    art = called.value.get("artifact") or {}
-    st.kubelet_seconds = _seconds(called.value.get("kubelet_duration"))
-    st.dumped_by = called.value.get("dumped_by") or None
-    st.store_seconds = _seconds(called.value.get("store_duration"))
-    st.attempts = int(called.value.get("attempts") or 1)
+    reply = json_format.ParseDict(called.value, pb.CheckpointResponse())  # the agent's reply, typed again
+    art = reply.artifact
+    st.kubelet_seconds = _seconds(reply.kubelet_duration, reply.HasField("kubelet_duration"))
+    st.dumped_by = reply.dumped_by or None
+    st.store_seconds = _seconds(reply.store_duration, reply.HasField("store_duration"))
+    st.attempts = reply.attempts or 1
     spec = ContainerCheckpointContentSpec(
         container_checkpoint_ref=ObjectRef(name=name, namespace=ns, uid=uid),
-        artifact_uri=str(art.get("artifact_uri") or ""),
+        artifact_uri=art.artifact_uri,
         container_name=ctr,
         pod_uid=st.pod_uid or "",
         checkpoint_id=st.checkpoint_id or "",
         node_name=st.node_name or "",
-        sha256=art.get("sha256") or None,
-        compressed_size_bytes=int(art["compressed_size_bytes"]) if art.get("compressed_size_bytes") else None,
-        raw_size_bytes=int(art["raw_size_bytes"]) if art.get("raw_size_bytes") else None,
+        sha256=art.sha256 or None,
+        compressed_size_bytes=art.compressed_size_bytes or None,
+        raw_size_bytes=art.raw_size_bytes or None,
         deletion_policy=cc.spec.deletion_policy,
     )
     body = encode(ContainerCheckpointContent(spec=spec))
     body["metadata"] = {"name": cname, "labels": {c.LABEL_POD_CHECKPOINT: name}}
-    created = obs.outcomes.get(CreateContent(c.PLURAL_CONTAINER_CHECKPOINT_CONTENTS, None, body).key)
+    created = plan.outcome(CreateContent(c.PLURAL_CONTAINER_CHECKPOINT_CONTENTS, None, body))
     if created is None:
-        effects.append(CreateContent(c.PLURAL_CONTAINER_CHECKPOINT_CONTENTS, None, body))
-        return answer()
+        return plan.actions()
     if not created.ok:
         if created.retryable:
             st.reason, st.message = created.reason, created.message
-            return answer()
+            return plan.actions()
         return finish(CP.FAILED, "ContentInvalid", f"agent result rejected: {created.message}")
-    marked = obs.outcomes.get(MarkContentReady(c.PLURAL_CONTAINER_CHECKPOINT_CONTENTS, cname).key)
-    if marked is None:
-        effects.append(MarkContentReady(c.PLURAL_CONTAINER_CHECKPOINT_CONTENTS, cname))
-        return answer()
-    return _ready(st, spec, cname, finish)
+    if plan.outcome(MarkContentReady(c.PLURAL_CONTAINER_CHECKPOINT_CONTENTS, cname)) is None:
+        return plan.actions()
+    return ready(spec)
 
 
-def _ready(st: ContainerCheckpointStatus, spec: ContainerCheckpointContentSpec, cname: str, finish) -> list[Action]:  # type: ignore[no-untyped-def]
-    st.bound_content_name = cname
-    st.artifact_uri = spec.artifact_uri
-    st.sha256 = spec.sha256
-    st.compressed_size_bytes = spec.compressed_size_bytes
-    st.raw_size_bytes = spec.raw_size_bytes
-    st.pod_uid, st.checkpoint_id, st.node_name = spec.pod_uid, spec.checkpoint_id, spec.node_name
-    return finish(CP.READY, "Ready", f"stored as {spec.artifact_uri}")
-
-
-def decide_finalize(cc: ContainerCheckpoint) -> list[Action]:
-    if cc.spec.deletion_policy is not DeletionPolicy.DELETE or not cc.status.bound_content_name:
-        return []
-    return [DeleteObject(c.PLURAL_CONTAINER_CHECKPOINT_CONTENTS, None, cc.status.bound_content_name)]
+def decide_finalize(obs: Observed) -> list[Action]:
+    """On deletion with deletionPolicy Delete: its Content goes too (the files go with the PodCheckpoint's)."""
+    cc = obs.container_checkpoint
+    plan = Plan(cc.status, obs.outcomes)
+    name = cc.status.bound_content_name
+    if cc.spec.deletion_policy is DeletionPolicy.DELETE and name:
+        if not plan.settled(DeleteObject(c.PLURAL_CONTAINER_CHECKPOINT_CONTENTS, None, name)):
+            plan.hold(f"ContainerCheckpointContent {name} is not deleted yet")
+    return plan.actions()

@@ -9,12 +9,12 @@ Pending -> InProgress (one owned ContainerCheckpoint per container, all under on
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from lpm.api import constants as c
+from lpm.api.agent.v1 import agent_pb2 as pb
 from lpm.api.codec import encode
 from lpm.api.conditions import set_condition
 from lpm.api.models import (
@@ -29,11 +29,11 @@ from lpm.api.models import (
     PodCheckpoint,
     PodCheckpointContent,
     PodCheckpointContentSpec,
-    PodCheckpointStatus,
     PodMigration,
 )
 from lpm.api.names import checkpoint_id_for, child_name, content_name
-from lpm.controller import clock
+from lpm.api.views import PodView
+from lpm.app import clock
 from lpm.controller.effects import (
     Action,
     CompleteCheckpoint,
@@ -41,13 +41,10 @@ from lpm.controller.effects import (
     CreateContent,
     DeleteCheckpoint,
     DeleteObject,
-    Effect,
-    EmitEvent,
     MarkContentReady,
     Outcome,
-    PatchStatus,
 )
-from lpm.controller.views import PodView
+from lpm.controller.plan import Plan
 
 CP = CheckpointPhase
 
@@ -87,27 +84,20 @@ def _owner_ref(pc: PodCheckpoint) -> dict[str, object]:
 
 def decide(obs: Observed) -> list[Action]:
     pc = obs.pod_checkpoint
-    st: PodCheckpointStatus = copy.deepcopy(pc.status)
-    if st.phase.terminal or pc.metadata.get("deletionTimestamp"):
+    if pc.status.phase.terminal or pc.metadata.get("deletionTimestamp"):
         return []
+    plan = Plan(pc.status, obs.outcomes)
+    st = plan.status
     ns, name, uid = (str(pc.metadata.get(k, "")) for k in ("namespace", "name", "uid"))
     now = clock.fmt(obs.now)
-    effects: list[Effect] = []
-    events: list[EmitEvent] = []
-
-    def outcome(effect: Effect) -> Outcome | None:
-        out = obs.outcomes.get(effect.key)
-        if out is None:
-            effects.append(effect)
-        return out
 
     def finish(phase: CheckpointPhase, reason: str, message: str) -> list[Action]:
         st.phase, st.reason, st.message = phase, reason, message
         st.completion_time = now
         ready = ConditionStatus.TRUE if phase is CP.READY else ConditionStatus.FALSE
         st.conditions = set_condition(st.conditions, c.CONDITION_READY, ready, reason, message, now)
-        events.append(EmitEvent("Normal" if phase is CP.READY else "Warning", reason, message))
-        return _answer(pc.status, st, effects, events)
+        plan.emit("Normal" if phase is CP.READY else "Warning", reason, message)
+        return plan.actions()
 
     owner = obs.owner
     if obs.owner_name and (
@@ -158,7 +148,7 @@ def decide(obs: Observed) -> list[Action]:
                 "labels": {c.LABEL_POD_CHECKPOINT: name},
                 "ownerReferences": [_owner_ref(pc)],
             }
-            outcome(CreateContainerCheckpoint(c.PLURAL_CONTAINER_CHECKPOINTS, ns, body))
+            plan.outcome(CreateContainerCheckpoint(c.PLURAL_CONTAINER_CHECKPOINTS, ns, body))
             continue
         state.phase = child.status.phase
         state.artifact_uri = child.status.artifact_uri
@@ -168,29 +158,29 @@ def decide(obs: Observed) -> list[Action]:
                 CP.FAILED, child.status.reason or "ContainerCheckpointFailed", f"container {state.name}: {why}"
             )
     if not st.containers or any(s.phase is not CP.READY for s in st.containers):
-        return _answer(pc.status, st, effects, events)
+        return plan.actions()
 
     # All containers stored: seal, then bind the content.
     cname = pod_content_name(ns, name, uid)
     content = obs.content
     if content is not None and content.spec.pod_checkpoint_ref.uid != uid:
         return finish(CP.FAILED, "ContentConflict", f"PodCheckpointContent {cname} is bound to another PodCheckpoint")
-    sealed = outcome(
+    sealed = plan.outcome(
         CompleteCheckpoint(
             st.node_name or "",
-            {
-                "pod_uid": st.pod_uid or "",
-                "checkpoint_id": st.checkpoint_id or "",
-                "container_names": [s.name for s in st.containers],
-            },
+            pb.CompleteCheckpointRequest(
+                pod_uid=st.pod_uid or "",
+                checkpoint_id=st.checkpoint_id or "",
+                container_names=[s.name for s in st.containers],
+            ),
         )
     )
     if sealed is None:
-        return _answer(pc.status, st, effects, events)
+        return plan.actions()
     if not sealed.ok:
         if sealed.retryable:
             st.reason, st.message = sealed.reason, sealed.message
-            return _answer(pc.status, st, effects, events)
+            return plan.actions()
         return finish(CP.FAILED, sealed.reason or "CompleteFailed", sealed.message)
     if content is None:
         content_spec = PodCheckpointContentSpec(
@@ -201,47 +191,48 @@ def decide(obs: Observed) -> list[Action]:
             node_name=st.node_name or "",
             checkpoint_id=st.checkpoint_id or "",
             container_checkpoint_contents=[
-                obs.children[s.name].status.bound_content_name or "" for s in st.containers  # type: ignore[union-attr]
+                (child.status.bound_content_name if child else None) or ""
+                for child in (obs.children.get(s.name) for s in st.containers)
             ],
             deletion_policy=pc.spec.deletion_policy,
         )
         body = encode(PodCheckpointContent(spec=content_spec))
         body["metadata"] = {"name": cname, "labels": {c.LABEL_POD_CHECKPOINT: name}}
-        created = outcome(CreateContent(c.PLURAL_POD_CHECKPOINT_CONTENTS, None, body))
+        created = plan.outcome(CreateContent(c.PLURAL_POD_CHECKPOINT_CONTENTS, None, body))
         if created is None:
-            return _answer(pc.status, st, effects, events)
+            return plan.actions()
         if not created.ok:
             st.reason, st.message = created.reason, created.message
-            return _answer(pc.status, st, effects, events)
+            return plan.actions()
     if content is None or not content.status.ready_to_use:
-        marked = outcome(MarkContentReady(c.PLURAL_POD_CHECKPOINT_CONTENTS, cname))
+        marked = plan.outcome(MarkContentReady(c.PLURAL_POD_CHECKPOINT_CONTENTS, cname))
         if marked is None or not marked.ok:
-            return _answer(pc.status, st, effects, events)
+            return plan.actions()
     st.bound_content_name = cname
     st.conditions = set_condition(st.conditions, c.CONDITION_BOUND, ConditionStatus.TRUE, "Bound", cname, now)
     return finish(CP.READY, "Ready", f"{len(st.containers)} container(s) stored as {st.checkpoint_id}")
 
 
-def _answer(
-    old: PodCheckpointStatus, new: PodCheckpointStatus, effects: list[Effect], events: list[EmitEvent]
-) -> list[Action]:
-    out: list[Action] = list(effects)
-    if new != old:
-        out.append(PatchStatus(new))
-    out.extend(events)
-    return out
-
-
-def decide_finalize(pc: PodCheckpoint) -> list[Action]:
+def decide_finalize(obs: Observed) -> list[Action]:
     """On deletion: the stored checkpoint goes only when deletionPolicy is Delete: its files, through the agent
     of the node that took it (any agent reaches the shared repository, that one is known to exist), then its
-    Content. A checkpoint that never got an ID or a node stored nothing."""
-    if pc.spec.deletion_policy is not DeletionPolicy.DELETE:
-        return []
-    st = pc.status
-    out: list[Action] = []
-    if st.node_name and st.pod_uid and st.checkpoint_id:
-        out.append(DeleteCheckpoint(st.node_name, {"pod_uid": st.pod_uid, "checkpoint_id": st.checkpoint_id}))
-    if st.bound_content_name:
-        out.append(DeleteObject(c.PLURAL_POD_CHECKPOINT_CONTENTS, None, st.bound_content_name))
-    return out
+    Content. A checkpoint that never got an ID or a node stored nothing. Its ContainerCheckpoints go with it
+    (the garbage collector deletes them too; deleting them here works without one)."""
+    pc = obs.pod_checkpoint
+    plan = Plan(pc.status, obs.outcomes)
+    ns = str(pc.metadata.get("namespace", ""))
+    if pc.spec.deletion_policy is DeletionPolicy.DELETE:
+        st = pc.status
+        if st.node_name and st.pod_uid and st.checkpoint_id:
+            request = pb.DeleteCheckpointRequest(pod_uid=st.pod_uid, checkpoint_id=st.checkpoint_id)
+            if not plan.settled(DeleteCheckpoint(st.node_name, request)):
+                plan.hold(f"checkpoint {st.checkpoint_id} is not deleted yet")
+        if st.bound_content_name and not plan.settled(
+            DeleteObject(c.PLURAL_POD_CHECKPOINT_CONTENTS, None, st.bound_content_name)
+        ):
+            plan.hold(f"PodCheckpointContent {st.bound_content_name} is not deleted yet")
+    for child in obs.children.values():
+        if child is not None:
+            meta = child.metadata
+            plan.outcome(DeleteObject(c.PLURAL_CONTAINER_CHECKPOINTS, ns, str(meta.get("name")), meta.get("uid")))
+    return plan.actions()

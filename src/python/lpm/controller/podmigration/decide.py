@@ -26,13 +26,15 @@ Safety rules the property tests check, and how this module keeps them:
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from google.protobuf.duration_pb2 import Duration
+
 from lpm.api import constants as c
+from lpm.api.agent.v1 import agent_pb2 as pb
 from lpm.api.codec import encode
 from lpm.api.conditions import set_condition
 from lpm.api.messages import scrub_paths
@@ -47,12 +49,14 @@ from lpm.api.models import (
     PodCheckpoint,
     PodCheckpointSpec,
     PodMigration,
+    PodMigrationSpec,
     PodMigrationStatus,
     SourceCleanup,
     SourcePolicy,
 )
 from lpm.api.names import checkpoint_id_for
-from lpm.controller import clock
+from lpm.api.views import NodeView, PodView
+from lpm.app import clock
 from lpm.controller.effects import (
     AbortRestore,
     Action,
@@ -63,18 +67,15 @@ from lpm.controller.effects import (
     DeleteObject,
     DeletePod,
     DescribeRestoreFailure,
-    Effect,
-    EmitEvent,
     FreezeSource,
     GetRestoreState,
     Outcome,
-    PatchStatus,
     ProbeAgent,
     StageRestore,
     ThawSource,
 )
+from lpm.controller.plan import Plan
 from lpm.controller.podmigration.restore import build_restored_pod, pod_checkpoint_name, restored_pod_name
-from lpm.controller.views import NodeView, PodView
 
 P = MigrationPhase
 # Phases in which the migration has touched the source and a failure must roll back.
@@ -87,7 +88,7 @@ ROLLBACK_THAW_SECONDS = 120.0
 # The agent thaws by itself this long after the migration's deadline if nobody calls Thaw.
 AUTO_THAW_MARGIN_SECONDS = 120
 # Preparing asks the target's agent to answer as soon as the replacement's first container waits in lpm-runc.
-REPLACEMENT_POLL = "1.5s"
+REPLACEMENT_POLL = Duration(seconds=1, nanos=500_000_000)
 
 
 @dataclass(frozen=True)
@@ -122,27 +123,19 @@ def is_active(migration: PodMigration) -> bool:
     return not migration.status.phase.terminal
 
 
-class _Plan:
-    """Accumulates one answer: effects to run, the new status, events for each phase change."""
+class MigrationPlan(Plan[PodMigrationStatus]):
+    """One answer for a PodMigration (`Plan`), with the migration's own vocabulary: phases entered with their
+    durations, conditions and events, and who is who (source pod, restored pod)."""
 
     def __init__(self, obs: Observed) -> None:
+        super().__init__(obs.migration.status, obs.outcomes)
         self.obs = obs
         self.m = obs.migration
-        self.status: PodMigrationStatus = copy.deepcopy(obs.migration.status)
-        self.effects: list[Effect] = []
-        self.events: list[EmitEvent] = []
         self.now = clock.fmt(obs.now)
         self.recorded = obs.recorded_at or obs.now
         self.stamp = clock.fmt(self.recorded)
 
     # ----------------------------------------------------------------------------------------- helpers
-    def outcome(self, effect: Effect) -> Outcome | None:
-        """The effect's outcome if it already ran this cycle; otherwise ask for it and return None."""
-        out = self.obs.outcomes.get(effect.key)
-        if out is None:
-            self.effects.append(effect)
-        return out
-
     def note(self, reason: str, message: str) -> None:
         self.status.reason, self.status.message = reason, message
 
@@ -167,7 +160,7 @@ class _Plan:
         st.conditions = set_condition(st.conditions, c.CONDITION_READY, *ready, self.now, gen)
         st.observed_generation = gen
         warning = phase in (P.FAILED, P.ROLLING_BACK)
-        self.events.append(EmitEvent("Warning" if warning else "Normal", phase.value, message))
+        self.emit("Warning" if warning else "Normal", phase.value, message)
 
     def fail(self, reason: str, message: str) -> None:
         """Failed without having touched anything (validation)."""
@@ -175,13 +168,6 @@ class _Plan:
             self.status.conditions, c.CONDITION_VALIDATED, ConditionStatus.FALSE, reason, message, self.now
         )
         self.enter(P.FAILED, reason, message)
-
-    def actions(self) -> list[Action]:
-        out: list[Action] = list(self.effects)
-        if self.status != self.m.status:
-            out.append(PatchStatus(self.status))
-        out.extend(self.events)
-        return out
 
     # ---------------------------------------------------------------------------------------- identity
     @property
@@ -207,7 +193,8 @@ class _Plan:
         pod = self.source()
         return list(pod.containers) if pod else []
 
-    def agent_pod_request(self) -> dict[str, object]:
+    def _source_containers(self) -> dict[str, Any]:
+        """The fields that name the source's containers in a Freeze or a Thaw (both messages have them)."""
         st = self.status
         return {
             "pod_namespace": self.ns,
@@ -217,9 +204,15 @@ class _Plan:
             "checkpoint_id": st.checkpoint_id or "",
         }
 
+    def freeze_request(self, auto_thaw_after: Duration) -> pb.FreezeRequest:
+        return pb.FreezeRequest(auto_thaw_after=auto_thaw_after, **self._source_containers())
+
+    def thaw_request(self) -> pb.ThawRequest:
+        return pb.ThawRequest(**self._source_containers())
+
 
 def decide(obs: Observed) -> list[Action]:
-    plan = _Plan(obs)
+    plan = MigrationPlan(obs)
     phase = plan.status.phase
     if phase.terminal or obs.migration.metadata.get("deletionTimestamp"):
         return []
@@ -251,7 +244,7 @@ def decide(obs: Observed) -> list[Action]:
 # ------------------------------------------------------------------------------------------------ phases
 
 
-def _pending(plan: _Plan) -> None:
+def _pending(plan: MigrationPlan) -> None:
     plan.status.start_time = plan.now
     # Time spent Pending is the wait for a controller to pick the migration up.
     plan.status.phase_started_at = str(plan.m.metadata.get("creationTimestamp") or plan.now)
@@ -259,54 +252,130 @@ def _pending(plan: _Plan) -> None:
     _validating(plan)
 
 
-def _validating(plan: _Plan) -> None:
+@dataclass(frozen=True)
+class _Subject:
+    """What validation looks at before asking any agent. `pod` and `node` are for checks that come after the
+    ones that found them missing."""
+
+    spec: PodMigrationSpec
+    ns: str
+    found_pod: PodView | None
+    found_node: NodeView | None
+    older: tuple[str, ...]
+
+    @property
+    def pod(self) -> PodView:
+        assert self.found_pod is not None, "a check on the pod comes after PodNotFound"
+        return self.found_pod
+
+    @property
+    def node(self) -> NodeView:
+        assert self.found_node is not None, "a check on the node comes after TargetNodeNotFound"
+        return self.found_node
+
+
+@dataclass(frozen=True)
+class Check:
+    reason: str
+    fails: Callable[[_Subject], bool]
+    message: Callable[[_Subject], str]
+
+
+def _detach_hint(controller: str) -> str:
+    kind, name = controller.split("/", 1)
+    return f"kubectl delete {kind.lower()} {name} --cascade=orphan, or remove the ownerReference"
+
+
+# What makes a migration fail validation before any agent is asked, in order: a check may assume that every
+# check above it passed. The first that fails names the reason.
+CHECKS: tuple[Check, ...] = (
+    Check(
+        "FrozenSourceRetained",
+        lambda s: s.spec.source_policy is SourcePolicy.FREEZE and s.spec.source_cleanup is SourceCleanup.RETAIN,
+        lambda s: "sourcePolicy Freeze with sourceCleanup Retain would leave a frozen source pod that its agent "
+        "thaws later, running next to the restored copy; use sourceCleanup Delete, or sourcePolicy KeepRunning "
+        "for a clone",
+    ),
+    Check(
+        "PodNotFound",
+        lambda s: s.found_pod is None,
+        lambda s: f"pod {s.ns}/{s.spec.pod_name} does not exist; check spec.podName",
+    ),
+    Check(
+        "PodNotRunning",
+        lambda s: not s.pod.running,
+        lambda s: f"pod {s.spec.pod_name} is {'terminating' if s.pod.deleting else s.pod.phase}; only Running "
+        "pods can be migrated",
+    ),
+    Check(
+        "PodHasController",
+        lambda s: bool(s.pod.controller),
+        lambda s: f"pod {s.spec.pod_name} is managed by {s.pod.controller}, which would recreate it and fight the "
+        f"restored copy; detach it first ({_detach_hint(s.pod.controller or '/')}) and retry",
+    ),
+    Check(
+        "PodNotScheduled",
+        lambda s: not s.pod.node_name,
+        lambda s: f"pod {s.spec.pod_name} is not bound to a node yet",
+    ),
+    Check(
+        "TargetIsSourceNode",
+        lambda s: s.spec.target_node == s.pod.node_name,
+        lambda s: f"pod {s.spec.pod_name} already runs on {s.spec.target_node}; choose another node",
+    ),
+    Check(
+        "TargetNodeNotFound",
+        lambda s: s.found_node is None,
+        lambda s: f"node {s.spec.target_node} does not exist (kubectl get nodes)",
+    ),
+    Check(
+        "TargetNodeNotReady",
+        lambda s: s.node.deleting or not s.node.ready,
+        lambda s: f"target node {s.spec.target_node} is NotReady: {s.node.ready_message}",
+    ),
+    Check(
+        "TargetNodeUnschedulable",
+        lambda s: s.node.unschedulable,
+        lambda s: f"target node {s.spec.target_node} is cordoned; uncordon it or choose another node",
+    ),
+    Check(
+        "AnotherMigrationActive",
+        lambda s: bool(s.older),
+        lambda s: f"PodMigration {s.older[0]} is already migrating pod {s.spec.pod_name}; wait for it to finish "
+        "or delete it",
+    ),
+)
+
+
+def validation_problem(obs: Observed) -> tuple[str, str] | None:
+    """(reason, message) of the first check in CHECKS that fails; None when all pass."""
+    m = obs.migration
+    subject = _Subject(
+        m.spec,
+        str(m.metadata.get("namespace", "")),
+        obs.source_pod,
+        obs.target_node,
+        obs.older_active_migrations,
+    )
+    return next(((ch.reason, ch.message(subject)) for ch in CHECKS if ch.fails(subject)), None)
+
+
+def _validating(plan: MigrationPlan) -> None:
+    """CHECKS, then the agents: both must be up and able (the source to checkpoint, and to freeze if asked),
+    the target decides the engine, and the source's agent checks the pod's eligibility."""
     obs, m = plan.obs, plan.m
+    problem = validation_problem(obs)
+    if problem is not None:
+        return plan.fail(*problem)
+    pod, node = obs.source_pod, obs.target_node
+    assert pod is not None and pod.node_name and node is not None, "CHECKS found them"
     pod_name, target = m.spec.pod_name, m.spec.target_node
-    if m.spec.source_policy is SourcePolicy.FREEZE and m.spec.source_cleanup is SourceCleanup.RETAIN:
-        return plan.fail(
-            "FrozenSourceRetained",
-            "sourcePolicy Freeze with sourceCleanup Retain would leave a frozen source pod that its agent thaws "
-            "later, running next to the restored copy; use sourceCleanup Delete, or sourcePolicy KeepRunning "
-            "for a clone",
-        )
-    pod = obs.source_pod
-    if pod is None:
-        return plan.fail("PodNotFound", f"pod {plan.ns}/{pod_name} does not exist; check spec.podName")
-    if not pod.running:
-        state = "terminating" if pod.deleting else pod.phase
-        return plan.fail("PodNotRunning", f"pod {pod_name} is {state}; only Running pods can be migrated")
-    if pod.controller:
-        return plan.fail(
-            "PodHasController",
-            f"pod {pod_name} is managed by {pod.controller}, which would recreate it and fight the restored copy; "
-            f"detach it first (kubectl delete {pod.controller.split('/')[0].lower()} "
-            f"{pod.controller.split('/', 1)[1]} --cascade=orphan, or remove the ownerReference) and retry",
-        )
-    if not pod.node_name:
-        return plan.fail("PodNotScheduled", f"pod {pod_name} is not bound to a node yet")
-    if target == pod.node_name:
-        return plan.fail("TargetIsSourceNode", f"pod {pod_name} already runs on {target}; choose another node")
-    node = obs.target_node
-    if node is None:
-        return plan.fail("TargetNodeNotFound", f"node {target} does not exist (kubectl get nodes)")
-    if node.deleting or not node.ready:
-        return plan.fail("TargetNodeNotReady", f"target node {target} is NotReady: {node.ready_message}")
-    if node.unschedulable:
-        return plan.fail(
-            "TargetNodeUnschedulable", f"target node {target} is cordoned; uncordon it or choose another node"
-        )
-    if obs.older_active_migrations:
-        other = obs.older_active_migrations[0]
-        return plan.fail(
-            "AnotherMigrationActive",
-            f"PodMigration {other} is already migrating pod {pod_name}; wait for it to finish or delete it",
-        )
     waited = clock.seconds_between(plan.status.start_time, obs.now) or 0.0
     freeze = m.spec.source_policy is SourcePolicy.FREEZE
     pending_probe = False
     target_caps: Mapping[str, Any] = {}
     for role, node_name in (("source", pod.node_name), ("target", target)):
-        out = plan.outcome(ProbeAgent(node_name, {}))
+        out = plan.outcome(ProbeAgent(node_name))
         if out is None:
             pending_probe = True
             continue
@@ -374,7 +443,7 @@ def _validating(plan: _Plan) -> None:
     return _begin_checkpoint(plan)
 
 
-def _begin_checkpoint(plan: _Plan) -> None:
+def _begin_checkpoint(plan: MigrationPlan) -> None:
     pod_name, node = plan.m.spec.pod_name, plan.status.source_node
     if plan.m.spec.source_policy is SourcePolicy.FREEZE:
         # Write-ahead: Freezing is recorded before the agent is asked to freeze, so a controller killed right
@@ -385,7 +454,7 @@ def _begin_checkpoint(plan: _Plan) -> None:
     return _checkpointing(plan)
 
 
-def _choose_engine(plan: _Plan, pod: PodView, node: NodeView, target_caps: Mapping[str, Any]) -> Engine | None:
+def _choose_engine(plan: MigrationPlan, pod: PodView, node: NodeView, target_caps: Mapping[str, Any]) -> Engine | None:
     """spec.engine against what the target can do; None once the plan failed."""
     want, target = plan.m.spec.engine, plan.m.spec.target_node
     why_not_live = []
@@ -433,17 +502,17 @@ def _spec_problems(pod: PodView) -> list[tuple[str, str]]:
     return out
 
 
-def _eligible(plan: _Plan, pod: PodView, waited: float) -> bool | None:
+def _eligible(plan: MigrationPlan, pod: PodView, waited: float) -> bool | None:
     """True once the source's agent found nothing that makes the dump or the restore fail for certain (or the
     policy is Warn); None while waiting for it; False once the plan failed. Nothing is frozen before True."""
     m, st = plan.m, plan.status
-    request = {
-        "pod_namespace": plan.ns,
-        "pod_name": m.spec.pod_name,
-        "pod_uid": pod.uid,
-        "container_names": list(pod.containers),
-        "tcp_established": m.spec.options.tcp_established,
-    }
+    request = pb.EligibilityRequest(
+        pod_namespace=plan.ns,
+        pod_name=m.spec.pod_name,
+        pod_uid=pod.uid,
+        container_names=list(pod.containers),
+        tcp_established=m.spec.options.tcp_established,
+    )
     out = plan.outcome(CheckEligibility(pod.node_name or "", request))
     if out is None:
         return None
@@ -499,10 +568,10 @@ def _eligible(plan: _Plan, pod: PodView, waited: float) -> bool | None:
     return False
 
 
-def _freezing(plan: _Plan) -> None:
+def _freezing(plan: MigrationPlan) -> None:
     st = plan.status
     remaining = max(0.0, plan.m.spec.timeout_seconds - (clock.seconds_between(st.start_time, plan.obs.now) or 0.0))
-    request = dict(plan.agent_pod_request(), auto_thaw_after=f"{int(remaining) + AUTO_THAW_MARGIN_SECONDS}s")
+    request = plan.freeze_request(auto_thaw_after=Duration(seconds=int(remaining) + AUTO_THAW_MARGIN_SECONDS))
     out = plan.outcome(FreezeSource(st.source_node or "", request))
     if out is None:
         return
@@ -519,7 +588,7 @@ def _freezing(plan: _Plan) -> None:
     _checkpointing(plan)
 
 
-def _pod_checkpoint_manifest(plan: _Plan) -> dict[str, object]:
+def _pod_checkpoint_manifest(plan: MigrationPlan) -> dict[str, object]:
     m, st = plan.m, plan.status
     spec = PodCheckpointSpec(
         pod_name=m.spec.pod_name,
@@ -553,7 +622,7 @@ def _owned(metadata: Mapping[str, Any], uid: str) -> bool:
     return any(isinstance(ref, Mapping) and ref.get("uid") == uid for ref in refs)
 
 
-def _replacement_runs(plan: _Plan) -> bool:
+def _replacement_runs(plan: MigrationPlan) -> bool:
     """Every container of our replacement pod runs (live engine: each was restored by lpm-runc)."""
     rp = plan.obs.restored_pod
     return (
@@ -565,7 +634,7 @@ def _replacement_runs(plan: _Plan) -> bool:
     )
 
 
-def _checkpointing(plan: _Plan) -> None:
+def _checkpointing(plan: MigrationPlan) -> None:
     pc = plan.obs.pod_checkpoint
     if plan.status.engine is Engine.LIVE and _replacement_runs(plan):
         # The source's agent pushed each archive node to node and lpm-runc restored them, verified, before the
@@ -608,7 +677,7 @@ def _checkpointing(plan: _Plan) -> None:
     plan.enter(P.CONVERTING, "Converting", f"converting the checkpoint to images on {plan.m.spec.target_node}")
 
 
-def _converting(plan: _Plan) -> None:
+def _converting(plan: MigrationPlan) -> None:
     pc = plan.obs.pod_checkpoint
     if pc is None or pc.status.phase is not CheckpointPhase.READY:
         return _rollback(plan, "CheckpointGone", "the PodCheckpoint disappeared or is no longer Ready")
@@ -617,7 +686,7 @@ def _converting(plan: _Plan) -> None:
     for ctr in pc.status.containers:
         if ctr.name in done:
             continue
-        request = {"artifact_uri": ctr.artifact_uri or "", "container_name": ctr.name, "image_name": ""}
+        request = pb.ConvertRequest(artifact_uri=ctr.artifact_uri or "", container_name=ctr.name)
         out = plan.outcome(ConvertImage(plan.m.spec.target_node, request))
         if out is None:
             continue
@@ -632,7 +701,7 @@ def _converting(plan: _Plan) -> None:
         plan.enter(P.RESTORING, "Restoring", f"starting pod {st.restored_pod_name} on {plan.m.spec.target_node}")
 
 
-def _replacement_body(plan: _Plan, source: PodView) -> dict[str, Any]:
+def _replacement_body(plan: MigrationPlan, source: PodView) -> dict[str, Any]:
     st = plan.status
     live = st.engine is Engine.LIVE
     return build_restored_pod(
@@ -647,18 +716,16 @@ def _replacement_body(plan: _Plan, source: PodView) -> dict[str, Any]:
     )
 
 
-def _preparing(plan: _Plan) -> None:
+def _preparing(plan: MigrationPlan) -> None:
     """Live engine: the replacement pod comes up on the target before anything is frozen; its first container
     then waits in lpm-runc (kubelet starts a pod's containers one after another)."""
     st, rp, target = plan.status, plan.obs.restored_pod, plan.m.spec.target_node
     name = st.restored_pod_name or restored_pod_name(plan.m.spec.pod_name, plan.uid)
     if rp is None:
-        created = plan.obs.outcomes.get(f"create:pods:{plan.ns}:{name}")
-        if created is not None and created.ok:
-            return None  # created this cycle; the next one observes it
         source = plan.source()
         if source is None:
             return _rollback(plan, "SourcePodGone", f"pod {plan.m.spec.pod_name} disappeared before the migration")
+        # Once created (this cycle), the next cycle observes it.
         out = plan.outcome(CreateRestoredPod("pods", plan.ns, _replacement_body(plan, source)))
         if out is not None and not out.ok:
             if out.retryable:
@@ -673,7 +740,7 @@ def _preparing(plan: _Plan) -> None:
         detail = scrub_paths(rp.problem or f"it is {'terminating' if rp.deleting else rp.phase}")
         return _rollback(plan, "ReplacementFailed", f"replacement pod {name} could not start on {target}: {detail}")
     first = plan.containers()[:1]
-    request = {"checkpoint_id": st.checkpoint_id or "", "container_names": first, "wait": REPLACEMENT_POLL}
+    request = pb.RestoreStateRequest(checkpoint_id=st.checkpoint_id or "", container_names=first, wait=REPLACEMENT_POLL)
     out = plan.outcome(GetRestoreState(target, request))
     if out is None:
         return None
@@ -702,7 +769,7 @@ def _preparing(plan: _Plan) -> None:
     return _begin_checkpoint(plan)
 
 
-def _transferring(plan: _Plan) -> None:
+def _transferring(plan: MigrationPlan) -> None:
     """Live engine: the target's agent reads each container's checkpoint, verifies it, and stages it for
     lpm-runc; a container whose staging is not verified is never restored."""
     pc = plan.obs.pod_checkpoint
@@ -710,8 +777,10 @@ def _transferring(plan: _Plan) -> None:
         return _rollback(plan, "CheckpointGone", "the PodCheckpoint disappeared or is no longer Ready")
     target, staged = plan.m.spec.target_node, 0
     for ctr in pc.status.containers:
-        request = {"checkpoint_id": plan.status.checkpoint_id or "", "container_name": ctr.name}
-        out = plan.outcome(StageRestore(target, dict(request, artifact_uri=ctr.artifact_uri or "")))
+        request = pb.StageRestoreRequest(
+            checkpoint_id=plan.status.checkpoint_id or "", container_name=ctr.name, artifact_uri=ctr.artifact_uri or ""
+        )
+        out = plan.outcome(StageRestore(target, request))
         if out is None:
             continue
         if out.ok:
@@ -724,18 +793,16 @@ def _transferring(plan: _Plan) -> None:
         plan.enter(P.RESTORING, "Restoring", f"lpm-runc restores pod {plan.status.restored_pod_name} on {target}")
 
 
-def _restoring(plan: _Plan) -> None:
+def _restoring(plan: MigrationPlan) -> None:
     st, rp = plan.status, plan.obs.restored_pod
     name = st.restored_pod_name or restored_pod_name(plan.m.spec.pod_name, plan.uid)
     if rp is None and st.engine is Engine.LIVE:
         return _rollback(plan, "ReplacementGone", f"replacement pod {name} disappeared before it was restored")
     if rp is None:
-        created = plan.obs.outcomes.get(f"create:pods:{plan.ns}:{name}")
-        if created is not None and created.ok:
-            return None  # created this cycle; the next one observes it
         source = plan.source()
         if source is None:
             return _rollback(plan, "SourcePodGone", f"pod {plan.m.spec.pod_name} disappeared before it was restored")
+        # Once created (this cycle), the next cycle observes it.
         out = plan.outcome(CreateRestoredPod("pods", plan.ns, _replacement_body(plan, source)))
         if out is not None and not out.ok:
             if out.retryable:
@@ -754,7 +821,9 @@ def _restoring(plan: _Plan) -> None:
         if "criu failed" not in detail.lower():
             return _rollback(plan, "RestoredPodFailed", f"restored pod {name} did not come up: {detail}")
         # CRIU failed the restore: its own words are with the target's agent (the runtime deleted its log).
-        request = {"pod_uid": rp.uid, "container_names": list(rp.containers), "checkpoint_id": st.checkpoint_id or ""}
+        request = pb.RestoreFailureRequest(
+            pod_uid=rp.uid, container_names=list(rp.containers), checkpoint_id=st.checkpoint_id or ""
+        )
         said = plan.outcome(DescribeRestoreFailure(plan.m.spec.target_node, request))
         if said is None:
             return None
@@ -769,7 +838,7 @@ def _restoring(plan: _Plan) -> None:
     return None
 
 
-def _cleaning(plan: _Plan) -> None:
+def _cleaning(plan: MigrationPlan) -> None:
     st, m = plan.status, plan.m
     src = plan.source()
     done_msg = f"pod {m.spec.pod_name} now runs as {st.restored_pod_name} on {m.spec.target_node}"
@@ -798,19 +867,21 @@ def _cleaning(plan: _Plan) -> None:
 # ---------------------------------------------------------------------------------------------- rollback
 
 
-def _rollback(plan: _Plan, reason: str, message: str) -> None:
+def _rollback(plan: MigrationPlan, reason: str, message: str) -> None:
     plan.enter(P.ROLLING_BACK, reason, message)
     _rolling_back(plan)
 
 
-def _abort_restore(plan: _Plan) -> AbortRestore | None:
+def _abort_restore(plan: MigrationPlan) -> AbortRestore | None:
     st = plan.status
     if st.engine is not Engine.LIVE or not st.checkpoint_id:
         return None
-    return AbortRestore(plan.m.spec.target_node, {"checkpoint_id": st.checkpoint_id, "reason": st.message or ""})
+    return AbortRestore(
+        plan.m.spec.target_node, pb.AbortRestoreRequest(checkpoint_id=st.checkpoint_id, reason=st.message or "")
+    )
 
 
-def _rolling_back(plan: _Plan) -> None:
+def _rolling_back(plan: MigrationPlan) -> None:
     st, rp = plan.status, plan.obs.restored_pod
     abort = _abort_restore(plan)
     if abort is not None:
@@ -825,7 +896,7 @@ def _rolling_back(plan: _Plan) -> None:
     src = plan.source()
     message = st.message or "the migration failed"
     if plan.m.spec.source_policy is SourcePolicy.FREEZE and src is not None:
-        out = plan.outcome(ThawSource(st.source_node or src.node_name or "", plan.agent_pod_request()))
+        out = plan.outcome(ThawSource(st.source_node or src.node_name or "", plan.thaw_request()))
         if out is None:
             return None
         thawed, seen = thaw_verdict(out)
@@ -878,12 +949,6 @@ def thaw_verdict(out: Outcome) -> tuple[bool, str]:
 # -------------------------------------------------------------------------------------------- finalizer
 
 
-@dataclass(frozen=True)
-class Finalization:
-    actions: list[Action]
-    done: bool
-
-
 def ttl_remaining(m: PodMigration, now: datetime) -> float | None:
     """Seconds until a finished migration's spec.ttlSecondsAfterFinished runs out (<= 0: delete it now); None
     while it runs, without a TTL, or once it is being deleted."""
@@ -895,33 +960,28 @@ def ttl_remaining(m: PodMigration, now: datetime) -> float | None:
     return float(ttl) - (elapsed if elapsed is not None else 0.0)
 
 
-def decide_finalize(obs: Observed) -> Finalization:
+def decide_finalize(obs: Observed) -> list[Action]:
     """A PodMigration is being deleted: undo what an unfinished migration made; never touch the source pod
     beyond thawing it, never the restored pod of a migration that got as far as Cleaning."""
-    plan = _Plan(obs)
+    plan = MigrationPlan(obs)
     st = plan.status
-    effects: list[Action] = []
-    done = True
     if st.phase in ROLLBACK_PHASES or st.phase is P.ROLLING_BACK:
         abort = _abort_restore(plan)
-        if abort is not None and abort.key not in obs.outcomes:
-            effects.append(abort)
+        if abort is not None:
+            plan.outcome(abort)
         rp = obs.restored_pod
         if plan.restored_is_ours() and rp is not None:
-            effects.append(DeletePod(namespace=plan.ns, name=rp.name, uid=rp.uid, grace_period_seconds=0))
-            done = False
+            plan.outcome(DeletePod(namespace=plan.ns, name=rp.name, uid=rp.uid, grace_period_seconds=0))
+            plan.hold(f"restored pod {rp.name} is being deleted")
         elif plan.m.spec.source_policy is SourcePolicy.FREEZE and plan.source() is not None:
-            thaw = ThawSource(st.source_node or "", plan.agent_pod_request())
-            out = obs.outcomes.get(thaw.key)
-            if out is None:
-                effects.append(thaw)
-            done = out is not None and (out.ok or not out.retryable)
+            if not plan.settled(ThawSource(st.source_node or "", plan.thaw_request())):
+                plan.hold(f"source pod {plan.m.spec.pod_name} is not thawed yet")
     if st.phase is P.CLEANING and plan.m.spec.source_cleanup is SourceCleanup.DELETE:
         # The restored pod already runs: finish the move rather than leave a frozen source behind.
         src = plan.source()
         if src is not None and not src.deleting:
             grace = 0 if st.source_frozen else None
-            effects.append(DeletePod(namespace=plan.ns, name=src.name, uid=src.uid, grace_period_seconds=grace))
+            plan.outcome(DeletePod(namespace=plan.ns, name=src.name, uid=src.uid, grace_period_seconds=grace))
     if plan.m.spec.checkpoint_retention is DeletionPolicy.DELETE and st.pod_checkpoint_name:
-        effects.append(DeleteObject(c.PLURAL_POD_CHECKPOINTS, plan.ns, st.pod_checkpoint_name))
-    return Finalization(effects, done)
+        plan.outcome(DeleteObject(c.PLURAL_POD_CHECKPOINTS, plan.ns, st.pod_checkpoint_name))
+    return plan.actions()

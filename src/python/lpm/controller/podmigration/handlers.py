@@ -1,15 +1,16 @@
-"""PodMigration shell: read the world, run `decide`, execute its effects, write one status. No decisions here."""
+"""PodMigration shell: what a cycle reads (`observe`), the kind's registration, and the TTL deletion."""
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 from lpm.api import constants as c
 from lpm.api.codec import decode
 from lpm.api.models import PodCheckpoint, PodMigration
+from lpm.api.views import NodeView, PodView
 from lpm.controller import metrics
-from lpm.controller.cycle import Runtime, reconcile_object
 from lpm.controller.podmigration.decide import (
     Observed,
     decide,
@@ -19,13 +20,14 @@ from lpm.controller.podmigration.decide import (
     ttl_remaining,
 )
 from lpm.controller.podmigration.restore import pod_checkpoint_name, restored_pod_name
-from lpm.controller.views import NodeView, PodView
+from lpm.controller.reconciler import Reader, Reconciler
+from lpm.controller.runtime import Runtime
 
 log = logging.getLogger(__name__)
 PLURAL = c.PLURAL_POD_MIGRATIONS
 
 
-def observe(rt: Runtime, obj: dict[str, Any]) -> Observed:
+def observe(read: Reader, obj: dict[str, Any], now: datetime) -> Observed:
     m = decode(PodMigration, obj)
     meta = m.metadata
     ns, name, uid = str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid"))
@@ -33,30 +35,30 @@ def observe(rt: Runtime, obj: dict[str, Any]) -> Observed:
     pod = target = pc = restored = None
     older: tuple[str, ...] = ()
     if "source_pod" in reads:
-        raw = rt.kube.get("pods", ns, m.spec.pod_name)
+        raw = read.get("pods", ns, m.spec.pod_name)
         pod = PodView.from_api(raw) if raw else None
     if "nodes" in reads:
-        raw = rt.kube.get("nodes", None, m.spec.target_node)
+        raw = read.get("nodes", None, m.spec.target_node)
         target = NodeView.from_api(raw) if raw else None
     if "migrations" in reads:
         mine = (str(meta.get("creationTimestamp")), name)
         older = tuple(
             other["metadata"]["name"]
-            for other in rt.kube.list(PLURAL, ns)
+            for other in read.list(PLURAL, ns)
             if (other.get("spec") or {}).get("podName") == m.spec.pod_name
             and other["metadata"]["uid"] != uid
             and (str(other["metadata"].get("creationTimestamp")), other["metadata"]["name"]) < mine
             and is_active(decode(PodMigration, other))
         )
     if "pod_checkpoint" in reads or meta.get("deletionTimestamp"):
-        raw = rt.kube.get(c.PLURAL_POD_CHECKPOINTS, ns, m.status.pod_checkpoint_name or pod_checkpoint_name(name))
+        raw = read.get(c.PLURAL_POD_CHECKPOINTS, ns, m.status.pod_checkpoint_name or pod_checkpoint_name(name))
         pc = decode(PodCheckpoint, raw) if raw else None
     if "restored_pod" in reads:
-        raw = rt.kube.get("pods", ns, m.status.restored_pod_name or restored_pod_name(m.spec.pod_name, uid))
+        raw = read.get("pods", ns, m.status.restored_pod_name or restored_pod_name(m.spec.pod_name, uid))
         restored = PodView.from_api(raw) if raw else None
     return Observed(
         migration=m,
-        now=rt.now(),
+        now=now,
         source_pod=pod,
         target_node=target,
         older_active_migrations=older,
@@ -65,10 +67,14 @@ def observe(rt: Runtime, obj: dict[str, Any]) -> Observed:
     )
 
 
-def reconcile(rt: Runtime, namespace: str, name: str) -> None:
-    reconcile_object(
-        rt, PLURAL, namespace, name, PodMigration, observe, decide, on_written=metrics.migration_status_written
-    )
+PODMIGRATIONS: Reconciler[Observed] = Reconciler(
+    plural=PLURAL,
+    model=PodMigration,
+    observe=observe,
+    decide=decide,
+    finalize=decide_finalize,
+    on_written=metrics.migration_status_written,
+)
 
 
 def expire(rt: Runtime, obj: dict[str, Any]) -> None:
@@ -81,20 +87,3 @@ def expire(rt: Runtime, obj: dict[str, Any]) -> None:
     ns, name = str(m.metadata.get("namespace")), str(m.metadata.get("name"))
     outcome = rt.kube.delete(PLURAL, ns, name, str(m.metadata.get("uid")))
     log.info("PodMigration %s/%s: ttlSecondsAfterFinished ran out, deleted: %s", ns, name, outcome)
-
-
-def finalize(rt: Runtime, namespace: str, name: str) -> bool:
-    """Undo an unfinished migration before its object goes. True when done (the finalizer may be removed)."""
-    obj = rt.kube.get(PLURAL, namespace, name)
-    if obj is None:
-        return True
-    observed = observe(rt, obj)
-    outcomes: dict[str, Any] = {}
-    for _ in range(4):
-        fin = decide_finalize(Observed(**{**observed.__dict__, "outcomes": dict(outcomes)}))
-        new = [a for a in fin.actions if getattr(a, "key", None) and a.key not in outcomes]  # type: ignore[union-attr]
-        if not new:
-            return fin.done
-        for effect in new:
-            outcomes[effect.key] = rt.execute(effect)  # type: ignore[union-attr,arg-type]
-    return False

@@ -1,4 +1,4 @@
-"""Read-only views of Pods and Nodes: the few facts the deciders use, parsed once from API JSON."""
+"""Read-only views of Pods and Nodes: the few facts the deciders and the CLI use, parsed once from API JSON."""
 
 from __future__ import annotations
 
