@@ -141,7 +141,9 @@ def test_an_unreachable_repository_is_permanent_although_its_code_is_an_unreacha
     timeout while the source waits frozen (measured: a 60 s pause before this)."""
     double.fail("Checkpoint", grpc.StatusCode.UNAVAILABLE, "NFS server unavailable", reason="StorageUnavailable")
     agents = Agents(lambda node: agent_pods(double.port), "lpm-system", TLS(insecure=True))
-    req = {"pod_namespace": "ns", "pod_name": "web", "container_name": "app", "pod_uid": UID, "checkpoint_id": "c1"}
+    req = pb.CheckpointRequest(
+        pod_namespace="ns", pod_name="web", container_name="app", pod_uid=UID, checkpoint_id="c1"
+    )
     out = agents.call(CallCheckpoint("node-a", req))
     assert (out.reason, out.retryable) == ("StorageUnavailable", False)
     agents.close()

@@ -90,7 +90,7 @@ def test_rbac_has_no_wildcards_and_no_privilege_escalation_verbs(name: str) -> N
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_controller_may_touch_only_lpm_kinds_pods_nodes_events_and_crd_listing(name: str) -> None:
+def test_controller_may_touch_only_lpm_kinds_pods_nodes_events_crd_listing_and_read_namespaces(name: str) -> None:
     role = one(render(name), "ClusterRole", "lpm-controller")
     allowed_groups = {constants.GROUP, "", "apiextensions.k8s.io"}
     granted: dict[str, set[str]] = {}
@@ -106,8 +106,9 @@ def test_controller_may_touch_only_lpm_kinds_pods_nodes_events_and_crd_listing(n
         constants.PLURAL_CONTAINER_CHECKPOINT_CONTENTS,
     }
     base = {r.split("/")[0] for r in granted}
-    assert base == lpm_kinds | {"pods", "nodes", "events", "customresourcedefinitions"}
+    assert base == lpm_kinds | {"pods", "nodes", "events", "customresourcedefinitions", "namespaces"}
     assert granted["nodes"] == {"get", "list", "watch"}
+    assert granted["namespaces"] == {"get"}  # checkpoint retention reads a namespace's annotation
     assert granted["customresourcedefinitions"] == {"list", "watch"}
     assert granted["events"] == {"create"}
     assert "update" not in granted["pods"] and "patch" not in granted["pods"]
