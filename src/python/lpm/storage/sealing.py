@@ -204,14 +204,34 @@ def seal(plain: Iterable[bytes], ring: KeyRing, context: str, chunk: int = CHUNK
     aad = hashlib.sha256(header + b"\0" + context.encode()).digest()
     aead = AESGCM(data_key)
     yield header
+    # A chunk goes out only once a byte after it is known to exist: the last chunk must carry the flag. Input
+    # is sliced, not copied, where it allows (measured: copying through one bytearray cost 30x the AES-GCM).
     pending, index = bytearray(), 0
+    held: bytes | None = None  # a whole chunk given as one immutable piece: kept by reference, not copied
     for piece in plain:
-        pending += piece
-        while len(pending) > chunk:  # keep at least one byte back: the last chunk must carry the flag
-            yield aead.encrypt(_nonce(prefix, index, False), bytes(pending[:chunk]), aad)
-            del pending[:chunk]
-            index += 1
-    yield aead.encrypt(_nonce(prefix, index, True), bytes(pending), aad)
+        view = memoryview(piece)
+        if not view:
+            continue
+        if held is not None:
+            yield aead.encrypt(_nonce(prefix, index, False), held, aad)
+            held, index = None, index + 1
+        if pending:
+            take = chunk - len(pending)
+            pending += view[:take]
+            view = view[take:]
+            if not view:
+                continue
+            yield aead.encrypt(_nonce(prefix, index, False), bytes(pending), aad)
+            pending, index = bytearray(), index + 1
+        while len(view) > chunk:
+            yield aead.encrypt(_nonce(prefix, index, False), view[:chunk], aad)
+            view, index = view[chunk:], index + 1
+        if len(view) == chunk and isinstance(piece, bytes):
+            held = piece if len(piece) == chunk else bytes(view)
+        else:
+            pending = bytearray(view)
+    last = held if held is not None else bytes(pending)
+    yield aead.encrypt(_nonce(prefix, index, True), last, aad)
 
 
 def unseal(stored: Iterable[bytes], keys: KeySource, context: str, key_id: str | None = None) -> Iterator[bytes]:
@@ -220,16 +240,28 @@ def unseal(stored: Iterable[bytes], keys: KeySource, context: str, key_id: str |
     the key its manifest names, must match the header's (a changed ID is damage, not a missing key)."""
     source = iter(stored)
     buffer = bytearray()
+    pos = 0  # consumed bytes at the front of `buffer`, dropped only when more is appended (no shifting per frame)
 
     def fill(n: int) -> bool:
-        """Buffers at least `n` bytes if the stream has them; pulls from the source only when needed."""
-        if len(buffer) >= n:
+        """Buffers at least `n` unconsumed bytes if the stream has them; pulls from the source only when needed."""
+        nonlocal pos
+        if len(buffer) - pos >= n:
             return True
         for piece in source:
+            if pos:
+                del buffer[:pos]
+                pos = 0
             buffer.extend(piece)
             if len(buffer) >= n:
                 return True
-        return len(buffer) >= n
+        return len(buffer) - pos >= n
+
+    def take(n: int) -> bytes:
+        nonlocal pos
+        with memoryview(buffer) as view:
+            out = bytes(view[pos : pos + n])
+        pos += n
+        return out
 
     fixed = len(MAGIC) + _LENGTH.size
     if not fill(fixed) or bytes(buffer[: len(MAGIC)]) != MAGIC:
@@ -237,9 +269,8 @@ def unseal(stored: Iterable[bytes], keys: KeySource, context: str, key_id: str |
     (length,) = _LENGTH.unpack(buffer[len(MAGIC) : fixed])
     if length > MAX_HEADER or not fill(fixed + length):
         raise IntegrityError(f"{context}: encryption header is truncated or oversized")
-    raw_header = bytes(buffer[: fixed + length])
+    raw_header = take(fixed + length)
     header = _Header.decode(raw_header[fixed:], context)
-    del buffer[: fixed + length]
     if key_id is not None and header.kid != key_id:
         raise IntegrityError(f"{context}: its header names key {header.kid!r}, its manifest {key_id!r}")
     kek = keys.ring().key(header.kid, context)
@@ -254,12 +285,11 @@ def unseal(stored: Iterable[bytes], keys: KeySource, context: str, key_id: str |
     aead = AESGCM(data_key)
     frame, index = header.chunk + TAG, 0
     while fill(frame + 1):  # more than one frame buffered: the first one is not the last
-        yield _open(aead, header.prefix, index, False, bytes(buffer[:frame]), aad, context)
-        del buffer[:frame]
+        yield _open(aead, header.prefix, index, False, take(frame), aad, context)
         index += 1
-    if len(buffer) < TAG:
+    if len(buffer) - pos < TAG:
         raise IntegrityError(f"{context}: sealed stream is truncated (chunk {index} incomplete)")
-    yield _open(aead, header.prefix, index, True, bytes(buffer), aad, context)
+    yield _open(aead, header.prefix, index, True, take(len(buffer) - pos), aad, context)
 
 
 def _open(aead: AESGCM, prefix: bytes, index: int, last: bool, frame: bytes, aad: bytes, context: str) -> bytes:
