@@ -328,9 +328,10 @@ def test_checkpoint_retention_delete_removes_the_stored_checkpoint_with_the_migr
     k.wait_for("mig-tidy Completed", lambda: k.phase("mig-tidy") in ("Completed", "Failed"), timeout=180)
     st = k.migration("mig-tidy")["status"]
     assert st["phase"] == "Completed", st
-    stored = Path(k.ENV["LPM_LOCAL_STATE"]) / "shared-checkpoints" / st["podUID"] / st["checkpointID"]
-    assert (stored / ".checkpoint-complete").is_file()
-    assert (stored / "counter" / "dump.tar.zst").is_file()
+    # The cluster's nfs-ganesha exports this directory; the Live engine seals the durable copy beside the move.
+    stored = Path(k.ENV["LPM_LOCAL_STATE"]) / "nfs-export" / st["podUID"] / st["checkpointID"]
+    k.wait_for("the durable copy sealed", lambda: (stored / ".checkpoint-complete").is_file(), timeout=60)
+    assert (stored / "counter" / "dump.tar.zst").read_bytes()[:8] == b"LPMSEAL1"  # encrypted at rest
     k.kubectl("-n", k.NAMESPACE, "delete", "podmigration", "mig-tidy", "--wait=true", "--timeout=120s")
     k.wait_for(f"{stored} removed", lambda: not stored.exists(), timeout=120)
 
