@@ -20,6 +20,13 @@ and the stored side are both hashed on the way, and the manifest records sizes, 
 CRIU/runtime versions and timestamps. `complete` re-reads every archive against its manifest before it
 writes the marker. Memory stays constant whatever the archive size: fixed-size chunks only.
 Files are created 0600 and directories 0700 (checkpoints hold process memory).
+
+With keys (`lpm.storage.sealing`, the agent's --encryption-keys), every archive is sealed as it is written:
+the manifest's size and sha256 are then the ciphertext's, and it also records the encryption, the key ID and
+the payload's (the zstd stream's) size and sha256, which image layers are named by. Readers get the payload,
+decrypted and authenticated chunk by chunk; archives stored in the clear stay readable.
+
+Layers: backend.py (primitives, errors), posix.py and nfs.py (backends), manifest.py, sealing.py, this module.
 """
 
 from __future__ import annotations
