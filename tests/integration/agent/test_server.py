@@ -211,3 +211,23 @@ def test_the_agent_process_shuts_down_cleanly_on_sigterm(tmp_path: Path) -> None
         raise AssertionError(f"the agent ignored SIGTERM; its log:\n{rest}") from None
     assert agent.returncode == 0
     assert "lpm-agent stopped" in rest
+
+
+def test_list_checkpoints_names_what_the_repository_holds_and_delete_removes_it(insecure) -> None:
+    """The controller's orphan sweep sees the repository through these two calls of a real agent."""
+    server, kubelet, stub = insecure
+    kubelet.release.set()
+    stub.Checkpoint(request("kept"), timeout=30)
+    stub.CompleteCheckpoint(
+        agent_pb2.CompleteCheckpointRequest(pod_uid=POD, checkpoint_id="kept", container_names=["app"]), timeout=30
+    )
+    stub.Checkpoint(request("unsealed"), timeout=30)
+    listed = stub.ListCheckpoints(agent_pb2.ListCheckpointsRequest(), timeout=10).checkpoints
+    assert [(c.pod_uid, c.checkpoint_id, c.complete) for c in listed] == [
+        (POD, "kept", True),
+        (POD, "unsealed", False),
+    ]
+    gone = stub.DeleteCheckpoint(agent_pb2.DeleteCheckpointRequest(pod_uid=POD, checkpoint_id="unsealed"), timeout=10)
+    assert gone.existed
+    listed = stub.ListCheckpoints(agent_pb2.ListCheckpointsRequest(), timeout=10).checkpoints
+    assert [c.checkpoint_id for c in listed] == ["kept"]

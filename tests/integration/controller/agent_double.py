@@ -34,6 +34,7 @@ class AgentDouble(agent_pb2_grpc.CheckpointServiceServicer):
     delay: float = 0.0
     calls: list[Call] = field(default_factory=list)
     frozen: set[tuple[str, str]] = field(default_factory=set)  # (pod uid, container)
+    stored: list[tuple[str, str]] = field(default_factory=list)  # what ListCheckpoints answers: (pod uid, id)
     capabilities: dict[str, Any] = field(
         default_factory=lambda: {"checkpoint_supported": True, "freeze_supported": True, "convert_supported": True}
     )
@@ -56,6 +57,7 @@ class AgentDouble(agent_pb2_grpc.CheckpointServiceServicer):
             self.calls.clear()
             self._script.clear()
             self.frozen.clear()
+            self.stored.clear()
 
     def _enter(self, method: str, request: Any, context: grpc.ServicerContext) -> None:
         with self._lock:
@@ -130,6 +132,12 @@ class AgentDouble(agent_pb2_grpc.CheckpointServiceServicer):
     def DeleteCheckpoint(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._enter("DeleteCheckpoint", request, context)
         return agent_pb2.DeleteCheckpointResponse(existed=True)
+
+    def ListCheckpoints(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._enter("ListCheckpoints", request, context)
+        return agent_pb2.ListCheckpointsResponse(
+            checkpoints=[agent_pb2.StoredCheckpoint(pod_uid=u, checkpoint_id=i, complete=True) for u, i in self.stored]
+        )
 
     def ConvertCheckpointToImage(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._enter("ConvertCheckpointToImage", request, context)

@@ -194,3 +194,14 @@ def test_whatever_goes_in_comes_out_verified(tmp_path_factory, data: bytes, leve
     store.put_archive(key.artifact("app"), io.BytesIO(data), zstd_level=level)
     store.complete(key, ["app"])
     assert b"".join(store.read_raw(key.artifact("app"))) == data
+
+
+def test_list_all_names_complete_and_unsealed_checkpoints_and_skips_temps_and_strangers(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    done, open_ = CheckpointKey(POD, "done"), CheckpointKey(POD, "open")
+    for key in (done, open_):
+        store.put_archive(key.artifact("app"), io.BytesIO(b"x" * 100))
+    store.complete(done, ["app"])
+    (tmp_path / POD / ".open.tmp-n1-1-abc").write_bytes(b"")  # a writer's temp file
+    (tmp_path / "not-a-pod-uid" / "x").mkdir(parents=True)  # something else in the repository
+    assert store.list_all() == [(done, True), (open_, False)]

@@ -419,6 +419,19 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
 
         return self._call(context, "DeleteCheckpoint", body)
 
+    def ListCheckpoints(
+        self, request: agent_pb2.ListCheckpointsRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.ListCheckpointsResponse:
+        def body() -> agent_pb2.ListCheckpointsResponse:
+            return agent_pb2.ListCheckpointsResponse(
+                checkpoints=[
+                    agent_pb2.StoredCheckpoint(pod_uid=k.pod_uid, checkpoint_id=k.checkpoint_id, complete=done)
+                    for k, done in self.d.store.list_all()
+                ]
+            )
+
+        return self._call(context, "ListCheckpoints", body)
+
     def ConvertCheckpointToImage(
         self, request: agent_pb2.ConvertRequest, context: grpc.ServicerContext
     ) -> agent_pb2.ConvertResponse:

@@ -35,6 +35,7 @@ DEADLINE_SECONDS: dict[str, float] = {
     "Checkpoint": 900.0,
     "CompleteCheckpoint": 60.0,
     "DeleteCheckpoint": 120.0,
+    "ListCheckpoints": 60.0,
     "ConvertCheckpointToImage": 600.0,
     "CheckEligibility": 30.0,
     "DescribeRestoreFailure": 10.0,

@@ -27,6 +27,8 @@ class ControllerConfig:
     resync_seconds: float
     workers: int
     checkpoint_retention: str
+    orphan_sweep_seconds: float
+    orphan_grace_seconds: float
     log_level: str
     log_format: str
     self_check: bool
@@ -94,6 +96,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="Default retention of finished PodCheckpoints and their stored data: keep=N (newest per pod; 0 no "
         "bound), maxAge=DURATION (s, m, h, d; 0 no bound). The annotation lpm.my.domain/checkpoint-retention on a "
         "PodCheckpoint, its pod or its namespace overrides it, in that order.",
+    )
+    add_flag(
+        p,
+        "--orphan-sweep-seconds",
+        "LPM_ORPHAN_SWEEP_SECONDS",
+        type=float,
+        default=600.0,
+        help="How often to delete stored checkpoints that no PodCheckpoint, ContainerCheckpoint, Content or "
+        "PodMigration names (cluster-wide controllers only). 0 disables.",
+    )
+    add_flag(
+        p,
+        "--orphan-grace-seconds",
+        "LPM_ORPHAN_GRACE_SECONDS",
+        type=float,
+        default=3600.0,
+        help="A stored checkpoint is deleted only after it was named by no object for this long.",
     )
     add_logging_flags(p)
     p.add_argument("--self-check", action="store_true", help="Check configuration, then exit.")

@@ -112,6 +112,12 @@ class DeleteCheckpoint(AgentCall[pb.DeleteCheckpointRequest]):
 
 
 @dataclass(frozen=True)
+class ListCheckpoints(AgentCall[pb.ListCheckpointsRequest]):
+    METHOD: ClassVar[str] = "ListCheckpoints"
+    request: pb.ListCheckpointsRequest = field(default_factory=pb.ListCheckpointsRequest)
+
+
+@dataclass(frozen=True)
 class ConvertImage(AgentCall[pb.ConvertRequest]):
     METHOD: ClassVar[str] = "ConvertCheckpointToImage"
 

@@ -26,6 +26,7 @@ from lpm.api import constants as c
 from lpm.api.models import CheckpointPhase, MigrationPhase
 from lpm.controller import retention
 from lpm.controller.containercheckpoint.handlers import CONTAINERCHECKPOINTS
+from lpm.controller.orphans import OrphanSweeper
 from lpm.controller.podcheckpoint.handlers import PODCHECKPOINTS
 from lpm.controller.podmigration import handlers as podmigration
 from lpm.controller.podmigration.handlers import PODMIGRATIONS
@@ -177,6 +178,7 @@ def run(
     workers: int,
     priority: int = 0,
     retention_policy: retention.RetentionPolicy | None = None,
+    orphan_sweep: tuple[float, float] = (0.0, 0.0),
     liveness_endpoint: str | None = None,
     stop_flag: threading.Event | None = None,
     ready_flag: threading.Event | None = None,
@@ -194,6 +196,9 @@ def run(
     )
     watcher_stop = threading.Event()
     RestoredPodWatcher(rt, namespace, watcher_stop).start()
+    interval, grace = orphan_sweep
+    if interval > 0 and namespace is None:  # in one namespace, other namespaces' objects would look gone
+        OrphanSweeper(rt, interval, grace, watcher_stop).start()
     try:
         _run_kopf(registry, namespace, standalone, peering, priority, liveness_endpoint, stop_flag, ready_flag)
     finally:

@@ -130,7 +130,7 @@ class Kube:
             else:
                 resp = self.core.list_node(_preload_content=False, **kw)
             return list(json.loads(resp.data).get("items") or [])
-        if r.namespaced:
+        if r.namespaced and namespace is not None:
             out = self.custom.list_namespaced_custom_object(r.group, r.version, namespace, plural, **kw)
         else:
             out = self.custom.list_cluster_custom_object(r.group, r.version, plural, **kw)

@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=cfg.workers,
         priority=cfg.priority or secrets.randbelow(2**30) + 1,
         retention_policy=RetentionPolicy.parse(cfg.checkpoint_retention),
+        orphan_sweep=(cfg.orphan_sweep_seconds, cfg.orphan_grace_seconds),
         liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz" if cfg.health_port else None,
     )
     return 0

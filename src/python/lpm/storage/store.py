@@ -43,6 +43,7 @@ from typing import BinaryIO, Final
 
 import zstandard
 
+from lpm.api.names import InvalidName
 from lpm.storage import sealing
 from lpm.storage.backend import (
     READ_CHUNK,
@@ -323,6 +324,23 @@ class CheckpointStore:
                 f"{ref.uri} in {self.backend.describe()}: read {size} bytes with sha256 {digest.hexdigest()}, "
                 f"manifest says {manifest.size} bytes with sha256 {manifest.sha256}"
             )
+
+    def list_all(self) -> list[tuple[CheckpointKey, bool]]:
+        """Every checkpoint directory in the repository, with whether it is complete (temp files left out)."""
+        found = []
+        for pod in sorted(self.backend.listdir("")):
+            if _is_temp(pod) or pod.startswith("."):
+                continue
+            for name in sorted(self.backend.listdir(pod)):
+                if _is_temp(name) or name.startswith("."):
+                    continue
+                try:
+                    key = CheckpointKey(pod, name)
+                except InvalidName:
+                    log.warning("%s/%s in %s is not a checkpoint; left alone", pod, name, self.backend.describe())
+                    continue
+                found.append((key, self.is_complete(key)))
+        return found
 
     def list_complete(self, pod_uid: str) -> list[CheckpointKey]:
         keys = []
