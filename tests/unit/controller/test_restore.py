@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from lpm.api import constants as c
 from lpm.api.names import is_dns1123_label
-from lpm.controller.podmigration.restore import build_restored_pod, restored_pod_name
+from lpm.controller.podmigration.restore import build_restored_pod, original_name, restored_pod_name
 
 SOURCE = {
     "metadata": {
@@ -61,3 +61,28 @@ def test_restored_pod_name_is_deterministic_and_a_valid_label(pod, uid):
     name = restored_pod_name(pod, str(uid))
     assert name == restored_pod_name(pod, str(uid))
     assert is_dns1123_label(name)
+
+
+@given(st.lists(st.uuids(), min_size=1, max_size=8))
+def test_a_pod_moved_any_number_of_times_keeps_a_name_of_the_same_length(uids):
+    """Each replacement is `<original>-<5 hex>`: the name never grows (it used to gain a suffix per move)."""
+    pod = {**SOURCE, "metadata": {**SOURCE["metadata"], "name": "analytics-counter"}}
+    for uid in uids:
+        name = restored_pod_name(original_name(pod), str(uid))
+        pod = build_restored_pod(
+            pod,
+            name=name,
+            target_node="node-b",
+            images=None,
+            migration_name="m",
+            migration_uid=str(uid),
+            pod_checkpoint_name="m-checkpoint",
+            checkpoint_id="cid",
+        )
+        assert pod["metadata"]["annotations"][c.ANNOTATION_ORIGINAL_NAME] == "analytics-counter"
+        assert len(name) == len("analytics-counter-12345") and name.startswith("analytics-counter-")
+
+
+def test_an_original_name_annotation_that_is_not_a_valid_name_is_ignored():
+    pod = {"metadata": {"name": "web-1a2b3", "annotations": {c.ANNOTATION_ORIGINAL_NAME: "Not A Name!"}}}
+    assert original_name(pod) == "web-1a2b3"

@@ -32,6 +32,9 @@ ANNOTATION_SOURCE_NODE: Final = f"{GROUP}/source-node"
 ANNOTATION_MIGRATION: Final = f"{GROUP}/migration"
 ANNOTATION_CHECKPOINT: Final = f"{GROUP}/checkpoint"
 ANNOTATION_CHECKPOINT_ID: Final = f"{GROUP}/checkpoint-id"
+# The name the pod had before its first migration: every move names the replacement `<original>-<5 hex>`, so a
+# pod moved any number of times keeps a name of the same length.
+ANNOTATION_ORIGINAL_NAME: Final = f"{GROUP}/original-name"
 # UID of the PodMigration that made a restored pod: how the controller knows the pod is its own.
 ANNOTATION_MIGRATION_UID: Final = f"{GROUP}/migration-uid"
 # Live engine: the replacement pod's containers named here are restored from this checkpoint by lpm-runc (the

@@ -75,7 +75,12 @@ from lpm.controller.effects import (
     ThawSource,
 )
 from lpm.controller.plan import Plan
-from lpm.controller.podmigration.restore import build_restored_pod, pod_checkpoint_name, restored_pod_name
+from lpm.controller.podmigration.restore import (
+    build_restored_pod,
+    original_name,
+    pod_checkpoint_name,
+    restored_pod_name,
+)
 
 P = MigrationPhase
 # Phases in which the migration has touched the source and a failure must roll back.
@@ -427,7 +432,7 @@ def _validating(plan: MigrationPlan) -> None:
     st.source_node = pod.node_name
     st.checkpoint_id = checkpoint_id_for(str(m.metadata.get("creationTimestamp") or plan.now), plan.uid or pod.uid)
     st.pod_checkpoint_name = pod_checkpoint_name(str(m.metadata.get("name")))
-    st.restored_pod_name = restored_pod_name(pod_name, plan.uid)
+    st.restored_pod_name = restored_pod_name(original_name(pod.raw) or pod_name, plan.uid)
     st.engine = engine
     st.conditions = set_condition(
         st.conditions, c.CONDITION_VALIDATED, ConditionStatus.TRUE, "Validated", "pod, nodes and agents ok", plan.now

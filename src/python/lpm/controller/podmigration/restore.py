@@ -22,11 +22,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from lpm.api import constants as c
-from lpm.api.names import DNS1123_LABEL_MAX, child_name
+from lpm.api.names import DNS1123_LABEL_MAX, child_name, is_dns1123_label
 
 _STRIP_SPEC = ("nodeName", "schedulingGates", "ephemeralContainers", "preemptionPolicy")
 # Only used by whoever originally scheduled the pod; the migration binds the copy to the target itself.
 _HOSTNAME_LABEL = "kubernetes.io/hostname"
+
+
+def original_name(pod: Mapping[str, Any]) -> str:
+    """The pod's name before its first migration (its annotation, when it is a valid name), else its name."""
+    meta = pod.get("metadata") or {}
+    kept = (meta.get("annotations") or {}).get(c.ANNOTATION_ORIGINAL_NAME)
+    return kept if isinstance(kept, str) and is_dns1123_label(kept) else str(meta.get("name") or "")
 
 
 def restored_pod_name(pod_name: str, migration_uid: str) -> str:
@@ -96,6 +103,7 @@ def build_restored_pod(
             c.ANNOTATION_MIGRATION_UID: migration_uid,
             c.ANNOTATION_CHECKPOINT: pod_checkpoint_name,
             c.ANNOTATION_CHECKPOINT_ID: checkpoint_id,
+            c.ANNOTATION_ORIGINAL_NAME: original_name(source),
         }
     )
     if images is None:
