@@ -18,7 +18,10 @@ while getopts "n:d:h" opt; do
   case "$opt" in
     n) namespace="$OPTARG" ;;
     d) days="$OPTARG" ;;
-    *) sed -n '2,13p' "$0" >&2; exit 2 ;;
+    *)
+      sed -n '2,13p' "$0" >&2
+      exit 2
+      ;;
   esac
 done
 
@@ -27,13 +30,17 @@ trap 'rm -rf "$work"' EXIT
 chmod 700 "$work"
 cd "$work"
 
-quiet() { "$@" >/dev/null 2>&1 || { echo "generate.sh: failed: $*" >&2; "$@" >&2; exit 1; }; }
+quiet() { "$@" >/dev/null 2>&1 || {
+  echo "generate.sh: failed: $*" >&2
+  "$@" >&2
+  exit 1
+}; }
 
 quiet openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.crt \
   -days "$days" -subj "/O=lpm/CN=lpm-ca" \
   -addext "basicConstraints=critical,CA:TRUE,pathlen:0" -addext "keyUsage=critical,keyCertSign,cRLSign"
 
-issue() {  # name, extendedKeyUsage, subjectAltName
+issue() { # name, extendedKeyUsage, subjectAltName
   quiet openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$1.key" -out "$1.csr" \
     -subj "/O=lpm/CN=$1"
   printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=%s\n%s\n' \
@@ -45,7 +52,7 @@ issue lpm-agent serverAuth,clientAuth "DNS:lpm-agent,DNS:lpm-agent.$namespace.sv
 issue lpm-controller clientAuth ""
 
 b64() { base64 -w0 <"$1"; }
-secret() {  # name, cert basename, component
+secret() { # name, cert basename, component
   cat <<YAML
 ---
 apiVersion: v1

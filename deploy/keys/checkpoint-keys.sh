@@ -17,7 +17,10 @@
 # the UTC time of their creation (k-YYYYMMDD-HHMMSS). Needs bash, openssl and (but for `new`) kubectl.
 set -euo pipefail
 secret="lpm-checkpoint-keys"
-usage() { sed -n '2,18p' "$0" >&2; exit 2; }
+usage() {
+  sed -n '2,18p' "$0" >&2
+  exit 2
+}
 [ $# -ge 1 ] || usage
 command="$1"
 shift
@@ -80,10 +83,11 @@ YAML
     ;;
   list)
     current="$(active)"
+    # shellcheck disable=SC2016 # a go-template: its $k and $v are kubectl's, not the shell's
     kubectl -n "$namespace" get secret "$secret" -o go-template='{{range $k, $v := .data}}{{$k}}{{"\n"}}{{end}}' \
       | grep -vx active | while read -r id; do
-        if [ "$id" = "$current" ]; then echo "$id (active)"; else echo "$id"; fi
-      done
+      if [ "$id" = "$current" ]; then echo "$id (active)"; else echo "$id"; fi
+    done
     ;;
   *) usage ;;
 esac

@@ -27,7 +27,10 @@ CONFIG=${CONTAINERD_CONFIG:-/etc/containerd/config.toml}
 RUNC=${LPM_RUNC_RUNC:-$(command -v runc || echo /usr/sbin/runc)}
 here=$(cd "$(dirname "$0")" && pwd)
 
-die() { echo "lpm-runc-node: $*" >&2; exit 1; }
+die() {
+  echo "lpm-runc-node: $*" >&2
+  exit 1
+}
 [ "$(id -u)" = 0 ] || die "run as root (it writes /opt/lpm and /etc/containerd)"
 
 case "${1:-}" in

@@ -16,7 +16,10 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 log() { echo "docker-setup: $*" >&2; }
-[ "$(id -u)" = 0 ] || { log "run as root"; exit 1; }
+[ "$(id -u)" = 0 ] || {
+  log "run as root"
+  exit 1
+}
 
 packages=(podman runc debootstrap)
 missing=()
@@ -31,11 +34,16 @@ fi
 
 # Container ulimits: at most this shell's hard limits, and capped (nproc at the hard limit itself failed here:
 # runc's init runs with a lower one than the login shell).
-cap() { local hard="$1" max="$2"; if [ "$hard" = unlimited ] || [ "$hard" -gt "$max" ]; then echo "$max"; else echo "$hard"; fi; }
-nofile="$(cap "$(ulimit -Hn)" 20000)"; nproc="$(cap "$(ulimit -Hu)" 32768)"
+cap() {
+  local hard="$1" max="$2"
+  if [ "$hard" = unlimited ] || [ "$hard" -gt "$max" ]; then echo "$max"; else echo "$hard"; fi
+}
+nofile="$(cap "$(ulimit -Hn)" 20000)"
+nproc="$(cap "$(ulimit -Hu)" 32768)"
 conf_dir=/etc/containers/containers.conf.d
 conf="$conf_dir/50-lpm.conf"
-want="$(cat <<CONF
+want="$(
+  cat <<CONF
 # Written by LPM's src/docker/setup-host.sh; rerun it rather than editing this file.
 [containers]
 default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]

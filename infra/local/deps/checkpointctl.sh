@@ -4,7 +4,7 @@
 # prints the bin dir.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
 . "$HERE/common.sh"
 CHECKPOINTCTL_VERSION=${CHECKPOINTCTL_VERSION:-v1.4.0}
 OUT=$LPM_CACHE/checkpointctl-$CHECKPOINTCTL_VERSION

@@ -11,7 +11,10 @@ export CGO_ENABLED=${CGO_ENABLED:-0}
 export PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+die() {
+  log "ERROR: $*"
+  exit 1
+}
 
 # apt_install PKG... : install missing Debian packages non-interactively.
 apt_install() {
@@ -35,7 +38,8 @@ need_go() {
 
 # with_lock NAME CMD... : serialize concurrent builds of the same component.
 with_lock() {
-  local name=$1; shift
+  local name=$1
+  shift
   mkdir -p "$LPM_CACHE/locks"
   (
     exec 9>"$LPM_CACHE/locks/$name.lock"
@@ -47,7 +51,8 @@ with_lock() {
 # go_build_mod WORKDIR REQUIRE_PATH VERSION OUTDIR LDFLAGS PKG:NAME...
 # Builds main packages from a throwaway module that requires REQUIRE_PATH@VERSION.
 go_build_mod() {
-  local work=$1 req=$2 ver=$3 out=$4 ld=$5; shift 5
+  local work=$1 req=$2 ver=$3 out=$4 ld=$5
+  shift 5
   need_go
   mkdir -p "$work" "$out"
   if [ ! -f "$work/go.mod" ]; then
@@ -58,11 +63,12 @@ go_build_mod() {
       for spec in "$@"; do printf '\t_ "%s"\n' "${spec%%:*}"; done
       printf ')\n'
     } >"$work/tools.go"
-    (cd "$work" && go mod tidy -e >/dev/null 2>&1 || true)
+    (cd "$work" && go mod tidy -e >/dev/null 2>&1) || true
   fi
   local spec pkg name t0
   for spec in "$@"; do
-    pkg=${spec%%:*}; name=${spec##*:}
+    pkg=${spec%%:*}
+    name=${spec##*:}
     [ -x "$out/$name" ] && continue
     log "go build $name ($req $ver)"
     t0=$SECONDS

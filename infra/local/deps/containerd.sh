@@ -3,7 +3,7 @@
 # Output: $LPM_CACHE/containerd-$CONTAINERD_VERSION/bin ; prints the bin dir.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
 . "$HERE/common.sh"
 CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.2.9}
 OUT=$LPM_CACHE/containerd-$CONTAINERD_VERSION

@@ -17,8 +17,8 @@ installed_version() {
 }
 
 DEPS=(build-essential pkg-config python3 python3-protobuf libprotobuf-c-dev protobuf-c-compiler
-      libprotobuf-dev protobuf-compiler libnl-3-dev libnet1-dev libcap-dev libbsd-dev libgnutls28-dev
-      libnftables-dev uuid-dev iptables iproute2 nftables xz-utils ca-certificates)
+  libprotobuf-dev protobuf-compiler libnl-3-dev libnet1-dev libcap-dev libbsd-dev libgnutls28-dev
+  libnftables-dev uuid-dev iptables iproute2 nftables xz-utils ca-certificates)
 
 apt_install() {
   local missing=() p
@@ -34,25 +34,34 @@ apt_install() {
   fi
 }
 
+# The first file a glob matches (the glob sorts them), or nothing.
+first_match() { if [ -e "$1" ]; then echo "$1"; fi; }
+
 fetch_source() {
   # Only the upstream orig tarball is used; it is signature-verified through the sid Sources index.
   local tarball
-  tarball=$(ls "$CACHE"/criu_"$CRIU_VERSION".orig.tar.* 2>/dev/null | head -n1 || true)
-  if [ -n "$tarball" ]; then echo "$tarball"; return; fi
+  tarball=$(first_match "$CACHE"/criu_"$CRIU_VERSION".orig.tar.*)
+  if [ -n "$tarball" ]; then
+    echo "$tarball"
+    return
+  fi
   mkdir -p "$CACHE/apt/lists/partial" "$CACHE/dl"
   echo "deb-src http://deb.debian.org/debian sid main" >"$CACHE/apt/sources.list"
   local aptopts=(-o "Dir::Etc::SourceList=$CACHE/apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
-                 -o "Dir::State::Lists=$CACHE/apt/lists" -o Acquire::Check-Valid-Until=false)
+    -o "Dir::State::Lists=$CACHE/apt/lists" -o Acquire::Check-Valid-Until=false)
   log "fetching sid source index"
   apt-get "${aptopts[@]}" update -q >/dev/null
   log "downloading criu $CRIU_VERSION source"
   # The .debian.tar.xz may 404 behind the mirror; the orig tarball is what we need.
   (cd "$CACHE/dl" && apt-get "${aptopts[@]}" source --download-only "criu=$CRIU_VERSION-*" >/dev/null 2>&1 \
-     || apt-get "${aptopts[@]}" source --download-only criu/sid >/dev/null 2>&1 || true)
-  tarball=$(ls "$CACHE"/dl/criu_"$CRIU_VERSION".orig.tar.* 2>/dev/null | head -n1 || true)
-  [ -n "$tarball" ] || { log "could not download criu_${CRIU_VERSION}.orig.tar.* from sid"; exit 1; }
+    || apt-get "${aptopts[@]}" source --download-only criu/sid >/dev/null 2>&1 || true)
+  tarball=$(first_match "$CACHE"/dl/criu_"$CRIU_VERSION".orig.tar.*)
+  [ -n "$tarball" ] || {
+    log "could not download criu_${CRIU_VERSION}.orig.tar.* from sid"
+    exit 1
+  }
   mv "$tarball" "$CACHE/"
-  ls "$CACHE"/criu_"$CRIU_VERSION".orig.tar.* | head -n1
+  first_match "$CACHE"/criu_"$CRIU_VERSION".orig.tar.*
 }
 
 build_install() {
@@ -66,18 +75,25 @@ build_install() {
   if [ ! -f "$CACHE/.built" ]; then
     local tarball
     tarball=$(fetch_source)
-    rm -rf "$CACHE/src"; mkdir -p "$CACHE/src"
+    rm -rf "$CACHE/src"
+    mkdir -p "$CACHE/src"
     tar -C "$CACHE/src" -xf "$tarball"
     [ -d "$src" ] || src=$(find "$CACHE/src" -mindepth 1 -maxdepth 1 -type d | head -n1)
     log "building criu $CRIU_VERSION (~1 min)"
     make -C "$src" -j"${LPM_BUILD_JOBS:-2}" criu lib crit >"$CACHE/build.log" 2>&1 \
-      || { tail -n 30 "$CACHE/build.log" >&2; exit 1; }
+      || {
+        tail -n 30 "$CACHE/build.log" >&2
+        exit 1
+      }
     echo "$src" >"$CACHE/.built"
   fi
   src=$(cat "$CACHE/.built")
   log "installing criu $CRIU_VERSION into $PREFIX"
   make -C "$src" PREFIX="$PREFIX" SKIP_PIP_INSTALL=1 install-criu install-lib >>"$CACHE/install.log" 2>&1 \
-    || { tail -n 30 "$CACHE/install.log" >&2; exit 1; }
+    || {
+      tail -n 30 "$CACHE/install.log" >&2
+      exit 1
+    }
   ldconfig || true
 }
 

@@ -2,7 +2,7 @@
 # Build etcd from the Go module proxy. Output: $LPM_CACHE/etcd-$ETCD_VERSION/bin/etcd ; prints the bin dir.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
 . "$HERE/common.sh"
 ETCD_VERSION=${ETCD_VERSION:-v3.6.5}
 OUT=$LPM_CACHE/etcd-$ETCD_VERSION

@@ -4,7 +4,7 @@
 # Prints the bin dir on stdout.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
 . "$HERE/common.sh"
 
 K8S_VERSION=${K8S_VERSION:-v1.34.4}
@@ -16,7 +16,8 @@ build() {
   for c in "${COMPONENTS[@]}"; do [ -x "$OUT/bin/$c" ] || ok=0; done
   if [ $ok = 1 ]; then return 0; fi
   need_go
-  local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  local minor=${K8S_VERSION#v1.}
+  minor=${minor%%.*}
   local staging=v0.${K8S_VERSION#v1.}
   local mod=$OUT/src
   mkdir -p "$mod" "$OUT/bin"

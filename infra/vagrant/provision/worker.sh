@@ -6,7 +6,10 @@ set -euo pipefail
 load_lpm_images
 if [ ! -f /etc/kubernetes/kubelet.conf ]; then
   join=/vagrant/.state/join.sh
-  [ -f "$join" ] || { echo "lpm-provision[worker]: $join missing: provision lpm-master first" >&2; exit 1; }
+  [ -f "$join" ] || {
+    echo "lpm-provision[worker]: $join missing: provision lpm-master first" >&2
+    exit 1
+  }
   bash "$join" --cri-socket unix:///var/run/crio/crio.sock
 fi
 echo "lpm-provision[worker]: joined" >&2

@@ -13,7 +13,10 @@ name="localhost/lpm/agent-base"
 base="$("$here/../python-base/build.sh" --tag)"
 log() { echo "agent-base: $*" >&2; }
 
-hash="$( (echo "$base"; cd "$here" && sha256sum build.sh) | sha256sum | cut -c1-16)"
+hash="$( (
+  echo "$base"
+  cd "$here" && sha256sum build.sh
+) | sha256sum | cut -c1-16)"
 tag="$name:$hash"
 if [ "${1:-}" = "--tag" ]; then
   echo "$tag"
@@ -30,7 +33,10 @@ trap 'rm -rf "$work"' EXIT
 
 log "fetching Debian's containerd package for ctr"
 dl() { (cd "$work" && apt-get download -q -o APT::Sandbox::User=root containerd >&2); }
-dl || { apt-get update -q >&2; dl; }
+dl || {
+  apt-get update -q >&2
+  dl
+}
 deb="$(ls "$work"/containerd_*.deb)"
 mkdir -p "$work/ctx/extract"
 dpkg-deb -x "$deb" "$work/ctx/extract"

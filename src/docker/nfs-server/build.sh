@@ -13,7 +13,10 @@ suite="bookworm"
 packages="nfs-ganesha,nfs-ganesha-vfs,rpcbind,util-linux"
 log() { echo "nfs-server-build: $*" >&2; }
 
-hash="$( (echo "$suite $packages"; cd "$here" && sha256sum build.sh entrypoint.sh ganesha.conf) \
+hash="$( (
+  echo "$suite $packages"
+  cd "$here" && sha256sum build.sh entrypoint.sh ganesha.conf
+) \
   | sha256sum | cut -c1-16)"
 tag="$name:$hash"
 if podman image exists "$tag"; then
@@ -25,7 +28,7 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/lpm-nfs-server.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 log "debootstrap $suite with $packages (~1 min)"
 if ! debootstrap --variant=minbase --include="$packages" "$suite" "$work/rootfs" http://deb.debian.org/debian \
-    >"$work/debootstrap.out" 2>&1; then
+  >"$work/debootstrap.out" 2>&1; then
   tail -n 30 "$work/debootstrap.out" "$work/rootfs/debootstrap/debootstrap.log" >&2 || true
   log "debootstrap failed"
   exit 1

@@ -17,7 +17,10 @@ packages="python3"
 mirror="${LPM_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 log() { echo "python-base: $*" >&2; }
 
-hash="$( (echo "$suite $packages"; cd "$here" && sha256sum build.sh) | sha256sum | cut -c1-16)"
+hash="$( (
+  echo "$suite $packages"
+  cd "$here" && sha256sum build.sh
+) | sha256sum | cut -c1-16)"
 tag="$name:$hash"
 if [ "${1:-}" = "--tag" ]; then
   echo "$tag"
@@ -32,7 +35,7 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/lpm-python-base.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 log "debootstrap $suite with $packages (~1 min)"
 if ! debootstrap --variant=minbase --include="$packages" "$suite" "$work/rootfs" "$mirror" \
-    >"$work/debootstrap.out" 2>&1; then
+  >"$work/debootstrap.out" 2>&1; then
   tail -n 30 "$work/debootstrap.out" "$work/rootfs/debootstrap/debootstrap.log" >&2 || true
   log "debootstrap failed"
   exit 1

@@ -13,7 +13,10 @@ packages="redis-server,redis-tools"
 mirror="${LPM_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 log() { echo "redis: $*" >&2; }
 
-hash="$( (echo "$suite $packages"; cd "$here" && sha256sum build.sh) | sha256sum | cut -c1-16)"
+hash="$( (
+  echo "$suite $packages"
+  cd "$here" && sha256sum build.sh
+) | sha256sum | cut -c1-16)"
 tag="$name:$hash"
 if [ "${1:-}" = "--tag" ]; then
   echo "$tag"
@@ -28,7 +31,7 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/lpm-redis.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 log "debootstrap $suite with $packages (~1 min)"
 if ! debootstrap --variant=minbase --include="$packages" "$suite" "$work/rootfs" "$mirror" \
-    >"$work/debootstrap.out" 2>&1; then
+  >"$work/debootstrap.out" 2>&1; then
   tail -n 30 "$work/debootstrap.out" "$work/rootfs/debootstrap/debootstrap.log" >&2 || true
   log "debootstrap failed"
   exit 1

@@ -8,10 +8,17 @@ LPM_CACHE=${LPM_CACHE:-/var/cache/lpm}
 export PATH=/usr/local/go/bin:$PATH
 export GOPATH=${GOPATH:-$LPM_CACHE/gopath} GOCACHE=${GOCACHE:-$LPM_CACHE/gocache}
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
-command -v go >/dev/null || { echo "lpm-runc/build.sh: Go toolchain not found (expected /usr/local/go/bin/go)" >&2; exit 1; }
+command -v go >/dev/null || {
+  echo "lpm-runc/build.sh: Go toolchain not found (expected /usr/local/go/bin/go)" >&2
+  exit 1
+}
 
-sources=(go.mod $(ls -- *.go | grep -v '_test\.go$'))
-key=$( { go version; sha256sum -- "${sources[@]}"; } | sha256sum | cut -c1-64)
+sources=(go.mod)
+for f in *.go; do [[ $f == *_test.go ]] || sources+=("$f"); done
+key=$({
+  go version
+  sha256sum -- "${sources[@]}"
+} | sha256sum | cut -c1-64)
 out="$LPM_CACHE/lpm-runc/$key"
 if [ ! -x "$out/lpm-runc" ]; then
   mkdir -p "$out"

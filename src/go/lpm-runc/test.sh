@@ -8,5 +8,8 @@ export GOPATH=${GOPATH:-$LPM_CACHE/gopath} GOCACHE=${GOCACHE:-$LPM_CACHE/gocache
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
 go vet ./...
 unformatted=$(gofmt -l .)
-[ -z "$unformatted" ] || { echo "gofmt needed: $unformatted" >&2; exit 1; }
+[ -z "$unformatted" ] || {
+  echo "gofmt needed: $unformatted" >&2
+  exit 1
+}
 go test -count=1 ./...

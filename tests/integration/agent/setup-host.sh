@@ -20,12 +20,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
   log "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get -o DPkg::Lock::Timeout=900 install -y -q --no-install-recommends "${missing[@]}" >&2 \
-    || { apt-get -o DPkg::Lock::Timeout=900 update -q >&2
-         apt-get -o DPkg::Lock::Timeout=900 install -y -q --no-install-recommends "${missing[@]}" >&2; }
+    || {
+      apt-get -o DPkg::Lock::Timeout=900 update -q >&2
+      apt-get -o DPkg::Lock::Timeout=900 install -y -q --no-install-recommends "${missing[@]}" >&2
+    }
 fi
 
 "$repo/infra/local/deps/criu.sh"
-command -v criu >/dev/null || { log "criu is not on PATH after the build (expected /usr/local/sbin)"; exit 1; }
+command -v criu >/dev/null || {
+  log "criu is not on PATH after the build (expected /usr/local/sbin)"
+  exit 1
+}
 # checkpointctl: the tests check that the Live engine's archives read with it, like the kubelet's.
 ln -sf "$("$repo/infra/local/deps/checkpointctl.sh")/checkpointctl" /usr/local/bin/checkpointctl
 log "ready: $(runc --version | head -n1), $(criu --version | head -n1), $(podman --version)"
