@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lpm.cli.kubectl_lpm import EXIT_USAGE, build_parser, main
+from lpm.cli.client import Cluster
+from lpm.cli.errors import EXIT_USAGE
+from lpm.cli.kubectl_lpm import build_parser, main
 
 
 @pytest.mark.parametrize(
@@ -37,11 +39,11 @@ def test_unreadable_kubeconfig_is_reported_with_its_exit_code(tmp_path, capsys: 
     assert "kubeconfig" in capsys.readouterr().err
 
 
-class _Recorder:
+class _Recorder(Cluster):
     """Stands in for the API server only to capture the object the command would create (the e2e suite runs
     the same commands against a real cluster)."""
 
-    def __init__(self, *_: object) -> None:
+    def __init__(self, *_: object) -> None:  # no kubeconfig, no client
         self.created: list[dict] = []
 
     def pod(self, ns: str, name: str) -> object:
