@@ -26,8 +26,9 @@ from integration.agent.harness import (
 )
 
 from lpm.agent import config
+from lpm.agent.deps import build_deps
 from lpm.agent.kubelet import Backoff
-from lpm.agent.server import AgentServer, build_deps
+from lpm.agent.server import AgentServer
 from lpm.api.agent.v1 import agent_pb2_grpc
 
 # Short retry waits for tests; the production default (5 x 2 s, x2) is asserted by the unit tests.

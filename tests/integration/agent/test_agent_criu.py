@@ -21,7 +21,8 @@ from google.protobuf import duration_pb2
 from integration.agent.conftest import TEST_BACKOFF, Agent, Containers, agent_config
 from integration.agent.harness import TCP_COUNTER, RuncKubelet, restore_from_image_dir, runc_state, wait_for
 
-from lpm.agent.server import AgentServer, build_deps
+from lpm.agent.deps import build_deps
+from lpm.agent.server import AgentServer
 from lpm.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from lpm.api.constants import IMAGE_ANNOTATION_CRIO_CHECKPOINT_NAME, IMAGE_ANNOTATION_CRIU_CONTAINER_NAME
 from lpm.storage.uri import ArtifactRef

@@ -15,9 +15,10 @@ from prometheus_client import REGISTRY
 
 from lpm.agent import config
 from lpm.agent import freezer as fz
+from lpm.agent.deps import Deps
 from lpm.agent.images import ImageLoader
 from lpm.agent.kubelet import CheckpointResult, KubeletUnavailable
-from lpm.agent.server import AgentServer, Deps
+from lpm.agent.server import AgentServer
 from lpm.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from lpm.storage.posix import PosixBackend
 from lpm.storage.store import CheckpointStore

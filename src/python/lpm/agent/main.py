@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if cfg.export_checkpoint:
         return export_checkpoint(cfg, sys.stdout.buffer)
-    from lpm.agent.server import AgentServer, build_deps  # grpc server stack only when serving
+    from lpm.agent.deps import build_deps  # grpc server stack only when serving
+    from lpm.agent.server import AgentServer
 
     if cfg.metrics_port:
         from prometheus_client import start_http_server

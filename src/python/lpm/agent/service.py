@@ -1,0 +1,657 @@
+"""The agent's CheckpointService: every rpc, and how its failures become gRPC status codes.
+
+Every failure leaves as a status code the controller can act on:
+  INVALID_ARGUMENT    a name, UID, checkpoint ID or artifact URI that is not well formed
+  NOT_FOUND           pod/container unknown to the kubelet or this node; artifact not in the repository
+  FAILED_PRECONDITION checkpoint refused (kubelet 401/403/4xx, unsupported; CRIU's refusal, reason
+                      CheckpointRefused), no completion marker, frozen by another checkpoint, freezer missing,
+                      a rolled-back (fenced) checkpoint ID (reason CheckpointFenced)
+  UNAVAILABLE         kubelet unreachable or 502/503/504 after its retries (reason KubeletUnavailable); the
+                      repository unreachable
+  RESOURCE_EXHAUSTED  every checkpoint/conversion slot busy for --queue-timeout; repository full
+  DATA_LOSS           stored bytes do not match their manifest (sha256/size)
+  INTERNAL            anything else (the message says what)
+Where the agent knows more than the code, the trailing metadata key `lpm-reason` names it (see agent.proto).
+Checkpoints and conversions share `--max-concurrent` slots; Freeze/Thaw/GetCapabilities never wait for them.
+
+Failure classes: only transport failures are retried (inside the kubelet client, within one deadline). A CRIU
+failure is permanent: the agent reads CRIU's log for the reason, repeats the dump at most once and only when
+the reason is not one that fails for certain, and answers CheckpointRefused with CRIU's words and a hint.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import NoReturn, TypeVar
+
+import grpc
+from google.protobuf import duration_pb2, timestamp_pb2
+from prometheus_client import Counter, Histogram
+
+from lpm.agent import criu_log, eligibility, transfer
+from lpm.agent import dump as dp
+from lpm.agent import freezer as fz
+from lpm.agent import handoff as ho
+from lpm.agent.deps import Deps
+from lpm.agent.images import ImageError, default_image_ref
+from lpm.agent.kubelet import (
+    CheckpointResult,
+    KubeletCriuFailed,
+    KubeletError,
+    KubeletForbidden,
+    KubeletNotFound,
+    KubeletRejected,
+    KubeletUnavailable,
+)
+from lpm.api.agent.v1 import agent_pb2, agent_pb2_grpc
+from lpm.api.names import InvalidName, require_label, require_subdomain, require_uid
+from lpm.storage.backend import (
+    CheckpointIncomplete,
+    IntegrityError,
+    StorageError,
+    StorageFull,
+    StorageUnavailable,
+)
+from lpm.storage.manifest import ArchiveInfo, Manifest
+from lpm.storage.sealing import KeyConfigError, KeyUnavailable
+from lpm.storage.uri import ArtifactRef, CheckpointKey
+
+log = logging.getLogger(__name__)
+
+RPCS = Counter("lpm_agent_rpc_total", "CheckpointService calls by method and gRPC status", ["method", "code"])
+RPC_SECONDS = Histogram(
+    "lpm_agent_rpc_duration_seconds",
+    "CheckpointService call durations by method (Checkpoint and ConvertCheckpointToImage carry process memory)",
+    ["method"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60, 120, 300),
+)
+
+AGENT_VERSION = "0.1.0"
+SERVICE_NAME = "lpm.agent.v1.CheckpointService"
+REASON_KEY = "lpm-reason"
+T = TypeVar("T")
+
+
+class Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+
+
+class CheckpointRefused(Exception):
+    """CRIU refused or failed the dump; the message is CRIU's own words and a hint, without node paths."""
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+def _timestamp(epoch: float) -> timestamp_pb2.Timestamp:
+    t = timestamp_pb2.Timestamp()
+    t.FromNanoseconds(int(epoch * 1e9))
+    return t
+
+
+def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
+    """The one place that turns errors into gRPC status codes (and, where known, an `lpm-reason`)."""
+    code = grpc.StatusCode
+    match exc:
+        case Abort():
+            return exc.code, str(exc), exc.reason
+        case InvalidName() | ValueError() if not isinstance(exc, KubeletError):
+            return code.INVALID_ARGUMENT, str(exc), ""
+        case CheckpointRefused():
+            return code.FAILED_PRECONDITION, str(exc), "CheckpointRefused"
+        case fz.Fenced():
+            return code.FAILED_PRECONDITION, str(exc), "CheckpointFenced"
+        case KubeletNotFound() | fz.ContainerNotFound():
+            return code.NOT_FOUND, str(exc), ""
+        case KubeletUnavailable():
+            return code.UNAVAILABLE, str(exc), "KubeletUnavailable"
+        case KubeletForbidden() | KubeletRejected() | fz.FreezeConflict() | CheckpointIncomplete():
+            return code.FAILED_PRECONDITION, str(exc), ""
+        case IntegrityError():
+            return code.DATA_LOSS, str(exc), ""
+        case StorageFull():
+            return code.RESOURCE_EXHAUSTED, str(exc), "StorageFull"
+        case KeyUnavailable() | KeyConfigError():
+            return code.FAILED_PRECONDITION, str(exc), "EncryptionKeyUnavailable"
+        case StorageUnavailable():  # already retried with backoff by the backend
+            return code.UNAVAILABLE, str(exc), "StorageUnavailable"
+        case FileNotFoundError():
+            return code.NOT_FOUND, f"not found: {exc.filename or exc}", ""
+        case ConnectionError() | StorageError():
+            return code.UNAVAILABLE, str(exc), ""
+        case transfer.TransferError():
+            return code.DATA_LOSS, str(exc), ""
+        case ho.Aborted():
+            return code.FAILED_PRECONDITION, str(exc), "RestoreAborted"
+        case ho.HandoffError():
+            return code.FAILED_PRECONDITION, str(exc), ""
+        case ImageError() | fz.FreezerError() | dp.DumpError():
+            return code.INTERNAL, str(exc), ""
+    return code.INTERNAL, f"{type(exc).__name__}: {exc}", ""
+
+
+# What a peer agent (client certificate CN lpm-agent) may call on another agent: only hand over a checkpoint.
+PEER_METHODS = frozenset({"ReceiveCheckpoint"})
+
+
+def _peer_may_call(context: grpc.ServicerContext, method: str) -> None:
+    names = (context.auth_context() or {}).get("x509_common_name") or []
+    if transfer.PEER_NAME.encode() in names and method not in PEER_METHODS:
+        raise Abort(grpc.StatusCode.PERMISSION_DENIED, f"a peer agent may not call {method}")
+
+
+class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
+    def __init__(self, deps: Deps) -> None:
+        self.d = deps
+        self._slots = threading.BoundedSemaphore(max(1, deps.max_concurrent))
+
+    # ---- plumbing --------------------------------------------------------------------------------------
+
+    def _call(self, context: grpc.ServicerContext, method: str, body: Callable[[], T]) -> T:
+        started, code = time.monotonic(), grpc.StatusCode.OK
+        try:
+            _peer_may_call(context, method)
+            result = body()
+        except Exception as exc:
+            code, message, reason = _status_for(exc)
+            level = logging.ERROR if code == grpc.StatusCode.INTERNAL else logging.WARNING
+            log.log(level, "%s failed (%s): %s", method, code.name, message, exc_info=code == grpc.StatusCode.INTERNAL)
+            if reason:
+                context.set_trailing_metadata(((REASON_KEY, reason),))
+            self._abort(context, code, message)
+        finally:
+            RPCS.labels(method, code.name).inc()
+            RPC_SECONDS.labels(method).observe(time.monotonic() - started)
+        log.info("%s ok in %.2fs", method, time.monotonic() - started)
+        return result
+
+    @staticmethod
+    def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+        context.abort(code, message)
+        raise AssertionError("unreachable")  # context.abort raises
+
+    @contextmanager
+    def _slot(self, context: grpc.ServicerContext, what: str) -> Iterator[None]:
+        remaining = context.time_remaining()
+        wait = self.d.queue_timeout if remaining is None else max(0.0, min(self.d.queue_timeout, remaining))
+        if not self._slots.acquire(timeout=wait):
+            raise Abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"agent on {self.d.node_name}: all {self.d.max_concurrent} checkpoint/conversion slots busy for "
+                f"{wait:.0f}s; retry later ({what})",
+            )
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    def _deadline(self, context: grpc.ServicerContext, requested: float) -> float:
+        budget = requested or self.d.checkpoint_timeout
+        remaining = context.time_remaining()
+        if remaining is not None:
+            budget = min(budget, remaining - 1.0)
+        if budget <= 0:
+            raise Abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no time left for the checkpoint")
+        return budget
+
+    # ---- rpcs ------------------------------------------------------------------------------------------
+
+    def Checkpoint(
+        self, request: agent_pb2.CheckpointRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.CheckpointResponse:
+        return self._call(context, "Checkpoint", lambda: self._checkpoint(request, context))
+
+    def _checkpoint(
+        self, request: agent_pb2.CheckpointRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.CheckpointResponse:
+        require_label("namespace", request.pod_namespace)
+        require_subdomain("pod name", request.pod_name)
+        ref = ArtifactRef(request.pod_uid, request.checkpoint_id, request.container_name)
+        opts = request.options
+        level = opts.zstd_level or self.d.zstd_level
+        if not 1 <= level <= 22:
+            raise ValueError(f"zstd level {level} is not in 1..22")
+        timeout = self._deadline(context, opts.timeout.ToNanoseconds() / 1e9 if opts.HasField("timeout") else 0.0)
+        self.d.freezer.refuse_if_fenced(request.checkpoint_id)
+        with self._slot(context, f"checkpoint {ref.uri}"):
+            started = time.monotonic()
+            if not opts.leave_running:
+                # A migration: the source must not run on after its checkpoint. Idempotent if the controller
+                # already froze the pod for this checkpoint ID; refused (Fenced) once it was rolled back, even
+                # if this call waited for its slot while that happened.
+                self.d.freezer.freeze(
+                    request.checkpoint_id,
+                    request.pod_uid,
+                    [request.container_name],
+                    pod_namespace=request.pod_namespace,
+                    pod_name=request.pod_name,
+                )
+            result, dumped_by = self._dump(request, timeout - (time.monotonic() - started))
+            if not opts.leave_running and self.d.freezer.fenced(request.checkpoint_id):
+                # Rolled back while the kubelet worked: this archive must never be stored, let alone restored.
+                result.local_path.unlink(missing_ok=True)
+                self.d.freezer.refuse_if_fenced(request.checkpoint_id)
+            checkpointed_at = time.time()
+            kubelet_seconds = time.monotonic() - started
+            push = None
+            if opts.stage_on_address:
+                # Live engine: the target's agent gets the archive now, while it is also compressed and stored.
+                push = transfer.Push(
+                    opts.stage_on_address,
+                    request.checkpoint_id,
+                    request.container_name,
+                    result.local_path,
+                    self.d.peer_tls,
+                    timeout=max(1.0, timeout - kubelet_seconds),
+                ).start()
+            try:
+                with open(result.local_path, "rb") as raw:
+                    manifest = self.d.store.put_archive(
+                        ref,
+                        raw,
+                        zstd_level=level,
+                        zstd_threads=self.d.zstd_threads,
+                        info=ArchiveInfo(
+                            pod_namespace=request.pod_namespace,
+                            pod_name=request.pod_name,
+                            node_name=self.d.node_name,
+                            source_archive=result.local_path.name,
+                            checkpointed_at=datetime.fromtimestamp(checkpointed_at, UTC).isoformat(),
+                            criu_version=self.d.criu_version,
+                            runtime_name=self.d.images.runtime,
+                            runtime_version=self.d.runtime_version,
+                        ),
+                    )
+                if push is not None:
+                    push.wait(timeout - (time.monotonic() - started))
+            finally:
+                # The archive holds the container's memory and is root-only on the node: never leave it there.
+                result.local_path.unlink(missing_ok=True)
+            return agent_pb2.CheckpointResponse(
+                dumped_by=dumped_by,
+                staged_on_target=bool(push and push.ok),
+                stage_message=push.message if push else "",
+                checkpoint_id=request.checkpoint_id,
+                artifact=self._artifact(manifest),
+                node_name=self.d.node_name,
+                kubelet_duration=_duration(kubelet_seconds),
+                store_duration=_duration(manifest.info.store_seconds),
+                checkpointed_at=_timestamp(checkpointed_at),
+                attempts=result.attempts,
+            )
+
+    def _dump(self, request: agent_pb2.CheckpointRequest, timeout: float) -> tuple[CheckpointResult, str]:
+        """The dump, and who made it. A CRIU failure is repeated at most once, and not at all when its reason
+        fails for certain (an open TCP connection); then it is CheckpointRefused with CRIU's own words."""
+        deadline = time.monotonic() + timeout
+        ns, pod, ctr = request.pod_namespace, request.pod_name, request.container_name
+        for attempt in (1, 2):
+            try:
+                return self._dump_once(request, deadline - time.monotonic())
+            except (KubeletCriuFailed, dp.DumpCriuFailed) as exc:
+                failure = criu_log.read_failure(str(exc), self.d.runtime_node_task_dir, self.d.runtime_task_dir)
+                log.warning("checkpoint of %s/%s/%s: %s (attempt %d)", ns, pod, ctr, failure.summary(), attempt)
+                if failure.certain or attempt == 2 or deadline - time.monotonic() < 1.0:
+                    raise CheckpointRefused(
+                        f"CRIU could not checkpoint container {ctr} on node {self.d.node_name}: {failure.summary()}"
+                    ) from None
+                self.d.freezer.refuse_if_fenced(request.checkpoint_id)
+        raise AssertionError("unreachable")
+
+    def _dump_once(self, request: agent_pb2.CheckpointRequest, timeout: float) -> tuple[CheckpointResult, str]:
+        """The Live engine's source (frozen, its archive going to a target's agent) is dumped through
+        containerd when this agent can; anything else, or a runtime dump that fails for a reason other than
+        CRIU's, goes through the kubelet. The container stays frozen either way."""
+        ns, pod, ctr = request.pod_namespace, request.pod_name, request.container_name
+        opts = request.options
+        record = self.d.freezer.status(request.checkpoint_id)
+        target = record.containers.get(ctr) if record else None
+        if self.d.dumper is not None and opts.stage_on_address and not opts.leave_running and target:
+            try:
+                label = f"{request.checkpoint_id}-{ctr}"
+                return self.d.dumper.dump(target, self.d.freezer.control.pid(target), label, timeout), "containerd"
+            except dp.DumpCriuFailed:
+                raise
+            except (dp.DumpError, fz.FreezerError) as exc:
+                log.warning("runtime dump of %s/%s/%s failed (%s); dumping through the kubelet", ns, pod, ctr, exc)
+        return self.d.kubelet.checkpoint(ns, pod, ctr, timeout), "kubelet"
+
+    @staticmethod
+    def _artifact(m: Manifest) -> agent_pb2.ArtifactInfo:
+        return agent_pb2.ArtifactInfo(
+            artifact_uri=m.uri,
+            compressed_size_bytes=m.size,
+            raw_size_bytes=m.info.raw_size,
+            sha256=m.sha256,
+            raw_sha256=m.info.raw_sha256,
+            zstd_level=m.info.zstd_level,
+        )
+
+    def CompleteCheckpoint(
+        self, request: agent_pb2.CompleteCheckpointRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.CompleteCheckpointResponse:
+        def body() -> agent_pb2.CompleteCheckpointResponse:
+            key = CheckpointKey(request.pod_uid, request.checkpoint_id)
+            names = [require_label("container name", n) for n in request.container_names]
+            if not names:
+                raise ValueError("container_names is empty")
+            # A rolled-back checkpoint is never sealed: without the marker nobody restores any part of it.
+            self.d.freezer.refuse_if_fenced(request.checkpoint_id)
+            manifests = self.d.store.complete(key, names)
+            return agent_pb2.CompleteCheckpointResponse(artifacts=[self._artifact(m) for m in manifests])
+
+        return self._call(context, "CompleteCheckpoint", body)
+
+    def DeleteCheckpoint(
+        self, request: agent_pb2.DeleteCheckpointRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.DeleteCheckpointResponse:
+        def body() -> agent_pb2.DeleteCheckpointResponse:
+            key = CheckpointKey(request.pod_uid, request.checkpoint_id)
+            if not self.d.store.backend.exists(key.relative_dir):
+                return agent_pb2.DeleteCheckpointResponse(existed=False)
+            self.d.store.delete(key)
+            return agent_pb2.DeleteCheckpointResponse(existed=True)
+
+        return self._call(context, "DeleteCheckpoint", body)
+
+    def ListCheckpoints(
+        self, request: agent_pb2.ListCheckpointsRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.ListCheckpointsResponse:
+        def body() -> agent_pb2.ListCheckpointsResponse:
+            return agent_pb2.ListCheckpointsResponse(
+                checkpoints=[
+                    agent_pb2.StoredCheckpoint(pod_uid=k.pod_uid, checkpoint_id=k.checkpoint_id, complete=done)
+                    for k, done in self.d.store.list_all()
+                ]
+            )
+
+        return self._call(context, "ListCheckpoints", body)
+
+    def ConvertCheckpointToImage(
+        self, request: agent_pb2.ConvertRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.ConvertResponse:
+        def body() -> agent_pb2.ConvertResponse:
+            ref = ArtifactRef.parse(request.artifact_uri)
+            container = require_label("container name", request.container_name or ref.container)
+            image_ref = request.image_name or default_image_ref(ref)
+            if any(ch.isspace() for ch in image_ref) or image_ref.startswith("-"):
+                raise ValueError(f"image name {image_ref!r} is not a valid reference")
+            with self._slot(context, f"convert {ref.uri}"):
+                loaded = self.d.images.convert(self.d.store, ref, container, image_ref)
+            return agent_pb2.ConvertResponse(
+                image_ref=loaded.image_ref,
+                image_id=loaded.image_id,
+                duration=_duration(loaded.seconds),
+                node_name=self.d.node_name,
+            )
+
+        return self._call(context, "ConvertCheckpointToImage", body)
+
+    def _states(self, states: list[fz.ContainerState]) -> list[agent_pb2.ContainerFreezeStatus]:
+        out = []
+        for s in states:
+            if s.frozen:
+                state = agent_pb2.FREEZE_STATE_FROZEN
+            else:
+                state = agent_pb2.FREEZE_STATE_GONE if s.gone else agent_pb2.FREEZE_STATE_THAWED
+            status = agent_pb2.ContainerFreezeStatus(container_name=s.name, state=state, evidence=s.evidence)
+            if s.auto_thaw_at is not None:
+                status.auto_thaw_at.CopyFrom(_timestamp(s.auto_thaw_at))
+            out.append(status)
+        return out
+
+    def Freeze(self, request: agent_pb2.FreezeRequest, context: grpc.ServicerContext) -> agent_pb2.FreezeResponse:
+        def body() -> agent_pb2.FreezeResponse:
+            require_uid("pod UID", request.pod_uid)
+            require_label("checkpoint ID", request.checkpoint_id)
+            names = [require_label("container name", n) for n in request.container_names]
+            if not names:
+                raise ValueError("container_names is empty")
+            after = request.auto_thaw_after.ToNanoseconds() / 1e9 if request.HasField("auto_thaw_after") else None
+            states = self.d.freezer.freeze(
+                request.checkpoint_id,
+                request.pod_uid,
+                names,
+                deadline=after or None,
+                pod_namespace=request.pod_namespace,
+                pod_name=request.pod_name,
+            )
+            return agent_pb2.FreezeResponse(containers=self._states(states))
+
+        return self._call(context, "Freeze", body)
+
+    def Thaw(self, request: agent_pb2.ThawRequest, context: grpc.ServicerContext) -> agent_pb2.ThawResponse:
+        def body() -> agent_pb2.ThawResponse:
+            require_uid("pod UID", request.pod_uid)
+            require_label("checkpoint ID", request.checkpoint_id)
+            names = [require_label("container name", n) for n in request.container_names]
+            states = self.d.freezer.thaw(request.checkpoint_id, request.pod_uid, names)
+            return agent_pb2.ThawResponse(containers=self._states(states))
+
+        return self._call(context, "Thaw", body)
+
+    def CheckEligibility(
+        self, request: agent_pb2.EligibilityRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.EligibilityResponse:
+        return self._call(context, "CheckEligibility", lambda: self._eligibility(request))
+
+    def _eligibility(self, request: agent_pb2.EligibilityRequest) -> agent_pb2.EligibilityResponse:
+        require_uid("pod UID", request.pod_uid)
+        names = [require_label("container name", n) for n in request.container_names]
+        if not names:
+            raise ValueError("container_names is empty")
+        out = agent_pb2.EligibilityResponse()
+        conns = out.connections
+        seen_netns: set[int] = set()
+        for name in names:
+            pid = self.d.freezer.pid(request.pod_uid, name)  # NOT_FOUND if the container is not on this node
+            try:
+                report = eligibility.inspect_container(self.d.proc_root, pid)
+            except OSError as exc:
+                out.problems.add(container_name=name, check="NotInspected", message=str(exc), blocking=False)
+                continue
+            for warning in report.warnings:
+                out.problems.add(container_name=name, check="NotInspected", message=warning, blocking=False)
+            # Containers of a pod share its network namespace: count its sockets once.
+            if report.netns not in seen_netns:
+                seen_netns.add(report.netns)
+                conns.established += len(report.tcp_established)
+                conns.in_pod += len(report.in_pod_connections)
+                conns.external += len(report.external_connections)
+                conns.listening += report.tcp_listening
+                conns.udp += report.udp
+                for sock in report.external_connections:
+                    peer = f"{sock.remote[0]}:{sock.remote[1]}"
+                    if len(conns.external_peers) < 5 and peer not in conns.external_peers:
+                        conns.external_peers.append(peer)
+                if report.tcp_established and not request.tcp_established:
+                    out.problems.add(
+                        container_name=name,
+                        check="TCPConnectionOpen",
+                        message="; ".join(eligibility.describe(report))
+                        + ": this migration refuses pods with established TCP connections (spec.options."
+                        "tcpEstablished: false); leave it at true (the default) to move them: connections inside "
+                        "the pod survive, those to outside peers are aborted on the target and reconnect",
+                        blocking=True,
+                    )
+            for f in report.open_in_emptydir:
+                out.problems.add(
+                    container_name=name,
+                    check="OpenFileInEmptyDir",
+                    message=f"process {f.pid} has {f.path} open in emptyDir volume {f.volume!r}, whose contents "
+                    "stay on this node: the restore on the target cannot reopen it",
+                    blocking=True,
+                )
+        out.checked.append(
+            f"TCP: {conns.established} established ({conns.in_pod} inside the pod, {conns.external} external"
+            + (f": {', '.join(conns.external_peers)}" if conns.external_peers else "")
+            + f"), {conns.listening} listening, {conns.udp} UDP"
+            + (
+                "; established connections move (tcpEstablished): those inside the pod intact, the external "
+                "ones are aborted on the target"
+                if request.tcp_established and conns.established
+                else ""
+            )
+        )
+        open_files = sum(1 for p in out.problems if p.check == "OpenFileInEmptyDir")
+        out.checked.append(f"files open in emptyDir volumes: {open_files}")
+        return out
+
+    def DescribeRestoreFailure(
+        self, request: agent_pb2.RestoreFailureRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.RestoreFailureResponse:
+        def body() -> agent_pb2.RestoreFailureResponse:
+            require_uid("pod UID", request.pod_uid)
+            names = [require_label("container name", n) for n in request.container_names]
+            out = agent_pb2.RestoreFailureResponse()
+            if request.checkpoint_id and self.d.handoff is not None:
+                # Live engine: lpm-runc's restore left CRIU's log in the hand-off directory.
+                for name in names:
+                    text = self.d.handoff.restore_log(request.checkpoint_id, name)
+                    lines = criu_log.error_lines(text) if text else ()
+                    if lines:
+                        f = criu_log.explain(lines)
+                        out.containers.add(container_name=name, lines=f.lines, cause=f.cause, advice=f.advice)
+                if out.containers:
+                    return out
+            kept = self.d.restore_logs.failures(request.pod_uid) if self.d.restore_logs else []
+            exact = [(n, f) for n, f in kept if n in names]
+            if not exact and kept:
+                # The runtime did not name the container (see RestoreLogWatcher.failures): with one container
+                # asked for, it is that one; otherwise the newest failure, under the name the runtime gave.
+                n, f = kept[-1]
+                exact = [(names[0] if len(names) == 1 else n, f)]
+            for name, failure in exact:
+                out.containers.add(container_name=name, lines=failure.lines, cause=failure.cause, advice=failure.advice)
+            return out
+
+        return self._call(context, "DescribeRestoreFailure", body)
+
+    def _handoff(self) -> ho.Handoff:
+        if self.d.handoff is None:
+            raise Abort(grpc.StatusCode.FAILED_PRECONDITION, f"agent on {self.d.node_name} has no restore hand-off")
+        return self.d.handoff
+
+    def GetRestoreState(
+        self, request: agent_pb2.RestoreStateRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.RestoreStateResponse:
+        def body() -> agent_pb2.RestoreStateResponse:
+            handoff = self._handoff()
+            names = [require_label("container name", n) for n in request.container_names]
+            until = time.monotonic() + min(5.0, request.wait.ToNanoseconds() / 1e9)
+            while True:
+                aborted = handoff.aborted(request.checkpoint_id) or ""
+                states = handoff.states(request.checkpoint_id, names)
+                if aborted or time.monotonic() >= until or all(s.state is not ho.State.ABSENT for s in states):
+                    break
+                time.sleep(0.02)
+            out = agent_pb2.RestoreStateResponse(aborted=aborted)
+            for st in states:
+                out.containers.add(
+                    container_name=st.container_name,
+                    state=agent_pb2.RestoreState.Value(f"RESTORE_STATE_{st.state.value}"),
+                    container_id=st.container_id,
+                    waiting_since=st.waiting_since,
+                )
+            return out
+
+        return self._call(context, "GetRestoreState", body)
+
+    def StageRestore(
+        self, request: agent_pb2.StageRestoreRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.StageRestoreResponse:
+        def body() -> agent_pb2.StageRestoreResponse:
+            handoff = self._handoff()
+            ref = ArtifactRef.parse(request.artifact_uri)
+            if ref.checkpoint_id != request.checkpoint_id or ref.container != request.container_name:
+                raise ValueError(
+                    f"{request.artifact_uri} is not container {request.container_name} of checkpoint "
+                    f"{request.checkpoint_id}"
+                )
+            with self._slot(context, f"staging {ref.uri}"):
+                if not self.d.store.is_complete(ref.key):
+                    raise CheckpointIncomplete(f"{ref.uri}: the checkpoint has no completion marker")
+                staged = handoff.stage(request.checkpoint_id, request.container_name, self.d.store.read_raw(ref))
+            return agent_pb2.StageRestoreResponse(
+                image_bytes=staged.image_bytes,
+                rootfs_diff_bytes=staged.rootfs_diff_bytes,
+                duration=_duration(staged.seconds),
+            )
+
+        return self._call(context, "StageRestore", body)
+
+    def ReceiveCheckpoint(
+        self, request_iterator: Iterator[agent_pb2.CheckpointChunk], context: grpc.ServicerContext
+    ) -> agent_pb2.StageRestoreResponse:
+        def body() -> agent_pb2.StageRestoreResponse:
+            handoff = self._handoff()
+            first = next(request_iterator, None)
+            if first is None or not first.checkpoint_id:
+                raise ValueError("the stream's first chunk names no checkpoint")
+            name = require_label("container name", first.container_name)
+            staged = handoff.stage(first.checkpoint_id, name, transfer.received(first, request_iterator))
+            return agent_pb2.StageRestoreResponse(
+                image_bytes=staged.image_bytes,
+                rootfs_diff_bytes=staged.rootfs_diff_bytes,
+                duration=_duration(staged.seconds),
+            )
+
+        return self._call(context, "ReceiveCheckpoint", body)
+
+    def AbortRestore(
+        self, request: agent_pb2.AbortRestoreRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.AbortRestoreResponse:
+        def body() -> agent_pb2.AbortRestoreResponse:
+            self._handoff().abort(request.checkpoint_id, request.reason or "the migration was rolled back")
+            return agent_pb2.AbortRestoreResponse()
+
+        return self._call(context, "AbortRestore", body)
+
+    def GetCapabilities(
+        self, request: agent_pb2.GetCapabilitiesRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.Capabilities:
+        return self._call(context, "GetCapabilities", self._capabilities)
+
+    def _capabilities(self) -> agent_pb2.Capabilities:
+        problems = []
+        freeze_ok = (
+            fz.freezer_root(self.d.cgroup_root) != self.d.cgroup_root
+            or (self.d.cgroup_root / "cgroup.controllers").exists()
+        )
+        if not freeze_ok:
+            problems.append(f"no cgroup freezer under {self.d.cgroup_root}")
+        if not self.d.criu_version:
+            problems.append("criu not found on the agent's PATH (version unknown; the runtime's CRIU is what counts)")
+        convert_ok = bool(self.d.runtime_version)
+        if not convert_ok:
+            problems.append(f"{self.d.images.runtime} not reachable with its CLI: checkpoint images cannot be loaded")
+        live_problem = self.d.handoff.usable() if self.d.handoff else "no restore hand-off directory configured"
+        if live_problem:
+            problems.append(live_problem)
+        dump_problem = self.d.dumper.usable() if self.d.dumper else "no runtime dump directory configured"
+        if dump_problem:
+            problems.append(f"{dump_problem}: the Live engine dumps through the kubelet")
+        return agent_pb2.Capabilities(
+            live_restore_supported=not live_problem,
+            runtime_dump_supported=not dump_problem,
+            node_name=self.d.node_name,
+            agent_version=AGENT_VERSION,
+            criu_version=self.d.criu_version,
+            runtime_name=self.d.images.runtime,
+            runtime_version=self.d.runtime_version,
+            checkpoint_supported=True,
+            freeze_supported=freeze_ok,
+            convert_supported=convert_ok,
+            problems=problems,
+        )
