@@ -109,12 +109,16 @@ def test_a_256_mib_pod_moves_through_the_live_engine_with_its_memory() -> None:
 
 
 def test_multi_container_pod_migrates_every_container_state() -> None:
+    """Also: without --to the CLI picks the target (the other node here), and the replacement is named
+    `<original>-<5 hex>`."""
     k.start_counter("duo", containers=("left", "right"))
     before = {c: k.Follow("duo", c) for c in ("left", "right")}
-    res = k.lpm("migrate", "duo", "--to", k.NODE_2, "--name", "mig-duo", "--wait", "--timeout", "300")
+    res = k.lpm("migrate", "duo", "--name", "mig-duo", "--wait", "--timeout", "300")
     assert res.returncode == 0, res.stdout + res.stderr
+    assert f"target: {k.NODE_2}" in res.stdout
     st = k.migration("mig-duo")["status"]
     restored = st["restoredPodName"]
+    assert restored.startswith("duo-") and len(restored) == len("duo-12345"), restored
     assert st["engine"] == "Live", "Auto picks the live engine where the target has lpm-runc"
     for c in ("left", "right"):
         _assert_continues(before[c], restored, c)

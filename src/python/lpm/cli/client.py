@@ -41,6 +41,10 @@ class Cluster:
     def pod(self, ns: str, name: str) -> Any:
         return self._call(f'pod "{name}" in namespace "{ns}"', lambda: self.core.read_namespaced_pod(name, ns))
 
+    def pod_manifest(self, ns: str, name: str) -> dict[str, Any]:
+        """The pod as the API serves it (camelCase keys), for the views shared with the controller."""
+        return dict(self.core.api_client.sanitize_for_serialization(self.pod(ns, name)))
+
     def node(self, name: str) -> Any:
         return self._call(f'node "{name}"', lambda: self.core.read_node(name))
 

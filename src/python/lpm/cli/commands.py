@@ -84,7 +84,29 @@ def _summary(obj: dict[str, Any]) -> str:
 DRY_RUN_TTL = 60
 
 
+def pick_target(cluster: Cluster, namespace: str, name: str) -> str:
+    """A node for the pod by the drain's rules (Ready, schedulable, taints tolerated), or why there is none."""
+    raw = cluster.pod_manifest(namespace, name)
+    pod = PodView.from_api(raw)
+    if not pod.node_name:
+        raise CliError(f'pod "{name}" is not bound to a node yet; nothing to migrate', EXIT_FAILED)
+    node_objs = cluster.nodes()
+    plan = plan_drain(
+        pod.node_name,
+        [pod],
+        [NodeView.from_api(n) for n in node_objs],
+        {str(n["metadata"]["name"]): Taint.all_from_api(n) for n in node_objs},
+    )
+    if plan.moves:
+        return plan.moves[0].target
+    left = (plan.blocked or plan.owned or plan.skipped)[0]
+    raise CliError(f'pod "{name}" cannot be migrated: {left.why}; pass --to NODE to choose', EXIT_FAILED)
+
+
 def cmd_migrate(args: argparse.Namespace, cluster: Cluster, out: TextIO) -> int:
+    if args.to is None:
+        args.to = pick_target(cluster, args.namespace, args.pod)
+        print(f"target: {args.to} (Ready, schedulable, taints tolerated; --to NODE to choose)", file=out)
     pod = cluster.pod(args.namespace, args.pod)
     node = cluster.node(args.to)
     ready, why = _pod_node_ready(node)

@@ -43,7 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
         "migrate", help="migrate a pod to another node", description="Migrate POD to NODE.", parents=[ns_after]
     )
     m.add_argument("pod", metavar="POD")
-    m.add_argument("--to", required=True, metavar="NODE", help="target node")
+    m.add_argument(
+        "--to",
+        metavar="NODE",
+        help="target node (default: picked as `kubectl lpm drain` picks one: another node that is Ready, "
+        "schedulable and whose NoSchedule/NoExecute taints the pod tolerates; the first by name)",
+    )
     m.add_argument("--name", help="PodMigration name (default: generated from the pod name)")
     m.add_argument("--wait", action="store_true", help="follow progress until Completed or Failed")
     m.add_argument("--timeout", type=float, default=600, help="seconds to wait with --wait (default 600)")
