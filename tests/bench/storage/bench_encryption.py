@@ -16,15 +16,13 @@ come back.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import os
 import pathlib
 import statistics
 import subprocess
 import tempfile
 from collections.abc import Callable
 
-from bench.storage.bench_nfs import CHUNK, POD, backend_read, backend_write, nfs_cp, timed
+from bench.storage.bench_nfs import POD, backend_read, backend_write, nfs_cp, random_file, timed
 from integration.storage.nfs_server import nfs_server, podman_api
 
 from lpm.storage.nfs import NfsBackend
@@ -72,11 +70,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lpm-bench-enc-", dir=args.disk_dir) as tmp:
         work = pathlib.Path(tmp)
         source = work / "payload.bin"
-        with open(source, "wb") as f:
-            for _ in range(size // CHUNK):
-                f.write(os.urandom(CHUNK))
-            f.write(os.urandom(size % CHUNK))
-        expected = hashlib.sha256(source.read_bytes()).hexdigest()
+        expected = random_file(source, size)
         local = work / "repo"
         local.mkdir()
         export = work / "export"

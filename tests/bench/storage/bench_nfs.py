@@ -33,6 +33,15 @@ store_chunk = WRITE_CHUNK  # what put_archive hands the backend (zstd output chu
 POD = "6a2b3c4d-1111-4222-8333-944455556666"
 
 
+def random_file(path: pathlib.Path, size: int) -> str:
+    """`size` incompressible bytes (what zstd hands the store) at `path`; returns their sha256."""
+    with open(path, "wb") as f:
+        for _ in range(size // CHUNK):
+            f.write(os.urandom(CHUNK))
+        f.write(os.urandom(size % CHUNK))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def backend_write(store: CheckpointStore, source: pathlib.Path, key: CheckpointKey) -> str:
     """The store's publish path: temp file, sha256, durable sync, rename, manifest, completion marker."""
 
@@ -76,11 +85,7 @@ def main() -> None:
         export = work / "export"
         export.mkdir()
         source = work / "checkpoint.bin"
-        with open(source, "wb") as f:
-            for _ in range(size // CHUNK):
-                f.write(os.urandom(CHUNK))
-            f.write(os.urandom(size % CHUNK))
-        expected = hashlib.sha256(source.read_bytes()).hexdigest()
+        expected = random_file(source, size)
 
         with podman_api(work), nfs_server(export) as server:
             store = CheckpointStore(NfsBackend(server.url()))
