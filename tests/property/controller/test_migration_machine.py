@@ -6,7 +6,7 @@ terminal phase."""
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, event, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from property.controller.world import SOURCE, TARGET, World
@@ -219,3 +219,31 @@ MigrationMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestMigrationMachine = MigrationMachine.TestCase
+
+
+@settings(max_examples=1, database=None, deadline=None)
+@given(st.none())  # a hypothesis context, which the machine's `event` calls need; the steps below are fixed
+def test_validation_failure_removes_a_replacement_whose_preparing_was_lost(_):
+    """Found by the machine: Preparing created the replacement, the write that recorded Preparing was lost, and
+    the retried validation then failed (target NotReady). The migration ended Failed with the replacement left
+    running next to the source. It must roll back: delete the replacement, then end Failed."""
+    machine = MigrationMachine()
+    machine.setup(containers=["app"], policy="Freeze", cleanup="Delete", timeout=600, live=True)
+    w = machine.world
+    machine.api_fault("lost")
+    machine.api_fault("reject")
+    for _ in range(5):
+        machine.reconcile_migration(crash_after=None)
+        if w.restored_pods():
+            break
+    assert w.restored_pods(), "the scenario needs a replacement created by Preparing"
+    assert w.migration.status.phase in (MigrationPhase.PENDING, MigrationPhase.VALIDATING)
+    machine.target_node_readiness(ready=False)
+    for _ in range(10):
+        machine.reconcile_migration(crash_after=None)
+        machine.failure_has_reason_and_leaves_source_thawed()
+        machine.at_most_one_restored_pod()
+    assert w.migration.status.phase is MigrationPhase.FAILED, w.migration.status
+    assert w.migration.status.reason == "TargetNodeNotReady"
+    assert not w.restored_pods()
+    machine.teardown()

@@ -117,7 +117,9 @@ class Observed:
 def reads_for(phase: MigrationPhase) -> frozenset[str]:
     """Which parts of the world a phase looks at, so the shell reads no more than needed."""
     if phase in (P.PENDING, P.VALIDATING):
-        return frozenset({"source_pod", "nodes", "migrations"})
+        # The restored pod too: a replacement created in Preparing whose status write was lost is found again
+        # here, and a validation failure must remove it (`MigrationPlan.fail`).
+        return frozenset({"source_pod", "nodes", "migrations", "restored_pod"})
     if phase in ROLLBACK_PHASES or phase in (P.CLEANING, P.ROLLING_BACK):
         # The restored pod is read in every phase that may roll back: a rollback must see it to remove it.
         return frozenset({"source_pod", "pod_checkpoint", "restored_pod"})
@@ -168,10 +170,14 @@ class MigrationPlan(Plan[PodMigrationStatus]):
         self.emit("Warning" if warning else "Normal", phase.value, message)
 
     def fail(self, reason: str, message: str) -> None:
-        """Failed without having touched anything (validation)."""
+        """Failed in validation. Nothing was frozen then, but a replacement pod of ours may exist: Preparing
+        created it and the status write that recorded Preparing was lost. Such a failure rolls back, which
+        deletes the replacement and waits until it is gone before the migration may end Failed."""
         self.status.conditions = set_condition(
             self.status.conditions, c.CONDITION_VALIDATED, ConditionStatus.FALSE, reason, message, self.now
         )
+        if self.restored_is_ours():
+            return _rollback(self, reason, message)
         self.enter(P.FAILED, reason, message)
 
     # ---------------------------------------------------------------------------------------- identity

@@ -19,7 +19,7 @@ from lpm.controller.podmigration.decide import (
     reads_for,
     ttl_remaining,
 )
-from lpm.controller.podmigration.restore import pod_checkpoint_name, restored_pod_name
+from lpm.controller.podmigration.restore import original_name, pod_checkpoint_name, restored_pod_name
 from lpm.controller.reconciler import Reader, Reconciler
 from lpm.controller.runtime import Runtime
 
@@ -54,7 +54,9 @@ def observe(read: Reader, obj: dict[str, Any], now: datetime) -> Observed:
         raw = read.get(c.PLURAL_POD_CHECKPOINTS, ns, m.status.pod_checkpoint_name or pod_checkpoint_name(name))
         pc = decode(PodCheckpoint, raw) if raw else None
     if "restored_pod" in reads:
-        raw = read.get("pods", ns, m.status.restored_pod_name or restored_pod_name(m.spec.pod_name, uid))
+        # Named as Validating names it (from the original pod's name), for when that status write was lost.
+        first_name = (original_name(pod.raw) if pod else None) or m.spec.pod_name
+        raw = read.get("pods", ns, m.status.restored_pod_name or restored_pod_name(first_name, uid))
         restored = PodView.from_api(raw) if raw else None
     return Observed(
         migration=m,
