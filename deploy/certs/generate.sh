@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prints the two mTLS Secrets LPM's controller and agents use, as YAML for `kubectl apply -f -`:
+# Prints the three TLS Secrets LPM's controller and agents use, as YAML for `kubectl apply -f -`:
 #
 #   deploy/certs/generate.sh [-n NAMESPACE] [-d DAYS] | kubectl apply -f -
 #
@@ -7,6 +7,8 @@
 #                                 that name, not the node address), serving and, towards its peer agents
 #                                 (checkpoints pushed node to node), as a client; + the CA that signs them all
 #   lpm-controller-agent-client   the controller's client certificate + the CA that signs the agents' certificates
+#   lpm-controller-webhook-tls    the controller's admission webhook serving certificate (name
+#                                 lpm-controller-webhook.NAMESPACE.svc); its CA goes into the webhooks' caBundle
 #
 # One private CA made here signs both; its key is discarded when the script exits, so rotating means running the
 # script again and restarting the pods. Nothing is written outside a private temporary directory, and no key ever
@@ -19,7 +21,7 @@ while getopts "n:d:h" opt; do
     n) namespace="$OPTARG" ;;
     d) days="$OPTARG" ;;
     *)
-      sed -n '2,13p' "$0" >&2
+      sed -n '2,15p' "$0" >&2
       exit 2
       ;;
   esac
@@ -50,6 +52,7 @@ issue() { # name, extendedKeyUsage, subjectAltName
 }
 issue lpm-agent serverAuth,clientAuth "DNS:lpm-agent,DNS:lpm-agent.$namespace.svc"
 issue lpm-controller clientAuth ""
+issue lpm-controller-webhook serverAuth "DNS:lpm-controller-webhook.$namespace.svc"
 
 b64() { base64 -w0 <"$1"; }
 secret() { # name, cert basename, component
@@ -72,3 +75,4 @@ YAML
 }
 secret lpm-agent-tls lpm-agent agent
 secret lpm-controller-agent-client lpm-controller controller
+secret lpm-controller-webhook-tls lpm-controller-webhook controller

@@ -99,6 +99,9 @@ def start_control_plane(b: Bins) -> None:
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=Node,RBAC",
             "--enable-admission-plugins=NodeRestriction",
+            # Webhooks (LPM's admission webhooks) and aggregated APIs are called at their endpoints' pod IPs, not
+            # their ClusterIP: the host runs no kube-proxy of its own (kube-proxy runs in each node's netns).
+            "--enable-aggregator-routing=true",
             "--allow-privileged=true",
             "--profiling=false",
             "--v=1",

@@ -43,5 +43,9 @@ def setup_node_network(name: str) -> None:
     for other, o in NODES.items():
         if other != name:
             run([*ipn, "route", "replace", o["pod_cidr"], "via", o["ip"]])
+    # The host (the control plane) reaches this node's pods too, as a control plane does in a real cluster: the
+    # API server calls admission webhooks at their pods' addresses (--enable-aggregator-routing). These routes
+    # go with the bridge at `down`.
+    run(["ip", "route", "replace", n["pod_cidr"], "via", n["ip"]])
     # Pod traffic is routed (and masqueraded) by the node netns itself; sysctls here die with the netns.
     run(["ip", "netns", "exec", name, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])

@@ -19,6 +19,7 @@ from lpm.api.models import (
     PodMigrationSpec,
     PodMigrationStatus,
     SourceCleanup,
+    SourcePolicy,
 )
 from lpm.api.views import NodeView, PodView
 from lpm.controller.effects import (
@@ -60,12 +61,25 @@ def migration(phase=MigrationPhase.PENDING, **status):
 
 
 def pod(
-    name="web", uid=PUID, node="node-a", phase="Running", owner=None, annotations=None, problem=None, deleting=False
+    name="web",
+    uid=PUID,
+    node="node-a",
+    phase="Running",
+    owner=None,
+    annotations=None,
+    problem=None,
+    deleting=False,
+    labels=None,
 ):
     raw = {
-        "metadata": {"name": name, "namespace": "ns", "uid": uid, "labels": {"app": "web"}},
+        "metadata": {"name": name, "namespace": "ns", "uid": uid, "labels": {"app": "web", **(labels or {})}},
         "spec": {"nodeName": node, "containers": [{"name": "app", "image": "img"}]},
     }
+    if owner:
+        kind, owner_name = owner.split("/")
+        raw["metadata"]["ownerReferences"] = [
+            {"apiVersion": "apps/v1", "kind": kind, "name": owner_name, "uid": "owner-uid", "controller": True}
+        ]
     return PodView(
         name=name,
         namespace="ns",
@@ -75,6 +89,7 @@ def pod(
         deleting=deleting,
         containers=("app",),
         controller=owner,
+        labels=raw["metadata"]["labels"],
         annotations=annotations or {},
         problem=problem,
         raw=raw,
@@ -128,6 +143,9 @@ def test_validation_failures_have_actionable_reasons():
         (dict(source_pod=None, target_node=NODE_B), "PodNotFound"),
         (dict(source_pod=pod(phase="Pending"), target_node=NODE_B), "PodNotRunning"),
         (dict(source_pod=pod(owner="StatefulSet/web"), target_node=NODE_B), "PodHasController"),
+        (dict(source_pod=pod(owner="StatefulSet/web", labels=OPTED_IN), target_node=NODE_B), "OwnerNotSupported"),
+        (dict(source_pod=pod(owner="DaemonSet/ds", labels=OPTED_IN), target_node=NODE_B), "OwnerNotSupported"),
+        (dict(source_pod=pod(owner="ReplicaSet/web-1", labels=OPTED_IN), target_node=NODE_B), "OwnerSelectorUnknown"),
         (dict(source_pod=pod(node=None), target_node=NODE_B), "PodNotScheduled"),
         (dict(source_pod=pod(node="node-b"), target_node=NODE_B), "TargetIsSourceNode"),
         (dict(source_pod=pod(), target_node=None), "TargetNodeNotFound"),
@@ -139,11 +157,21 @@ def test_validation_failures_have_actionable_reasons():
     retained.spec.source_cleanup = SourceCleanup.RETAIN
     st = status(decide(obs(retained, source_pod=pod(), target_node=NODE_B)))
     assert st.reason == "FrozenSourceRetained" and "KeepRunning" in st.message
+    clone = migration()
+    clone.spec.source_policy = SourcePolicy.KEEP_RUNNING
+    st = status(decide(obs(clone, source_pod=pod(owner="ReplicaSet/web-1", labels=RS_POD), target_node=NODE_B)))
+    assert (st.phase, st.reason) == (MigrationPhase.FAILED, "OwnedPodClone")
     for kw, reason in cases:
         st = status(decide(obs(migration(), **kw)))
         assert (st.phase, st.reason) == (MigrationPhase.FAILED, reason), kw
         assert st.message
-    assert {reason for _, reason in cases} | {"FrozenSourceRetained"} == {check.reason for check in CHECKS}
+    assert {reason for _, reason in cases} | {"FrozenSourceRetained", "OwnedPodClone"} == {
+        check.reason for check in CHECKS
+    }
+
+
+OPTED_IN = {"lpm.my.domain/migratable": "true"}
+RS_POD = {**OPTED_IN, "pod-template-hash": "5d8f"}
 
 
 def test_statefulset_message_says_how_to_detach():

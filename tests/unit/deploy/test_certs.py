@@ -1,4 +1,4 @@
-"""deploy/certs/generate.sh makes the two mTLS Secrets the manifests mount."""
+"""deploy/certs/generate.sh makes the TLS Secrets the manifests mount."""
 
 from __future__ import annotations
 
@@ -59,6 +59,30 @@ def test_agent_and_controller_certificates_chain_to_the_same_ca(secrets: list[di
         text=True,
     ).stdout
     assert "DNS:lpm-agent" in text  # the controller's LPM_AGENT_TLS_SERVER_NAME
+
+
+def test_webhook_certificate_names_the_service_the_webhook_configurations_call(
+    secrets: list[dict], tmp_path: Path
+) -> None:
+    hook = _write(next(s for s in secrets if s["metadata"]["name"] == "lpm-controller-webhook-tls"), tmp_path)
+    subprocess.run(
+        ["openssl", "verify", "-CAfile", str(hook["ca.crt"]), "-purpose", "sslserver", str(hook["tls.crt"])],
+        check=True,
+    )
+    text = subprocess.run(
+        ["openssl", "x509", "-in", str(hook["tls.crt"]), "-noout", "-ext", "subjectAltName"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    objs = render("nfs")
+    for kind, name in (
+        ("MutatingWebhookConfiguration", "lpm-replacement"),
+        ("ValidatingWebhookConfiguration", "lpm-eviction"),
+    ):
+        svc = one(objs, kind, name)["webhooks"][0]["clientConfig"]["service"]
+        one(objs, "Service", svc["name"])  # the Service exists
+        assert f"DNS:{svc['name']}.{svc['namespace']}.svc" in text
 
 
 def test_each_run_makes_a_new_ca(secrets: list[dict]) -> None:

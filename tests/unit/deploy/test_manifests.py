@@ -69,6 +69,7 @@ def test_runtime_class_lpm_selects_the_lpm_handler(name: str) -> None:
 def test_everything_namespaced_lives_in_lpm_system(name: str) -> None:
     cluster_scoped = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
     cluster_scoped |= {"StorageClass", "PersistentVolume", "RuntimeClass"}
+    cluster_scoped |= {"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"}
     for o in render(name):
         if o["kind"] not in cluster_scoped:
             assert o["metadata"].get("namespace") == NAMESPACE, f"{o['kind']}/{o['metadata']['name']}"
@@ -90,11 +91,20 @@ def test_rbac_has_no_wildcards_and_no_privilege_escalation_verbs(name: str) -> N
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_controller_may_touch_only_lpm_kinds_pods_nodes_events_crd_listing_and_read_namespaces(name: str) -> None:
+def test_controller_may_touch_only_lpm_kinds_pods_nodes_events_crd_listing_namespaces_and_its_webhooks(
+    name: str,
+) -> None:
     role = one(render(name), "ClusterRole", "lpm-controller")
     allowed_groups = {constants.GROUP, "", "apiextensions.k8s.io"}
     granted: dict[str, set[str]] = {}
+    webhook_configs = {}
     for rule in role["rules"]:
+        if rule["apiGroups"] == ["admissionregistration.k8s.io"]:
+            # Only its own two webhook configurations, by name, to write their caBundle.
+            assert rule["verbs"] == ["get", "patch"], rule
+            (res,) = rule["resources"]
+            webhook_configs[res] = rule["resourceNames"]
+            continue
         assert set(rule["apiGroups"]) <= allowed_groups, rule
         for res in rule["resources"]:
             granted.setdefault(res, set()).update(rule["verbs"])
@@ -107,11 +117,16 @@ def test_controller_may_touch_only_lpm_kinds_pods_nodes_events_crd_listing_and_r
     }
     base = {r.split("/")[0] for r in granted}
     assert base == lpm_kinds | {"pods", "nodes", "events", "customresourcedefinitions", "namespaces"}
+    assert webhook_configs == {
+        "mutatingwebhookconfigurations": ["lpm-replacement"],
+        "validatingwebhookconfigurations": ["lpm-eviction"],
+    }
     assert granted["nodes"] == {"get", "list", "watch"}
     assert granted["namespaces"] == {"get"}  # checkpoint retention reads a namespace's annotation
     assert granted["customresourcedefinitions"] == {"list", "watch"}
     assert granted["events"] == {"create"}
-    assert "update" not in granted["pods"] and "patch" not in granted["pods"]
+    # patch: an owned source's selector label (released from its owner, given back on rollback); never update.
+    assert "update" not in granted["pods"] and "patch" in granted["pods"]
     for kind in lpm_kinds:
         assert {"get", "list", "watch"} <= granted[kind], kind
         assert {"update", "patch"} & granted[f"{kind}/status"], kind
@@ -209,7 +224,11 @@ def test_controller_is_one_locked_down_replica_with_probes_and_metrics(name: str
     assert sc["capabilities"] == {"drop": ["ALL"]}
     env = _env(c)
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"metrics": int(env["LPM_METRICS_PORT"]), "health": int(env["LPM_HEALTH_PORT"])}
+    assert ports == {
+        "metrics": int(env["LPM_METRICS_PORT"]),
+        "health": int(env["LPM_HEALTH_PORT"]),
+        "webhook": int(env["LPM_WEBHOOK_PORT"]),
+    }
     for probe in (c["livenessProbe"], c["readinessProbe"]):
         assert probe["httpGet"]["port"] == "health"
     assert env["LPM_STANDALONE"] == "true"  # one replica: see the comment in base/controller/deployment.yaml

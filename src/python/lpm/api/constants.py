@@ -24,6 +24,16 @@ PLURAL_CONTAINER_CHECKPOINT_CONTENTS: Final = "containercheckpointcontents"
 LABEL_MIGRATION: Final = f"{GROUP}/migration"
 LABEL_POD_CHECKPOINT: Final = f"{GROUP}/pod-checkpoint"
 LABEL_RESTORED: Final = f"{GROUP}/restored"
+# Opt-in of an owned pod (set it in the pod template): its migrations hand the replica over to the owner's next
+# pod, which LPM's admission webhook turns into the restore target; its evictions become migrations.
+LABEL_MIGRATABLE: Final = f"{GROUP}/migratable"
+# The value of the owner's selector label on a source that a migration released from its owner.
+RELEASED_LABEL_VALUE: Final = "lpm-released"
+# A dry-run pod create carrying this annotation asks LPM's mutating webhook to prove it is called.
+# On a released source: JSON naming the migration and how to give the pod back to its owner on rollback.
+ANNOTATION_RELEASED: Final = f"{GROUP}/released"
+ANNOTATION_WEBHOOK_PROBE: Final = f"{GROUP}/webhook-probe"
+ANNOTATION_WEBHOOK_SEEN: Final = f"{GROUP}/webhook-seen"
 # PodMigrations made by `kubectl lpm drain`: the node drained, and one value per drain run.
 LABEL_DRAIN: Final = f"{GROUP}/drain-node"
 LABEL_DRAIN_ID: Final = f"{GROUP}/drain-id"

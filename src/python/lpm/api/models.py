@@ -197,6 +197,19 @@ class ContainerImage:
 
 
 @dataclass
+class Handover:
+    """How an owned pod's controller hands its replica over: the source is released from the owner by one selector
+    label, and the owner's next pod becomes the restore target (LPM's admission webhook)."""
+
+    kind: str = spec_field("The owner's kind (ReplicaSet or Job).", required=True)
+    name: str = spec_field("The owner's name.", required=True)
+    uid: str = spec_field("The owner's UID: the replacement must be its pod.", required=True)
+    label: str = spec_field("The owner's selector label that releases the source when changed.", required=True)
+    value: str = spec_field("That label's value on the source before it was released.", required=True)
+    released: bool = spec_field("Whether the source was released from its owner.", default=False)
+
+
+@dataclass
 class PodMigrationStatus:
     phase: MigrationPhase = spec_field("Where the migration is.", default=MigrationPhase.PENDING)
     source_node: str | None = spec_field("Node the pod ran on when the migration started.")
@@ -208,6 +221,10 @@ class PodMigrationStatus:
         "Checkpoint image per container on the target node.", default_factory=list
     )
     source_frozen: bool = spec_field("Whether the source pod's containers are frozen now.", default=False)
+    handover: Handover | None = spec_field(
+        "Set for a pod with a controller owner (opted in with label lpm.my.domain/migratable=true): how the owner "
+        "hands the replica over to the restored pod."
+    )
     engine: Engine | None = spec_field(
         "The engine this migration uses (Live or Image), chosen in Validating from spec.engine and the target."
     )

@@ -21,9 +21,9 @@ from lpm.api.models import (
     SourceCleanup,
     SourcePolicy,
 )
+from lpm.api.placement import DrainPlan, Taint, plan_drain
 from lpm.api.views import NodeView, PodView
 from lpm.cli.client import Cluster
-from lpm.cli.drain import DrainPlan, Taint, plan_drain
 from lpm.cli.errors import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CliError
 
 PHASE_ORDER = [p.value for p in MigrationPhase]

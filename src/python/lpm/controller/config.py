@@ -29,6 +29,11 @@ class ControllerConfig:
     checkpoint_retention: str
     orphan_sweep_seconds: float
     orphan_grace_seconds: float
+    webhook_port: int
+    webhook_cert: str | None
+    webhook_key: str | None
+    webhook_ca: str | None
+    max_migrations_per_node: int
     log_level: str
     log_format: str
     self_check: bool
@@ -113,6 +118,30 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=3600.0,
         help="A stored checkpoint is deleted only after it was named by no object for this long.",
+    )
+    hooks = p.add_argument_group(
+        "admission webhooks",
+        "Owned pods that opted in (label lpm.my.domain/migratable=true): the owner's replacement pod becomes the "
+        "restore target (MutatingWebhookConfiguration lpm-replacement), and their evictions, as by kubectl drain, "
+        "become migrations (ValidatingWebhookConfiguration lpm-eviction). Off without a certificate.",
+    )
+    add_flag(hooks, "--webhook-port", "LPM_WEBHOOK_PORT", type=int, default=9443, help="HTTPS port (0: off).")
+    add_flag(hooks, "--webhook-cert", "LPM_WEBHOOK_CERT", help="Serving certificate (PEM).")
+    add_flag(hooks, "--webhook-key", "LPM_WEBHOOK_KEY", help="Its private key (PEM).")
+    add_flag(
+        hooks,
+        "--webhook-ca",
+        "LPM_WEBHOOK_CA",
+        help="CA that signed the certificate: written into the two webhook configurations' caBundle at start.",
+    )
+    add_flag(
+        hooks,
+        "--max-migrations-per-node",
+        "LPM_MAX_MIGRATIONS_PER_NODE",
+        type=int,
+        default=2,
+        help="At most this many migrations started by evictions leave one node at once; further evictions are "
+        "answered 429 (kubectl drain retries them).",
     )
     add_logging_flags(p)
     p.add_argument("--self-check", action="store_true", help="Check configuration, then exit.")

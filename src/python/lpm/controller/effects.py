@@ -11,6 +11,7 @@ checkpoint ID), which is what makes a cycle safe to kill and rerun at any point.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
@@ -196,6 +197,32 @@ class DeleteObject(Effect):
 @dataclass(frozen=True)
 class DeletePod(DeleteObject):
     plural: str = "pods"
+
+
+@dataclass(frozen=True)
+class PatchPod(Effect):
+    """A merge patch of a pod's metadata (labels, annotations); `body` carries metadata.uid as a precondition."""
+
+    namespace: str
+    name: str
+    body: Mapping[str, Any]
+
+    @property
+    def key(self) -> str:
+        return f"patch:pods:{self.namespace}:{self.name}:{json.dumps(self.body, sort_keys=True)}"
+
+
+@dataclass(frozen=True)
+class ProbeWebhook(Effect):
+    """A dry-run create of `body` (a pod that LPM's mutating webhook selects): its outcome's value holds the pod as
+    admission left it, so the decider sees whether the webhook was called. Nothing is stored."""
+
+    namespace: str
+    body: Mapping[str, Any]
+
+    @property
+    def key(self) -> str:
+        return f"probe-webhook:{self.namespace}:{self.body['metadata']['name']}"
 
 
 @dataclass(frozen=True)

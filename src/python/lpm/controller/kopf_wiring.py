@@ -24,7 +24,7 @@ import kopf
 
 from lpm.api import constants as c
 from lpm.api.models import CheckpointPhase, MigrationPhase
-from lpm.controller import retention
+from lpm.controller import retention, webhooks
 from lpm.controller.containercheckpoint.handlers import CONTAINERCHECKPOINTS
 from lpm.controller.orphans import OrphanSweeper
 from lpm.controller.podcheckpoint.handlers import PODCHECKPOINTS
@@ -54,6 +54,7 @@ def build_registry(
     peering: str,
     priority: int = 0,
     retention_policy: retention.RetentionPolicy | None = None,
+    webhook: webhooks.WebhookConfig | None = None,
 ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
@@ -75,6 +76,10 @@ def build_registry(
         settings.batching.batch_window = BATCH_WINDOW_SECONDS
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
+        if webhook is not None:
+            webhooks.configure_server(settings, webhook)
+            if webhook.ca:
+                webhooks.inject_ca_bundle(rt, webhook.ca)
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -94,6 +99,8 @@ def build_registry(
 
     for rec in KINDS:
         _register(registry, rt, rec, resync_seconds)
+    if webhook is not None:
+        webhooks.register(registry, rt, webhook)
 
     # Finished migrations with spec.ttlSecondsAfterFinished: checked on a timer of their own, since the resync
     # timer stops once an object is finished.
@@ -179,6 +186,7 @@ def run(
     priority: int = 0,
     retention_policy: retention.RetentionPolicy | None = None,
     orphan_sweep: tuple[float, float] = (0.0, 0.0),
+    webhook: webhooks.WebhookConfig | None = None,
     liveness_endpoint: str | None = None,
     stop_flag: threading.Event | None = None,
     ready_flag: threading.Event | None = None,
@@ -193,6 +201,7 @@ def run(
         peering=peering,
         priority=priority,
         retention_policy=retention_policy,
+        webhook=webhook,
     )
     watcher_stop = threading.Event()
     RestoredPodWatcher(rt, namespace, watcher_stop).start()

@@ -200,6 +200,28 @@ class Kube:
             return api_outcome(exc, "patch", f"{r.kind} {name}")
         return Outcome.success()
 
+    def patch_pod(self, namespace: str, name: str, body: Mapping[str, Any]) -> Outcome:
+        """A merge patch of a pod's metadata; a metadata.uid in `body` makes it apply to that very pod only."""
+        self._count("patch", "pods")
+        try:
+            self.core.patch_namespaced_pod(name, namespace, dict(body), _preload_content=False)
+        except ApiException as exc:
+            return api_outcome(exc, "patch", f"Pod {name}")
+        except Exception as exc:
+            return api_outcome(exc, "patch", f"Pod {name}")
+        return Outcome.success()
+
+    def dry_run_create_pod(self, namespace: str, body: Mapping[str, Any]) -> Outcome:
+        """Create `body` with dryRun=All: admission (webhooks included) runs, nothing is stored. The outcome's
+        value is the pod as admission left it."""
+        try:
+            resp = self.core.create_namespaced_pod(namespace, dict(body), dry_run="All", _preload_content=False)
+        except ApiException as exc:
+            return api_outcome(exc, "dry-run create", f"Pod {body.get('metadata', {}).get('name')}")
+        except Exception as exc:
+            return api_outcome(exc, "dry-run create", f"Pod {body.get('metadata', {}).get('name')}")
+        return Outcome.success(dict(json.loads(resp.data)))
+
     def replace_status(self, plural: str, obj: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
         """PUT the status subresource, guarded by the resourceVersion read this cycle. False on conflict."""
         r = RESOURCES[plural]

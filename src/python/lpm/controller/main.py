@@ -13,6 +13,7 @@ from lpm.controller import config
 
 if TYPE_CHECKING:
     from lpm.controller.runtime import Runtime
+    from lpm.controller.webhooks import WebhookConfig
 
 log = logging.getLogger("lpm.controller")
 
@@ -50,6 +51,17 @@ def build_runtime(cfg: config.ControllerConfig) -> Runtime:
     return Runtime(kube=kube, agents=Agents(agent_pods, cfg.agent_namespace, tls))
 
 
+def _webhook(cfg: config.ControllerConfig) -> WebhookConfig | None:
+    from lpm.controller.webhooks import WebhookConfig
+
+    if not (cfg.webhook_port and cfg.webhook_cert and cfg.webhook_key):
+        log.info("admission webhooks off (no --webhook-cert/--webhook-key): owned pods are not handed over")
+        return None
+    return WebhookConfig(
+        cfg.webhook_port, cfg.webhook_cert, cfg.webhook_key, cfg.webhook_ca, cfg.max_migrations_per_node
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = config.parse(argv)
     setup_logging(cfg.log_level, cfg.log_format)
@@ -78,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         priority=cfg.priority or secrets.randbelow(2**30) + 1,
         retention_policy=RetentionPolicy.parse(cfg.checkpoint_retention),
         orphan_sweep=(cfg.orphan_sweep_seconds, cfg.orphan_grace_seconds),
+        webhook=_webhook(cfg),
         liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz" if cfg.health_port else None,
     )
     return 0

@@ -15,7 +15,16 @@ from typing import Any
 
 from lpm.app import clock
 from lpm.controller.agents import Agents
-from lpm.controller.effects import AgentCall, CreateObject, DeleteObject, Effect, MarkContentReady, Outcome
+from lpm.controller.effects import (
+    AgentCall,
+    CreateObject,
+    DeleteObject,
+    Effect,
+    MarkContentReady,
+    Outcome,
+    PatchPod,
+    ProbeWebhook,
+)
 from lpm.controller.kube import Kube
 from lpm.controller.reconciler import Reconciler, finalize_once, reconcile_once
 
@@ -50,6 +59,10 @@ class Runtime:
             )
         if isinstance(effect, MarkContentReady):
             return self.kube.mark_content_ready(effect.plural, effect.name)
+        if isinstance(effect, PatchPod):
+            return self.kube.patch_pod(effect.namespace, effect.name, effect.body)
+        if isinstance(effect, ProbeWebhook):
+            return self.kube.dry_run_create_pod(effect.namespace, effect.body)
         raise TypeError(f"unknown effect {effect!r}")
 
     def reconcile(self, rec: Reconciler[Any], namespace: str, name: str) -> None:

@@ -45,6 +45,7 @@ from lpm.api.models import (
     DeletionPolicy,
     EligibilityPolicy,
     Engine,
+    Handover,
     MigrationPhase,
     PodCheckpoint,
     PodCheckpointSpec,
@@ -70,11 +71,14 @@ from lpm.controller.effects import (
     FreezeSource,
     GetRestoreState,
     Outcome,
+    PatchPod,
     ProbeAgent,
+    ProbeWebhook,
     StageRestore,
     ThawSource,
 )
 from lpm.controller.plan import Plan
+from lpm.controller.podmigration.handover import adopted, plan_handover, readopt_patch, release_patch
 from lpm.controller.podmigration.restore import (
     build_restored_pod,
     original_name,
@@ -92,6 +96,11 @@ AGENT_WAIT_SECONDS = 120.0
 ROLLBACK_THAW_SECONDS = 120.0
 # The agent thaws by itself this long after the migration's deadline if nobody calls Thaw.
 AUTO_THAW_MARGIN_SECONDS = 120
+# An owner gets this long to create the replacement of a released source before the migration rolls back.
+OWNER_WAIT_SECONDS = 60.0
+# After giving a released source back, a rollback waits this long for its owner to adopt it before deleting the
+# replacement: deleted earlier, the owner would see a replica missing and start a fresh one.
+READOPT_WAIT_SECONDS = 30.0
 # Preparing asks the target's agent to answer as soon as the replacement's first container waits in lpm-runc.
 REPLACEMENT_POLL = Duration(seconds=1, nanos=500_000_000)
 
@@ -270,6 +279,7 @@ class _Subject:
 
     spec: PodMigrationSpec
     ns: str
+    uid: str
     found_pod: PodView | None
     found_node: NodeView | None
     older: tuple[str, ...]
@@ -292,9 +302,17 @@ class Check:
     message: Callable[[_Subject], str]
 
 
-def _detach_hint(controller: str) -> str:
-    kind, name = controller.split("/", 1)
-    return f"kubectl delete {kind.lower()} {name} --cascade=orphan, or remove the ownerReference"
+def _owner_problem(s: _Subject) -> tuple[str, str] | None:
+    found = plan_handover(s.pod.raw, s.uid)
+    return found if isinstance(found, tuple) else None
+
+
+def _owner_fails(reason: str) -> Callable[[_Subject], bool]:
+    return lambda s: (_owner_problem(s) or ("", ""))[0] == reason
+
+
+def _owner_message(s: _Subject) -> str:
+    return (_owner_problem(s) or ("", ""))[1]
 
 
 # What makes a migration fail validation before any agent is asked, in order: a check may assume that every
@@ -318,11 +336,16 @@ CHECKS: tuple[Check, ...] = (
         lambda s: f"pod {s.spec.pod_name} is {'terminating' if s.pod.deleting else s.pod.phase}; only Running "
         "pods can be migrated",
     ),
+    *(
+        Check(reason, _owner_fails(reason), _owner_message)
+        for reason in ("PodHasController", "OwnerNotSupported", "OwnerSelectorUnknown")
+    ),
     Check(
-        "PodHasController",
-        lambda s: bool(s.pod.controller),
-        lambda s: f"pod {s.spec.pod_name} is managed by {s.pod.controller}, which would recreate it and fight the "
-        f"restored copy; detach it first ({_detach_hint(s.pod.controller or '/')}) and retry",
+        "OwnedPodClone",
+        lambda s: isinstance(plan_handover(s.pod.raw, s.uid), Handover)
+        and s.spec.source_policy is SourcePolicy.KEEP_RUNNING,
+        lambda s: f"pod {s.spec.pod_name} has an owner, and a running clone would be a replica its owner does not "
+        "know; owned pods migrate with sourcePolicy Freeze",
     ),
     Check(
         "PodNotScheduled",
@@ -364,6 +387,7 @@ def validation_problem(obs: Observed) -> tuple[str, str] | None:
     subject = _Subject(
         m.spec,
         str(m.metadata.get("namespace", "")),
+        str(m.metadata.get("uid", "")),
         obs.source_pod,
         obs.target_node,
         obs.older_active_migrations,
@@ -415,8 +439,19 @@ def _validating(plan: MigrationPlan) -> None:
     engine = _choose_engine(plan, pod, node, target_caps)
     if engine is None:
         return None
+    handover = plan_handover(pod.raw, plan.uid)
+    assert not isinstance(handover, tuple), "CHECKS refused it"
+    if handover is not None and engine is not Engine.LIVE:
+        return plan.fail(
+            "OwnedPodNeedsLiveEngine",
+            f"pod {pod_name} belongs to {handover.kind}/{handover.name}, whose replacement is made by the owner and "
+            "restored by lpm-runc: only the Live engine hands an owned pod over (spec.engine Auto or Live, and a "
+            f"target with the '{c.RUNTIME_CLASS_LIVE}' runtime handler)",
+        )
     eligible = _eligible(plan, pod, waited)
     if eligible is not True:
+        return None
+    if handover is not None and not handover.released and _webhook_answers(plan, pod, handover) is not True:
         return None
     st = plan.status
     if m.spec.dry_run:
@@ -440,9 +475,20 @@ def _validating(plan: MigrationPlan) -> None:
     st.pod_checkpoint_name = pod_checkpoint_name(str(m.metadata.get("name")))
     st.restored_pod_name = restored_pod_name(original_name(pod.raw) or pod_name, plan.uid)
     st.engine = engine
+    st.handover = handover
     st.conditions = set_condition(
         st.conditions, c.CONDITION_VALIDATED, ConditionStatus.TRUE, "Validated", "pod, nodes and agents ok", plan.now
     )
+    if handover is not None:
+        # Write-ahead: the admission webhook makes the owner's next pod the restore target only for a migration
+        # it sees in Preparing, so Preparing is recorded before the source is released.
+        return plan.enter(
+            P.PREPARING,
+            "Preparing",
+            f"releasing pod {pod_name} from {handover.kind}/{handover.name}; the owner's next pod becomes "
+            f"{st.restored_pod_name} on {target}, and its containers will wait in lpm-runc for the checkpoint (the "
+            "source keeps running meanwhile)",
+        )
     if engine is Engine.LIVE:
         plan.enter(
             P.PREPARING,
@@ -452,6 +498,39 @@ def _validating(plan: MigrationPlan) -> None:
         )
         return _preparing(plan)
     return _begin_checkpoint(plan)
+
+
+def _webhook_answers(plan: MigrationPlan, pod: PodView, handover: Handover) -> bool | None:
+    """An owned pod is released only once LPM's admission webhook is seen to answer: otherwise (it is registered
+    with failurePolicy Ignore) the owner's next pod would start empty. A dry-run create proves it; nothing is
+    stored. True once proven; None while waiting; False once the plan failed."""
+    first = ((pod.raw.get("spec") or {}).get("containers") or [{}])[0]
+    probe = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": restored_pod_name("lpm-webhook-probe", plan.uid),
+            "labels": {c.LABEL_MIGRATABLE: "true"},
+            "annotations": {c.ANNOTATION_WEBHOOK_PROBE: plan.uid},
+        },
+        "spec": {"containers": [{"name": "probe", "image": str(first.get("image") or "probe")}]},
+    }
+    out = plan.outcome(ProbeWebhook(plan.ns, probe))
+    if out is None:
+        return None
+    seen = (
+        ((out.value.get("metadata") or {}).get("annotations") or {}).get(c.ANNOTATION_WEBHOOK_SEEN) if out.ok else None
+    )
+    if seen == plan.uid:
+        return True
+    why = out.message if not out.ok else "the pod came back without the webhook's mark"
+    plan.fail(
+        "AdmissionWebhookUnavailable",
+        f"pod {pod.name} belongs to {handover.kind}/{handover.name}, and LPM's admission webhook, which turns the "
+        f"owner's next pod into the restored pod, did not answer a dry-run create ({why}); nothing was changed. "
+        "Check the lpm-controller pod and the MutatingWebhookConfiguration lpm-replacement.",
+    )
+    return False
 
 
 def _begin_checkpoint(plan: MigrationPlan) -> None:
@@ -727,11 +806,44 @@ def _replacement_body(plan: MigrationPlan, source: PodView) -> dict[str, Any]:
     )
 
 
+def _hand_over(plan: MigrationPlan, handover: Handover, name: str) -> None:
+    """Owned pod, no replacement yet: release the source from its owner, then wait for the owner's new pod, which
+    the admission webhook names `name` and binds to the target."""
+    source, owner = plan.source(), f"{handover.kind}/{handover.name}"
+    if source is None:
+        return _rollback(plan, "SourcePodGone", f"pod {plan.m.spec.pod_name} disappeared before the migration")
+    if not handover.released:
+        out = plan.outcome(PatchPod(plan.ns, source.name, release_patch(source.uid, handover, plan.uid)))
+        if out is None:
+            return None
+        if not out.ok:
+            if out.retryable:
+                return plan.note(out.reason, out.message)
+            return _rollback(plan, "ReleaseFailed", f"could not release pod {source.name} from {owner}: {out.message}")
+        handover.released = True
+        return plan.note(
+            "WaitingForOwner",
+            f"released pod {source.name} from {owner} (label {handover.label}={c.RELEASED_LABEL_VALUE}); waiting for "
+            f"the owner to create its replacement, which becomes {name} on {plan.m.spec.target_node}",
+        )
+    waited = clock.seconds_between(plan.status.phase_started_at, plan.obs.now) or 0.0
+    if waited > OWNER_WAIT_SECONDS:
+        return _rollback(
+            plan,
+            "OwnerDidNotReplace",
+            f"{owner} created no replacement for the released pod {source.name} within {OWNER_WAIT_SECONDS:.0f}s "
+            "(is it scaled down, paused or being deleted?); the pod goes back to its owner",
+        )
+    return None
+
+
 def _preparing(plan: MigrationPlan) -> None:
     """Live engine: the replacement pod comes up on the target before anything is frozen; its first container
     then waits in lpm-runc (kubelet starts a pod's containers one after another)."""
     st, rp, target = plan.status, plan.obs.restored_pod, plan.m.spec.target_node
     name = st.restored_pod_name or restored_pod_name(plan.m.spec.pod_name, plan.uid)
+    if rp is None and st.handover is not None:
+        return _hand_over(plan, st.handover, name)
     if rp is None:
         source = plan.source()
         if source is None:
@@ -892,6 +1004,28 @@ def _abort_restore(plan: MigrationPlan) -> AbortRestore | None:
     )
 
 
+def _give_back(plan: MigrationPlan) -> bool | None:
+    """Owned pod released by this migration: its label goes back and its owner adopts it again *before* the
+    replacement is deleted (the owner, seeing a replica more, scales the waiting replacement away itself; deleted
+    first, it would start a fresh, empty pod). True once done (or nothing to do), None while waiting."""
+    st, src = plan.status, plan.source()
+    handover = st.handover
+    if handover is None or not handover.released or src is None or src.deleting:
+        return True
+    if not adopted(src.raw, handover):
+        if src.labels.get(handover.label) != handover.value:
+            out = plan.outcome(PatchPod(plan.ns, src.name, readopt_patch(src.uid, handover)))
+            if out is None:
+                return None
+        waited = clock.seconds_between(st.phase_started_at, plan.obs.now) or 0.0
+        if waited < READOPT_WAIT_SECONDS:
+            return None  # the patch is asked again next cycle, until the owner adopts the pod
+        # The owner did not adopt it (deleted, or its selector changed): the rollback goes on, and the source
+        # keeps running as a bare pod.
+    handover.released = False
+    return True
+
+
 def _rolling_back(plan: MigrationPlan) -> None:
     st, rp = plan.status, plan.obs.restored_pod
     abort = _abort_restore(plan)
@@ -899,6 +1033,8 @@ def _rolling_back(plan: MigrationPlan) -> None:
         # Best effort and first: a waiting lpm-runc fails at once. What guarantees that no replacement runs next
         # to the thawed source is the delete below, awaited until the pod is gone.
         plan.outcome(abort)
+    if _give_back(plan) is not True:
+        return None
     if plan.restored_is_ours() and rp is not None:
         plan.outcome(
             DeletePod(namespace=plan.ns, name=rp.name, uid=rp.uid, grace_period_seconds=0),
@@ -981,7 +1117,9 @@ def decide_finalize(obs: Observed) -> list[Action]:
         if abort is not None:
             plan.outcome(abort)
         rp = obs.restored_pod
-        if plan.restored_is_ours() and rp is not None:
+        if _give_back(plan) is not True:
+            plan.hold(f"source pod {plan.m.spec.pod_name} is not adopted by its owner again yet")
+        elif plan.restored_is_ours() and rp is not None:
             plan.outcome(DeletePod(namespace=plan.ns, name=rp.name, uid=rp.uid, grace_period_seconds=0))
             plan.hold(f"restored pod {rp.name} is being deleted")
         elif plan.m.spec.source_policy is SourcePolicy.FREEZE and plan.source() is not None:

@@ -6,12 +6,12 @@
 - Image engine: each container is started from its checkpoint image (CONTEXT.md section 2: restore = OCI
   checkpoint image, not the seed's annotation).
 
-Owned pods: LPM refuses to migrate a pod that has a controller (ReplicaSet, StatefulSet, Job, DaemonSet, ...)
-during validation. Such a controller would recreate the source pod as soon as the migration deletes it, and it
-would adopt the restored pod (same labels, no controller) and then scale one of the two copies away — possibly
-the restored one. Detaching the pod first (`kubectl delete <kind> <name> --cascade=orphan`, or removing the
-ownerReference) makes the ownership explicit. The restored pod never carries ownerReferences, not even to the
+Bare pods: the controller creates the restored pod itself. It never carries ownerReferences, not even to the
 PodMigration: deleting a finished PodMigration must never delete the pod it moved.
+
+Owned pods (opted in with label lpm.my.domain/migratable=true; see `handover`): the owner creates it. The
+migration releases the source from its owner, the owner creates a new pod, and LPM's admission webhook turns that
+create into the restored pod (`build_handover_pod`), so the owner counts it as its own replica.
 """
 
 from __future__ import annotations
@@ -49,19 +49,9 @@ def pod_checkpoint_name(migration_name: str) -> str:
     return child_name(migration_name, "checkpoint")
 
 
-def build_restored_pod(
-    source: Mapping[str, Any],
-    *,
-    name: str,
-    target_node: str,
-    images: Mapping[str, str] | None,
-    migration_name: str,
-    migration_uid: str,
-    pod_checkpoint_name: str,
-    checkpoint_id: str,
-) -> dict[str, Any]:
-    meta = source.get("metadata") or {}
-    spec = copy.deepcopy(dict(source.get("spec") or {}))
+def _placed_spec(spec_in: Mapping[str, Any], target_node: str, images: Mapping[str, str] | None) -> dict[str, Any]:
+    """The pod spec bound to the target node, restoring under lpm-runc (`images` None) or from images."""
+    spec = copy.deepcopy(dict(spec_in))
     for key in _STRIP_SPEC:
         spec.pop(key, None)
     spec["nodeName"] = target_node
@@ -85,7 +75,24 @@ def build_restored_pod(
         for container in spec.get("containers") or []:
             container["image"] = images[container["name"]]
             container["imagePullPolicy"] = "Never"
-    labels = dict(meta.get("labels") or {})
+    return spec
+
+
+def _restore_metadata(
+    source: Mapping[str, Any],
+    labels_in: Mapping[str, str],
+    annotations_in: Mapping[str, str],
+    spec: Mapping[str, Any],
+    *,
+    live: bool,
+    migration_name: str,
+    migration_uid: str,
+    pod_checkpoint_name: str,
+    checkpoint_id: str,
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(labels, annotations) of a restored pod: the given ones plus what names the migration and checkpoint."""
+    meta = source.get("metadata") or {}
+    labels = dict(labels_in)
     labels[c.LABEL_RESTORED] = "true"
     labels[c.LABEL_MIGRATION] = migration_name
     # A source that was itself restored carries the last migration's restore annotations: never copied.
@@ -93,8 +100,9 @@ def build_restored_pod(
         "kubectl.kubernetes.io/last-applied-configuration",
         c.ANNOTATION_RESTORE_CHECKPOINT,
         c.ANNOTATION_RESTORE_CONTAINERS,
+        c.ANNOTATION_RELEASED,
     }
-    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in dropped}
+    annotations = {k: v for k, v in annotations_in.items() if k not in dropped}
     annotations.update(
         {
             c.ANNOTATION_SOURCE_POD: f"{meta.get('namespace')}/{meta.get('name')}",
@@ -106,9 +114,36 @@ def build_restored_pod(
             c.ANNOTATION_ORIGINAL_NAME: original_name(source),
         }
     )
-    if images is None:
+    if live:
         annotations[c.ANNOTATION_RESTORE_CHECKPOINT] = checkpoint_id
         annotations[c.ANNOTATION_RESTORE_CONTAINERS] = ",".join(ctr["name"] for ctr in spec.get("containers") or [])
+    return labels, annotations
+
+
+def build_restored_pod(
+    source: Mapping[str, Any],
+    *,
+    name: str,
+    target_node: str,
+    images: Mapping[str, str] | None,
+    migration_name: str,
+    migration_uid: str,
+    pod_checkpoint_name: str,
+    checkpoint_id: str,
+) -> dict[str, Any]:
+    meta = source.get("metadata") or {}
+    spec = _placed_spec(source.get("spec") or {}, target_node, images)
+    labels, annotations = _restore_metadata(
+        source,
+        meta.get("labels") or {},
+        meta.get("annotations") or {},
+        spec,
+        live=images is None,
+        migration_name=migration_name,
+        migration_uid=migration_uid,
+        pod_checkpoint_name=pod_checkpoint_name,
+        checkpoint_id=checkpoint_id,
+    )
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -120,3 +155,38 @@ def build_restored_pod(
         },
         "spec": spec,
     }
+
+
+def build_handover_pod(
+    incoming: Mapping[str, Any],
+    source: Mapping[str, Any],
+    *,
+    name: str,
+    target_node: str,
+    migration_name: str,
+    migration_uid: str,
+    pod_checkpoint_name: str,
+    checkpoint_id: str,
+) -> dict[str, Any]:
+    """An owner's new pod (as its create request arrives at the admission webhook) turned into the live restore
+    target of a migration of `source`, one of the owner's pods: bound to the target, under lpm-runc, named as the
+    migration names its restored pod. The owner's own labels, ownerReferences and spec (with the service account
+    volume the API server injected for it) are kept, so the owner counts it as its replica."""
+    meta = incoming.get("metadata") or {}
+    spec = _placed_spec(incoming.get("spec") or {}, target_node, None)
+    labels, annotations = _restore_metadata(
+        source,
+        meta.get("labels") or {},
+        meta.get("annotations") or {},
+        spec,
+        live=True,
+        migration_name=migration_name,
+        migration_uid=migration_uid,
+        pod_checkpoint_name=pod_checkpoint_name,
+        checkpoint_id=checkpoint_id,
+    )
+    out = copy.deepcopy(dict(incoming))
+    out["metadata"] = {**copy.deepcopy(dict(meta)), "name": name, "labels": labels, "annotations": annotations}
+    out["metadata"].pop("generateName", None)
+    out["spec"] = spec
+    return out

@@ -1,11 +1,13 @@
-"""Which pods `kubectl lpm drain NODE` live-migrates, where to, and which it leaves alone (pure; no I/O).
+"""Which pods a drain live-migrates, where to, and which it leaves alone (pure; no I/O). Used by
+`kubectl lpm drain NODE`, `kubectl lpm migrate POD` without --to, and the eviction webhook (`kubectl drain`).
 
 A node drained for maintenance holds four kinds of pods:
-- pods LPM can move (Running, not owned by a controller): each gets a PodMigration to a target node;
+- pods LPM can move (Running, and bare or owned by a ReplicaSet or Job that opted in with label
+  lpm.my.domain/migratable=true): each gets a PodMigration to a target node;
 - pods with nothing to move: DaemonSet pods (their DaemonSet runs one on every node), mirror pods of static
   manifests (the kubelet owns them), finished or terminating pods;
-- pods their owner moves: a ReplicaSet/StatefulSet/Job would recreate a migrated pod's source and fight the
-  restored copy, so LPM leaves them to `kubectl drain`, which evicts them and lets the owner start them elsewhere;
+- pods their owner moves: owned pods that have not opted in (and StatefulSet pods), which LPM leaves to
+  `kubectl drain`: it evicts them and the owner starts them elsewhere, empty;
 - pods that should move but cannot: not Running yet, or no node can take them. These fail the drain.
 
 Targets: `--to NODE`, or else the Ready, schedulable nodes (not the drained one) whose NoSchedule/NoExecute
@@ -19,7 +21,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lpm.api import constants as c
 from lpm.api.views import NodeView, PodView
+
+# Owner kinds whose pods LPM hands over (lpm.controller.podmigration.handover).
+HANDED_OVER_KINDS = frozenset({"ReplicaSet", "Job"})
 
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 _BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
@@ -102,7 +108,7 @@ def plan_drain(
             plan.skipped.append(Left(pod, "mirror pod of a static manifest (the kubelet owns it)"))
         elif pod.deleting or pod.phase in ("Succeeded", "Failed"):
             plan.skipped.append(Left(pod, "terminating" if pod.deleting else f"{pod.phase}: nothing running"))
-        elif pod.controller:
+        elif pod.controller and not handed_over(pod):
             plan.owned.append(
                 Left(pod, f"managed by {pod.controller}: kubectl drain evicts it and its owner starts it elsewhere")
             )
@@ -126,6 +132,12 @@ def plan_drain(
             sent[target] += 1
             plan.moves.append(Move(pod, target))
     return plan
+
+
+def handed_over(pod: PodView) -> bool:
+    """An owned pod whose owner hands it over to its restored copy: opted in, and of a kind LPM hands over."""
+    kind = (pod.controller or "").split("/", 1)[0]
+    return pod.labels.get(c.LABEL_MIGRATABLE) == "true" and kind in HANDED_OVER_KINDS
 
 
 def _target_problem(node: NodeView | None, name: str | None, source: str) -> str | None:

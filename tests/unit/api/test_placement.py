@@ -7,8 +7,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
+from lpm.api.placement import MIRROR_ANNOTATION, Taint, plan_drain, tolerates
 from lpm.api.views import NodeView, PodView
-from lpm.cli.drain import MIRROR_ANNOTATION, Taint, plan_drain, tolerates
 
 SRC = "node-1"
 

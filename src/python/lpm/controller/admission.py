@@ -1,0 +1,167 @@
+"""LPM's two admission webhooks, served by the controller (kopf's webhook server; wired in kopf_wiring). Both are
+registered with failurePolicy Ignore, so an LPM outage never blocks a pod create or an eviction.
+
+- **lpm-replacement** (mutating, pods CREATE, objectSelector lpm.my.domain/migratable=true): when the owner of
+  a pod that a migration released (`podmigration.handover`) creates its new pod, the webhook turns that create
+  into the migration's restore target (`restore.build_handover_pod`). A dry-run probe pod is only marked, so the
+  migration can prove the webhook is called before it releases anything.
+- **lpm-eviction** (validating, pods/eviction CREATE): the eviction of an opted-in pod (`kubectl drain`, the
+  eviction API) is answered 429 (retry later) and a PodMigration to a node the drain's rules pick is started;
+  kubectl drain retries, and the eviction goes through once the source is gone. Pods that have not opted in, or
+  whose migration failed, are evicted as usual.
+
+The decisions here are pure; the kopf handlers feed them what they read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lpm.api import constants as c
+from lpm.api.codec import encode
+from lpm.api.models import MigrationPhase, PodMigration, PodMigrationSpec
+from lpm.api.names import child_name
+from lpm.controller.podmigration.handover import controller_ref, opted_in, plan_handover
+from lpm.controller.podmigration.restore import build_handover_pod
+
+LABEL_EVICTION: str = f"{c.GROUP}/eviction"
+
+
+def merge_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """What turns `old` into `new` as a merge patch: changed values, None for removed keys (nested maps by key,
+    lists whole)."""
+    out: dict[str, Any] = {}
+    for key in old.keys() - new.keys():
+        out[key] = None
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            inner = merge_diff(before, value)
+            if inner:
+                out[key] = inner
+        elif value != before or key not in old:
+            out[key] = value
+    return out
+
+
+# ------------------------------------------------------------------------------------ lpm-replacement
+
+
+def probe_mark(pod: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The patch that marks a migration's dry-run probe pod, or None when this is not one."""
+    probe = ((pod.get("metadata") or {}).get("annotations") or {}).get(c.ANNOTATION_WEBHOOK_PROBE)
+    if not probe:
+        return None
+    return {"metadata": {"annotations": {c.ANNOTATION_WEBHOOK_SEEN: probe}}}
+
+
+def waiting_for(pod: Mapping[str, Any], migrations: Sequence[PodMigration]) -> list[PodMigration]:
+    """Migrations that released one of this pod's owner's pods and wait for the owner's replacement, oldest
+    first. The first whose replacement does not exist yet gets this pod."""
+    ref = controller_ref(pod)
+    if ref is None:
+        return []
+    found = [
+        m
+        for m in migrations
+        if m.status.phase is MigrationPhase.PREPARING
+        and m.status.handover is not None
+        and m.status.handover.uid == ref.get("uid")
+        and m.status.restored_pod_name
+        and not m.metadata.get("deletionTimestamp")
+    ]
+    return sorted(found, key=lambda m: (str(m.metadata.get("creationTimestamp")), str(m.metadata.get("name"))))
+
+
+def replacement(incoming: Mapping[str, Any], migration: PodMigration, source: Mapping[str, Any]) -> dict | None:
+    """The owner's new pod as the restore target of `migration` (whose source is `source`), or None when it cannot
+    be: the source is not that migration's pod any more, or the owner's template has other containers."""
+    st = migration.status
+    if (source.get("metadata") or {}).get("uid") != st.pod_uid:
+        return None
+    names = [ctr.get("name") for ctr in (incoming.get("spec") or {}).get("containers") or []]
+    if names != [ctr.get("name") for ctr in (source.get("spec") or {}).get("containers") or []]:
+        return None
+    return build_handover_pod(
+        incoming,
+        source,
+        name=st.restored_pod_name or "",
+        target_node=migration.spec.target_node,
+        migration_name=str(migration.metadata.get("name")),
+        migration_uid=str(migration.metadata.get("uid")),
+        pod_checkpoint_name=st.pod_checkpoint_name or "",
+        checkpoint_id=st.checkpoint_id or "",
+    )
+
+
+# --------------------------------------------------------------------------------------- lpm-eviction
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """allow: evict as usual. wait: answer 429 with `message`. migrate: create `migration`, then answer 429."""
+
+    action: str
+    message: str = ""
+    migration: Mapping[str, Any] | None = None
+
+
+def eviction_migration_name(pod_name: str, pod_uid: str) -> str:
+    """One migration per evicted pod, whichever replica of the webhook answers and however often drain retries."""
+    return child_name(f"evict-{pod_name}", hashlib.sha256(pod_uid.encode()).hexdigest()[:5])
+
+
+def judge_eviction(
+    pod: Mapping[str, Any] | None,
+    migrations: Sequence[PodMigration],
+    leaving_node: int,
+    max_per_node: int,
+    target: str | None,
+    target_problem: str,
+) -> Verdict:
+    """What to answer to the eviction of `pod`: `migrations` are this namespace's PodMigrations; `leaving_node`
+    counts unfinished migrations away from the pod's node; `target` is where the drain's rules would send it (or
+    None, and `target_problem` says why there is no such node)."""
+    if pod is None or not opted_in(pod):
+        return Verdict("allow")
+    meta = pod.get("metadata") or {}
+    name, uid = str(meta.get("name")), str(meta.get("uid"))
+    if meta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") != "Running":
+        return Verdict("allow")
+    mine = [m for m in migrations if m.spec.pod_name == name]
+    for m in mine:
+        if not m.status.phase.terminal and (m.status.pod_uid in (None, uid)):
+            return Verdict(
+                "wait",
+                f"LPM is migrating pod {name} to {m.spec.target_node} (PodMigration {m.metadata.get('name')}, "
+                f"{m.status.phase.value}); the eviction completes once the source is gone",
+            )
+    if any(m.status.phase is MigrationPhase.FAILED and m.status.pod_uid == uid for m in mine):
+        return Verdict("allow")  # a migration was tried and failed: the drain must still finish
+    problem = plan_handover(pod, "")
+    if isinstance(problem, tuple):
+        return Verdict("allow")  # e.g. a StatefulSet pod: evicted as usual (the PodMigration would say why)
+    if target is None:
+        return Verdict("wait", f"LPM cannot move pod {name}: {target_problem}")
+    if leaving_node >= max_per_node:
+        return Verdict(
+            "wait",
+            f"{leaving_node} migrations are leaving node {(pod.get('spec') or {}).get('nodeName')} already (at most "
+            f"{max_per_node}); pod {name} moves after them",
+        )
+    body = encode(PodMigration(spec=PodMigrationSpec(pod_name=name, target_node=target)))
+    body["metadata"] = {
+        "name": eviction_migration_name(name, uid),
+        "namespace": meta.get("namespace"),
+        "labels": {LABEL_EVICTION: "true"},
+        "annotations": {c.ANNOTATION_SOURCE_POD: f"{meta.get('namespace')}/{name}"},
+    }
+    return Verdict(
+        "migrate",
+        f"LPM live-migrates pod {name} to {target} instead of evicting it (PodMigration "
+        f"{body['metadata']['name']}); the eviction completes once the source is gone",
+        body,
+    )
