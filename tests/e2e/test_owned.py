@@ -1,0 +1,144 @@
+"""Owned pods on the real cluster: a Deployment and a Job that opted in (label lpm.my.domain/migratable=true)
+are moved live by plain `kubectl drain`, through LPM's eviction and replacement webhooks; a Deployment that did
+not opt in is evicted as usual."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from typing import Any
+
+import pytest
+from e2e import lpmctl as k
+
+pytestmark = pytest.mark.usefixtures("lpm_cluster")
+OPT_IN = {"lpm.my.domain/migratable": "true"}
+
+
+def _template(app: str, opted_in: bool) -> dict[str, Any]:
+    spec = copy.deepcopy(k.counter_pod("x", k.NODE_1)["spec"])
+    spec.pop("nodeName")
+    labels = {"app": app, **(OPT_IN if opted_in else {})}
+    return {"metadata": {"labels": labels}, "spec": spec}
+
+
+def _deployment(name: str, replicas: int, opted_in: bool) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": k.NAMESPACE},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": _template(name, opted_in),
+        },
+    }
+
+
+def _job(name: str) -> dict[str, Any]:
+    template = _template(name, True)
+    template["spec"]["restartPolicy"] = "Never"
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": k.NAMESPACE},
+        "spec": {"backoffLimit": 0, "template": template},
+    }
+
+
+def _pods(app: str) -> list[dict[str, Any]]:
+    return list(k.kubectl_json("-n", k.NAMESPACE, "get", "pods", "-l", f"app={app}")["items"])
+
+
+def _running_on(app: str, node: str, count: int) -> list[dict[str, Any]]:
+    def ready() -> list[dict[str, Any]] | None:
+        pods = [p for p in _pods(app) if not p["metadata"].get("deletionTimestamp")]
+        ok = [p for p in pods if p["spec"].get("nodeName") == node and k.pod_ready(p["metadata"]["name"])]
+        return ok if len(ok) == count == len(pods) else None
+
+    return list(k.wait_for(f"{count} pod(s) of {app} Ready on {node}", ready, timeout=240))
+
+
+def _last_seq(pod: str) -> int:
+    return int((k.states(pod) or [{}])[-1].get("seq", 0))
+
+
+def _controller_off(node: str) -> None:
+    """The controller serves the webhooks: if it ran on the drained node, kubectl drain would evict it together
+    with the pods it is to move, and with failurePolicy Ignore those would be evicted as usual meanwhile. Moved
+    away first, as an operator does (deploy/README.md)."""
+    selector = "app.kubernetes.io/name=lpm-controller"
+
+    def where() -> list[str]:
+        pods = k.kubectl_json("-n", "lpm-system", "get", "pods", "-l", selector)["items"]
+        return [p["spec"].get("nodeName", "") for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+    if node not in where():
+        return
+    k.kubectl("cordon", node)
+    k.kubectl("-n", "lpm-system", "delete", "pods", "-l", selector, "--wait=true")
+    k.kubectl("-n", "lpm-system", "rollout", "status", "deployment/lpm-controller", "--timeout=120s")
+    assert node not in where()
+
+
+def test_kubectl_drain_moves_opted_in_owned_pods_live_and_evicts_the_rest() -> None:
+    # Everything starts on node 1: node 2 is cordoned meanwhile. The controller (which serves the webhooks) must
+    # not run on the drained node: evicted there, its webhooks would be away while the drain runs.
+    k.kubectl("cordon", k.NODE_2)
+    try:
+        k.apply(_deployment("web", 2, True), _deployment("plain", 1, False), _job("batch"))
+        for app, count in (("web", 2), ("plain", 1), ("batch", 1)):
+            for pod in _running_on(app, k.NODE_1, count):
+                name = pod["metadata"]["name"]
+                k.wait_for(f"{name} counting", lambda name=name: _last_seq(name) >= 10, timeout=60)
+    finally:
+        k.kubectl("uncordon", k.NODE_2)
+    _controller_off(k.NODE_1)
+    sources = {app: {p["metadata"]["name"]: p["metadata"]["uid"] for p in _pods(app)} for app in ("web", "batch")}
+    plain_before = {p["metadata"]["name"] for p in _pods("plain")}
+    follows = {name: k.Follow(name) for names in sources.values() for name in names}
+
+    started = time.monotonic()
+    drain = k.kubectl("drain", k.NODE_1, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=300s", check=False)
+    took = time.monotonic() - started
+    k.kubectl("uncordon", k.NODE_1)
+    assert drain.returncode == 0, drain.stderr
+    print(f"kubectl drain took {took:.1f}s")
+
+    # Opted-in pods: now on node 2, restored (their counters continue), and each owner has its replica count.
+    for app, count in (("web", 2), ("batch", 1)):
+        moved = _running_on(app, k.NODE_2, count)
+        for pod in moved:
+            ann = pod["metadata"].get("annotations") or {}
+            source = ann.get("lpm.my.domain/source-pod", "").split("/")[-1]
+            assert source in sources[app], f"{pod['metadata']['name']} is not a restored copy: {ann}"
+            owner = next(r for r in pod["metadata"]["ownerReferences"] if r.get("controller"))
+            assert owner["kind"] == ("ReplicaSet" if app == "web" else "Job")
+            before = follows[source].lines()
+            after = k.states(pod["metadata"]["name"])
+            seqs = [s["seq"] for s in after]
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"updates lost or repeated: {seqs}"
+            assert before and seqs[0] == before[-1]["seq"] + 1, (before[-1:], seqs[:3])
+        restored_sources = {p["metadata"]["annotations"]["lpm.my.domain/source-pod"].split("/")[-1] for p in moved}
+        assert restored_sources == set(sources[app]), "each source became exactly one restored pod"
+    dep = k.kubectl_json("-n", k.NAMESPACE, "get", "deployment", "web")
+    assert dep["status"].get("readyReplicas") == 2 and dep["status"].get("replicas") == 2
+    job = k.kubectl_json("-n", k.NAMESPACE, "get", "job", "batch")
+    assert job["status"].get("active") == 1 and not job["status"].get("failed"), job["status"]
+
+    # The pod that did not opt in was evicted as usual: its replacement started from zero.
+    (plain,) = _running_on("plain", k.NODE_2, 1)
+    assert plain["metadata"]["name"] not in plain_before
+    assert not (plain["metadata"].get("annotations") or {}).get("lpm.my.domain/source-pod")
+    assert k.states(plain["metadata"]["name"])[0]["seq"] == 1
+
+    migrations = k.kubectl_json("-n", k.NAMESPACE, "get", "podmigrations", "-l", "lpm.my.domain/eviction=true")
+    phases = {m["spec"]["podName"]: m["status"]["phase"] for m in migrations["items"]}
+    assert phases == {name: "Completed" for names in sources.values() for name in names}, json.dumps(phases)
+    for m in migrations["items"]:
+        print(
+            f"{m['spec']['podName']}: downtime {m['status'].get('phaseDurationsSeconds')}",
+        )
+    k.kubectl("-n", k.NAMESPACE, "delete", "deployment", "web", "plain", "--wait=false")
+    k.kubectl("-n", k.NAMESPACE, "delete", "job", "batch", "--wait=false")
