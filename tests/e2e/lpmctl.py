@@ -3,6 +3,7 @@ the analytics counter's state from its log."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import os
@@ -270,3 +271,74 @@ def agent_on(node: str) -> tuple[str, bool]:
             )
             return pod["metadata"]["name"], ready
     return "", False
+
+
+# ------------------------------------------------------------------------------ owned workloads
+OPT_IN = {"lpm.my.domain/migratable": "true"}
+
+
+def _template(app: str, opted_in: bool, tick: float = 0.1) -> dict[str, Any]:
+    spec = copy.deepcopy(counter_pod("x", NODE_1, extra_args=("--interval", str(tick)))["spec"])
+    spec.pop("nodeName")
+    labels = {"app": app, **(OPT_IN if opted_in else {})}
+    return {"metadata": {"labels": labels}, "spec": spec}
+
+
+def deployment(name: str, replicas: int, opted_in: bool, tick: float = 0.1) -> dict[str, Any]:
+    """The analytics counter as a Deployment (label app=NAME); `opted_in` labels its pods migratable."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": _template(name, opted_in, tick),
+        },
+    }
+
+
+def job(name: str) -> dict[str, Any]:
+    template = _template(name, True)
+    template["spec"]["restartPolicy"] = "Never"
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"backoffLimit": 0, "template": template},
+    }
+
+
+def pods_of(app: str) -> list[dict[str, Any]]:
+    return list(kubectl_json("-n", NAMESPACE, "get", "pods", "-l", f"app={app}")["items"])
+
+
+def running_on(app: str, node: str, count: int) -> list[dict[str, Any]]:
+    def ready() -> list[dict[str, Any]] | None:
+        pods = [p for p in pods_of(app) if not p["metadata"].get("deletionTimestamp")]
+        ok = [p for p in pods if p["spec"].get("nodeName") == node and pod_ready(p["metadata"]["name"])]
+        return ok if len(ok) == count == len(pods) else None
+
+    return list(wait_for(f"{count} pod(s) of {app} Ready on {node}", ready, timeout=240))
+
+
+def last_seq(pod: str) -> int:
+    return int((states(pod) or [{}])[-1].get("seq", 0))
+
+
+def controller_off(node: str) -> None:
+    """The controller serves the webhooks: if it ran on the drained node, kubectl drain would evict it together
+    with the pods it is to move, and with failurePolicy Ignore those would be evicted as usual meanwhile. Moved
+    away first, as an operator does (README, owned pods)."""
+    selector = "app.kubernetes.io/name=lpm-controller"
+
+    def where() -> list[str]:
+        pods = kubectl_json("-n", "lpm-system", "get", "pods", "-l", selector)["items"]
+        return [p["spec"].get("nodeName", "") for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+    if node not in where():
+        return
+    kubectl("cordon", node)
+    kubectl("-n", "lpm-system", "delete", "pods", "-l", selector, "--wait=true")
+    kubectl("-n", "lpm-system", "rollout", "status", "deployment/lpm-controller", "--timeout=120s")
+    assert node not in where()

@@ -4,82 +4,13 @@ not opt in is evicted as usual."""
 
 from __future__ import annotations
 
-import copy
 import json
 import time
-from typing import Any
 
 import pytest
 from e2e import lpmctl as k
 
 pytestmark = pytest.mark.usefixtures("lpm_cluster")
-OPT_IN = {"lpm.my.domain/migratable": "true"}
-
-
-def _template(app: str, opted_in: bool) -> dict[str, Any]:
-    spec = copy.deepcopy(k.counter_pod("x", k.NODE_1)["spec"])
-    spec.pop("nodeName")
-    labels = {"app": app, **(OPT_IN if opted_in else {})}
-    return {"metadata": {"labels": labels}, "spec": spec}
-
-
-def _deployment(name: str, replicas: int, opted_in: bool) -> dict[str, Any]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": k.NAMESPACE},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": _template(name, opted_in),
-        },
-    }
-
-
-def _job(name: str) -> dict[str, Any]:
-    template = _template(name, True)
-    template["spec"]["restartPolicy"] = "Never"
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": name, "namespace": k.NAMESPACE},
-        "spec": {"backoffLimit": 0, "template": template},
-    }
-
-
-def _pods(app: str) -> list[dict[str, Any]]:
-    return list(k.kubectl_json("-n", k.NAMESPACE, "get", "pods", "-l", f"app={app}")["items"])
-
-
-def _running_on(app: str, node: str, count: int) -> list[dict[str, Any]]:
-    def ready() -> list[dict[str, Any]] | None:
-        pods = [p for p in _pods(app) if not p["metadata"].get("deletionTimestamp")]
-        ok = [p for p in pods if p["spec"].get("nodeName") == node and k.pod_ready(p["metadata"]["name"])]
-        return ok if len(ok) == count == len(pods) else None
-
-    return list(k.wait_for(f"{count} pod(s) of {app} Ready on {node}", ready, timeout=240))
-
-
-def _last_seq(pod: str) -> int:
-    return int((k.states(pod) or [{}])[-1].get("seq", 0))
-
-
-def _controller_off(node: str) -> None:
-    """The controller serves the webhooks: if it ran on the drained node, kubectl drain would evict it together
-    with the pods it is to move, and with failurePolicy Ignore those would be evicted as usual meanwhile. Moved
-    away first, as an operator does (deploy/README.md)."""
-    selector = "app.kubernetes.io/name=lpm-controller"
-
-    def where() -> list[str]:
-        pods = k.kubectl_json("-n", "lpm-system", "get", "pods", "-l", selector)["items"]
-        return [p["spec"].get("nodeName", "") for p in pods if not p["metadata"].get("deletionTimestamp")]
-
-    if node not in where():
-        return
-    k.kubectl("cordon", node)
-    k.kubectl("-n", "lpm-system", "delete", "pods", "-l", selector, "--wait=true")
-    k.kubectl("-n", "lpm-system", "rollout", "status", "deployment/lpm-controller", "--timeout=120s")
-    assert node not in where()
 
 
 def test_kubectl_drain_moves_opted_in_owned_pods_live_and_evicts_the_rest() -> None:
@@ -87,16 +18,16 @@ def test_kubectl_drain_moves_opted_in_owned_pods_live_and_evicts_the_rest() -> N
     # not run on the drained node: evicted there, its webhooks would be away while the drain runs.
     k.kubectl("cordon", k.NODE_2)
     try:
-        k.apply(_deployment("web", 2, True), _deployment("plain", 1, False), _job("batch"))
+        k.apply(k.deployment("web", 2, True), k.deployment("plain", 1, False), k.job("batch"))
         for app, count in (("web", 2), ("plain", 1), ("batch", 1)):
-            for pod in _running_on(app, k.NODE_1, count):
+            for pod in k.running_on(app, k.NODE_1, count):
                 name = pod["metadata"]["name"]
-                k.wait_for(f"{name} counting", lambda name=name: _last_seq(name) >= 10, timeout=60)
+                k.wait_for(f"{name} counting", lambda name=name: k.last_seq(name) >= 10, timeout=60)
     finally:
         k.kubectl("uncordon", k.NODE_2)
-    _controller_off(k.NODE_1)
-    sources = {app: {p["metadata"]["name"]: p["metadata"]["uid"] for p in _pods(app)} for app in ("web", "batch")}
-    plain_before = {p["metadata"]["name"] for p in _pods("plain")}
+    k.controller_off(k.NODE_1)
+    sources = {app: {p["metadata"]["name"]: p["metadata"]["uid"] for p in k.pods_of(app)} for app in ("web", "batch")}
+    plain_before = {p["metadata"]["name"] for p in k.pods_of("plain")}
     follows = {name: k.Follow(name) for names in sources.values() for name in names}
 
     started = time.monotonic()
@@ -108,7 +39,7 @@ def test_kubectl_drain_moves_opted_in_owned_pods_live_and_evicts_the_rest() -> N
 
     # Opted-in pods: now on node 2, restored (their counters continue), and each owner has its replica count.
     for app, count in (("web", 2), ("batch", 1)):
-        moved = _running_on(app, k.NODE_2, count)
+        moved = k.running_on(app, k.NODE_2, count)
         for pod in moved:
             ann = pod["metadata"].get("annotations") or {}
             source = ann.get("lpm.my.domain/source-pod", "").split("/")[-1]
@@ -128,7 +59,7 @@ def test_kubectl_drain_moves_opted_in_owned_pods_live_and_evicts_the_rest() -> N
     assert job["status"].get("active") == 1 and not job["status"].get("failed"), job["status"]
 
     # The pod that did not opt in was evicted as usual: its replacement started from zero.
-    (plain,) = _running_on("plain", k.NODE_2, 1)
+    (plain,) = k.running_on("plain", k.NODE_2, 1)
     assert plain["metadata"]["name"] not in plain_before
     assert not (plain["metadata"].get("annotations") or {}).get("lpm.my.domain/source-pod")
     assert k.states(plain["metadata"]["name"])[0]["seq"] == 1

@@ -37,10 +37,11 @@ class MigrationMachine(RuleBasedStateMachine):
         cleanup=st.sampled_from(["Delete", "Delete", "Retain"]),
         timeout=st.sampled_from([30, 120, 600]),
         live=st.booleans(),
+        owned=st.booleans(),
     )
-    def setup(self, containers, policy, cleanup, timeout, live):
-        self.world = World(containers, policy, cleanup, timeout, live)
-        event(f"engine {'Live' if live else 'Image'}")
+    def setup(self, containers, policy, cleanup, timeout, live, owned=False):
+        self.world = World(containers, policy, cleanup, timeout, live, owned)
+        event(f"engine {'Live' if live else 'Image'}{', owned' if owned else ''}")
         self.idle_advances = 0
 
     # ------------------------------------------------------------------------------------------ rules
@@ -94,6 +95,14 @@ class MigrationMachine(RuleBasedStateMachine):
     def target_node_readiness(self, ready):
         self.world.set_target_ready(ready)
 
+    @rule()
+    def owner_reconciles(self):
+        self.world.owner_sync()
+
+    @rule(up=st.booleans())
+    def webhook_availability(self, up):
+        self.world.webhook_up = up
+
     # The controller is never down for long: time moves at most a few steps between reconciles.
     @precondition(lambda self: self.idle_advances < 3)
     @rule(seconds=st.sampled_from([1, 5, 30]))
@@ -138,6 +147,13 @@ class MigrationMachine(RuleBasedStateMachine):
             if st_.reason == "SourceStillFrozen":
                 assert "STILL BE FROZEN" in st_.message and "THAWED" not in (st_.source_state or "")
             assert not w.restored_pods() or st_.reason == "RestoredPodNameTaken"
+
+    @invariant()
+    def owner_never_runs_two_replicas(self):
+        """Replicas: 1. The released source is not the owner's; the owner's own pods are at most one Running, and
+        at most one more that is not (the waiting replacement, during the moment the owner scales it away)."""
+        owned = self.world.owned_pods()
+        assert len([p for p in owned if p["status"]["phase"] == "Running"]) <= 1, [p["metadata"]["name"] for p in owned]
 
     @invariant()
     def status_claims_thawed_only_when_the_runtime_said_so(self):
@@ -191,11 +207,13 @@ class MigrationMachine(RuleBasedStateMachine):
             agent.lose_reply_next = False
             agent.thaw_sticks = False
         w.api_faults.clear()
+        w.webhook_up = True
         for _ in range(200):
             if w.migration.status.phase.terminal:
                 break
             w.reconcile_checkpoints()
             w.reconcile_migration()
+            w.owner_sync()
             w.kubelet()
             w.advance(5)
             self.no_violation_recorded()
@@ -210,6 +228,12 @@ class MigrationMachine(RuleBasedStateMachine):
             assert live == w.live == (engine is Engine.LIVE)
             if w.migration.spec.source_cleanup is SourceCleanup.DELETE:
                 assert w.source() is None
+        if w.owned:
+            w.owner_sync()
+            owned = w.owned_pods()
+            assert len(owned) == 1, [p["metadata"]["name"] for p in owned]
+            if w.migration.status.phase is MigrationPhase.COMPLETED:
+                assert owned[0]["metadata"]["name"] == w.restored_pods()[0]["metadata"]["name"]
 
 
 MigrationMachine.TestCase.settings = settings(

@@ -1,6 +1,8 @@
 """A simulated cluster for the controller's reconcilers: an object store with resourceVersions, nodes, pods, agents
 that freeze/thaw/checkpoint and can be down or fail, a kubelet that starts (or crashes) restored pods, and
-API faults (rejected writes, and writes that landed but whose reply was lost).
+API faults (rejected writes, and writes that landed but whose reply was lost). With `owned`, the source belongs
+to a ReplicaSet of one replica (`owner_sync` is its controller) and LPM's mutating webhook (the production
+`admission` decisions) turns the owner's new pods into restore targets while it is up.
 
 The production cycle runs against it (`reconcile_once` with each kind's real `observe` and decider); only
 the effects are executed here instead of by `Runtime`. Cycles hold no memory between them: every cycle reads
@@ -10,6 +12,7 @@ number of effects, before its status write, like a controller killed mid-cycle.
 
 from __future__ import annotations
 
+import builtins
 import copy
 import uuid
 from collections.abc import Mapping
@@ -20,8 +23,18 @@ from lpm.api import constants as c
 from lpm.api.codec import decode
 from lpm.api.models import MigrationPhase, PodMigration, SourcePolicy
 from lpm.app import clock
+from lpm.controller import admission
 from lpm.controller.containercheckpoint.handlers import CONTAINERCHECKPOINTS
-from lpm.controller.effects import AgentCall, CreateObject, DeleteObject, Effect, MarkContentReady, Outcome
+from lpm.controller.effects import (
+    AgentCall,
+    CreateObject,
+    DeleteObject,
+    Effect,
+    MarkContentReady,
+    Outcome,
+    PatchPod,
+    ProbeWebhook,
+)
 from lpm.controller.podcheckpoint.handlers import PODCHECKPOINTS
 from lpm.controller.podmigration.handlers import PODMIGRATIONS
 from lpm.controller.reconciler import Reconciler, reconcile_once
@@ -33,6 +46,8 @@ CRIU_RESTORE_FAILED = (
 )
 SOURCE, TARGET = "node-a", "node-b"
 Key = tuple[str, str | None, str]
+OWNER_UID = "rs-uid"
+OWNER_SELECTOR = {"app": "web", "pod-template-hash": "h1"}
 
 
 class _Killed(Exception):
@@ -53,9 +68,19 @@ class AgentSim:
 
 class World:
     def __init__(
-        self, containers: list[str], source_policy: str, source_cleanup: str, timeout: int, live: bool = False
+        self,
+        containers: list[str],
+        source_policy: str,
+        source_cleanup: str,
+        timeout: int,
+        live: bool = False,
+        owned: bool = False,
     ) -> None:
         self.live = live  # the target has lpm-runc: Auto picks the live engine
+        self.owned = owned
+        self.webhook_up = True
+        self.fresh_pods: list[str] = []  # pods the owner started empty (not restore targets)
+        self.owner_seq = 0
         self.now = datetime(2026, 1, 1, tzinfo=UTC)
         self.store: dict[Key, dict[str, Any]] = {}
         self.rv = 0
@@ -71,11 +96,13 @@ class World:
             self._put(
                 ("nodes", None, node), {"metadata": {"name": node}, "spec": {}, "status": self._node_status(True)}
             )
+        self.template_spec = {"containers": [{"name": n, "image": f"img/{n}"} for n in containers]}
+        source_meta: dict[str, Any] = {"name": "web", "namespace": NS, "labels": {"app": "web"}}
+        if owned:
+            source_meta["labels"] = {**OWNER_SELECTOR, c.LABEL_MIGRATABLE: "true"}
+            source_meta["ownerReferences"] = [self._owner_ref()]
         self.source_uid = self._create_pod(
-            {
-                "metadata": {"name": "web", "namespace": NS, "labels": {"app": "web"}},
-                "spec": {"nodeName": SOURCE, "containers": [{"name": n, "image": f"img/{n}"} for n in containers]},
-            },
+            {"metadata": source_meta, "spec": {"nodeName": SOURCE, **copy.deepcopy(self.template_spec)}},
             phase="Running",
         )
         self.migration_key: Key = ("podmigrations", NS, "mig")
@@ -172,6 +199,30 @@ class World:
             del self.store[key]
             self.history.append(f"delete {effect.plural}/{effect.name}")
             return Outcome.success()
+        if isinstance(effect, PatchPod):
+            key = ("pods", effect.namespace, effect.name)
+            pod = self.store.get(key)
+            if pod is None:
+                return Outcome.failure("NotFound", "pod gone", retryable=False)
+            meta = effect.body.get("metadata") or {}
+            if meta.get("uid") and meta["uid"] != pod["metadata"]["uid"]:
+                return Outcome.failure("Conflict", "uid precondition failed", retryable=False)
+            for part in ("labels", "annotations"):
+                have = pod["metadata"].setdefault(part, {})
+                for k, v in (meta.get(part) or {}).items():
+                    if v is None:
+                        have.pop(k, None)
+                    else:
+                        have[k] = v
+            self.history.append(f"patch pod {effect.name}: {meta.get('labels')}")
+            self._put(key, pod)
+            return Outcome.success()
+        if isinstance(effect, ProbeWebhook):
+            body = copy.deepcopy(dict(effect.body))
+            mark = admission.probe_mark(body) if self.webhook_up else None
+            if mark is not None:
+                body["metadata"]["annotations"].update(mark["metadata"]["annotations"])
+            return Outcome.success(body)
         if isinstance(effect, MarkContentReady):
             obj = self.store.get((effect.plural, None, effect.name))
             if obj is None:
@@ -336,6 +387,79 @@ class World:
                 else:
                     pod["status"] = {"phase": "Running"}
                 self._put(("pods", NS, pod["metadata"]["name"]), pod)
+
+    def _owner_ref(self) -> dict[str, Any]:
+        return {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-h1", "uid": OWNER_UID, "controller": True}
+
+    def owned_pods(self) -> builtins.list[dict[str, Any]]:
+        return [
+            p
+            for (plural, _, _), p in self.store.items()
+            if plural == "pods"
+            and any(r.get("uid") == OWNER_UID for r in p["metadata"].get("ownerReferences") or [])
+            and not p["metadata"].get("deletionTimestamp")
+        ]
+
+    def owner_sync(self) -> None:
+        """The ReplicaSet controller (replicas: 1): releases pods whose labels no longer match, adopts orphans
+        that match, creates a pod from its template (through the admission webhook) when it has too few and
+        deletes one (Pending before Running, newest first) when it has too many."""
+        if not self.owned:
+            return
+        for key, p in list(self.store.items()):
+            if key[0] != "pods" or p["metadata"].get("deletionTimestamp"):
+                continue
+            labels = p["metadata"].get("labels") or {}
+            matches = all(labels.get(k) == v for k, v in OWNER_SELECTOR.items())
+            refs = p["metadata"].get("ownerReferences") or []
+            mine = any(r.get("uid") == OWNER_UID for r in refs)
+            if mine and not matches:
+                p["metadata"]["ownerReferences"] = [r for r in refs if r.get("uid") != OWNER_UID]
+                self._put(key, p)
+            elif not mine and matches and not any(r.get("controller") for r in refs):
+                p["metadata"]["ownerReferences"] = [*refs, self._owner_ref()]
+                self._put(key, p)
+        pods = self.owned_pods()
+        if not pods:
+            self._owner_creates()
+        elif len(pods) > 1:
+            ranked = sorted(pods, key=lambda p: (p["status"]["phase"] == "Running", p["metadata"]["resourceVersion"]))
+            victim = ranked[0]
+            del self.store[("pods", NS, victim["metadata"]["name"])]
+            self.history.append(f"owner deletes {victim['metadata']['name']}")
+
+    def _owner_creates(self) -> None:
+        self.owner_seq += 1
+        meta = {
+            "generateName": "web-h1-",
+            "namespace": NS,
+            "labels": {**OWNER_SELECTOR, c.LABEL_MIGRATABLE: "true"},
+            "ownerReferences": [self._owner_ref()],
+        }
+        pod: dict[str, Any] = {"metadata": meta, "spec": copy.deepcopy(self.template_spec)}
+        if self.webhook_up:
+            for m in admission.waiting_for(pod, [self.migration]):
+                if self.store.get(("pods", NS, m.status.restored_pod_name or "")):
+                    continue
+                source = self.store.get(("pods", NS, m.spec.pod_name))
+                wanted = admission.replacement(pod, m, source) if source else None
+                if wanted is not None:
+                    self.restored_names_created.add(wanted["metadata"]["name"])
+                    self.history.append(f"owner creates restore target {wanted['metadata']['name']}")
+                    self._create_pod(wanted)
+                    return
+        name = f"web-h1-fresh{self.owner_seq}"
+        pod["metadata"]["name"] = name
+        pod["spec"]["nodeName"] = TARGET
+        if self.webhook_up:
+            # LPM's state let the owner start an empty pod although the webhook was there to prevent it.
+            source = self.source()
+            released = source is not None and (source["metadata"].get("labels") or {}).get("pod-template-hash") != "h1"
+            if released:
+                self.violations.append(f"the owner started a fresh pod {name} while the source was released")
+        self.fresh_pods.append(name)
+        self.history.append(f"owner creates fresh pod {name}")
+        self._create_pod(pod, phase="Running")
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)

@@ -1012,15 +1012,16 @@ def _give_back(plan: MigrationPlan) -> bool | None:
     handover = st.handover
     if handover is None or not handover.released or src is None or src.deleting:
         return True
-    if not adopted(src.raw, handover):
-        if src.labels.get(handover.label) != handover.value:
-            out = plan.outcome(PatchPod(plan.ns, src.name, readopt_patch(src.uid, handover)))
-            if out is None:
-                return None
+    if src.labels.get(handover.label) != handover.value:
+        out = plan.outcome(PatchPod(plan.ns, src.name, readopt_patch(src.uid, handover)))
+        if out is None or out.ok or out.retryable:
+            return None  # the next cycle sees the label back (or asks again)
+        # Refused for good (e.g. Forbidden): the source keeps running as a bare pod; the rollback goes on.
+    elif not adopted(src.raw, handover):
         waited = clock.seconds_between(st.phase_started_at, plan.obs.now) or 0.0
         if waited < READOPT_WAIT_SECONDS:
-            return None  # the patch is asked again next cycle, until the owner adopts the pod
-        # The owner did not adopt it (deleted, or its selector changed): the rollback goes on, and the source
+            return None
+        # Its owner did not adopt it (deleted, or its selector changed): the rollback goes on, and the source
         # keeps running as a bare pod.
     handover.released = False
     return True
