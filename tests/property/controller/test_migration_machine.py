@@ -38,8 +38,11 @@ class MigrationMachine(RuleBasedStateMachine):
         timeout=st.sampled_from([30, 120, 600]),
         live=st.booleans(),
         owned=st.booleans(),
+        owned_usual=st.booleans(),
     )
-    def setup(self, containers, policy, cleanup, timeout, live, owned=False):
+    def setup(self, containers, policy, cleanup, timeout, live, owned=False, owned_usual=False):
+        if owned and owned_usual:  # half the owned runs as a user would start them: live, Freeze, Delete
+            policy, cleanup, live = "Freeze", "Delete", True
         self.world = World(containers, policy, cleanup, timeout, live, owned)
         event(f"engine {'Live' if live else 'Image'}{', owned' if owned else ''}")
         self.idle_advances = 0
@@ -219,7 +222,10 @@ class MigrationMachine(RuleBasedStateMachine):
             self.no_violation_recorded()
             self.never_two_unfrozen_copies()
         engine = w.migration.status.engine
-        event(f"ended {w.migration.status.phase.value} ({w.migration.status.reason}), engine {engine}")
+        event(
+            f"ended {w.migration.status.phase.value} ({w.migration.status.reason}), engine {engine}"
+            + (", owned" if w.owned else "")
+        )
         assert w.migration.status.phase.terminal, f"stuck in {w.migration.status.phase}: {w.migration.status}"
         self.failure_has_reason_and_leaves_source_thawed()
         if w.migration.status.phase is MigrationPhase.COMPLETED:
