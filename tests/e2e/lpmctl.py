@@ -277,14 +277,15 @@ def agent_on(node: str) -> tuple[str, bool]:
 OPT_IN = {"lpm.my.domain/migratable": "true"}
 
 
-def _template(app: str, opted_in: bool, tick: float = 0.1) -> dict[str, Any]:
-    spec = copy.deepcopy(counter_pod("x", NODE_1, extra_args=("--interval", str(tick)))["spec"])
+def _template(app: str, opted_in: bool, tick: float = 0.1, ballast_mib: int = 0) -> dict[str, Any]:
+    pod = counter_pod("x", NODE_1, ballast_mib=ballast_mib, extra_args=("--interval", str(tick)))
+    spec = copy.deepcopy(pod["spec"])
     spec.pop("nodeName")
     labels = {"app": app, **(OPT_IN if opted_in else {})}
     return {"metadata": {"labels": labels}, "spec": spec}
 
 
-def deployment(name: str, replicas: int, opted_in: bool, tick: float = 0.1) -> dict[str, Any]:
+def deployment(name: str, replicas: int, opted_in: bool, tick: float = 0.1, ballast_mib: int = 0) -> dict[str, Any]:
     """The analytics counter as a Deployment (label app=NAME); `opted_in` labels its pods migratable."""
     return {
         "apiVersion": "apps/v1",
@@ -293,7 +294,7 @@ def deployment(name: str, replicas: int, opted_in: bool, tick: float = 0.1) -> d
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {"app": name}},
-            "template": _template(name, opted_in, tick),
+            "template": _template(name, opted_in, tick, ballast_mib),
         },
     }
 

@@ -5,6 +5,7 @@ not opt in is evicted as usual."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import pytest
@@ -73,3 +74,64 @@ def test_kubectl_drain_moves_opted_in_owned_pods_live_and_evicts_the_rest() -> N
         )
     k.kubectl("-n", k.NAMESPACE, "delete", "deployment", "web", "plain", "--wait=false")
     k.kubectl("-n", k.NAMESPACE, "delete", "job", "batch", "--wait=false")
+
+
+class _PodWatch:
+    """Every pod name of an app seen while it runs (`kubectl get -w`): a fresh pod started by the owner, even one
+    it scaled away a moment later, shows here."""
+
+    def __init__(self, app: str) -> None:
+        self.proc = subprocess.Popen(
+            ["kubectl", "-n", k.NAMESPACE, "get", "pods", "-l", f"app={app}", "-w", "-o", "name"],
+            env=k.ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+
+    def names(self) -> set[str]:
+        self.proc.kill()
+        out, _ = self.proc.communicate()
+        return {line.strip().removeprefix("pod/") for line in out.splitlines() if line.strip()}
+
+
+def test_a_deployment_pod_whose_migration_is_cancelled_goes_back_to_its_owner_and_no_empty_pod_starts() -> None:
+    k.kubectl("cordon", k.NODE_2)
+    try:
+        k.apply(k.deployment("solo", 1, True, ballast_mib=256))  # 256 MiB: a checkpoint long enough to cancel
+        (src,) = k.running_on("solo", k.NODE_1, 1)
+    finally:
+        k.kubectl("uncordon", k.NODE_2)
+    name, uid = src["metadata"]["name"], src["metadata"]["uid"]
+    k.wait_for(f"{name} counting", lambda: k.last_seq(name) >= 10, timeout=120)
+    watch = _PodWatch("solo")
+    res = k.lpm("migrate", name, "--to", k.NODE_2, "--name", "mig-solo")
+    assert res.returncode == 0, res.stdout + res.stderr
+    k.wait_for("mig-solo Checkpointing", lambda: k.phase("mig-solo") == "Checkpointing", timeout=120, interval=0.1)
+    mig = k.migration("mig-solo")["status"]
+    assert mig["handover"]["released"] and mig["handover"]["kind"] == "ReplicaSet", mig.get("handover")
+    seen = k.last_seq(name)
+    cancel = k.lpm("cancel", "mig-solo")
+    assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+    k.wait_for(
+        "mig-solo gone",
+        lambda: k.kubectl("-n", k.NAMESPACE, "get", "podmigration", "mig-solo", check=False).returncode != 0,
+        timeout=120,
+    )
+    # The source runs on, owned by its ReplicaSet again, with its selector label back; its state continues.
+    k.wait_for(f"{name} counting again", lambda: k.last_seq(name) > seen + 10, timeout=60)
+    (back,) = k.running_on("solo", k.NODE_1, 1)
+    assert back["metadata"]["uid"] == uid
+    owner = next(r for r in back["metadata"]["ownerReferences"] if r.get("controller"))
+    assert owner["kind"] == "ReplicaSet"
+    assert back["metadata"]["labels"]["pod-template-hash"] != "lpm-released"
+    assert "lpm.my.domain/released" not in (back["metadata"].get("annotations") or {})
+    seqs = [s["seq"] for s in k.states(name)]
+    assert seqs == list(range(1, len(seqs) + 1)), "updates lost or repeated in the source"
+    time.sleep(5)  # the owner would have started a fresh pod by now
+    seen_names = watch.names()
+    restored = mig["restoredPodName"]
+    assert seen_names <= {name, restored}, f"the owner started an empty pod: {seen_names - {name, restored}}"
+    dep_status = k.kubectl_json("-n", k.NAMESPACE, "get", "deployment", "solo")["status"]
+    assert dep_status.get("replicas") == 1 and dep_status.get("readyReplicas") == 1, dep_status
+    k.kubectl("-n", k.NAMESPACE, "delete", "deployment", "solo", "--wait=false")

@@ -7,6 +7,7 @@ import json
 import stat
 import tarfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,13 @@ def test_the_restore_log_lpm_runc_kept_wins_over_a_later_tries_work_log(tmp_path
     assert h.restore_log(CKPT, "app") == "a later try, still running"
     (d / "restore-failed.log").write_text("Error (criu/files-reg.c:1): Can't open file")
     assert "Can't open file" in (h.restore_log(CKPT, "app") or "")
+
+
+def test_concurrent_capability_probes_all_find_the_directory_usable(tmp_path: Path) -> None:
+    # A drain probes the target's agent for several pods at once; a shared probe file made some of those calls
+    # report the node unable to restore live (found by the drain benchmark: one pod of five took the Image path).
+    h = Handoff(tmp_path / "handoff")
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda _: h.usable(), range(400)))
+    assert answers == [""] * 400
+    assert not list((tmp_path / "handoff").iterdir()), "probe files left behind"

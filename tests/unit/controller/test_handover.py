@@ -75,8 +75,13 @@ def test_an_owned_pod_is_not_released_when_the_webhook_does_not_answer():
     assert "nothing was changed" in (st.message or "")
 
 
-def test_an_owned_pod_needs_the_live_engine():
+def test_an_owned_pod_needs_the_live_engine_and_says_why_the_target_cannot():
     st = status(decide(obs(migration(), source_pod=rs_pod(), target_node=NODE_B, outcomes=outcomes(image_only=True))))
+    assert (st.phase, st.reason) == (MigrationPhase.FAILED, "LiveEngineUnavailable")
+    assert "cannot stage checkpoints" in (st.message or "") and "ReplicaSet/web-5d8f" in (st.message or "")
+    image = migration()
+    image.spec.engine = Engine.IMAGE
+    st = status(decide(obs(image, source_pod=rs_pod(), target_node=NODE_B, outcomes=outcomes(image_only=True))))
     assert (st.phase, st.reason) == (MigrationPhase.FAILED, "OwnedPodNeedsLiveEngine")
 
 
@@ -249,6 +254,10 @@ def test_evictions_pass_for_pods_not_opted_in_after_a_failed_migration_and_for_s
     assert admission.judge_eviction(plain, [], 0, 2, "node-b", "").action == "allow"
     failed = migration(MigrationPhase.FAILED, pod_uid=PUID)
     assert admission.judge_eviction(_running(rs_pod().raw), [failed], 0, 2, "node-b", "").action == "allow"
+    # Failed in validation (no pod UID recorded): the eviction's own migration, named after the pod, counts too.
+    refused = migration(MigrationPhase.FAILED)
+    refused.metadata["name"] = admission.eviction_migration_name("web", PUID)
+    assert admission.judge_eviction(_running(rs_pod().raw), [refused], 0, 2, "node-b", "").action == "allow"
     sts = _running(pod(owner="StatefulSet/db", labels={c.LABEL_MIGRATABLE: "true"}).raw)
     assert admission.judge_eviction(sts, [], 0, 2, "node-b", "").action == "allow"
 
@@ -258,3 +267,33 @@ def test_evictions_wait_when_too_many_migrations_leave_the_node_or_no_node_takes
     assert admission.judge_eviction(src, [], 2, 2, "node-b", "").action == "wait"
     verdict = admission.judge_eviction(src, [], 0, 2, None, "no other node is Ready")
     assert verdict.action == "wait" and "no other node is Ready" in verdict.message
+
+
+def _pdb(allowed, selector):
+    return {"metadata": {"name": "web-pdb"}, "spec": {"selector": selector}, "status": {"disruptionsAllowed": allowed}}
+
+
+def test_selector_matching_follows_label_selector_rules():
+    labels = {"app": "web", "tier": "front"}
+    assert admission.selector_matches({}, labels)
+    assert not admission.selector_matches(None, labels)
+    assert admission.selector_matches({"matchLabels": {"app": "web"}}, labels)
+    assert not admission.selector_matches({"matchLabels": {"app": "db"}}, labels)
+    expr = [{"key": "tier", "operator": "In", "values": ["front", "back"]}, {"key": "x", "operator": "DoesNotExist"}]
+    assert admission.selector_matches({"matchExpressions": expr}, labels)
+    assert not admission.selector_matches(
+        {"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["front"]}]}, labels
+    )
+    assert not admission.selector_matches({"matchExpressions": [{"key": "x", "operator": "Exists"}]}, labels)
+
+
+def test_a_budget_is_spent_by_running_migrations_of_the_pods_it_covers():
+    src = _running(rs_pod().raw)
+    budget = _pdb(1, {"matchLabels": {"app": "web"}})
+    assert admission.budget_problem(src, [budget], []) is None
+    other = {"metadata": {"name": "web-2", "labels": {"app": "web"}}}
+    problem = admission.budget_problem(src, [budget], [other])
+    assert problem is not None and "web-pdb" in problem
+    assert admission.budget_problem(src, [_pdb(0, {"matchLabels": {"app": "db"}})], []) is None  # not its budget
+    verdict = admission.judge_eviction(src, [], 0, 2, "node-b", "", budget=problem)
+    assert verdict.action == "wait" and verdict.migration is None

@@ -95,7 +95,7 @@ def test_controller_may_touch_only_lpm_kinds_pods_nodes_events_crd_listing_names
     name: str,
 ) -> None:
     role = one(render(name), "ClusterRole", "lpm-controller")
-    allowed_groups = {constants.GROUP, "", "apiextensions.k8s.io"}
+    allowed_groups = {constants.GROUP, "", "apiextensions.k8s.io", "policy"}
     granted: dict[str, set[str]] = {}
     webhook_configs = {}
     for rule in role["rules"]:
@@ -116,7 +116,15 @@ def test_controller_may_touch_only_lpm_kinds_pods_nodes_events_crd_listing_names
         constants.PLURAL_CONTAINER_CHECKPOINT_CONTENTS,
     }
     base = {r.split("/")[0] for r in granted}
-    assert base == lpm_kinds | {"pods", "nodes", "events", "customresourcedefinitions", "namespaces"}
+    assert base == lpm_kinds | {
+        "pods",
+        "nodes",
+        "events",
+        "customresourcedefinitions",
+        "namespaces",
+        "poddisruptionbudgets",
+    }
+    assert granted["poddisruptionbudgets"] == {"list"}  # the eviction webhook respects budgets
     assert webhook_configs == {
         "mutatingwebhookconfigurations": ["lpm-replacement"],
         "validatingwebhookconfigurations": ["lpm-eviction"],

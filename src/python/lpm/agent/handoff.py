@@ -105,9 +105,11 @@ class Handoff:
         """Empty when the hand-off directory can be used; otherwise why not."""
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            probe = self.root / ".probe"
-            _write_atomic(probe, b"")
-            probe.unlink()
+            # A probe file of its own: GetCapabilities runs concurrently (a drain probes for every pod at once),
+            # and a shared name was unlinked by one call under another, which then reported the directory
+            # unwritable and the node unable to restore live.
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".probe-"):
+                pass
         except OSError as exc:
             return f"the restore hand-off directory {self.root} is not writable: {exc.strerror}"
         return ""

@@ -114,6 +114,48 @@ def eviction_migration_name(pod_name: str, pod_uid: str) -> str:
     return child_name(f"evict-{pod_name}", hashlib.sha256(pod_uid.encode()).hexdigest()[:5])
 
 
+def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
+    """A metav1.LabelSelector against labels (an empty selector matches everything, a missing one nothing)."""
+    if selector is None:
+        return False
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
+        present = key in labels
+        if op == "In" and not (present and labels[key] in values):
+            return False
+        if op == "NotIn" and present and labels[key] in values:
+            return False
+        if op == "Exists" and not present:
+            return False
+        if op == "DoesNotExist" and present:
+            return False
+    return True
+
+
+def budget_problem(
+    pod: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]], migrating: Sequence[Mapping[str, Any]]
+) -> str | None:
+    """Why a PodDisruptionBudget forbids moving `pod` now, or None. A migration freezes its source for a moment,
+    so it spends one disruption of every budget that selects the pod, for as long as it runs: `migrating` are the
+    namespace's pods with an unfinished migration (they count against the budgets that select them)."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    for pdb in budgets:
+        selector = (pdb.get("spec") or {}).get("selector")
+        if not selector_matches(selector, labels):
+            continue
+        allowed = int((pdb.get("status") or {}).get("disruptionsAllowed") or 0)
+        busy = sum(1 for p in migrating if selector_matches(selector, (p.get("metadata") or {}).get("labels") or {}))
+        if allowed - busy < 1:
+            name = (pdb.get("metadata") or {}).get("name")
+            return (
+                f"PodDisruptionBudget {name} allows {allowed} disruption(s) now and {busy} pod(s) it covers are "
+                "being migrated"
+            )
+    return None
+
+
 def judge_eviction(
     pod: Mapping[str, Any] | None,
     migrations: Sequence[PodMigration],
@@ -121,10 +163,12 @@ def judge_eviction(
     max_per_node: int,
     target: str | None,
     target_problem: str,
+    budget: str | None = None,
 ) -> Verdict:
     """What to answer to the eviction of `pod`: `migrations` are this namespace's PodMigrations; `leaving_node`
     counts unfinished migrations away from the pod's node; `target` is where the drain's rules would send it (or
-    None, and `target_problem` says why there is no such node)."""
+    None, and `target_problem` says why there is no such node); `budget` is why a PodDisruptionBudget forbids a
+    disruption now (`budget_problem`)."""
     if pod is None or not opted_in(pod):
         return Verdict("allow")
     meta = pod.get("metadata") or {}
@@ -139,13 +183,21 @@ def judge_eviction(
                 f"LPM is migrating pod {name} to {m.spec.target_node} (PodMigration {m.metadata.get('name')}, "
                 f"{m.status.phase.value}); the eviction completes once the source is gone",
             )
-    if any(m.status.phase is MigrationPhase.FAILED and m.status.pod_uid == uid for m in mine):
-        return Verdict("allow")  # a migration was tried and failed: the drain must still finish
+    ours = eviction_migration_name(name, uid)
+    if any(
+        m.status.phase is MigrationPhase.FAILED and (m.status.pod_uid == uid or m.metadata.get("name") == ours)
+        for m in mine
+    ):
+        # A migration of this very pod was tried and failed (in validation its pod UID is not recorded, but the
+        # eviction's own migration is named after it): the drain must still finish.
+        return Verdict("allow")
     problem = plan_handover(pod, "")
     if isinstance(problem, tuple):
         return Verdict("allow")  # e.g. a StatefulSet pod: evicted as usual (the PodMigration would say why)
     if target is None:
         return Verdict("wait", f"LPM cannot move pod {name}: {target_problem}")
+    if budget is not None:
+        return Verdict("wait", f"pod {name} moves once its budget allows: {budget}")
     if leaving_node >= max_per_node:
         return Verdict(
             "wait",

@@ -44,6 +44,7 @@ RESOURCES: dict[str, Resource] = {
         Resource("", "v1", "pods", "Pod", True),
         Resource("", "v1", "nodes", "Node", False),
         Resource("", "v1", "namespaces", "Namespace", False),
+        Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True),
         Resource(c.GROUP, c.VERSION, c.PLURAL_POD_MIGRATIONS, c.KIND_POD_MIGRATION, True),
         Resource(c.GROUP, c.VERSION, c.PLURAL_POD_CHECKPOINTS, c.KIND_POD_CHECKPOINT, True),
         Resource(c.GROUP, c.VERSION, c.PLURAL_CONTAINER_CHECKPOINTS, c.KIND_CONTAINER_CHECKPOINT, True),

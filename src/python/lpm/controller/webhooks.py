@@ -119,7 +119,10 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime, cfg: WebhookConfig) -
             and m.metadata.get("labels", {}).get(admission.LABEL_EVICTION) == "true"
         )
         here = [m for m in every if m.metadata.get("namespace") == namespace]
-        verdict = admission.judge_eviction(pod, here, leaving, cfg.max_migrations_per_node, target, problem)
+        moving = {m.spec.pod_name for m in here if not m.status.phase.terminal and m.spec.pod_name != name}
+        migrating = [p for p in rt.kube.list("pods", namespace) if p["metadata"]["name"] in moving]
+        budget = admission.budget_problem(pod, rt.kube.list("poddisruptionbudgets", namespace), migrating)
+        verdict = admission.judge_eviction(pod, here, leaving, cfg.max_migrations_per_node, target, problem, budget)
         if verdict.action == "allow":
             return
         if verdict.action == "migrate" and verdict.migration is not None and not dryrun:

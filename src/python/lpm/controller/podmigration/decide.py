@@ -9,6 +9,11 @@
                    +-> Failed (nothing was touched: includes a pod that is not eligible)
                    +-> Completed (DryRunPassed: spec.dryRun, nothing was touched)
 
+Owned pods (a ReplicaSet's or Job's, opted in; `handover`) take the live path, but in Preparing the controller
+does not create the replacement: Validating proves the admission webhook answers and records Preparing first,
+then Preparing releases the source from its owner, and the owner's new pod becomes the replacement (the webhook).
+A rollback gives the source back to its owner before it deletes the replacement.
+
 The commit point is entering Cleaning: the restored pod was observed running (live engine: every container
 restored by lpm-runc). Before it any failure rolls back; after it nothing does.
 
@@ -436,18 +441,11 @@ def _validating(plan: MigrationPlan) -> None:
             )
     if pending_probe:
         return None
-    engine = _choose_engine(plan, pod, node, target_caps)
-    if engine is None:
-        return None
     handover = plan_handover(pod.raw, plan.uid)
     assert not isinstance(handover, tuple), "CHECKS refused it"
-    if handover is not None and engine is not Engine.LIVE:
-        return plan.fail(
-            "OwnedPodNeedsLiveEngine",
-            f"pod {pod_name} belongs to {handover.kind}/{handover.name}, whose replacement is made by the owner and "
-            "restored by lpm-runc: only the Live engine hands an owned pod over (spec.engine Auto or Live, and a "
-            f"target with the '{c.RUNTIME_CLASS_LIVE}' runtime handler)",
-        )
+    engine = _choose_engine(plan, pod, node, target_caps, owned=handover)
+    if engine is None:
+        return None
     eligible = _eligible(plan, pod, waited)
     if eligible is not True:
         return None
@@ -544,9 +542,19 @@ def _begin_checkpoint(plan: MigrationPlan) -> None:
     return _checkpointing(plan)
 
 
-def _choose_engine(plan: MigrationPlan, pod: PodView, node: NodeView, target_caps: Mapping[str, Any]) -> Engine | None:
-    """spec.engine against what the target can do; None once the plan failed."""
+def _choose_engine(
+    plan: MigrationPlan, pod: PodView, node: NodeView, target_caps: Mapping[str, Any], owned: Handover | None = None
+) -> Engine | None:
+    """spec.engine against what the target can do; None once the plan failed. An owned pod is handed over to the
+    owner's replacement, which only the Live engine restores."""
     want, target = plan.m.spec.engine, plan.m.spec.target_node
+    if owned is not None and want is Engine.IMAGE:
+        plan.fail(
+            "OwnedPodNeedsLiveEngine",
+            f"pod {pod.name} belongs to {owned.kind}/{owned.name}, whose replacement is made by the owner and "
+            "restored by lpm-runc: only the Live engine hands an owned pod over (spec.engine Auto or Live)",
+        )
+        return None
     why_not_live = []
     if not target_caps.get("live_restore_supported"):
         problems = "; ".join(str(p) for p in target_caps.get("problems") or []) or "no details reported"
@@ -560,12 +568,16 @@ def _choose_engine(plan: MigrationPlan, pod: PodView, node: NodeView, target_cap
     if own_class and own_class != c.RUNTIME_CLASS_LIVE:
         why_not_live.append(f"pod {pod.name} runs under RuntimeClass {own_class}, which lpm-runc does not wrap")
     image_ok = bool(target_caps.get("convert_supported"))
-    if want is Engine.LIVE or (want is Engine.AUTO and not why_not_live):
+    if want is Engine.LIVE or owned is not None or (want is Engine.AUTO and not why_not_live):
         if not why_not_live:
             return Engine.LIVE
+        hint = (
+            f"pod {pod.name} belongs to {owned.kind}/{owned.name}, which only the Live engine hands over"
+            if owned is not None
+            else "Use spec.engine Auto or Image."
+        )
         plan.fail(
-            "LiveEngineUnavailable",
-            f"target node {target} cannot restore live: {'; '.join(why_not_live)}. Use spec.engine Auto or Image.",
+            "LiveEngineUnavailable", f"target node {target} cannot restore live: {'; '.join(why_not_live)}. {hint}"
         )
         return None
     if image_ok:
