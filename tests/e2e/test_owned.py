@@ -19,7 +19,13 @@ def test_kubectl_drain_moves_opted_in_owned_pods_live_and_evicts_the_rest() -> N
     # not run on the drained node: evicted there, its webhooks would be away while the drain runs.
     k.kubectl("cordon", k.NODE_2)
     try:
-        k.apply(k.deployment("web", 2, True), k.deployment("plain", 1, False), k.job("batch"))
+        budget = {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": {"name": "web", "namespace": k.NAMESPACE},
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}},
+        }
+        k.apply(k.deployment("web", 2, True), k.deployment("plain", 1, False), k.job("batch"), budget)
         for app, count in (("web", 2), ("plain", 1), ("batch", 1)):
             for pod in k.running_on(app, k.NODE_1, count):
                 name = pod["metadata"]["name"]
@@ -68,12 +74,20 @@ def test_kubectl_drain_moves_opted_in_owned_pods_live_and_evicts_the_rest() -> N
     migrations = k.kubectl_json("-n", k.NAMESPACE, "get", "podmigrations", "-l", "lpm.my.domain/eviction=true")
     phases = {m["spec"]["podName"]: m["status"]["phase"] for m in migrations["items"]}
     assert phases == {name: "Completed" for names in sources.values() for name in names}, json.dumps(phases)
+    # The budget (one disruption at a time) held: web's two migrations did not overlap.
+    web = sorted(
+        (m["status"]["startTime"], m["status"]["completionTime"])
+        for m in migrations["items"]
+        if m["spec"]["podName"] in sources["web"]
+    )
+    assert web[1][0] >= web[0][1], f"web's migrations overlapped despite its PodDisruptionBudget: {web}"
     for m in migrations["items"]:
         print(
             f"{m['spec']['podName']}: downtime {m['status'].get('phaseDurationsSeconds')}",
         )
     k.kubectl("-n", k.NAMESPACE, "delete", "deployment", "web", "plain", "--wait=false")
     k.kubectl("-n", k.NAMESPACE, "delete", "job", "batch", "--wait=false")
+    k.kubectl("-n", k.NAMESPACE, "delete", "pdb", "web", "--wait=false")
 
 
 class _PodWatch:

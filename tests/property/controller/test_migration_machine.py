@@ -25,6 +25,7 @@ METHODS = [
     "GetRestoreState",
     "StageRestore",
     "AbortRestore",
+    "GetProgress",
 ]
 
 

@@ -297,3 +297,15 @@ def test_a_budget_is_spent_by_running_migrations_of_the_pods_it_covers():
     assert admission.budget_problem(src, [_pdb(0, {"matchLabels": {"app": "db"}})], []) is None  # not its budget
     verdict = admission.judge_eviction(src, [], 0, 2, "node-b", "", budget=problem)
     assert verdict.action == "wait" and verdict.migration is None
+
+
+def test_migrations_count_against_their_node_from_the_moment_they_are_created():
+    src = _running(rs_pod().raw)
+    first = admission.judge_eviction(src, [], 0, 2, "node-b", "").migration
+    assert first is not None and first["metadata"]["labels"][c.LABEL_DRAIN] == "node-a"
+    fresh = migration()  # just created by an eviction: no status yet
+    fresh.metadata["labels"] = dict(first["metadata"]["labels"])
+    validated = migration(MigrationPhase.CHECKPOINTING, source_node="node-a")
+    done = migration(MigrationPhase.COMPLETED, source_node="node-a")
+    elsewhere = migration(MigrationPhase.CHECKPOINTING, source_node="node-c")
+    assert admission.leaving([fresh, validated, done, elsewhere], "node-a") == 2

@@ -19,6 +19,7 @@ from lpm.agent.kubelet import (
     Backoff,
     KubeletClient,
 )
+from lpm.agent.progress import Progress
 from lpm.agent.restore_logs import RestoreLogWatcher
 from lpm.storage.sealing import KeyDirectory
 from lpm.storage.store import CheckpointStore, open_backend
@@ -66,6 +67,8 @@ class Deps:
     peer_tls: transfer.PeerTLS = field(default_factory=transfer.PeerTLS)
     # The Live engine's dump through containerd (None: every dump goes through the kubelet).
     dumper: dp.RuntimeDumper | None = None
+    # What each checkpoint is doing now (GetProgress).
+    progress: Progress = field(default_factory=Progress)
 
 
 def build_deps(cfg: AgentConfig, locate: fz.Locate | None = None, backoff: Backoff | None = None) -> Deps:

@@ -48,6 +48,7 @@ from lpm.agent.kubelet import (
     KubeletRejected,
     KubeletUnavailable,
 )
+from lpm.agent.progress import Counted
 from lpm.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from lpm.api.names import InvalidName, require_label, require_subdomain, require_uid
 from lpm.storage.backend import (
@@ -237,59 +238,76 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                     pod_namespace=request.pod_namespace,
                     pod_name=request.pod_name,
                 )
-            result, dumped_by = self._dump(request, timeout - (time.monotonic() - started))
-            if not opts.leave_running and self.d.freezer.fenced(request.checkpoint_id):
-                # Rolled back while the kubelet worked: this archive must never be stored, let alone restored.
-                result.local_path.unlink(missing_ok=True)
-                self.d.freezer.refuse_if_fenced(request.checkpoint_id)
-            checkpointed_at = time.time()
-            kubelet_seconds = time.monotonic() - started
-            push = None
-            if opts.stage_on_address:
-                # Live engine: the target's agent gets the archive now, while it is also compressed and stored.
-                push = transfer.Push(
-                    opts.stage_on_address,
-                    request.checkpoint_id,
-                    request.container_name,
-                    result.local_path,
-                    self.d.peer_tls,
-                    timeout=max(1.0, timeout - kubelet_seconds),
-                ).start()
+            progress, ckpt, ctr = self.d.progress, request.checkpoint_id, request.container_name
+            progress.stage(ckpt, ctr, "dumping")
             try:
-                with open(result.local_path, "rb") as raw:
-                    manifest = self.d.store.put_archive(
-                        ref,
-                        raw,
-                        zstd_level=level,
-                        zstd_threads=self.d.zstd_threads,
-                        info=ArchiveInfo(
-                            pod_namespace=request.pod_namespace,
-                            pod_name=request.pod_name,
-                            node_name=self.d.node_name,
-                            source_archive=result.local_path.name,
-                            checkpointed_at=datetime.fromtimestamp(checkpointed_at, UTC).isoformat(),
-                            criu_version=self.d.criu_version,
-                            runtime_name=self.d.images.runtime,
-                            runtime_version=self.d.runtime_version,
-                        ),
-                    )
-                if push is not None:
-                    push.wait(timeout - (time.monotonic() - started))
+                return self._checkpoint_dumped(request, ref, level, timeout, started)
             finally:
-                # The archive holds the container's memory and is root-only on the node: never leave it there.
-                result.local_path.unlink(missing_ok=True)
-            return agent_pb2.CheckpointResponse(
-                dumped_by=dumped_by,
-                staged_on_target=bool(push and push.ok),
-                stage_message=push.message if push else "",
-                checkpoint_id=request.checkpoint_id,
-                artifact=self._artifact(manifest),
-                node_name=self.d.node_name,
-                kubelet_duration=_duration(kubelet_seconds),
-                store_duration=_duration(manifest.info.store_seconds),
-                checkpointed_at=_timestamp(checkpointed_at),
-                attempts=result.attempts,
-            )
+                progress.end(ckpt, ctr)
+
+    def _checkpoint_dumped(
+        self, request: agent_pb2.CheckpointRequest, ref: ArtifactRef, level: int, timeout: float, started: float
+    ) -> agent_pb2.CheckpointResponse:
+        """The dump, then the archive to the target's agent (Live engine) and into the store, as one slot."""
+        opts, progress, ckpt, ctr = request.options, self.d.progress, request.checkpoint_id, request.container_name
+        result, dumped_by = self._dump(request, timeout - (time.monotonic() - started))
+        if not opts.leave_running and self.d.freezer.fenced(request.checkpoint_id):
+            # Rolled back while the kubelet worked: this archive must never be stored, let alone restored.
+            result.local_path.unlink(missing_ok=True)
+            self.d.freezer.refuse_if_fenced(request.checkpoint_id)
+        checkpointed_at = time.time()
+        kubelet_seconds = time.monotonic() - started
+        push = None
+        size = result.local_path.stat().st_size
+        if opts.stage_on_address:
+            # Live engine: the target's agent gets the archive now, while it is also compressed and stored.
+            progress.stage(ckpt, ctr, "sending", size)
+            push = transfer.Push(
+                opts.stage_on_address,
+                request.checkpoint_id,
+                request.container_name,
+                result.local_path,
+                self.d.peer_tls,
+                timeout=max(1.0, timeout - kubelet_seconds),
+                sent=lambda n: progress.moved(ckpt, ctr, "sending", n),
+            ).start()
+        else:
+            progress.stage(ckpt, ctr, "storing", size)
+        try:
+            with open(result.local_path, "rb") as raw:
+                manifest = self.d.store.put_archive(
+                    ref,
+                    Counted(raw, lambda n: progress.moved(ckpt, ctr, "storing", n)),
+                    zstd_level=level,
+                    zstd_threads=self.d.zstd_threads,
+                    info=ArchiveInfo(
+                        pod_namespace=request.pod_namespace,
+                        pod_name=request.pod_name,
+                        node_name=self.d.node_name,
+                        source_archive=result.local_path.name,
+                        checkpointed_at=datetime.fromtimestamp(checkpointed_at, UTC).isoformat(),
+                        criu_version=self.d.criu_version,
+                        runtime_name=self.d.images.runtime,
+                        runtime_version=self.d.runtime_version,
+                    ),
+                )
+            if push is not None:
+                push.wait(timeout - (time.monotonic() - started))
+        finally:
+            # The archive holds the container's memory and is root-only on the node: never leave it there.
+            result.local_path.unlink(missing_ok=True)
+        return agent_pb2.CheckpointResponse(
+            dumped_by=dumped_by,
+            staged_on_target=bool(push and push.ok),
+            stage_message=push.message if push else "",
+            checkpoint_id=request.checkpoint_id,
+            artifact=self._artifact(manifest),
+            node_name=self.d.node_name,
+            kubelet_duration=_duration(kubelet_seconds),
+            store_duration=_duration(manifest.info.store_seconds),
+            checkpointed_at=_timestamp(checkpointed_at),
+            attempts=result.attempts,
+        )
 
     def _dump(self, request: agent_pb2.CheckpointRequest, timeout: float) -> tuple[CheckpointResult, str]:
         """The dump, and who made it. A CRIU failure is repeated at most once, and not at all when its reason
@@ -617,6 +635,25 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             return agent_pb2.AbortRestoreResponse()
 
         return self._call(context, "AbortRestore", body)
+
+    def GetProgress(
+        self, request: agent_pb2.ProgressRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.ProgressResponse:
+        def body() -> agent_pb2.ProgressResponse:
+            return agent_pb2.ProgressResponse(
+                containers=[
+                    agent_pb2.ContainerProgress(
+                        container_name=step.container,
+                        stage=step.stage,
+                        bytes_done=step.done,
+                        bytes_total=step.total,
+                        elapsed=_duration(step.elapsed),
+                    )
+                    for step in self.d.progress.report(request.checkpoint_id)
+                ]
+            )
+
+        return self._call(context, "GetProgress", body)
 
     def GetCapabilities(
         self, request: agent_pb2.GetCapabilitiesRequest, context: grpc.ServicerContext

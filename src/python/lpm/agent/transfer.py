@@ -13,7 +13,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,14 +51,19 @@ class PeerTLS:
         return grpc.secure_channel(address, creds, options=[*options, ("grpc.ssl_target_name_override", PEER_NAME)])
 
 
-def chunks(path: Path, checkpoint_id: str, container: str) -> Iterator[agent_pb2.CheckpointChunk]:
-    """The archive as a stream: ids on the first chunk, size and sha256 on the last."""
+def chunks(
+    path: Path, checkpoint_id: str, container: str, sent: Callable[[int], None] | None = None
+) -> Iterator[agent_pb2.CheckpointChunk]:
+    """The archive as a stream: ids on the first chunk, size and sha256 on the last; `sent` hears of each chunk
+    as gRPC takes it."""
     digest, size = hashlib.sha256(), 0
     first = True
     with open(path, "rb") as f:
         while data := f.read(CHUNK):
             digest.update(data)
             size += len(data)
+            if sent is not None:
+                sent(len(data))
             if first:
                 yield agent_pb2.CheckpointChunk(checkpoint_id=checkpoint_id, container_name=container, data=data)
                 first = False
@@ -100,6 +105,7 @@ class Push:
     path: Path
     tls: PeerTLS
     timeout: float
+    sent: Callable[[int], None] | None = None
     ok: bool = False
     message: str = ""
     seconds: float = 0.0
@@ -116,7 +122,7 @@ class Push:
             with self.tls.channel(self.address) as channel:
                 stub = agent_pb2_grpc.CheckpointServiceStub(channel)
                 reply = stub.ReceiveCheckpoint(
-                    chunks(self.path, self.checkpoint_id, self.container), timeout=self.timeout
+                    chunks(self.path, self.checkpoint_id, self.container, self.sent), timeout=self.timeout
                 )
             self.ok = True
             self.message = f"staged on the target's agent ({reply.image_bytes} bytes of CRIU images)"

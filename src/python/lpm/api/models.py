@@ -210,6 +210,21 @@ class Handover:
 
 
 @dataclass
+class MigrationProgress:
+    """The checkpoint's data in flight, as the source's agent reports it (refreshed about once a second)."""
+
+    stage: str = spec_field(
+        "dumping (CRIU writes the memory), sending (to the target's agent), storing (the durable copy), done.",
+        required=True,
+    )
+    updated_at: str = spec_field("When the agent was asked.", required=True, format="date-time")
+    bytes_done: int = spec_field("Bytes moved so far in this stage, all containers.", default=0)
+    bytes_total: int = spec_field("Bytes this stage moves (0 while not known, as during the dump).", default=0)
+    bytes_per_second: float = spec_field("Rate since the previous report.", default=0.0)
+    eta_seconds: float | None = spec_field("Seconds left at that rate (unset while not known).")
+
+
+@dataclass
 class PodMigrationStatus:
     phase: MigrationPhase = spec_field("Where the migration is.", default=MigrationPhase.PENDING)
     source_node: str | None = spec_field("Node the pod ran on when the migration started.")
@@ -221,6 +236,9 @@ class PodMigrationStatus:
         "Checkpoint image per container on the target node.", default_factory=list
     )
     source_frozen: bool = spec_field("Whether the source pod's containers are frozen now.", default=False)
+    progress: MigrationProgress | None = spec_field(
+        "While the checkpoint is taken and sent: its stage, bytes moved, rate and ETA."
+    )
     handover: Handover | None = spec_field(
         "Set for a pod with a controller owner (opted in with label lpm.my.domain/migratable=true): how the owner "
         "hands the replica over to the restored pod."

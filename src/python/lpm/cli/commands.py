@@ -64,6 +64,8 @@ def _summary(obj: dict[str, Any]) -> str:
         lines.append(f"  restored pod: {st['restoredPodName']}")
     if st.get("engine"):
         lines.append(f"  engine: {st['engine']}")
+    if st.get("progress"):
+        lines.append(f"  data: {progress_line(st['progress'])}")
     if st.get("reason") or st.get("message"):
         lines.append(f"  reason: {st.get('reason', '')}: {st.get('message', '')}".rstrip(": "))
     if st.get("sourceState"):
@@ -145,15 +147,35 @@ def cmd_migrate(args: argparse.Namespace, cluster: Cluster, out: TextIO) -> int:
     return follow(cluster, args.namespace, name, args.timeout, out)
 
 
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def progress_line(p: dict[str, Any]) -> str:
+    """status.progress in words: 'sending 120.0 of 256.0 MiB (95.1 MiB/s, ETA 1.4s)'."""
+    stage, done, total = p.get("stage", "?"), float(p.get("bytesDone") or 0), float(p.get("bytesTotal") or 0)
+    if stage == "dumping" or not total:
+        return f"{stage} (CRIU writes the memory)" if stage == "dumping" else stage
+    rate = float(p.get("bytesPerSecond") or 0)
+    eta = p.get("etaSeconds")
+    tail = f"{_mib(rate)}/s" + (f", ETA {float(eta):.1f}s" if eta is not None else "")
+    return f"{stage} {_mib(done)} of {_mib(total)} ({tail})"
+
+
 def follow(cluster: Cluster, ns: str, name: str, timeout: float, out: TextIO) -> int:
     """Print each phase as the migration enters it; return the exit code of its outcome."""
     start = time.monotonic()
     last = None
+    seen_progress = None
     for obj in cluster.watch(ns, name, timeout):
         phase = _phase(obj)
         if _shown(phase) != last:
             last = _shown(phase)
             print(f"[{time.monotonic() - start:6.1f}s] {last}", file=out, flush=True)
+        progress = (obj.get("status") or {}).get("progress")
+        if progress and progress.get("updatedAt") != seen_progress and phase is MigrationPhase.CHECKPOINTING:
+            seen_progress = progress.get("updatedAt")
+            print(f"[{time.monotonic() - start:6.1f}s]   {progress_line(progress)}", file=out, flush=True)
         if phase in ENDED:
             print(_summary(obj), file=out)
             return EXIT_OK if phase is MigrationPhase.COMPLETED else EXIT_FAILED

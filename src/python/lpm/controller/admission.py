@@ -109,6 +109,17 @@ class Verdict:
     migration: Mapping[str, Any] | None = None
 
 
+def leaving(migrations: Sequence[PodMigration], node: str) -> int:
+    """Unfinished migrations away from `node`: by their status once validated, and before that by the drain label
+    the eviction webhook and `kubectl lpm drain` give them (a migration just created has no status yet)."""
+    return sum(
+        1
+        for m in migrations
+        if not m.status.phase.terminal
+        and (m.status.source_node == node or (m.metadata.get("labels") or {}).get(c.LABEL_DRAIN) == node)
+    )
+
+
 def eviction_migration_name(pod_name: str, pod_uid: str) -> str:
     """One migration per evicted pod, whichever replica of the webhook answers and however often drain retries."""
     return child_name(f"evict-{pod_name}", hashlib.sha256(pod_uid.encode()).hexdigest()[:5])
@@ -208,7 +219,7 @@ def judge_eviction(
     body["metadata"] = {
         "name": eviction_migration_name(name, uid),
         "namespace": meta.get("namespace"),
-        "labels": {LABEL_EVICTION: "true"},
+        "labels": {LABEL_EVICTION: "true", c.LABEL_DRAIN: str((pod.get("spec") or {}).get("nodeName") or "")},
         "annotations": {c.ANNOTATION_SOURCE_POD: f"{meta.get('namespace')}/{name}"},
     }
     return Verdict(

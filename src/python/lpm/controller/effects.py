@@ -129,6 +129,11 @@ class GetRestoreState(AgentCall[pb.RestoreStateRequest]):
 
 
 @dataclass(frozen=True)
+class GetProgress(AgentCall[pb.ProgressRequest]):
+    METHOD: ClassVar[str] = "GetProgress"
+
+
+@dataclass(frozen=True)
 class StageRestore(AgentCall[pb.StageRestoreRequest]):
     METHOD: ClassVar[str] = "StageRestore"
 

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 # Phases after which an object is left alone (kopf filters on the raw body, so these are its strings).
 TERMINAL = frozenset(p.value for p in (*MigrationPhase, *CheckpointPhase) if p.terminal)
 TTL_CHECK_SECONDS = 5.0  # how late a ttlSecondsAfterFinished deletion may be
+PROGRESS_SECONDS = 1.0  # how often a migration's progress is refreshed while it checkpoints
 BATCH_WINDOW_SECONDS = 0.005  # see configure() below
 KINDS: tuple[Reconciler[Any], ...] = (PODMIGRATIONS, PODCHECKPOINTS, CONTAINERCHECKPOINTS)
 
@@ -116,6 +117,20 @@ def build_registry(
         when=_expiring,
         id="ttl",
     )(expire)
+
+    # Migrations taking their checkpoint: reconciled every second, so status.progress (bytes, rate, ETA) moves.
+    def progress(**kw: Any) -> None:
+        rt.reconcile(PODMIGRATIONS, kw["namespace"], kw["name"])
+
+    kopf.timer(
+        c.GROUP,
+        c.VERSION,
+        c.PLURAL_POD_MIGRATIONS,
+        registry=registry,
+        interval=PROGRESS_SECONDS,
+        when=lambda body, **_: (body.get("status") or {}).get("phase") == MigrationPhase.CHECKPOINTING.value,
+        id="progress",
+    )(progress)
 
     # Finished PodCheckpoints: expired by their retention policy (lpm.controller.retention).
     default_retention = retention_policy or retention.RetentionPolicy()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,8 @@ def _migrations(rt: Runtime, namespace: str | None) -> list[PodMigration]:
 
 
 def register(registry: kopf.OperatorRegistry, rt: Runtime, cfg: WebhookConfig) -> None:
+    evictions = threading.Lock()
+
     @kopf.on.mutate("pods", operations=["CREATE"], id="replacement", registry=registry, ignore_failures=True)
     def replacement(body: Any, patch: kopf.Patch, dryrun: bool, **_: Any) -> None:
         pod = dict(body)
@@ -95,6 +98,12 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime, cfg: WebhookConfig) -
         "pods", subresource="eviction", operations=["CREATE"], id="eviction", registry=registry, ignore_failures=True
     )
     def eviction(body: Any, dryrun: bool, **_: Any) -> None:
+        # kubectl drain evicts a node's pods all at once: one decision at a time, each seeing the migrations the
+        # ones before it started, so budgets and the per-node limit hold (one controller replica serves these).
+        with evictions:
+            _judge_eviction(body, dryrun)
+
+    def _judge_eviction(body: Any, dryrun: bool) -> None:
         meta = dict(body).get("metadata") or {}
         namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
         pod = rt.kube.get("pods", namespace, name)
@@ -111,18 +120,12 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime, cfg: WebhookConfig) -
         target = drain.moves[0].target if drain.moves else None
         problem = "" if target else next((left.why for left in drain.blocked), "no node takes it")
         every = _migrations(rt, None)
-        leaving = sum(
-            1
-            for m in every
-            if not m.status.phase.terminal
-            and (m.status.source_node or "") == view.node_name
-            and m.metadata.get("labels", {}).get(admission.LABEL_EVICTION) == "true"
-        )
+        away = admission.leaving(every, view.node_name or "")
         here = [m for m in every if m.metadata.get("namespace") == namespace]
         moving = {m.spec.pod_name for m in here if not m.status.phase.terminal and m.spec.pod_name != name}
         migrating = [p for p in rt.kube.list("pods", namespace) if p["metadata"]["name"] in moving]
         budget = admission.budget_problem(pod, rt.kube.list("poddisruptionbudgets", namespace), migrating)
-        verdict = admission.judge_eviction(pod, here, leaving, cfg.max_migrations_per_node, target, problem, budget)
+        verdict = admission.judge_eviction(pod, here, away, cfg.max_migrations_per_node, target, problem, budget)
         if verdict.action == "allow":
             return
         if verdict.action == "migrate" and verdict.migration is not None and not dryrun:

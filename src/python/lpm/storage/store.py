@@ -39,7 +39,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import BinaryIO, Final
+from typing import Final, Protocol
 
 import zstandard
 
@@ -79,10 +79,16 @@ class _Tap:
             yield chunk
 
 
+class Readable(Protocol):
+    """What an archive is read from: anything with a binary `read`."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 class _RawTap:
     """A reader that hashes and counts what passes through it (the kubelet's side of the pipeline)."""
 
-    def __init__(self, inner: BinaryIO) -> None:
+    def __init__(self, inner: Readable) -> None:
         self.inner = inner
         self.sha = hashlib.sha256()
         self.size = 0
@@ -179,7 +185,7 @@ class CheckpointStore:
     def put_archive(
         self,
         ref: ArtifactRef,
-        raw: BinaryIO,
+        raw: Readable,
         *,
         zstd_level: int = 3,
         zstd_threads: int = 0,

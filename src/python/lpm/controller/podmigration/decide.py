@@ -52,6 +52,7 @@ from lpm.api.models import (
     Engine,
     Handover,
     MigrationPhase,
+    MigrationProgress,
     PodCheckpoint,
     PodCheckpointSpec,
     PodMigration,
@@ -74,6 +75,7 @@ from lpm.controller.effects import (
     DeletePod,
     DescribeRestoreFailure,
     FreezeSource,
+    GetProgress,
     GetRestoreState,
     Outcome,
     PatchPod,
@@ -106,6 +108,9 @@ OWNER_WAIT_SECONDS = 60.0
 # After giving a released source back, a rollback waits this long for its owner to adopt it before deleting the
 # replacement: deleted earlier, the owner would see a replica missing and start a fresh one.
 READOPT_WAIT_SECONDS = 30.0
+# While Checkpointing, the source's agent is asked for the data in flight at most this often.
+PROGRESS_EVERY_SECONDS = 1.0
+PROGRESS_STAGES = ("dumping", "sending", "storing", "done")
 # Preparing asks the target's agent to answer as soon as the replacement's first container waits in lpm-runc.
 REPLACEMENT_POLL = Duration(seconds=1, nanos=500_000_000)
 
@@ -736,6 +741,48 @@ def _replacement_runs(plan: MigrationPlan) -> bool:
     )
 
 
+def _seconds(duration: object) -> float:
+    """A protobuf Duration as its JSON form ("1.500s") in seconds."""
+    try:
+        return float(str(duration).rstrip("s"))
+    except ValueError:
+        return 0.0
+
+
+def _progress(plan: MigrationPlan) -> None:
+    """status.progress from the source's agent, refreshed at most every PROGRESS_EVERY_SECONDS. Best effort: an
+    agent that cannot answer (an older one) leaves it as it was, and never fails the migration."""
+    st = plan.status
+    if not st.checkpoint_id or not st.source_node:
+        return
+    prev = st.progress
+    since = clock.seconds_between(prev.updated_at, plan.obs.now) if prev is not None else None
+    if since is not None and since < PROGRESS_EVERY_SECONDS:
+        return
+    out = plan.outcome(GetProgress(st.source_node, pb.ProgressRequest(checkpoint_id=st.checkpoint_id)))
+    ctrs = list(out.value.get("containers") or []) if out is not None and out.ok else []
+    if not ctrs:
+        return
+    stages = [str(ctr.get("stage") or "dumping") for ctr in ctrs]
+    stage = min(stages, key=lambda s: PROGRESS_STAGES.index(s) if s in PROGRESS_STAGES else 0)
+    done = sum(int(ctr.get("bytes_done") or 0) for ctr in ctrs)
+    total = sum(int(ctr.get("bytes_total") or 0) for ctr in ctrs)
+    if prev is not None and prev.stage == stage and since:
+        rate = max(0.0, (done - prev.bytes_done) / since)
+    else:
+        elapsed = max((_seconds(ctr.get("elapsed")) for ctr in ctrs), default=0.0)
+        rate = done / elapsed if elapsed > 0 else 0.0
+    eta = round((total - done) / rate, 1) if rate > 0 and total >= done and stage != "done" else None
+    st.progress = MigrationProgress(
+        stage=stage,
+        updated_at=plan.now,
+        bytes_done=done,
+        bytes_total=total,
+        bytes_per_second=round(rate, 1),
+        eta_seconds=eta,
+    )
+
+
 def _checkpointing(plan: MigrationPlan) -> None:
     pc = plan.obs.pod_checkpoint
     if plan.status.engine is Engine.LIVE and _replacement_runs(plan):
@@ -770,7 +817,8 @@ def _checkpointing(plan: MigrationPlan) -> None:
             plan, pc.status.reason or "CheckpointFailed", f"checkpoint failed: {pc.status.message or 'no details'}"
         )
     if pc.status.phase is not CheckpointPhase.READY:
-        return None
+        # Only here, while the agent works on it: never an extra call in a cycle that moves the frozen source on.
+        return _progress(plan)
     # Recorded before the agent is asked, so the conversion's time is counted as Converting (the clock of a
     # cycle stands still while its effects run) and a restarted controller resumes at the right step.
     if plan.status.engine is Engine.LIVE:
