@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import re
 import subprocess
 import threading
 import time
@@ -97,6 +98,16 @@ def test_a_256_mib_pod_moves_through_the_live_engine_with_its_memory() -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     st = k.migration("mig-heavy")["status"]
     assert st["engine"] == "Live"
+    # The data in flight was shown while the checkpoint was taken: the dump, then MiB sent of the archive's size.
+    sent = [line for line in res.stdout.splitlines() if "MiB of" in line]
+    assert sent or "dumping (CRIU writes the memory)" in res.stdout, res.stdout
+    for line in sent:
+        match = re.search(r"sending ([\d.]+) MiB of ([\d.]+) MiB \(([\d.]+) MiB/s", line)
+        assert match and float(match[1]) <= float(match[2]) and float(match[2]) >= 256, line
+    assert st["progress"]["stage"] in ("dumping", "sending", "done"), st["progress"]
+    print(
+        "[progress] " + " | ".join(line.strip() for line in res.stdout.splitlines() if "CRIU" in line or "MiB" in line)
+    )
     _assert_continues(before, st["restoredPodName"])
     # The counter re-checks its ballast byte by byte in the background and reports each full pass.
     k.wait_for(

@@ -8,7 +8,8 @@ import pytest
 from integration.controller import agent_double
 
 from lpm.api.agent.v1 import agent_pb2 as pb
-from lpm.controller.agents import TLS, Agents, grpc_outcome
+from lpm.controller import effects
+from lpm.controller.agents import DEADLINE_SECONDS, TLS, Agents, grpc_outcome
 from lpm.controller.effects import CallCheckpoint, ProbeAgent
 
 UID = "0f8fad5b-d9cb-469f-a165-70867728950e"
@@ -204,3 +205,17 @@ def test_agent_messages_reach_statuses_without_node_paths():
     )
     assert "x.tar" in out.message and "/var/lib/kubelet" not in out.message
     assert "https://10.0.0.1:10250" in out.message
+
+
+def test_every_agent_call_a_decider_can_make_has_a_deadline_and_an_rpc():
+    # A call without a deadline raised KeyError in the controller's cycle (found on the cluster with GetProgress).
+    calls = {cls.METHOD for cls in _subclasses(effects.AgentCall) if cls.METHOD}
+    assert calls <= set(DEADLINE_SECONDS), calls - set(DEADLINE_SECONDS)
+    rpcs = set(pb.DESCRIPTOR.services_by_name["CheckpointService"].methods_by_name)
+    assert calls <= rpcs, calls - rpcs
+
+
+def _subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)

@@ -42,6 +42,8 @@ DEADLINE_SECONDS: dict[str, float] = {
     "GetRestoreState": 10.0,
     "StageRestore": 600.0,
     "AbortRestore": 10.0,
+    # In memory on the agent; short, because a migration's cycle waits for it while its checkpoint is taken.
+    "GetProgress": 1.0,
 }
 RECONNECT_BACKOFF_MS = (250, 2000)  # (initial, maximum) wait between reconnects to an agent
 REASON_KEY = "lpm-reason"  # trailing metadata: the agent's CamelCase reason, when it knows more than the code

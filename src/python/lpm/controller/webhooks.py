@@ -53,7 +53,20 @@ def inject_ca_bundle(rt: Runtime, ca_file: str) -> None:
             log.warning("cannot write the caBundle of webhook configuration %s: %s %s", name, exc.status, exc.reason)
 
 
+class _AnswersAreNotErrors(logging.Filter):
+    """kopf logs every AdmissionError at ERROR ("Webhook 'eviction' failed permanently: ..."); for LPM a 429
+    is the answer, not a failure. Kept, at INFO, under this module's logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if text.startswith("Webhook 'eviction' failed permanently: "):
+            log.info("eviction answered 429: %s", text.split(": ", 1)[1])
+            return False
+        return True
+
+
 def configure_server(settings: kopf.OperatorSettings, cfg: WebhookConfig) -> None:
+    logging.getLogger("kopf.objects").addFilter(_AnswersAreNotErrors())
     # Every interface of the pod: the API server calls it at the pod IP (Service lpm-controller-webhook).
     settings.admission.server = kopf.WebhookServer(
         addr="0.0.0.0", port=cfg.port, certfile=cfg.cert, pkeyfile=cfg.key  # noqa: S104
