@@ -403,7 +403,8 @@ class World:
     def owner_sync(self) -> None:
         """The ReplicaSet controller (replicas: 1): releases pods whose labels no longer match, adopts orphans
         that match, creates a pod from its template (through the admission webhook) when it has too few and
-        deletes one (Pending before Running, newest first) when it has too many."""
+        deletes one (not running before running, then the newest) when it has too many. A frozen source it
+        deletes is a violation: its state would live nowhere else."""
         if not self.owned:
             return
         for key, p in list(self.store.items()):
@@ -423,8 +424,13 @@ class World:
         if not pods:
             self._owner_creates()
         elif len(pods) > 1:
-            ranked = sorted(pods, key=lambda p: (p["status"]["phase"] == "Running", p["metadata"]["resourceVersion"]))
+            # As a ReplicaSet ranks them: not running first, then the newest.
+            ranked = sorted(
+                pods, key=lambda p: (p["status"]["phase"] == "Running", -int(p["metadata"]["resourceVersion"]))
+            )
             victim = ranked[0]
+            if victim["metadata"]["uid"] == self.source_uid and self.source_uid in self.frozen:
+                self.violations.append("the owner scaled away the frozen source")
             del self.store[("pods", NS, victim["metadata"]["name"])]
             self.history.append(f"owner deletes {victim['metadata']['name']}")
 

@@ -200,7 +200,8 @@ def test_the_owners_next_pod_becomes_the_restore_target_of_the_oldest_waiting_mi
     m = _preparing(Handover(**{**HANDOVER.__dict__, "released": True}))
     m.metadata["name"] = "mig"
     (found,) = admission.waiting_for(_owner_pod(), [m])
-    wanted = admission.replacement(_owner_pod(), found, rs_pod().raw)
+    assert admission.replacement(_owner_pod(), found, rs_pod().raw) is None, "its source is not released yet"
+    wanted = admission.replacement(_owner_pod(), found, _released_raw())
     assert wanted is not None
     meta, spec = wanted["metadata"], wanted["spec"]
     assert meta["name"] == "web-abcde" and "generateName" not in meta
@@ -214,19 +215,40 @@ def test_the_owners_next_pod_becomes_the_restore_target_of_the_oldest_waiting_mi
     assert diff["spec"]["nodeSelector"] is None and diff["metadata"]["generateName"] is None
 
 
-def test_no_migration_claims_a_pod_of_another_owner_or_one_not_preparing():
+def test_no_migration_claims_a_pod_of_another_owner_or_once_it_committed_or_ended():
     m = _preparing()
     other = _owner_pod()
     other["metadata"]["ownerReferences"][0]["uid"] = "someone-else"
     assert admission.waiting_for(other, [m]) == []
-    m.status.phase = MigrationPhase.FREEZING
-    assert admission.waiting_for(_owner_pod(), [m]) == []
+    for phase in (MigrationPhase.VALIDATING, MigrationPhase.CLEANING, MigrationPhase.FAILED):
+        m.status.phase = phase
+        assert admission.waiting_for(_owner_pod(), [m]) == [], phase
+
+
+def test_an_owner_that_replaces_a_released_source_during_the_rollback_gets_a_restore_target_not_an_empty_pod():
+    # Found by the migration machine: released, then timed out before the owner made its pod; the webhook let
+    # that pod start empty. The rollback has aborted the restore, so the restore target only waits and fails.
+    m = _preparing(Handover(**{**HANDOVER.__dict__, "released": True}))
+    m.status.phase = MigrationPhase.ROLLING_BACK
+    (found,) = admission.waiting_for(_owner_pod(), [m])
+    wanted = admission.replacement(_owner_pod(), found, _released_raw())
+    assert wanted is not None and wanted["spec"]["runtimeClassName"] == c.RUNTIME_CLASS_LIVE
 
 
 def test_a_template_with_other_containers_is_not_turned_into_a_restore_target():
     pod_ = _owner_pod()
     pod_["spec"]["containers"] = [{"name": "other", "image": "img"}]
-    assert admission.replacement(pod_, _preparing(), rs_pod().raw) is None
+    assert admission.replacement(pod_, _preparing(), _released_raw()) is None
+
+
+def _released_raw():
+    """The source as the release patch leaves it (label changed, the release recorded for this migration)."""
+    raw = json.loads(json.dumps(rs_pod().raw))
+    patch = release_patch(PUID, HANDOVER, MUID)["metadata"]
+    raw["metadata"]["labels"].update(patch["labels"])
+    raw["metadata"]["annotations"] = dict(patch["annotations"])
+    del raw["metadata"]["ownerReferences"]
+    return raw
 
 
 def test_the_probe_is_marked_and_nothing_else():
@@ -309,3 +331,16 @@ def test_migrations_count_against_their_node_from_the_moment_they_are_created():
     done = migration(MigrationPhase.COMPLETED, source_node="node-a")
     elsewhere = migration(MigrationPhase.CHECKPOINTING, source_node="node-c")
     assert admission.leaving([fresh, validated, done, elsewhere], "node-a") == 2
+
+
+def test_a_release_whose_reply_was_lost_is_still_given_back():
+    # Found by the migration machine: the release patch landed but its reply was lost, so the status never said
+    # released; the rollback deleted the replacement without giving the source back, and the owner, still missing
+    # its replica, kept making replacements: stuck for good.
+    m = _preparing(HANDOVER)  # released=False in the status
+    m.status.phase = MigrationPhase.ROLLING_BACK
+    src = PodView.from_api({**_released_raw(), "status": {"phase": "Running"}})
+    actions = decide(obs(m, source_pod=src, restored_pod=_replacement()))
+    assert [a.body for a in actions if isinstance(a, PatchPod)] == [readopt_patch(PUID, HANDOVER)]
+    assert not any(isinstance(a, DeletePod) for a in actions)
+    assert status(actions).handover.released

@@ -24,7 +24,7 @@ from lpm.api import constants as c
 from lpm.api.codec import encode
 from lpm.api.models import MigrationPhase, PodMigration, PodMigrationSpec
 from lpm.api.names import child_name
-from lpm.controller.podmigration.handover import controller_ref, opted_in, plan_handover
+from lpm.controller.podmigration.handover import controller_ref, opted_in, plan_handover, released_by
 from lpm.controller.podmigration.restore import build_handover_pod
 
 LABEL_EVICTION: str = f"{c.GROUP}/eviction"
@@ -58,16 +58,32 @@ def probe_mark(pod: Mapping[str, Any]) -> dict[str, Any] | None:
     return {"metadata": {"annotations": {c.ANNOTATION_WEBHOOK_SEEN: probe}}}
 
 
+# Phases in which a migration's released source may still need its owner's replacement. Rolling back too: the
+# owner may create it after the rollback began and before the source is given back; made a restore target, it
+# only waits in lpm-runc (the rollback aborted the restore) until the owner, with its source back, scales it away;
+# left alone, it would start empty.
+HANDOVER_PHASES = frozenset(
+    {
+        MigrationPhase.PREPARING,
+        MigrationPhase.FREEZING,
+        MigrationPhase.CHECKPOINTING,
+        MigrationPhase.TRANSFERRING,
+        MigrationPhase.RESTORING,
+        MigrationPhase.ROLLING_BACK,
+    }
+)
+
+
 def waiting_for(pod: Mapping[str, Any], migrations: Sequence[PodMigration]) -> list[PodMigration]:
-    """Migrations that released one of this pod's owner's pods and wait for the owner's replacement, oldest
-    first. The first whose replacement does not exist yet gets this pod."""
+    """Migrations that may have released one of this pod's owner's pods and have no replacement yet, oldest
+    first. The first whose source is released and whose replacement does not exist gets this pod."""
     ref = controller_ref(pod)
     if ref is None:
         return []
     found = [
         m
         for m in migrations
-        if m.status.phase is MigrationPhase.PREPARING
+        if m.status.phase in HANDOVER_PHASES
         and m.status.handover is not None
         and m.status.handover.uid == ref.get("uid")
         and m.status.restored_pod_name
@@ -78,9 +94,13 @@ def waiting_for(pod: Mapping[str, Any], migrations: Sequence[PodMigration]) -> l
 
 def replacement(incoming: Mapping[str, Any], migration: PodMigration, source: Mapping[str, Any]) -> dict | None:
     """The owner's new pod as the restore target of `migration` (whose source is `source`), or None when it cannot
-    be: the source is not that migration's pod any more, or the owner's template has other containers."""
+    be: the source is not that migration's pod any more, has not been released yet (the owner made this pod for
+    another reason, e.g. another migration's release or a scale-up), or the owner's template has other
+    containers."""
     st = migration.status
     if (source.get("metadata") or {}).get("uid") != st.pod_uid:
+        return None
+    if released_by(source, str(migration.metadata.get("uid"))) is None:
         return None
     names = [ctr.get("name") for ctr in (incoming.get("spec") or {}).get("containers") or []]
     if names != [ctr.get("name") for ctr in (source.get("spec") or {}).get("containers") or []]:

@@ -85,7 +85,7 @@ from lpm.controller.effects import (
     ThawSource,
 )
 from lpm.controller.plan import Plan
-from lpm.controller.podmigration.handover import adopted, plan_handover, readopt_patch, release_patch
+from lpm.controller.podmigration.handover import adopted, plan_handover, readopt_patch, release_patch, released_by
 from lpm.controller.podmigration.restore import (
     build_restored_pod,
     original_name,
@@ -1064,13 +1064,23 @@ def _abort_restore(plan: MigrationPlan) -> AbortRestore | None:
     )
 
 
+def _runs(plan: MigrationPlan) -> bool:
+    rp = plan.obs.restored_pod
+    return plan.restored_is_ours() and rp is not None and rp.phase == "Running" and not rp.deleting
+
+
 def _give_back(plan: MigrationPlan) -> bool | None:
     """Owned pod released by this migration: its label goes back and its owner adopts it again *before* the
     replacement is deleted (the owner, seeing a replica more, scales the waiting replacement away itself; deleted
     first, it would start a fresh, empty pod). True once done (or nothing to do), None while waiting."""
     st, src = plan.status, plan.source()
     handover = st.handover
-    if handover is None or not handover.released or src is None or src.deleting:
+    if handover is None or src is None or src.deleting:
+        return True
+    if released_by(src.raw, plan.uid) is not None or src.labels.get(handover.label) == c.RELEASED_LABEL_VALUE:
+        # The source says it was released, whatever the status recorded (the release's reply may have been lost).
+        handover.released = True
+    if not handover.released:
         return True
     if src.labels.get(handover.label) != handover.value:
         out = plan.outcome(PatchPod(plan.ns, src.name, readopt_patch(src.uid, handover)))
@@ -1094,13 +1104,18 @@ def _rolling_back(plan: MigrationPlan) -> None:
         # Best effort and first: a waiting lpm-runc fails at once. What guarantees that no replacement runs next
         # to the thawed source is the delete below, awaited until the pod is gone.
         plan.outcome(abort)
-    if _give_back(plan) is not True:
+    # An owned source goes back to its owner before a waiting replacement is deleted (the owner scales the waiting
+    # one away; deleted first, it would make another). A replacement that already runs is deleted first: given
+    # two running pods, the owner might scale away the frozen source, whose state then lives nowhere else.
+    if not _runs(plan) and _give_back(plan) is not True:
         return None
     if plan.restored_is_ours() and rp is not None:
         plan.outcome(
             DeletePod(namespace=plan.ns, name=rp.name, uid=rp.uid, grace_period_seconds=0),
         )
         return None  # wait until it is gone: only then may the source run again
+    if _give_back(plan) is not True:
+        return None
     src = plan.source()
     message = st.message or "the migration failed"
     if plan.m.spec.source_policy is SourcePolicy.FREEZE and src is not None:
@@ -1178,11 +1193,13 @@ def decide_finalize(obs: Observed) -> list[Action]:
         if abort is not None:
             plan.outcome(abort)
         rp = obs.restored_pod
-        if _give_back(plan) is not True:
+        if not _runs(plan) and _give_back(plan) is not True:  # in _rolling_back's order
             plan.hold(f"source pod {plan.m.spec.pod_name} is not adopted by its owner again yet")
         elif plan.restored_is_ours() and rp is not None:
             plan.outcome(DeletePod(namespace=plan.ns, name=rp.name, uid=rp.uid, grace_period_seconds=0))
             plan.hold(f"restored pod {rp.name} is being deleted")
+        elif _give_back(plan) is not True:
+            plan.hold(f"source pod {plan.m.spec.pod_name} is not adopted by its owner again yet")
         elif plan.m.spec.source_policy is SourcePolicy.FREEZE and plan.source() is not None:
             if not plan.settled(ThawSource(st.source_node or "", plan.thaw_request())):
                 plan.hold(f"source pod {plan.m.spec.pod_name} is not thawed yet")
