@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lpm.api.models import RESOURCES
@@ -56,6 +57,14 @@ def _webhook(cfg: config.ControllerConfig) -> WebhookConfig | None:
 
     if not (cfg.webhook_port and cfg.webhook_cert and cfg.webhook_key):
         log.info("admission webhooks off (no --webhook-cert/--webhook-key): owned pods are not handed over")
+        return None
+    missing = [f for f in (cfg.webhook_cert, cfg.webhook_key) if not Path(f).is_file()]
+    if missing:
+        log.warning(
+            "admission webhooks off: %s missing (Secret lpm-controller-webhook-tls; deploy/certs/generate.sh makes "
+            "it): owned pods are not handed over, and evictions are not turned into migrations",
+            ", ".join(missing),
+        )
         return None
     return WebhookConfig(
         cfg.webhook_port, cfg.webhook_cert, cfg.webhook_key, cfg.webhook_ca, cfg.max_migrations_per_node
