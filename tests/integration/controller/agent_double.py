@@ -169,6 +169,11 @@ class AgentDouble(agent_pb2_grpc.CheckpointServiceServicer):
         self._enter("AbortRestore", request, context)
         return agent_pb2.AbortRestoreResponse()
 
+    def GetProgress(self, request: Any, context: grpc.ServicerContext) -> Any:
+        # The double's checkpoints are instant: nothing in flight to report.
+        self._enter("GetProgress", request, context)
+        return agent_pb2.ProgressResponse()
+
 
 def serve(node: str, delay: float = 0.0, workers: int = 32) -> AgentDouble:
     double = AgentDouble(node=node, delay=delay)
