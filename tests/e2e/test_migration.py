@@ -102,7 +102,7 @@ def test_a_256_mib_pod_moves_through_the_live_engine_with_its_memory() -> None:
     sent = [line for line in res.stdout.splitlines() if "MiB of" in line]
     assert sent or "dumping (CRIU writes the memory)" in res.stdout, res.stdout
     for line in sent:
-        match = re.search(r"sending ([\d.]+) MiB of ([\d.]+) MiB \(([\d.]+) MiB/s", line)
+        match = re.search(r"(?:sending|storing|done) ([\d.]+) MiB of ([\d.]+) MiB \(([\d.]+) MiB/s", line)
         assert match and float(match[1]) <= float(match[2]) and float(match[2]) >= 256, line
     assert st["progress"]["stage"] in ("dumping", "sending", "done"), st["progress"]
     print(

@@ -38,9 +38,17 @@ def _setup(name: str, n: int, opted_in: bool, tick: float) -> dict[str, k.Follow
     return {p["metadata"]["name"]: k.Follow(p["metadata"]["name"]) for p in pods}
 
 
-def _drain() -> float:
+def _drain(name: str) -> float:
     t0 = time.monotonic()
-    res = k.kubectl("drain", k.NODE_1, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=900s", check=False)
+    res = k.kubectl(
+        "drain",
+        k.NODE_1,
+        "--ignore-daemonsets",
+        "--delete-emptydir-data",
+        f"--pod-selector=app={name}",
+        "--timeout=900s",
+        check=False,
+    )
     took = time.monotonic() - t0
     k.kubectl("uncordon", k.NODE_1)
     if res.returncode != 0:
@@ -57,7 +65,7 @@ def _teardown(name: str) -> None:
 def lpm_run(i: int, n: int, tick: float) -> dict[str, Any]:
     name = f"drain-lpm-{n}-{i}"
     follows = _setup(name, n, True, tick)
-    took = _drain()
+    took = _drain(name)
     moved = k.running_on(name, k.NODE_2, n)
     downs, intact = [], 0
     for pod in moved:
@@ -77,7 +85,7 @@ def lpm_run(i: int, n: int, tick: float) -> dict[str, Any]:
 def baseline_run(i: int, n: int, tick: float) -> dict[str, Any]:
     name = f"drain-plain-{n}-{i}"
     follows = _setup(name, n, False, tick)
-    took = _drain()
+    took = _drain(name)
     fresh = k.running_on(name, k.NODE_2, n)
     ends = sorted((f.lines()[-1] for f in follows.values()), key=lambda s: s["ts"])  # the evicted pods' last
     firsts = []
