@@ -258,6 +258,13 @@ def longest_pause(lines: list[dict[str, Any]]) -> float:
     return max((b - a for a, b in itertools.pairwise(stamps)), default=0.0)
 
 
+def updates_gap(lines: list[dict[str, Any]], tick: float) -> tuple[float, bool]:
+    """A migration's downtime as its workload saw it (the longest pause minus the tick), and whether the sequence
+    of updates is intact (none lost or repeated)."""
+    seqs = [s["seq"] for s in lines]
+    return longest_pause(lines) - tick, seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
 def agent_on(node: str) -> tuple[str, bool]:
     """(name, Ready) of the lpm-agent pod on `node`; ("", False) when there is none."""
     pods = kubectl_json(

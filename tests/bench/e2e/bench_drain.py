@@ -16,7 +16,6 @@ Medians per N; nothing here asserts a time.
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 import time
 from typing import Any
@@ -75,9 +74,9 @@ def lpm_run(i: int, n: int, tick: float) -> dict[str, Any]:
         before = follows[source].lines()
         last = before[-1]["seq"]
         lines = before + [s for s in k.states(pod["metadata"]["name"]) if s["seq"] > last]
-        seqs = [s["seq"] for s in lines]
-        intact += seqs == list(range(seqs[0], seqs[0] + len(seqs)))
-        downs.append(max(b["ts"] - a["ts"] for a, b in itertools.pairwise(lines)) - tick)
+        downtime, whole = k.updates_gap(lines, tick)
+        downs.append(downtime)
+        intact += whole
     _teardown(name)
     return {"drain_s": took, "downtimes": downs, "intact": intact, "n": n}
 

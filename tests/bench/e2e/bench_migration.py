@@ -18,7 +18,6 @@ Prints medians and the LPM/baseline ratios. Not a test: nothing here asserts a t
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import statistics
 import time
@@ -27,14 +26,6 @@ from typing import Any
 from e2e import lpmctl as k
 
 ENGINES = ("Live", "Image")
-
-
-def _updates_gap(lines: list[dict[str, Any]], tick: float) -> tuple[float, bool]:
-    """Largest gap between consecutive updates minus the tick (the freeze), and whether the sequence is intact."""
-    seqs = [s["seq"] for s in lines]
-    intact = seqs == list(range(seqs[0], seqs[0] + len(seqs)))
-    gaps = [b["ts"] - a["ts"] for a, b in itertools.pairwise(lines)]
-    return max(gaps) - tick, intact
 
 
 def lpm_run(i: int, ballast: int, engine: str, tick: float) -> dict[str, Any]:
@@ -53,7 +44,7 @@ def lpm_run(i: int, ballast: int, engine: str, tick: float) -> dict[str, Any]:
     time.sleep(2)
     before = source.lines()
     last = before[-1]["seq"]
-    downtime, intact = _updates_gap(before + [s for s in k.states(restored) if s["seq"] > last], tick)
+    downtime, intact = k.updates_gap(before + [s for s in k.states(restored) if s["seq"] > last], tick)
     k.kubectl("-n", k.NAMESPACE, "delete", "pod", restored, "--grace-period=0", "--force", check=False)
     k.kubectl("-n", k.NAMESPACE, "delete", "podmigration", mig, "--wait=false", check=False)
     return {"total_s": total, "downtime_s": downtime, "intact": intact, "phases": st["phaseDurationsSeconds"]}

@@ -86,13 +86,13 @@ def plan_handover(pod: Mapping[str, Any], migration_uid: str) -> Handover | tupl
             f"pod {name} belongs to StatefulSet {owner}: its replacement must keep the name {name}, which is free "
             "only once the source is gone; LPM does not move StatefulSet pods yet",
         )
-    labels = (pod.get("metadata") or {}).get("labels") or {}
-    key = next((k for k in RELEASE_LABELS.get(kind, ()) if labels.get(k)), None)
     if kind not in HANDED_OVER_KINDS:
         return (
             "OwnerNotSupported",
             f"pod {name} belongs to {kind}/{owner}; LPM hands over pods of ReplicaSets (Deployments) and Jobs only",
         )
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    key = next((k for k in RELEASE_LABELS[kind] if labels.get(k)), None)
     if key is None:
         return (
             "OwnerSelectorUnknown",
