@@ -306,6 +306,21 @@ def deployment(name: str, replicas: int, opted_in: bool, tick: float = 0.1, ball
     }
 
 
+def statefulset(name: str, opted_in: bool = True) -> dict[str, Any]:
+    """The analytics counter as a StatefulSet of one (pod NAME-0, label app=NAME)."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "replicas": 1,
+            "serviceName": name,
+            "selector": {"matchLabels": {"app": name}},
+            "template": _template(name, opted_in),
+        },
+    }
+
+
 def job(name: str) -> dict[str, Any]:
     template = _template(name, True)
     template["spec"]["restartPolicy"] = "Never"

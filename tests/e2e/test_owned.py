@@ -1,6 +1,6 @@
-"""Owned pods on the real cluster: a Deployment and a Job that opted in (label lpm.my.domain/migratable=true)
-are moved live by plain `kubectl drain`, through LPM's eviction and replacement webhooks; a Deployment that did
-not opt in is evicted as usual."""
+"""Owned pods on the real cluster: a Deployment, a StatefulSet and a Job that opted in (label
+lpm.my.domain/migratable=true) are moved live by plain `kubectl drain`, through LPM's eviction and replacement
+webhooks (the StatefulSet's pod keeping its name); a Deployment that did not opt in is evicted as usual."""
 
 from __future__ import annotations
 
@@ -25,15 +25,19 @@ def test_kubectl_drain_moves_opted_in_owned_pods_live_and_evicts_the_rest() -> N
             "metadata": {"name": "web", "namespace": k.NAMESPACE},
             "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}},
         }
-        k.apply(k.deployment("web", 2, True), k.deployment("plain", 1, False), k.job("batch"), budget)
-        for app, count in (("web", 2), ("plain", 1), ("batch", 1)):
+        k.apply(
+            k.deployment("web", 2, True), k.deployment("plain", 1, False), k.job("batch"), k.statefulset("db"), budget
+        )
+        for app, count in (("web", 2), ("plain", 1), ("batch", 1), ("db", 1)):
             for pod in k.running_on(app, k.NODE_1, count):
                 name = pod["metadata"]["name"]
                 k.wait_for(f"{name} counting", lambda name=name: k.last_seq(name) >= 10, timeout=60)
     finally:
         k.kubectl("uncordon", k.NODE_2)
     k.controller_off(k.NODE_1)
-    sources = {app: {p["metadata"]["name"]: p["metadata"]["uid"] for p in k.pods_of(app)} for app in ("web", "batch")}
+    sources = {
+        app: {p["metadata"]["name"]: p["metadata"]["uid"] for p in k.pods_of(app)} for app in ("web", "batch", "db")
+    }
     plain_before = {p["metadata"]["name"] for p in k.pods_of("plain")}
     follows = {name: k.Follow(name) for names in sources.values() for name in names}
 
@@ -44,7 +48,7 @@ def test_kubectl_drain_moves_opted_in_owned_pods_live_and_evicts_the_rest() -> N
         k.NODE_1,
         "--ignore-daemonsets",
         "--delete-emptydir-data",
-        "--pod-selector=app in (web,plain,batch)",
+        "--pod-selector=app in (web,plain,batch,db)",
         "--timeout=300s",
         check=False,
     )
@@ -54,14 +58,15 @@ def test_kubectl_drain_moves_opted_in_owned_pods_live_and_evicts_the_rest() -> N
     print(f"kubectl drain took {took:.1f}s")
 
     # Opted-in pods: now on node 2, restored (their counters continue), and each owner has its replica count.
-    for app, count in (("web", 2), ("batch", 1)):
+    kinds = {"web": "ReplicaSet", "batch": "Job", "db": "StatefulSet"}
+    for app, count in (("web", 2), ("batch", 1), ("db", 1)):
         moved = k.running_on(app, k.NODE_2, count)
         for pod in moved:
             ann = pod["metadata"].get("annotations") or {}
             source = ann.get("lpm.my.domain/source-pod", "").split("/")[-1]
             assert source in sources[app], f"{pod['metadata']['name']} is not a restored copy: {ann}"
             owner = next(r for r in pod["metadata"]["ownerReferences"] if r.get("controller"))
-            assert owner["kind"] == ("ReplicaSet" if app == "web" else "Job")
+            assert owner["kind"] == kinds[app]
             before = follows[source].lines()
             after = k.states(pod["metadata"]["name"])
             seqs = [s["seq"] for s in after]
@@ -71,6 +76,11 @@ def test_kubectl_drain_moves_opted_in_owned_pods_live_and_evicts_the_rest() -> N
         assert restored_sources == set(sources[app]), "each source became exactly one restored pod"
     dep = k.kubectl_json("-n", k.NAMESPACE, "get", "deployment", "web")
     assert dep["status"].get("readyReplicas") == 2 and dep["status"].get("replicas") == 2
+    # The StatefulSet's pod kept its name (and is a new pod, restored: its counter went on above).
+    (db,) = k.running_on("db", k.NODE_2, 1)
+    assert db["metadata"]["name"] == "db-0" and db["metadata"]["uid"] != sources["db"]["db-0"]
+    sts = k.kubectl_json("-n", k.NAMESPACE, "get", "statefulset", "db")
+    assert sts["status"].get("readyReplicas") == 1 and sts["status"].get("replicas") == 1, sts["status"]
     job = k.kubectl_json("-n", k.NAMESPACE, "get", "job", "batch")
     assert job["status"].get("active") == 1 and not job["status"].get("failed"), job["status"]
 
@@ -96,6 +106,7 @@ def test_kubectl_drain_moves_opted_in_owned_pods_live_and_evicts_the_rest() -> N
         )
     k.kubectl("-n", k.NAMESPACE, "delete", "deployment", "web", "plain", "--wait=false")
     k.kubectl("-n", k.NAMESPACE, "delete", "job", "batch", "--wait=false")
+    k.kubectl("-n", k.NAMESPACE, "delete", "statefulset", "db", "--wait=false")
     k.kubectl("-n", k.NAMESPACE, "delete", "pdb", "web", "--wait=false")
 
 

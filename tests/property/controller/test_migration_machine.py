@@ -40,12 +40,26 @@ class MigrationMachine(RuleBasedStateMachine):
         live=st.booleans(),
         owned=st.booleans(),
         owned_usual=st.booleans(),
+        stateful=st.booleans(),
+        keep_name=st.booleans(),
     )
-    def setup(self, containers, policy, cleanup, timeout, live, owned=False, owned_usual=False):
+    def setup(
+        self,
+        containers,
+        policy,
+        cleanup,
+        timeout,
+        live,
+        owned=False,
+        owned_usual=False,
+        stateful=False,
+        keep_name=False,
+    ):
         if owned and owned_usual:  # half the owned runs as a user would start them: live, Freeze, Delete
             policy, cleanup, live = "Freeze", "Delete", True
-        self.world = World(containers, policy, cleanup, timeout, live, owned)
-        event(f"engine {'Live' if live else 'Image'}{', owned' if owned else ''}")
+        self.world = World(containers, policy, cleanup, timeout, live, owned, stateful, keep_name)
+        kind = ("StatefulSet" if self.world.stateful else "ReplicaSet") if owned else "bare"
+        event(f"engine {'Live' if live else 'Image'}, {kind}{', keepName' if keep_name and not owned else ''}")
         self.idle_advances = 0
 
     # ------------------------------------------------------------------------------------------ rules
@@ -223,10 +237,8 @@ class MigrationMachine(RuleBasedStateMachine):
             self.no_violation_recorded()
             self.never_two_unfrozen_copies()
         engine = w.migration.status.engine
-        event(
-            f"ended {w.migration.status.phase.value} ({w.migration.status.reason}), engine {engine}"
-            + (", owned" if w.owned else "")
-        )
+        kind = ("StatefulSet" if w.stateful else "ReplicaSet") if w.owned else "bare"
+        event(f"ended {w.migration.status.phase.value} ({w.migration.status.reason}), engine {engine}, {kind}")
         assert w.migration.status.phase.terminal, f"stuck in {w.migration.status.phase}: {w.migration.status}"
         self.failure_has_reason_and_leaves_source_thawed()
         if w.migration.status.phase is MigrationPhase.COMPLETED:

@@ -1,8 +1,10 @@
 """A simulated cluster for the controller's reconcilers: an object store with resourceVersions, nodes, pods, agents
 that freeze/thaw/checkpoint and can be down or fail, a kubelet that starts (or crashes) restored pods, and
 API faults (rejected writes, and writes that landed but whose reply was lost). With `owned`, the source belongs
-to a ReplicaSet of one replica (`owner_sync` is its controller) and LPM's mutating webhook (the production
-`admission` decisions) turns the owner's new pods into restore targets while it is up.
+to a ReplicaSet of one replica (`owner_sync` is its controller), or with `stateful` to a StatefulSet (which
+re-creates the pod under its name once it is gone), and LPM's mutating webhook (the production `admission`
+decisions) turns the owner's new pods into restore targets while it is up. With `keep_name` a bare pod's
+migration keeps its name (spec.keepName).
 
 The production cycle runs against it (`reconcile_once` with each kind's real `observe` and decider); only
 the effects are executed here instead of by `Runtime`. Cycles hold no memory between them: every cycle reads
@@ -21,7 +23,7 @@ from typing import Any
 
 from lpm.api import constants as c
 from lpm.api.codec import decode
-from lpm.api.models import MigrationPhase, PodMigration, SourcePolicy
+from lpm.api.models import Engine, MigrationPhase, PodMigration, SourcePolicy
 from lpm.app import clock
 from lpm.controller import admission
 from lpm.controller.containercheckpoint.handlers import CONTAINERCHECKPOINTS
@@ -47,6 +49,7 @@ CRIU_RESTORE_FAILED = (
 SOURCE, TARGET = "node-a", "node-b"
 Key = tuple[str, str | None, str]
 OWNER_UID = "rs-uid"
+STS_UID = "sts-uid"
 OWNER_SELECTOR = {"app": "web", "pod-template-hash": "h1"}
 
 
@@ -75,9 +78,13 @@ class World:
         timeout: int,
         live: bool = False,
         owned: bool = False,
+        stateful: bool = False,
+        keep_name: bool = False,
     ) -> None:
         self.live = live  # the target has lpm-runc: Auto picks the live engine
         self.owned = owned
+        self.stateful = owned and stateful
+        self.owner_uid = STS_UID if self.stateful else OWNER_UID
         self.webhook_up = True
         self.fresh_pods: list[str] = []  # pods the owner started empty (not restore targets)
         self.owner_seq = 0
@@ -99,7 +106,8 @@ class World:
         self.template_spec = {"containers": [{"name": n, "image": f"img/{n}"} for n in containers]}
         source_meta: dict[str, Any] = {"name": "web", "namespace": NS, "labels": {"app": "web"}}
         if owned:
-            source_meta["labels"] = {**OWNER_SELECTOR, c.LABEL_MIGRATABLE: "true"}
+            selector = {"app": "web"} if self.stateful else OWNER_SELECTOR
+            source_meta["labels"] = {**selector, c.LABEL_MIGRATABLE: "true"}
             source_meta["ownerReferences"] = [self._owner_ref()]
         self.source_uid = self._create_pod(
             {"metadata": source_meta, "spec": {"nodeName": SOURCE, **copy.deepcopy(self.template_spec)}},
@@ -118,6 +126,7 @@ class World:
                     "sourcePolicy": source_policy,
                     "sourceCleanup": source_cleanup,
                     "timeoutSeconds": timeout,
+                    "keepName": keep_name and not owned,
                 },
             },
         )
@@ -193,7 +202,7 @@ class World:
                 return Outcome.success(reason="NotFound")
             if effect.plural == "pods" and obj["metadata"]["uid"] == self.source_uid:
                 running = [p for p in self.restored_pods() if p["status"]["phase"] == "Running"]
-                if not running:
+                if not running and not self._passes_name():
                     self.violations.append("source pod deleted before a restored pod was Running")
                 self.frozen.pop(self.source_uid, None)
             del self.store[key]
@@ -231,6 +240,19 @@ class World:
             self._put((effect.plural, None, effect.name), obj)
             return Outcome.success()
         raise TypeError(effect)
+
+    def _passes_name(self) -> bool:
+        """A migration that keeps the pod's name may delete the frozen source once every container's checkpoint
+        is staged (verified) on the target and the restore was not aborted, or (Image engine) converted to an
+        image there: that is its commit point."""
+        st_ = self.migration.status
+        if st_.restored_pod_name != "web" or not st_.checkpoint_id or self.source_uid not in self.frozen:
+            return False
+        target = self.agents[TARGET]
+        names = [ctr["name"] for ctr in self.template_spec["containers"]]
+        if st_.engine is Engine.IMAGE:
+            return {ci.container_name for ci in st_.container_images} >= set(names)
+        return st_.checkpoint_id not in target.aborted and all((st_.checkpoint_id, n) in target.staged for n in names)
 
     def _agent(self, call: AgentCall[Any]) -> Outcome:
         agent = self.agents[call.node]
@@ -389,6 +411,8 @@ class World:
                 self._put(("pods", NS, pod["metadata"]["name"]), pod)
 
     def _owner_ref(self) -> dict[str, Any]:
+        if self.stateful:
+            return {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web", "uid": STS_UID, "controller": True}
         return {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-h1", "uid": OWNER_UID, "controller": True}
 
     def owned_pods(self) -> builtins.list[dict[str, Any]]:
@@ -396,7 +420,7 @@ class World:
             p
             for (plural, _, _), p in self.store.items()
             if plural == "pods"
-            and any(r.get("uid") == OWNER_UID for r in p["metadata"].get("ownerReferences") or [])
+            and any(r.get("uid") == self.owner_uid for r in p["metadata"].get("ownerReferences") or [])
             and not p["metadata"].get("deletionTimestamp")
         ]
 
@@ -407,6 +431,8 @@ class World:
         deletes is a violation: its state would live nowhere else."""
         if not self.owned:
             return
+        if self.stateful:
+            return self._stateful_sync()
         for key, p in list(self.store.items()):
             if key[0] != "pods" or p["metadata"].get("deletionTimestamp"):
                 continue
@@ -433,6 +459,33 @@ class World:
                 self.violations.append("the owner scaled away the frozen source")
             del self.store[("pods", NS, victim["metadata"]["name"])]
             self.history.append(f"owner deletes {victim['metadata']['name']}")
+
+    def _stateful_sync(self) -> None:
+        """The StatefulSet controller (replicas: 1): once no pod is called web, it creates web from its template
+        through the admission webhook. A fresh web while LPM's webhook is up and a migration is restoring it is
+        a violation: its state would be lost."""
+        if ("pods", NS, "web") in self.store:
+            return
+        self.owner_seq += 1
+        meta = {"name": "web", "namespace": NS, "labels": {"app": "web", c.LABEL_MIGRATABLE: "true"}}
+        pod: dict[str, Any] = {
+            "metadata": {**meta, "ownerReferences": [self._owner_ref()]},
+            "spec": copy.deepcopy(self.template_spec),
+        }
+        if self.webhook_up:
+            for m in admission.waiting_for(pod, [self.migration]):
+                wanted = admission.replacement(pod, m, None)
+                if wanted is not None:
+                    self.restored_names_created.add("web")
+                    self.history.append("statefulset creates restore target web")
+                    self._create_pod(wanted)
+                    return
+            if self.migration.status.phase is MigrationPhase.RESTORING:
+                self.violations.append("the StatefulSet started a fresh web while its migration was restoring it")
+        pod["spec"]["nodeName"] = TARGET
+        self.fresh_pods.append(f"web#{self.owner_seq}")
+        self.history.append("statefulset creates fresh pod web")
+        self._create_pod(pod, phase="Running")
 
     def _owner_creates(self) -> None:
         self.owner_seq += 1

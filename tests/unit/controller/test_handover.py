@@ -271,7 +271,7 @@ def test_eviction_of_an_opted_in_pod_starts_one_migration_and_asks_to_retry():
     assert admission.judge_eviction(src, [running], 1, 2, "node-b", "").action == "wait"
 
 
-def test_evictions_pass_for_pods_not_opted_in_after_a_failed_migration_and_for_statefulsets():
+def test_evictions_pass_for_pods_not_opted_in_and_after_a_failed_migration():
     plain = _running(pod(owner="ReplicaSet/web-5d8f", labels={"pod-template-hash": "5d8f"}).raw)
     assert admission.judge_eviction(plain, [], 0, 2, "node-b", "").action == "allow"
     failed = migration(MigrationPhase.FAILED, pod_uid=PUID)
@@ -280,8 +280,8 @@ def test_evictions_pass_for_pods_not_opted_in_after_a_failed_migration_and_for_s
     refused = migration(MigrationPhase.FAILED)
     refused.metadata["name"] = admission.eviction_migration_name("web", PUID)
     assert admission.judge_eviction(_running(rs_pod().raw), [refused], 0, 2, "node-b", "").action == "allow"
-    sts = _running(pod(owner="StatefulSet/db", labels={c.LABEL_MIGRATABLE: "true"}).raw)
-    assert admission.judge_eviction(sts, [], 0, 2, "node-b", "").action == "allow"
+    daemon = _running(pod(owner="DaemonSet/agent", labels={c.LABEL_MIGRATABLE: "true"}).raw)
+    assert admission.judge_eviction(daemon, [], 0, 2, "node-b", "").action == "allow"
 
 
 def test_evictions_wait_when_too_many_migrations_leave_the_node_or_no_node_takes_the_pod():

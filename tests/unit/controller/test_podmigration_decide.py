@@ -143,7 +143,6 @@ def test_validation_failures_have_actionable_reasons():
         (dict(source_pod=None, target_node=NODE_B), "PodNotFound"),
         (dict(source_pod=pod(phase="Pending"), target_node=NODE_B), "PodNotRunning"),
         (dict(source_pod=pod(owner="StatefulSet/web"), target_node=NODE_B), "PodHasController"),
-        (dict(source_pod=pod(owner="StatefulSet/web", labels=OPTED_IN), target_node=NODE_B), "OwnerNotSupported"),
         (dict(source_pod=pod(owner="DaemonSet/ds", labels=OPTED_IN), target_node=NODE_B), "OwnerNotSupported"),
         (dict(source_pod=pod(owner="ReplicaSet/web-1", labels=OPTED_IN), target_node=NODE_B), "OwnerSelectorUnknown"),
         (dict(source_pod=pod(node=None), target_node=NODE_B), "PodNotScheduled"),
@@ -165,7 +164,8 @@ def test_validation_failures_have_actionable_reasons():
         st = status(decide(obs(migration(), **kw)))
         assert (st.phase, st.reason) == (MigrationPhase.FAILED, reason), kw
         assert st.message
-    assert {reason for _, reason in cases} | {"FrozenSourceRetained", "OwnedPodClone"} == {
+    # KeepNameNeedsFreeze: tests/unit/controller/test_keep_name.py
+    assert {reason for _, reason in cases} | {"FrozenSourceRetained", "OwnedPodClone", "KeepNameNeedsFreeze"} == {
         check.reason for check in CHECKS
     }
 

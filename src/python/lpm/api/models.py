@@ -182,6 +182,14 @@ class PodMigrationSpec:
         default=Engine.AUTO,
         x_kubernetes_validations=IMMUTABLE,
     )
+    keep_name: bool = spec_field(
+        "Restore under the pod's own name, as a StatefulSet does (a StatefulSet's pod always keeps it). The name is "
+        "free only once the source is gone, so the replacement's sandbox is made inside the freeze (longer "
+        "downtime), and deleting the frozen source, once its checkpoint is staged on the target, is the commit "
+        "point: after it a failed restore cannot roll back (the checkpoint is kept). Needs sourcePolicy Freeze.",
+        default=False,
+        x_kubernetes_validations=IMMUTABLE,
+    )
     dry_run: bool = spec_field(
         "Only validate: check the pod, the nodes, the agents and eligibility, record the findings in "
         "status.eligibility, and end (Completed with reason DryRunPassed, or Failed) without freezing anything.",
@@ -201,11 +209,15 @@ class Handover:
     """How an owned pod's controller hands its replica over: the source is released from the owner by one selector
     label, and the owner's next pod becomes the restore target (LPM's admission webhook)."""
 
-    kind: str = spec_field("The owner's kind (ReplicaSet or Job).", required=True)
+    kind: str = spec_field("The owner's kind (ReplicaSet, Job or StatefulSet).", required=True)
     name: str = spec_field("The owner's name.", required=True)
     uid: str = spec_field("The owner's UID: the replacement must be its pod.", required=True)
-    label: str = spec_field("The owner's selector label that releases the source when changed.", required=True)
-    value: str = spec_field("That label's value on the source before it was released.", required=True)
+    label: str = spec_field(
+        "The owner's selector label that releases the source when changed (empty for a StatefulSet, which re-creates "
+        "its pod under the same name once the source is deleted).",
+        default="",
+    )
+    value: str = spec_field("That label's value on the source before it was released.", default="")
     released: bool = spec_field("Whether the source was released from its owner.", default=False)
 
 
@@ -231,7 +243,13 @@ class PodMigrationStatus:
     pod_uid: str | None = spec_field("UID of the source pod.")
     pod_checkpoint_name: str | None = spec_field("The PodCheckpoint made for this migration.")
     checkpoint_id: str | None = spec_field("Checkpoint ID shared by all containers of the checkpoint.")
-    restored_pod_name: str | None = spec_field("The pod created on the target node.")
+    restored_pod_name: str | None = spec_field(
+        "The pod created on the target node (the pod's own name when it keeps it: spec.keepName, StatefulSets)."
+    )
+    replacement_manifest: str | None = spec_field(
+        "A pod that keeps its name (spec.keepName, no owner): the replacement the controller creates once the "
+        "source is gone, as JSON; recorded before the source is deleted."
+    )
     container_images: list[ContainerImage] = spec_field(
         "Checkpoint image per container on the target node.", default_factory=list
     )

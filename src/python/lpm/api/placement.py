@@ -25,7 +25,7 @@ from lpm.api import constants as c
 from lpm.api.views import NodeView, PodView
 
 # Owner kinds whose pods LPM hands over (lpm.controller.podmigration.handover).
-HANDED_OVER_KINDS = frozenset({"ReplicaSet", "Job"})
+HANDED_OVER_KINDS = frozenset({"ReplicaSet", "Job", "StatefulSet"})
 
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 _BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})

@@ -128,6 +128,7 @@ def cmd_migrate(args: argparse.Namespace, cluster: Cluster, out: TextIO) -> int:
         eligibility=EligibilityPolicy.WARN if args.force else EligibilityPolicy.ENFORCE,
         engine=Engine(args.engine),
         dry_run=args.dry_run,
+        keep_name=args.keep_name,
     )
     metadata: dict[str, Any] = {"namespace": args.namespace}
     if args.name:

@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--retain-source", action="store_true", help="keep the source pod after the restore")
     m.add_argument(
+        "--keep-name",
+        action="store_true",
+        help="restore under the pod's own name, as a StatefulSet's pod always is (the default names the copy "
+        "<pod>-<5 hex>); costs downtime, since the new sandbox is made only once the frozen source is gone, and "
+        "a restore that fails after that cannot roll back",
+    )
+    m.add_argument(
         "--tcp-established",
         action=argparse.BooleanOptionalAction,
         default=True,

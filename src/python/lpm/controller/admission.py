@@ -18,16 +18,21 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from lpm.api import constants as c
 from lpm.api.codec import encode
 from lpm.api.models import MigrationPhase, PodMigration, PodMigrationSpec
 from lpm.api.names import child_name
-from lpm.controller.podmigration.handover import controller_ref, opted_in, plan_handover, released_by
+from lpm.app import clock
+from lpm.controller.podmigration.handover import controller_ref, keeps_name, opted_in, plan_handover, released_by
 from lpm.controller.podmigration.restore import build_handover_pod
 
 LABEL_EVICTION: str = f"{c.GROUP}/eviction"
+# For this long after an eviction's migration moved a pod that kept its name, an eviction of that name (kubectl
+# drain retries every 5 s) is answered "gone" when the pod now runs on a node that is not being drained.
+MOVED_ANSWER_SECONDS = 120.0
 
 
 def merge_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -92,15 +97,29 @@ def waiting_for(pod: Mapping[str, Any], migrations: Sequence[PodMigration]) -> l
     return sorted(found, key=lambda m: (str(m.metadata.get("creationTimestamp")), str(m.metadata.get("name"))))
 
 
-def replacement(incoming: Mapping[str, Any], migration: PodMigration, source: Mapping[str, Any]) -> dict | None:
-    """The owner's new pod as the restore target of `migration` (whose source is `source`), or None when it cannot
-    be: the source is not that migration's pod any more, has not been released yet (the owner made this pod for
-    another reason, e.g. another migration's release or a scale-up), or the owner's template has other
-    containers."""
+def replacement(incoming: Mapping[str, Any], migration: PodMigration, source: Mapping[str, Any] | None) -> dict | None:
+    """The owner's new pod as the restore target of `migration` (whose source is `source`, None once gone), or
+    None when it cannot be: the source is not that migration's pod any more, has not been released yet (the owner
+    made this pod for another reason, e.g. another migration's release or a scale-up), or the owner's template
+    has other containers. A StatefulSet's pod keeps its name: its owner re-creates it once the migration deleted
+    the source (Restoring), and only that pod, by that name, becomes the restore target."""
     st = migration.status
-    if (source.get("metadata") or {}).get("uid") != st.pod_uid:
+    if keeps_name(st.handover):
+        if (incoming.get("metadata") or {}).get("name") != st.restored_pod_name:
+            return None
+        if migration.status.phase is not MigrationPhase.RESTORING:
+            return None
+        if source is not None and (source.get("metadata") or {}).get("uid") == st.pod_uid:
+            return None  # not deleted yet (the owner cannot have made a pod of this name)
+        meta = incoming.get("metadata") or {}
+        # The source is gone: what the restored pod records of it comes from the migration.
+        source = {
+            "metadata": {"name": migration.spec.pod_name, "namespace": meta.get("namespace")},
+            "spec": {"nodeName": st.source_node, "containers": (incoming.get("spec") or {}).get("containers")},
+        }
+    elif source is None or (source.get("metadata") or {}).get("uid") != st.pod_uid:
         return None
-    if released_by(source, str(migration.metadata.get("uid"))) is None:
+    elif released_by(source, str(migration.metadata.get("uid"))) is None:
         return None
     names = [ctr.get("name") for ctr in (incoming.get("spec") or {}).get("containers") or []]
     if names != [ctr.get("name") for ctr in (source.get("spec") or {}).get("containers") or []]:
@@ -122,7 +141,8 @@ def replacement(incoming: Mapping[str, Any], migration: PodMigration, source: Ma
 
 @dataclass(frozen=True)
 class Verdict:
-    """allow: evict as usual. wait: answer 429 with `message`. migrate: create `migration`, then answer 429."""
+    """allow: evict as usual. wait: answer 429 with `message`. migrate: create `migration`, then answer 429.
+    moved: answer 404, the evicted pod is gone (its name lives on in the pod it moved to)."""
 
     action: str
     message: str = ""
@@ -195,15 +215,45 @@ def judge_eviction(
     target: str | None,
     target_problem: str,
     budget: str | None = None,
+    node_cordoned: bool = False,
+    now: datetime | None = None,
 ) -> Verdict:
     """What to answer to the eviction of `pod`: `migrations` are this namespace's PodMigrations; `leaving_node`
     counts unfinished migrations away from the pod's node; `target` is where the drain's rules would send it (or
     None, and `target_problem` says why there is no such node); `budget` is why a PodDisruptionBudget forbids a
-    disruption now (`budget_problem`)."""
+    disruption now (`budget_problem`); `node_cordoned`: the pod's node is unschedulable (being drained).
+
+    kubectl drain retries an eviction by name, without the pod's UID. A pod that kept its name (a StatefulSet's)
+    is, at the next retry, its own replacement: while it is restored the answer is 429, and once an eviction's
+    migration moved it off a node being drained to one that is not, 404 (the evicted pod is gone) ends that
+    drain's wait instead of starting the move again."""
     if pod is None or not opted_in(pod):
         return Verdict("allow")
     meta = pod.get("metadata") or {}
     name, uid = str(meta.get("name")), str(meta.get("uid"))
+    made_by = (meta.get("annotations") or {}).get(c.ANNOTATION_MIGRATION_UID)
+    maker = next((m for m in migrations if made_by and m.metadata.get("uid") == made_by), None)
+    if maker is not None and not maker.status.phase.terminal:
+        return Verdict(
+            "wait",
+            f"pod {name} is being restored by PodMigration {maker.metadata.get('name')} "
+            f"({maker.status.phase.value}); evict it once that is done",
+        )
+    since = clock.seconds_between(maker.status.completion_time, now) if maker is not None and now else None
+    if (
+        maker is not None
+        and maker.status.phase is MigrationPhase.COMPLETED
+        and (maker.metadata.get("labels") or {}).get(LABEL_EVICTION) == "true"
+        and not node_cordoned
+        and since is not None
+        and since < MOVED_ANSWER_SECONDS
+    ):
+        drained = (maker.metadata.get("labels") or {}).get(c.LABEL_DRAIN) or maker.status.source_node
+        return Verdict(
+            "moved",
+            f"pod {name} was live-migrated off node {drained} by PodMigration {maker.metadata.get('name')}; the pod "
+            f"of that name now runs on {(pod.get('spec') or {}).get('nodeName')}, which is not being drained",
+        )
     if meta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") != "Running":
         return Verdict("allow")
     mine = [m for m in migrations if m.spec.pod_name == name]

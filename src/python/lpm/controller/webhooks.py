@@ -93,7 +93,7 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime, cfg: WebhookConfig) -
             if rt.kube.get("pods", namespace, m.status.restored_pod_name or "") is not None:
                 continue  # that migration has its replacement
             source = rt.kube.get("pods", namespace, m.spec.pod_name)
-            wanted = admission.replacement(pod, m, source) if source else None
+            wanted = admission.replacement(pod, m, source)
             if wanted is None:
                 continue
             patch.update(admission.merge_diff(pod, wanted))
@@ -138,9 +138,16 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime, cfg: WebhookConfig) -
         moving = {m.spec.pod_name for m in here if not m.status.phase.terminal and m.spec.pod_name != name}
         migrating = [p for p in rt.kube.list("pods", namespace) if p["metadata"]["name"] in moving]
         budget = admission.budget_problem(pod, rt.kube.list("poddisruptionbudgets", namespace), migrating)
-        verdict = admission.judge_eviction(pod, here, away, cfg.max_migrations_per_node, target, problem, budget)
+        here_cordoned = any(
+            n["metadata"]["name"] == view.node_name and NodeView.from_api(n).unschedulable for n in nodes
+        )
+        verdict = admission.judge_eviction(
+            pod, here, away, cfg.max_migrations_per_node, target, problem, budget, here_cordoned, rt.now()
+        )
         if verdict.action == "allow":
             return
+        if verdict.action == "moved":
+            raise kopf.AdmissionError(verdict.message, code=404)
         if verdict.action == "migrate" and verdict.migration is not None and not dryrun:
             out = rt.kube.create(c.PLURAL_POD_MIGRATIONS, namespace, verdict.migration)
             if not out.ok:

@@ -17,6 +17,14 @@ A rollback gives the source back to its owner before it deletes the replacement.
 The commit point is entering Cleaning: the restored pod was observed running (live engine: every container
 restored by lpm-runc). Before it any failure rolls back; after it nothing does.
 
+A pod that keeps its name (spec.keepName, or a StatefulSet's pod) has no replacement before the freeze: the name
+is free only once the source is gone. It skips Preparing; once its checkpoint is staged on the target, Restoring
+deletes the frozen source, and that deletion is its commit point. Then the replacement is created under the same
+name (by the controller from `status.replacementManifest`, or by the StatefulSet through the admission webhook)
+and lpm-runc restores it. A failure after the commit point cannot thaw anything: the replacement is removed (a
+StatefulSet then starts its pod afresh), the migration ends Failed with reason FailedAfterCommit, and the
+checkpoint stays with the PodMigration.
+
 Safety rules the property tests check, and how this module keeps them:
 - at most one restored pod: its name is a function of the migration UID, created with AlreadyExists = success;
 - the source is deleted only in Cleaning, which is entered only once the restored pod is observed Running;
@@ -31,8 +39,9 @@ Safety rules the property tests check, and how this module keeps them:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -85,7 +94,14 @@ from lpm.controller.effects import (
     ThawSource,
 )
 from lpm.controller.plan import Plan
-from lpm.controller.podmigration.handover import adopted, plan_handover, readopt_patch, release_patch, released_by
+from lpm.controller.podmigration.handover import (
+    adopted,
+    keeps_name,
+    plan_handover,
+    readopt_patch,
+    release_patch,
+    released_by,
+)
 from lpm.controller.podmigration.restore import (
     build_restored_pod,
     original_name,
@@ -219,6 +235,16 @@ class MigrationPlan(Plan[PodMigrationStatus]):
         rp = self.obs.restored_pod
         return rp is not None and rp.annotations.get(c.ANNOTATION_MIGRATION_UID) == self.uid
 
+    def keeps_name(self) -> bool:
+        """The replacement takes the source's own name (spec.keepName, StatefulSets): see the module doc."""
+        st = self.status
+        return bool(st.restored_pod_name) and st.restored_pod_name == self.m.spec.pod_name
+
+    def committed(self) -> bool:
+        """A pod that keeps its name passed its commit point: Restoring, and the source is gone (deleted there)."""
+        src = self.source()
+        return self.keeps_name() and self.status.phase is P.RESTORING and (src is None or src.deleting)
+
     def containers(self) -> list[str]:
         pod = self.source()
         return list(pod.containers) if pod else []
@@ -241,7 +267,15 @@ class MigrationPlan(Plan[PodMigrationStatus]):
         return pb.ThawRequest(**self._source_containers())
 
 
+def _distinct(obs: Observed) -> Observed:
+    """The restored pod is read by its name, which is the source's own when the pod keeps its name: the source
+    itself is never taken for its replacement."""
+    rp, uid = obs.restored_pod, obs.migration.status.pod_uid
+    return replace(obs, restored_pod=None) if rp is not None and uid and rp.uid == uid else obs
+
+
 def decide(obs: Observed) -> list[Action]:
+    obs = _distinct(obs)
     plan = MigrationPlan(obs)
     phase = plan.status.phase
     if phase.terminal or obs.migration.metadata.get("deletionTimestamp"):
@@ -356,6 +390,12 @@ CHECKS: tuple[Check, ...] = (
         and s.spec.source_policy is SourcePolicy.KEEP_RUNNING,
         lambda s: f"pod {s.spec.pod_name} has an owner, and a running clone would be a replica its owner does not "
         "know; owned pods migrate with sourcePolicy Freeze",
+    ),
+    Check(
+        "KeepNameNeedsFreeze",
+        lambda s: s.spec.keep_name and s.spec.source_policy is SourcePolicy.KEEP_RUNNING,
+        lambda s: f"spec.keepName: a clone of pod {s.spec.pod_name} cannot have its name while it runs; keepName "
+        "needs sourcePolicy Freeze",
     ),
     Check(
         "PodNotScheduled",
@@ -476,12 +516,16 @@ def _validating(plan: MigrationPlan) -> None:
     st.source_node = pod.node_name
     st.checkpoint_id = checkpoint_id_for(str(m.metadata.get("creationTimestamp") or plan.now), plan.uid or pod.uid)
     st.pod_checkpoint_name = pod_checkpoint_name(str(m.metadata.get("name")))
-    st.restored_pod_name = restored_pod_name(original_name(pod.raw) or pod_name, plan.uid)
+    keep = m.spec.keep_name or keeps_name(handover)
+    st.restored_pod_name = pod_name if keep else restored_pod_name(original_name(pod.raw) or pod_name, plan.uid)
     st.engine = engine
     st.handover = handover
     st.conditions = set_condition(
         st.conditions, c.CONDITION_VALIDATED, ConditionStatus.TRUE, "Validated", "pod, nodes and agents ok", plan.now
     )
+    if keep:
+        # Its name is free only once the source is gone: no replacement before the freeze (see the module doc).
+        return _begin_checkpoint(plan)
     if handover is not None:
         # Write-ahead: the admission webhook makes the owner's next pod the restore target only for a migration
         # it sees in Preparing, so Preparing is recorded before the source is released.
@@ -848,7 +892,7 @@ def _converting(plan: MigrationPlan) -> None:
             return _rollback(plan, out.reason or "ConvertFailed", out.message or "the agent returned no image")
     if {ci.container_name for ci in st.container_images} >= {ctr.name for ctr in pc.status.containers}:
         # Write-ahead again: the restored pod is created only in a recorded Restoring phase.
-        plan.enter(P.RESTORING, "Restoring", f"starting pod {st.restored_pod_name} on {plan.m.spec.target_node}")
+        _enter_restoring(plan, f"starting pod {st.restored_pod_name} on {plan.m.spec.target_node}")
 
 
 def _replacement_body(plan: MigrationPlan, source: PodView) -> dict[str, Any]:
@@ -973,12 +1017,86 @@ def _transferring(plan: MigrationPlan) -> None:
         else:
             return _rollback(plan, out.reason or "TransferFailed", out.message)
     if staged == len(pc.status.containers):
-        plan.enter(P.RESTORING, "Restoring", f"lpm-runc restores pod {plan.status.restored_pod_name} on {target}")
+        _enter_restoring(plan, f"lpm-runc restores pod {plan.status.restored_pod_name} on {target}")
+
+
+def _enter_restoring(plan: MigrationPlan, message: str) -> None:
+    """Recorded before anything is restored; for a pod that keeps its name, also before its source is deleted,
+    with the replacement the controller will create (the source's spec is gone then)."""
+    st, source = plan.status, plan.source()
+    if not plan.keeps_name():
+        return plan.enter(P.RESTORING, "Restoring", message)
+    if source is None:
+        return _rollback(plan, "SourcePodGone", f"pod {plan.m.spec.pod_name} disappeared before its restore")
+    if st.handover is None:
+        st.replacement_manifest = json.dumps(_replacement_body(plan, source), sort_keys=True)
+    maker = f"{st.handover.kind}/{st.handover.name}" if st.handover else "the controller"
+    return plan.enter(
+        P.RESTORING,
+        "Restoring",
+        f"the checkpoint is staged on {plan.m.spec.target_node}; deleting the frozen source so that its name "
+        f"passes to the replacement, which {maker} creates there (the commit point: after it, no rollback)",
+    )
+
+
+def _pass_name(plan: MigrationPlan, src: PodView) -> None:
+    """Delete the frozen source whose checkpoint is staged on the target: its name passes to the replacement.
+    Once this delete may have landed there is no way back (`MigrationPlan.committed`)."""
+    st = plan.status
+    out = plan.outcome(DeletePod(namespace=plan.ns, name=src.name, uid=src.uid, grace_period_seconds=0))
+    if out is None:
+        return None
+    if not out.ok:
+        if out.retryable:
+            return plan.note(out.reason or "SourceDeleteRetrying", f"could not delete the source pod: {out.message}")
+        return _rollback(plan, "SourceDeleteFailed", f"could not delete the frozen source pod: {out.message}")
+    st.source_frozen = False
+    st.conditions = set_condition(
+        st.conditions,
+        c.CONDITION_SOURCE_FROZEN,
+        ConditionStatus.FALSE,
+        "SourceDeleted",
+        f"the source pod was deleted while frozen (the commit point); its state is in the checkpoint staged on "
+        f"{plan.m.spec.target_node}",
+        plan.now,
+    )
+    return plan.note("SourceDeleted", f"deleted the frozen source; pod {src.name} is being re-created on the target")
+
+
+def _restore_under_name(plan: MigrationPlan) -> None:
+    """The source is gone (committed) and its replacement does not exist yet: the controller creates it, or waits
+    for the StatefulSet to (the webhook makes it the restore target)."""
+    st, name = plan.status, plan.m.spec.pod_name
+    if st.handover is not None:
+        waited = clock.seconds_between(st.phase_started_at, plan.obs.now) or 0.0
+        if waited > OWNER_WAIT_SECONDS:
+            return _rollback(
+                plan,
+                "OwnerDidNotReplace",
+                f"{st.handover.kind}/{st.handover.name} did not re-create pod {name} within "
+                f"{OWNER_WAIT_SECONDS:.0f}s of its source's deletion",
+            )
+        return plan.note("WaitingForOwner", f"waiting for {st.handover.kind}/{st.handover.name} to re-create {name}")
+    try:
+        body = json.loads(st.replacement_manifest or "")
+    except ValueError:
+        return _rollback(plan, "ReplacementManifestLost", "status.replacementManifest is missing or not JSON")
+    out = plan.outcome(CreateRestoredPod("pods", plan.ns, body))
+    if out is not None and not out.ok:
+        if out.retryable:
+            return plan.note(out.reason, out.message)
+        return _rollback(plan, "RestoreFailed", f"could not create pod {name}: {out.message}")
+    return None
 
 
 def _restoring(plan: MigrationPlan) -> None:
     st, rp = plan.status, plan.obs.restored_pod
     name = st.restored_pod_name or restored_pod_name(plan.m.spec.pod_name, plan.uid)
+    src = plan.source()
+    if plan.keeps_name() and src is not None and not src.deleting:
+        return _pass_name(plan, src)
+    if rp is None and plan.keeps_name():
+        return _restore_under_name(plan)
     if rp is None and st.engine is Engine.LIVE:
         return _rollback(plan, "ReplacementGone", f"replacement pod {name} disappeared before it was restored")
     if rp is None:
@@ -1051,8 +1169,32 @@ def _cleaning(plan: MigrationPlan) -> None:
 
 
 def _rollback(plan: MigrationPlan, reason: str, message: str) -> None:
+    if plan.committed():
+        return _failed_after_commit(plan, reason, message)
     plan.enter(P.ROLLING_BACK, reason, message)
     _rolling_back(plan)
+
+
+def _failed_after_commit(plan: MigrationPlan, reason: str, message: str) -> None:
+    """A pod that kept its name failed after its source was deleted: nothing to thaw. The restore is aborted and
+    the replacement removed (it could only fail; a StatefulSet then starts its pod afresh, which the webhook
+    leaves alone once this migration has failed). Ends Failed; the checkpoint stays with the PodMigration."""
+    st, rp = plan.status, plan.obs.restored_pod
+    abort = _abort_restore(plan)
+    if abort is not None:
+        plan.outcome(abort)
+    if plan.restored_is_ours() and rp is not None and not rp.deleting:
+        out = plan.outcome(DeletePod(namespace=plan.ns, name=rp.name, uid=rp.uid, grace_period_seconds=0))
+        if out is None or (not out.ok and out.retryable):
+            return plan.note(reason, message)
+    again = f"; {st.handover.kind} {st.handover.name} starts it afresh" if st.handover else ""
+    plan.enter(
+        P.FAILED,
+        "FailedAfterCommit",
+        f"{reason}: {message}. Pod {plan.m.spec.pod_name} kept its name, so its frozen source was deleted at the "
+        f"commit point and cannot run again: ITS MEMORY STATE IS LOST{again}. The checkpoint stays in PodCheckpoint "
+        f"{st.pod_checkpoint_name} as long as this PodMigration exists.",
+    )
 
 
 def _abort_restore(plan: MigrationPlan) -> AbortRestore | None:
@@ -1186,9 +1328,11 @@ def ttl_remaining(m: PodMigration, now: datetime) -> float | None:
 def decide_finalize(obs: Observed) -> list[Action]:
     """A PodMigration is being deleted: undo what an unfinished migration made; never touch the source pod
     beyond thawing it, never the restored pod of a migration that got as far as Cleaning."""
-    plan = MigrationPlan(obs)
+    plan = MigrationPlan(_distinct(obs))
     st = plan.status
-    if st.phase in ROLLBACK_PHASES or st.phase is P.ROLLING_BACK:
+    if plan.committed():
+        pass  # past its commit point: the replacement restores from the staged checkpoint, left alone
+    elif st.phase in ROLLBACK_PHASES or st.phase is P.ROLLING_BACK:
         abort = _abort_restore(plan)
         if abort is not None:
             plan.outcome(abort)

@@ -8,9 +8,11 @@ restored pod. The owner therefore never runs more replicas than its spec, apart 
 the hand-over, and never starts a fresh, empty pod in the source's place. On rollback the label goes back
 (`readopt_patch`), the owner adopts the source again and the waiting replacement is deleted.
 
-StatefulSet pods are not handed over: a StatefulSet re-creates a pod under the same name (web-0), which only
-becomes free once the source is gone, so the replacement's sandbox could only be made inside the freeze. A
-DaemonSet's pod belongs to its node.
+A StatefulSet's pod is not released: its owner re-creates it under the same name (web-0), which is free only once
+the source is gone. Such a migration keeps the name (`PodMigrationSpec.keep_name`): the frozen source's checkpoint
+is staged on the target, the source is deleted (the commit point), and the StatefulSet's new web-0 becomes the
+restore target through the same webhook, so its sandbox is made inside the freeze. A DaemonSet's pod belongs to
+its node.
 """
 
 from __future__ import annotations
@@ -25,10 +27,15 @@ from lpm.api.placement import HANDED_OVER_KINDS
 
 # The selector label each owner kind sets on its pods itself, so changing it releases the pod whatever the rest
 # of the selector is: a Deployment's ReplicaSet selects on pod-template-hash, a Job on its controller UID.
-RELEASE_LABELS: Mapping[str, tuple[str, ...]] = {  # one entry per placement.HANDED_OVER_KINDS
+RELEASE_LABELS: Mapping[str, tuple[str, ...]] = {  # every placement.HANDED_OVER_KINDS but StatefulSet
     "ReplicaSet": ("pod-template-hash",),
     "Job": ("batch.kubernetes.io/controller-uid", "controller-uid"),
 }
+
+
+def keeps_name(handover: Handover | None) -> bool:
+    """The owner re-creates the pod under its own name (a StatefulSet): nothing to release, the name passes."""
+    return handover is not None and handover.kind == "StatefulSet"
 
 
 def opted_in(pod: Mapping[str, Any]) -> bool:
@@ -80,17 +87,14 @@ def plan_handover(pod: Mapping[str, Any], migration_uid: str) -> Handover | tupl
             f"{c.LABEL_MIGRATABLE}=true to its pod template, and the owner hands the replica over to the restored "
             f"pod; or detach it (kubectl delete {kind.lower()} {owner} --cascade=orphan) and retry",
         )
-    if kind == "StatefulSet":
-        return (
-            "OwnerNotSupported",
-            f"pod {name} belongs to StatefulSet {owner}: its replacement must keep the name {name}, which is free "
-            "only once the source is gone; LPM does not move StatefulSet pods yet",
-        )
     if kind not in HANDED_OVER_KINDS:
         return (
             "OwnerNotSupported",
-            f"pod {name} belongs to {kind}/{owner}; LPM hands over pods of ReplicaSets (Deployments) and Jobs only",
+            f"pod {name} belongs to {kind}/{owner}; LPM hands over pods of ReplicaSets (Deployments), Jobs and "
+            "StatefulSets only",
         )
+    if kind == "StatefulSet":
+        return Handover(kind=kind, name=owner, uid=str(ref.get("uid") or ""))
     labels = (pod.get("metadata") or {}).get("labels") or {}
     key = next((k for k in RELEASE_LABELS[kind] if labels.get(k)), None)
     if key is None:
