@@ -91,6 +91,26 @@ def test_counter_revenue_and_position_continue_after_migration(engine: str) -> N
     assert out.returncode == 0 and restored in out.stdout and f"engine: {engine}" in out.stdout
 
 
+def test_keep_name_restores_a_bare_pod_under_its_own_name() -> None:
+    pod, mig = "counter-named", "mig-named"
+    k.start_counter(pod)
+    uid = k.kubectl_json("-n", k.NAMESPACE, "get", "pod", pod)["metadata"]["uid"]
+    before = k.Follow(pod)
+    res = k.lpm("migrate", pod, "--to", k.NODE_2, "--name", mig, "--keep-name", "--wait", "--timeout", "300")
+    assert res.returncode == 0, res.stdout + res.stderr
+    st = k.migration(mig)["status"]
+    # No replacement before the freeze (the name was the source's): the source was deleted once its checkpoint
+    # was staged on the target, and the replacement restored under the same name.
+    assert st["restoredPodName"] == pod and "Preparing" not in st["phaseDurationsSeconds"], st
+    frozen = next(cd for cd in st["conditions"] if cd["type"] == "SourceFrozen")
+    assert frozen["reason"] == "SourceDeleted", frozen
+    obj = k.kubectl_json("-n", k.NAMESPACE, "get", "pod", pod)
+    assert obj["metadata"]["uid"] != uid and obj["spec"]["nodeName"] == k.NODE_2
+    assert obj["spec"]["runtimeClassName"] == "lpm"
+    _assert_continues(before, pod)
+    k.kubectl("-n", k.NAMESPACE, "delete", "pod", pod, "--grace-period=0", "--force", check=False)
+
+
 def test_a_256_mib_pod_moves_through_the_live_engine_with_its_memory() -> None:
     k.start_counter("heavy", ballast_mib=256)
     before = k.Follow("heavy")

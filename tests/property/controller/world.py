@@ -200,6 +200,9 @@ class World:
             obj = self.store.get(key)
             if obj is None or (effect.uid and obj["metadata"]["uid"] != effect.uid):
                 return Outcome.success(reason="NotFound")
+            restored = (obj["metadata"].get("annotations") or {}).get(c.ANNOTATION_MIGRATION_UID)
+            if restored and self.source() is None and _all_running(obj):
+                self.violations.append(f"deleted {effect.name}, the only running copy (the source is gone)")
             if effect.plural == "pods" and obj["metadata"]["uid"] == self.source_uid:
                 running = [p for p in self.restored_pods() if p["status"]["phase"] == "Running"]
                 if not running and not self._passes_name():
@@ -541,6 +544,12 @@ class World:
             self.violations.append(f"terminal phase {self.ever_terminal.value} changed to {phase.value}")
         if phase.terminal and self.ever_terminal is None:
             self.ever_terminal = phase
+
+
+def _all_running(pod: Mapping[str, Any]) -> bool:
+    status = pod.get("status") or {}
+    statuses = status.get("containerStatuses") or []
+    return status.get("phase") == "Running" and all("running" in cs.get("state", {}) for cs in statuses)
 
 
 def _ready(ready: bool) -> dict[str, Any]:

@@ -5,6 +5,7 @@ under the same name: by the controller, or by the StatefulSet through the admiss
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import timedelta
 
 from unit.controller.test_handover import LIVE_CAPS, _running
@@ -88,11 +89,17 @@ def test_a_statefulset_pod_validates_straight_to_freezing_with_its_own_name():
     assert not any(isinstance(a, CreateRestoredPod) for a in asked), "no replacement before the freeze"
 
 
-def test_keep_name_refuses_a_clone():
+def test_keep_name_refuses_a_clone_and_the_pods_of_owners_that_name_them():
     m = migration()
     m.spec.keep_name, m.spec.source_policy = True, SourcePolicy.KEEP_RUNNING
     st = status(decide(obs(m, source_pod=pod(), target_node=NODE_B)))
     assert (st.phase, st.reason) == (MigrationPhase.FAILED, "KeepNameNeedsFreeze")
+    owned = migration()
+    owned.spec.keep_name = True
+    rs = pod(owner="ReplicaSet/web-5d8f", labels={**OPTED_IN, "pod-template-hash": "5d8f"})
+    st = status(decide(obs(owned, source_pod=rs, target_node=NODE_B)))
+    assert (st.phase, st.reason) == (MigrationPhase.FAILED, "KeepNameOwned")
+    assert "ReplicaSet/web-5d8f" in (st.message or "")
 
 
 def _staged(m, source):
@@ -224,3 +231,11 @@ def test_drains_retry_by_name_so_the_replacement_is_never_evicted_while_restored
     assert again.action == "migrate"
     later = NOW + timedelta(seconds=admission.MOVED_ANSWER_SECONDS + 1)
     assert admission.judge_eviction(_restored_by(m), [m], 0, 2, "node-c", "", now=later).action == "migrate"
+
+
+def test_a_timeout_that_strikes_as_the_restore_succeeds_completes_instead_of_deleting_the_only_copy():
+    m = keeping(MigrationPhase.RESTORING, start_time="2026-01-01T11:00:00Z")
+    runs = replace(pod(uid="new", node="node-b", annotations={c.ANNOTATION_MIGRATION_UID: MUID}), started=("app",))
+    actions = decide(obs(m, source_pod=runs, restored_pod=runs))
+    assert not any(isinstance(a, (DeletePod, AbortRestore)) for a in actions)
+    assert status(actions).phase is MigrationPhase.COMPLETED

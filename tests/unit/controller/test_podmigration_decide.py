@@ -164,8 +164,9 @@ def test_validation_failures_have_actionable_reasons():
         st = status(decide(obs(migration(), **kw)))
         assert (st.phase, st.reason) == (MigrationPhase.FAILED, reason), kw
         assert st.message
-    # KeepNameNeedsFreeze: tests/unit/controller/test_keep_name.py
-    assert {reason for _, reason in cases} | {"FrozenSourceRetained", "OwnedPodClone", "KeepNameNeedsFreeze"} == {
+    # KeepNameNeedsFreeze, KeepNameOwned: tests/unit/controller/test_keep_name.py
+    keep_name = {"KeepNameNeedsFreeze", "KeepNameOwned"}
+    assert {reason for _, reason in cases} | {"FrozenSourceRetained", "OwnedPodClone"} | keep_name == {
         check.reason for check in CHECKS
     }
 

@@ -2,12 +2,12 @@
 `kubectl lpm drain NODE`, `kubectl lpm migrate POD` without --to, and the eviction webhook (`kubectl drain`).
 
 A node drained for maintenance holds four kinds of pods:
-- pods LPM can move (Running, and bare or owned by a ReplicaSet or Job that opted in with label
+- pods LPM can move (Running, and bare or owned by a ReplicaSet, Job or StatefulSet that opted in with label
   lpm.my.domain/migratable=true): each gets a PodMigration to a target node;
 - pods with nothing to move: DaemonSet pods (their DaemonSet runs one on every node), mirror pods of static
   manifests (the kubelet owns them), finished or terminating pods;
-- pods their owner moves: owned pods that have not opted in (and StatefulSet pods), which LPM leaves to
-  `kubectl drain`: it evicts them and the owner starts them elsewhere, empty;
+- pods their owner moves: owned pods that have not opted in, which LPM leaves to `kubectl drain`: it evicts
+  them and the owner starts them elsewhere, empty;
 - pods that should move but cannot: not Running yet, or no node can take them. These fail the drain.
 
 Targets: `--to NODE`, or else the Ready, schedulable nodes (not the drained one) whose NoSchedule/NoExecute

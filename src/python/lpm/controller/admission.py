@@ -274,7 +274,7 @@ def judge_eviction(
         return Verdict("allow")
     problem = plan_handover(pod, "")
     if isinstance(problem, tuple):
-        return Verdict("allow")  # e.g. a StatefulSet pod: evicted as usual (the PodMigration would say why)
+        return Verdict("allow")  # e.g. a DaemonSet's pod: evicted as usual (the PodMigration would say why)
     if target is None:
         return Verdict("wait", f"LPM cannot move pod {name}: {target_problem}")
     if budget is not None:

@@ -27,7 +27,8 @@ checkpoint stays with the PodMigration.
 
 Safety rules the property tests check, and how this module keeps them:
 - at most one restored pod: its name is a function of the migration UID, created with AlreadyExists = success;
-- the source is deleted only in Cleaning, which is entered only once the restored pod is observed Running;
+- the source is deleted only in Cleaning, which is entered only once the restored pod is observed Running (a pod
+  that keeps its name: in Restoring, once every container's checkpoint is staged on the target);
 - rollback deletes the restored pod and waits until it is *gone* before thawing the source, so two unfrozen
   copies never run at once; on the live engine it first aborts the restore on the target (final: a container
   waiting in lpm-runc fails, none is restored from that checkpoint later);
@@ -396,6 +397,15 @@ CHECKS: tuple[Check, ...] = (
         lambda s: s.spec.keep_name and s.spec.source_policy is SourcePolicy.KEEP_RUNNING,
         lambda s: f"spec.keepName: a clone of pod {s.spec.pod_name} cannot have its name while it runs; keepName "
         "needs sourcePolicy Freeze",
+    ),
+    Check(
+        "KeepNameOwned",
+        lambda s: s.spec.keep_name
+        and isinstance(found := plan_handover(s.pod.raw, s.uid), Handover)
+        and not keeps_name(found),
+        lambda s: f"spec.keepName: pod {s.spec.pod_name} belongs to {s.pod.controller}, which names its pods "
+        "itself (the restored pod is its next one); keepName is for bare pods (a StatefulSet's pod keeps its "
+        "name anyway)",
     ),
     Check(
         "PodNotScheduled",
@@ -1180,6 +1190,10 @@ def _failed_after_commit(plan: MigrationPlan, reason: str, message: str) -> None
     the replacement removed (it could only fail; a StatefulSet then starts its pod afresh, which the webhook
     leaves alone once this migration has failed). Ends Failed; the checkpoint stays with the PodMigration."""
     st, rp = plan.status, plan.obs.restored_pod
+    if _replacement_runs(plan):
+        # The restore made it (a timeout that struck as it did): the pod runs, with its state.
+        plan.enter(P.CLEANING, "Cleaning", f"pod {rp.name if rp else ''} runs on {plan.m.spec.target_node}")
+        return _cleaning(plan)
     abort = _abort_restore(plan)
     if abort is not None:
         plan.outcome(abort)
