@@ -111,6 +111,27 @@ def test_keep_name_restores_a_bare_pod_under_its_own_name() -> None:
     k.kubectl("-n", k.NAMESPACE, "delete", "pod", pod, "--grace-period=0", "--force", check=False)
 
 
+def test_a_file_held_open_in_an_emptydir_moves_with_the_volumes_contents() -> None:
+    pod, mig = "file-live", "mig-file-live"
+    k.start_counter(pod, extra_args=("--hold-open", "/data/events.log"), empty_dir="/data")
+    dry = k.lpm("migrate", pod, "--to", k.NODE_2, "--dry-run", "--timeout", "120")
+    assert dry.returncode == 0 and "move with their contents: data" in dry.stdout, dry.stdout + dry.stderr
+    before = k.Follow(pod)
+    res = k.lpm("migrate", pod, "--to", k.NODE_2, "--name", mig, "--wait", "--timeout", "300")
+    assert res.returncode == 0, res.stdout + res.stderr
+    st = k.migration(mig)["status"]
+    assert st["engine"] == "Live"
+    restored = st["restoredPodName"]
+    _assert_continues(before, restored)
+    # The file the process kept appending to: every event from the source's first to the target's latest, once.
+    held = k.kubectl("-n", k.NAMESPACE, "exec", restored, "-c", "counter", "--", "cat", "/data/events.log").stdout
+    events = [int(line) for line in held.split()]
+    assert events[0] == 1 and events == list(range(1, len(events) + 1)), events[:5] + events[-5:]
+    first_on_target = k.states(restored)[0]["events"]  # the Live engine's restored log starts on the target
+    assert events[-1] >= first_on_target, "the file did not go on growing on the target"
+    k.kubectl("-n", k.NAMESPACE, "delete", "pod", restored, "--grace-period=0", "--force", check=False)
+
+
 def test_a_256_mib_pod_moves_through_the_live_engine_with_its_memory() -> None:
     k.start_counter("heavy", ballast_mib=256)
     before = k.Follow("heavy")

@@ -12,18 +12,28 @@ import (
 // The hand-off with the node's agent, in D = <root>/<checkpoint>/<container-name>/:
 //
 //	D/waiting   written here: {"container_id", "since", "pid"}; the agent may now place the checkpoint
-//	D/ready     written by the agent: {"images", "rootfs_diff", "deleted_files"}
+//	D/ready     written by the agent: {"images", "rootfs_diff", "deleted_files", "volumes"}
 //	<root>/<checkpoint>/abort   written by the agent: a text reason; the create fails with it
 //	D/restored  written here once runc restore succeeded; a later create of the same container (a restart)
 //	            is a plain create
+//	<root>/<checkpoint>/volume-<name>  written here by the first container restored that mounts emptyDir volume
+//	            <name>, before it fills it: the pod's later containers find it filled (and running) and leave it
 type handoff struct {
 	root, checkpoint, container string
 }
 
 type readyFile struct {
-	Images       string   `json:"images"`
-	RootfsDiff   string   `json:"rootfs_diff"`
-	DeletedFiles []string `json:"deleted_files"`
+	Images       string       `json:"images"`
+	RootfsDiff   string       `json:"rootfs_diff"`
+	DeletedFiles []string     `json:"deleted_files"`
+	Volumes      []volumeFile `json:"volumes"`
+}
+
+// volumeFile is an emptyDir volume's contents at the checkpoint: the container mounts it at Destination.
+type volumeFile struct {
+	Destination string `json:"destination"`
+	Name        string `json:"name"`
+	Tar         string `json:"tar"`
 }
 
 const pollInterval = 2 * time.Millisecond
@@ -132,6 +142,11 @@ func parseReady(data []byte) (*readyFile, error) {
 	}
 	if r.RootfsDiff != "" && !filepath.IsAbs(r.RootfsDiff) {
 		return nil, fmt.Errorf("rootfs_diff %q is not an absolute path", r.RootfsDiff)
+	}
+	for _, v := range r.Volumes {
+		if !validName(v.Name) || !filepath.IsAbs(v.Tar) || !filepath.IsAbs(v.Destination) {
+			return nil, fmt.Errorf("volume %+v: want a name and absolute paths", v)
+		}
 	}
 	return &r, nil
 }

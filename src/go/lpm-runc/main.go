@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -90,6 +91,33 @@ type ociConfig struct {
 		Path string `json:"path"`
 	} `json:"root"`
 	Annotations map[string]string `json:"annotations"`
+	Mounts      []struct {
+		Destination string `json:"destination"`
+		Source      string `json:"source"`
+	} `json:"mounts"`
+}
+
+// fillVolume puts an emptyDir volume's checkpointed contents into the replacement's volume (the host directory
+// its mount at v.Destination binds), once per pod: the first container restored that mounts it claims it.
+func fillVolume(h handoff, cfg *ociConfig, v volumeFile) error {
+	source := ""
+	for _, m := range cfg.Mounts {
+		if filepath.Clean(m.Destination) == filepath.Clean(v.Destination) {
+			source = m.Source
+		}
+	}
+	if source == "" || !filepath.IsAbs(source) {
+		return fmt.Errorf("the container does not mount it at %s", v.Destination)
+	}
+	claim, err := os.OpenFile(filepath.Join(h.root, h.checkpoint, "volume-"+v.Name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return nil // an earlier container of the pod filled it
+	}
+	if err != nil {
+		return err
+	}
+	claim.Close()
+	return applyTar(source, v.Tar)
 }
 
 // create returns the exit code; it does not return when it passes through.
@@ -177,6 +205,11 @@ func restore(inv invocation, c createArgs, cfg *ociConfig, ckpt string) error {
 	for _, p := range ready.DeletedFiles {
 		if err := removeInRoot(rootfs, p); err != nil {
 			return fmt.Errorf("lpm-runc: removing deleted file %s: %w", p, err)
+		}
+	}
+	for _, v := range ready.Volumes {
+		if err := fillVolume(h, cfg, v); err != nil {
+			return fmt.Errorf("lpm-runc: filling emptyDir volume %s: %w", v.Name, err)
 		}
 	}
 	work := filepath.Join(h.dir(), "work")

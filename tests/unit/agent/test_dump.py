@@ -106,3 +106,29 @@ def test_an_unreadable_change_is_an_os_error_the_caller_turns_into_a_kubelet_dum
     overlay = Overlay(tmp_path / "missing", ())
     with pytest.raises(OSError):
         write_rootfs_diff(overlay, tmp_path / "diff.tar")
+
+
+def test_each_emptydir_a_container_mounts_becomes_one_tar_read_through_its_root(tmp_path: Path) -> None:
+    from lpm.agent.dump import write_volumes
+
+    proc = tmp_path / "proc"
+    root = proc / "42" / "root"
+    (root / "data" / "sub").mkdir(parents=True)
+    (root / "data" / "events.log").write_text("1\n2\n")
+    (root / "data" / "sub" / "x").write_text("x")
+    os.symlink("/etc/passwd", root / "data" / "link")  # kept as a link, never followed
+    shutil.copytree(root / "data", root / "again", symlinks=True)  # the same volume mounted a second time
+    kubelet = "/var/lib/kubelet/pods/0e3c/volumes/kubernetes.io~empty-dir"
+    mountinfo = (
+        f"1300 1203 8:1 {kubelet}/data /data rw,relatime - ext4 /dev/sda1 rw\n"
+        f"1301 1203 8:1 {kubelet}/data /again rw,relatime - ext4 /dev/sda1 rw\n"
+        "1302 1203 8:1 /var/lib/kubelet/pods/0e3c/etc-hosts /etc/hosts rw - ext4 /dev/sda1 rw\n"
+    )
+    found = write_volumes(proc, 42, mountinfo, tmp_path / "out")
+    assert found == {"/data": "data", "/again": "data"}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["data.tar"]
+    with tarfile.open(tmp_path / "out" / "data.tar") as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert set(members) == {"events.log", "sub", "sub/x", "link"}
+        assert members["link"].issym() and members["link"].linkname == "/etc/passwd"
+        assert tar.extractfile(members["events.log"]).read() == b"1\n2\n"  # type: ignore[union-attr]

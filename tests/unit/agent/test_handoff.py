@@ -133,3 +133,35 @@ def test_concurrent_capability_probes_all_find_the_directory_usable(tmp_path: Pa
         answers = list(pool.map(lambda _: h.usable(), range(400)))
     assert answers == [""] * 400
     assert not list((tmp_path / "handoff").iterdir()), "probe files left behind"
+
+
+def test_emptydir_volumes_are_staged_with_their_mount_points_for_lpm_runc(tmp_path: Path) -> None:
+    data = archive({"events.log": b"1\n2\n"})
+    with_volumes = archive(
+        {
+            "checkpoint/inventory.img": b"inv",
+            "volumes/data.tar": data,
+            "volumes.json": json.dumps({"/data": "data", "/also": "data"}).encode(),
+        }
+    )
+    Handoff(tmp_path).stage(CKPT, "app", chunks(with_volumes))
+    ready = json.loads((tmp_path / CKPT / "app" / "ready").read_text())
+    assert [(v["destination"], v["name"]) for v in ready["volumes"]] == [("/also", "data"), ("/data", "data")]
+    assert Path(ready["volumes"][0]["tar"]).read_bytes() == data
+    # A kubelet archive has no volumes: nothing to fill.
+    Handoff(tmp_path).stage(CKPT, "other", chunks(KUBELET_ARCHIVE))
+    assert json.loads((tmp_path / CKPT / "other" / "ready").read_text())["volumes"] == []
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        {"volumes.json": json.dumps({"/data": "data"}).encode()},  # contents missing
+        {"volumes/../x.tar": b"", "volumes.json": b"{}"},
+        {"volumes/data.tar": b"", "volumes.json": json.dumps({"data": "data"}).encode()},  # not a mount point
+    ],
+)
+def test_a_volume_list_that_does_not_add_up_is_refused(tmp_path: Path, members: dict[str, bytes]) -> None:
+    with pytest.raises(HandoffError):
+        Handoff(tmp_path).stage(CKPT, "app", chunks(archive({"checkpoint/inventory.img": b"inv", **members})))
+    assert not (tmp_path / CKPT / "app" / "ready").exists()

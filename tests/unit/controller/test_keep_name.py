@@ -77,7 +77,7 @@ def test_a_statefulset_pod_validates_straight_to_freezing_with_its_own_name():
     base = {
         ProbeAgent("node-a").key: Outcome.success(LIVE_CAPS),
         ProbeAgent("node-b").key: Outcome.success(LIVE_CAPS),
-        eligibility().key: Outcome.success({"checked": []}),
+        eligibility(live=True).key: Outcome.success({"checked": []}),
     }
     actions, asked = _answered(
         lambda out: decide(obs(migration(), source_pod=sts_pod(), target_node=NODE_B, outcomes=out)), base

@@ -108,9 +108,14 @@ def status(actions):
     return next(a.status for a in actions if isinstance(a, PatchStatus))
 
 
-def eligibility(tcp_established=True):
+def eligibility(tcp_established=True, live=False):
     request = pb.EligibilityRequest(
-        pod_namespace="ns", pod_name="web", pod_uid=PUID, container_names=["app"], tcp_established=tcp_established
+        pod_namespace="ns",
+        pod_name="web",
+        pod_uid=PUID,
+        container_names=["app"],
+        tcp_established=tcp_established,
+        empty_dir_moves=live,  # the Live engine carries emptyDir contents
     )
     return CheckEligibility("node-a", request)
 

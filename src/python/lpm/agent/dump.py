@@ -16,6 +16,10 @@ A task that containerd paused (the Freezer's containerd control) is checkpointed
 containerd pauses and resumes around the dump only a task it believes is running. The images are written by
 the shim on the node, into a directory the agent sees at the same path (`--dump-dir`), made 0700.
 
+emptyDir volumes mounted in the container travel with it: each one's contents (read through the frozen process's
+own root, `/proc/<pid>/root/<mount point>`) become `volumes/<volume>.tar`, and `volumes.json` maps mount points to
+volume names. lpm-runc fills the replacement's (new, empty) emptyDir from them before CRIU reopens the files.
+
 Overlay upper directory -> rootfs diff: regular files, directories and symlinks go into the tar as they are;
 a whiteout (a 0:0 character device) becomes a `deleted.files` entry; an opaque directory
 (`trusted.overlay.opaque=y`) deletes what the lower layers hold under it and is then filled from the tar.
@@ -37,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from lpm.agent import eligibility
 from lpm.agent.kubelet import CheckpointResult
 
 log = logging.getLogger(__name__)
@@ -144,6 +149,27 @@ def _hidden_below(lowers: tuple[Path, ...], rel: str, kept: set[str]) -> Iterato
             yield from _hidden_below(lowers, child, kept)
 
 
+def write_volumes(proc_root: Path, pid: int, mountinfo: str, out: Path) -> dict[str, str]:
+    """Each emptyDir volume mounted in the container (`pid`'s mount table) as `out/<volume>.tar`, read through the
+    process's own root; returns {mount point: volume name}. A volume mounted twice is written once."""
+    mounts = eligibility.parse_mountinfo(mountinfo)
+    host: list[eligibility.Mount] = []
+    if any(m.fs_type == "tmpfs" for m in mounts):
+        host = eligibility.parse_mountinfo((proc_root / "1" / "mountinfo").read_text(errors="surrogateescape"))
+    found = dict(eligibility.emptydir_mounts(mounts, host))
+    out.mkdir(mode=0o700, exist_ok=True)
+    for mount_point, name in sorted(found.items()):
+        dest = out / f"{name}.tar"
+        if dest.exists():
+            continue
+        src = proc_root / str(pid) / "root" / mount_point.lstrip("/")
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for entry in sorted(src.iterdir()):
+                tar.add(entry, arcname=entry.name)  # recursive; symlinks as links, never followed
+    return found
+
+
 def write_rootfs_diff(overlay: Overlay, tar_path: Path) -> tuple[list[str], int]:
     """The upper directory as a tar (paths relative to the rootfs) and the paths the container deleted;
     returns (deleted, number of entries in the tar). lpm-runc applies the tar first, then the deletions."""
@@ -222,6 +248,11 @@ class RuntimeDumper:
             except OSError as exc:
                 raise DumpError(f"cannot read the container's file-system changes: {exc}") from None
             (work / "deleted.files").write_text(json.dumps(deleted))
+            try:
+                volumes = write_volumes(self.proc_root, pid, mountinfo, work / "volumes")
+            except OSError as exc:
+                raise DumpError(f"cannot read the container's emptyDir volumes: {exc}") from None
+            (work / "volumes.json").write_text(json.dumps(volumes))
             diffed = time.monotonic()
             images = work / "checkpoint"
             images.mkdir(mode=0o700)
@@ -244,10 +275,15 @@ class RuntimeDumper:
                 if entries:
                     tar.add(work / "rootfs-diff.tar", arcname="rootfs-diff.tar")
                 tar.add(work / "deleted.files", arcname="deleted.files")
+                for name in sorted(set(volumes.values())):
+                    tar.add(work / "volumes" / f"{name}.tar", arcname=f"volumes/{name}.tar")
+                tar.add(work / "volumes.json", arcname="volumes.json")
             log.info(
-                "dumped %s through containerd in %.3fs (rootfs diff %.3fs, CRIU %.3fs, %d changes, %d deleted)",
+                "dumped %s through containerd in %.3fs (rootfs diff and %d emptyDir volumes %.3fs, CRIU %.3fs, %d "
+                "changes, %d deleted)",
                 label,
                 time.monotonic() - started,
+                len(volumes),
                 diffed - started,
                 dumped - diffed,
                 entries,

@@ -6,7 +6,9 @@ done all the work; both cost downtime. Two causes are certain and cheap to see f
   peer outside the pod cannot survive the move (the restored pod has a new IP; the peer is not dumped).
   Connections with both ends in the pod (loopback, or pod IP to pod IP between two of its containers) are
   dumped together; note that the pod-IP ones still name the source pod's address.
-- Files open in an emptyDir volume. The restored pod gets a new, empty emptyDir, so CRIU cannot reopen them.
+- Files open in an emptyDir volume. The restored pod gets a new emptyDir; the Live engine fills it with the
+  volume's contents (the agent's dump carries them), the Image engine (the kubelet's checkpoint) leaves it empty,
+  so CRIU cannot reopen them there.
 
 Reads go through a procfs root: in production the host's /proc mounted read-only at /host/proc, in tests /proc.
 `/proc/<pid>/net/*` lists every socket of the process's network namespace (the pod's), so it is read once, from

@@ -9,8 +9,12 @@ atomically (temporary name, then rename):
                                                  later lpm-runc fails at once; nothing is restored from this ID.
     <root>/<checkpoint id>/<container>/waiting   lpm-runc: the container waits for its checkpoint (JSON)
     <root>/<checkpoint id>/<container>/ready     agent: staged and verified (JSON: images, rootfs_diff,
-                                                 deleted_files); written only after the whole archive was read
-                                                 and its sha256 matched, so a partial transfer is never restored
+                                                 deleted_files, volumes: the emptyDir volumes' contents and where
+                                                 the container mounts each); written only after the whole archive
+                                                 was read and its sha256 matched, so a partial transfer is never
+                                                 restored
+    <root>/<checkpoint id>/volume-<name>         lpm-runc: the first restored container that mounts emptyDir
+                                                 <name> claimed it and filled the replacement's volume
     <root>/<checkpoint id>/<container>/restored  lpm-runc: `runc restore` succeeded (a later restart of the
                                                  container starts fresh, like any restart)
     <root>/<checkpoint id>/<container>/failed    lpm-runc: `runc restore` failed (never tried again), with
@@ -46,6 +50,9 @@ _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _IMAGES_PREFIX = "checkpoint/"
 _ROOTFS_DIFF = "rootfs-diff.tar"
 _DELETED_FILES = "deleted.files"
+_VOLUMES_PREFIX = "volumes/"
+_VOLUMES = "volumes.json"
+_VOLUME_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a pod volume's name (DNS-1123 label)
 
 
 class HandoffError(Exception):
@@ -162,7 +169,9 @@ class Handoff:
         try:
             images = work / "images"
             images.mkdir(mode=0o700)
-            image_bytes, diff_bytes, deleted = _extract(archive, images, work / _ROOTFS_DIFF)
+            volumes = work / "volumes"
+            volumes.mkdir(mode=0o700)
+            image_bytes, diff_bytes, deleted, mounted = _extract(archive, images, work / _ROOTFS_DIFF, volumes)
             final = d / "staged"
             if final.exists():
                 shutil.rmtree(final)
@@ -177,6 +186,11 @@ class Handoff:
             "images": str(final / "images"),
             "rootfs_diff": str(final / _ROOTFS_DIFF) if diff_bytes else "",
             "deleted_files": deleted,
+            # emptyDir volumes lpm-runc fills before the restore: where the container mounts each, and its tar.
+            "volumes": [
+                {"destination": point, "name": name, "tar": str(final / "volumes" / f"{name}.tar")}
+                for point, name in sorted(mounted.items())
+            ],
         }
         _write_atomic(d / "ready", json.dumps(ready).encode())
         seconds = time.monotonic() - started
@@ -216,13 +230,17 @@ class Handoff:
                 shutil.rmtree(child / "staged", ignore_errors=True)
 
 
-def _extract(archive: Iterator[bytes], images: Path, rootfs_diff: Path) -> tuple[int, int, list[str]]:
-    """The kubelet archive's `checkpoint/*` files into `images`, `rootfs-diff.tar` to `rootfs_diff`, and the
-    `deleted.files` list. Only regular files are written, each 0600; a member with a path that leaves its
+def _extract(
+    archive: Iterator[bytes], images: Path, rootfs_diff: Path, volumes: Path
+) -> tuple[int, int, list[str], dict[str, str]]:
+    """The kubelet archive's `checkpoint/*` files into `images`, `rootfs-diff.tar` to `rootfs_diff`, the
+    `deleted.files` list, and (the agent's own dump) the emptyDir volumes' tars into `volumes` with their mount
+    points from `volumes.json`. Only regular files are written, each 0600; a member with a path that leaves its
     directory is refused. Reads `archive` to its end (its integrity check runs there)."""
     reader = IterReader(archive)
     image_bytes = diff_bytes = 0
     deleted: list[str] = []
+    mounted: dict[str, str] = {}
     with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
         for member in tar:
             name = member.name.removeprefix("./")
@@ -239,10 +257,27 @@ def _extract(archive: Iterator[bytes], images: Path, rootfs_diff: Path) -> tuple
                 if not isinstance(data, list) or not all(isinstance(p, str) for p in data):
                     raise HandoffError("deleted.files in the checkpoint archive is not a list of paths")
                 deleted = data
+            elif name.startswith(_VOLUMES_PREFIX) and name.endswith(".tar") and member.isfile():
+                volume = name[len(_VOLUMES_PREFIX) : -len(".tar")]
+                if not _VOLUME_NAME.fullmatch(volume):
+                    raise HandoffError(f"checkpoint archive member {member.name!r} is not a volume's tar")
+                diff_bytes += _copy(tar, member, volumes / f"{volume}.tar")
+            elif name == _VOLUMES and member.isfile():
+                src = tar.extractfile(member)
+                data = json.loads(src.read()) if src else {}
+                if not isinstance(data, dict) or not all(
+                    isinstance(k, str) and k.startswith("/") and isinstance(v, str) and _VOLUME_NAME.fullmatch(v)
+                    for k, v in data.items()
+                ):
+                    raise HandoffError("volumes.json in the checkpoint archive is not {mount point: volume}")
+                mounted = data
     reader.drain()
     if not image_bytes:
         raise HandoffError("the checkpoint archive holds no CRIU images (no checkpoint/ files)")
-    return image_bytes, diff_bytes, deleted
+    missing = sorted(set(mounted.values()) - {p.stem for p in volumes.iterdir()})
+    if missing:
+        raise HandoffError(f"the checkpoint archive lacks the contents of emptyDir volume(s) {', '.join(missing)}")
+    return image_bytes, diff_bytes, deleted, mounted
 
 
 def _copy(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> int:

@@ -472,6 +472,7 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
         out = agent_pb2.EligibilityResponse()
         conns = out.connections
         seen_netns: set[int] = set()
+        carried: set[str] = set()
         for name in names:
             pid = self.d.freezer.pid(request.pod_uid, name)  # NOT_FOUND if the container is not on this node
             try:
@@ -504,11 +505,15 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                         blocking=True,
                     )
             for f in report.open_in_emptydir:
+                if request.empty_dir_moves:
+                    carried.add(f.volume)
+                    continue
                 out.problems.add(
                     container_name=name,
                     check="OpenFileInEmptyDir",
                     message=f"process {f.pid} has {f.path} open in emptyDir volume {f.volume!r}, whose contents "
-                    "stay on this node: the restore on the target cannot reopen it",
+                    "stay on this node with the Image engine: the restore on the target cannot reopen it (the "
+                    "Live engine carries emptyDir contents)",
                     blocking=True,
                 )
         out.checked.append(
@@ -523,7 +528,14 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             )
         )
         open_files = sum(1 for p in out.problems if p.check == "OpenFileInEmptyDir")
-        out.checked.append(f"files open in emptyDir volumes: {open_files}")
+        out.checked.append(
+            f"files open in emptyDir volumes: {open_files}"
+            + (
+                f"; emptyDir volumes with open files move with their contents: {', '.join(sorted(carried))}"
+                if carried
+                else ""
+            )
+        )
         return out
 
     def DescribeRestoreFailure(

@@ -125,9 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Cordon NODE and live-migrate its Running pods that no controller owns, and those of ReplicaSets "
             "(Deployments), StatefulSets and Jobs that opted in (label lpm.my.domain/migratable=true), waiting "
             "until every migration ends. DaemonSet, mirror and finished pods are skipped; other owned pods are "
-            "left for `kubectl drain`, which evicts them so their owner starts them elsewhere. If any pod that should move cannot (not Running, no node can take it), nothing is "
-            "cordoned or migrated. Exit 0 when every migration Completed, 1 when one Failed or the drain was "
-            "refused, 4 on --timeout."
+            "left for `kubectl drain`, which evicts them so their owner starts them elsewhere. If any pod that "
+            "should move cannot (not Running, no node can take it), nothing is cordoned or migrated. Exit 0 "
+            "when every migration Completed, 1 when one Failed or the drain was refused, 4 on --timeout."
         ),
     )
     d.add_argument("node", metavar="NODE")

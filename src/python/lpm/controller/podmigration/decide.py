@@ -501,7 +501,7 @@ def _validating(plan: MigrationPlan) -> None:
     engine = _choose_engine(plan, pod, node, target_caps, owned=handover)
     if engine is None:
         return None
-    eligible = _eligible(plan, pod, waited)
+    eligible = _eligible(plan, pod, waited, engine)
     if eligible is not True:
         return None
     if handover is not None and not handover.released and _webhook_answers(plan, pod, handover) is not True:
@@ -663,7 +663,7 @@ def _spec_problems(pod: PodView) -> list[tuple[str, str]]:
     return out
 
 
-def _eligible(plan: MigrationPlan, pod: PodView, waited: float) -> bool | None:
+def _eligible(plan: MigrationPlan, pod: PodView, waited: float, engine: Engine) -> bool | None:
     """True once the source's agent found nothing that makes the dump or the restore fail for certain (or the
     policy is Warn); None while waiting for it; False once the plan failed. Nothing is frozen before True."""
     m, st = plan.m, plan.status
@@ -673,6 +673,7 @@ def _eligible(plan: MigrationPlan, pod: PodView, waited: float) -> bool | None:
         pod_uid=pod.uid,
         container_names=list(pod.containers),
         tcp_established=m.spec.options.tcp_established,
+        empty_dir_moves=engine is Engine.LIVE,
     )
     out = plan.outcome(CheckEligibility(pod.node_name or "", request))
     if out is None:
