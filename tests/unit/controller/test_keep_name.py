@@ -8,6 +8,7 @@ import json
 from dataclasses import replace
 from datetime import timedelta
 
+import pytest
 from unit.controller.test_handover import LIVE_CAPS, _running
 from unit.controller.test_podmigration_decide import (
     MUID,
@@ -233,9 +234,14 @@ def test_drains_retry_by_name_so_the_replacement_is_never_evicted_while_restored
     assert admission.judge_eviction(_restored_by(m), [m], 0, 2, "node-c", "", now=later).action == "migrate"
 
 
-def test_a_timeout_that_strikes_as_the_restore_succeeds_completes_instead_of_deleting_the_only_copy():
-    m = keeping(MigrationPhase.RESTORING, start_time="2026-01-01T11:00:00Z")
-    runs = replace(pod(uid="new", node="node-b", annotations={c.ANNOTATION_MIGRATION_UID: MUID}), started=("app",))
+@pytest.mark.parametrize("engine", [Engine.LIVE, Engine.IMAGE])
+def test_a_timeout_that_strikes_as_the_restore_succeeds_completes_instead_of_deleting_the_only_copy(engine):
+    """Found by the machine for the Image engine (whose restored pod reports no container starts)."""
+    m = keeping(MigrationPhase.RESTORING, handover=None, start_time="2026-01-01T11:00:00Z")
+    m.status.engine = engine
+    runs = pod(uid="new", node="node-b", annotations={c.ANNOTATION_MIGRATION_UID: MUID})
+    if engine is Engine.LIVE:
+        runs = replace(runs, started=("app",))
     actions = decide(obs(m, source_pod=runs, restored_pod=runs))
     assert not any(isinstance(a, (DeletePod, AbortRestore)) for a in actions)
     assert status(actions).phase is MigrationPhase.COMPLETED

@@ -796,6 +796,15 @@ def _replacement_runs(plan: MigrationPlan) -> bool:
     )
 
 
+def _restore_done(plan: MigrationPlan) -> bool:
+    """The restored pod is up: on the Live engine every container restored by lpm-runc, on the Image engine the
+    pod Running without a problem."""
+    if plan.status.engine is Engine.LIVE:
+        return _replacement_runs(plan)
+    rp = plan.obs.restored_pod
+    return plan.restored_is_ours() and rp is not None and rp.running and not rp.problem
+
+
 def _seconds(duration: object) -> float:
     """A protobuf Duration as its JSON form ("1.500s") in seconds."""
     try:
@@ -1125,7 +1134,7 @@ def _restoring(plan: MigrationPlan) -> None:
         return _rollback(
             plan, "RestoredPodNameTaken", f"a pod named {name} exists and was not made by this migration; delete it"
         )
-    if _replacement_runs(plan) if st.engine is Engine.LIVE else rp.running and not rp.problem:
+    if _restore_done(plan):
         plan.enter(P.CLEANING, "Cleaning", f"pod {name} runs on {plan.m.spec.target_node}; removing the source")
         return _cleaning(plan)
     if rp.deleting or rp.phase in ("Failed", "Succeeded") or rp.problem:
@@ -1191,7 +1200,7 @@ def _failed_after_commit(plan: MigrationPlan, reason: str, message: str) -> None
     the replacement removed (it could only fail; a StatefulSet then starts its pod afresh, which the webhook
     leaves alone once this migration has failed). Ends Failed; the checkpoint stays with the PodMigration."""
     st, rp = plan.status, plan.obs.restored_pod
-    if _replacement_runs(plan):
+    if _restore_done(plan):
         # The restore made it (a timeout that struck as it did): the pod runs, with its state.
         plan.enter(P.CLEANING, "Cleaning", f"pod {rp.name if rp else ''} runs on {plan.m.spec.target_node}")
         return _cleaning(plan)
