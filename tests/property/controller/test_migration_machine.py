@@ -290,3 +290,21 @@ def test_validation_failure_removes_a_replacement_whose_preparing_was_lost(_):
     assert w.migration.status.reason == "TargetNodeNotReady"
     assert not w.restored_pods()
     machine.teardown()
+
+
+@settings(max_examples=1, database=None, deadline=None)
+@given(st.none())
+def test_a_rollback_whose_status_write_was_rejected_never_leaves_a_thawed_source_to_be_migrated_on(_):
+    """Found by the machine: the conversion failed for good, the rollback thawed the source in the same cycle, and
+    the status write that recorded RollingBack was rejected. The next cycle, still in Converting, converted again
+    and restored the pod from the checkpoint the running source had left behind: two copies ran. A rollback is now
+    recorded before anything is undone."""
+    machine = MigrationMachine()
+    machine.setup(containers=["app"], policy="Freeze", cleanup="Delete", timeout=30, live=False)
+    for _ in range(5):
+        machine.reconcile_everything()
+    assert machine.world.migration.status.phase is MigrationPhase.CONVERTING
+    machine.api_fault(fault="reject")
+    machine.agent_fails_next_call(method="ConvertCheckpointToImage", node=TARGET, permanent=True)
+    machine.reconcile_everything()
+    machine.teardown()  # the invariants after every step, to the end

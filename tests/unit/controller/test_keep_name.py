@@ -147,9 +147,11 @@ def test_the_source_is_never_taken_for_its_own_replacement():
 def test_before_the_commit_point_a_timeout_rolls_back_and_thaws():
     m = keeping(MigrationPhase.RESTORING, start_time="2026-01-01T11:00:00Z")
     actions = decide(obs(m, source_pod=sts_pod()))
-    assert status(actions).phase is MigrationPhase.ROLLING_BACK
-    assert not any(isinstance(a, DeletePod) for a in actions)
-    assert any(isinstance(a, ThawSource) for a in actions)
+    st = status(actions)
+    assert st.phase is MigrationPhase.ROLLING_BACK
+    assert not any(isinstance(a, DeletePod) for a in actions), "the source is not deleted: no commit"
+    back = keeping(MigrationPhase.ROLLING_BACK, reason=st.reason, message=st.message)
+    assert any(isinstance(a, ThawSource) for a in decide(obs(back, source_pod=sts_pod())))
 
 
 def test_after_the_commit_point_a_failed_restore_removes_the_replacement_and_says_the_state_is_lost():

@@ -223,8 +223,11 @@ def test_permanent_freeze_failure_rolls_back_and_thaws():
     actions = decide(
         obs(m, source_pod=pod(), outcomes={freeze.key: Outcome.failure("AgentFailedPrecondition", "no cgroup", False)})
     )
-    thaw = [a for a in actions if isinstance(a, ThawSource)]
-    assert thaw and status(actions).phase is MigrationPhase.ROLLING_BACK
+    st = status(actions)
+    assert st.phase is MigrationPhase.ROLLING_BACK
+    assert not any(isinstance(a, ThawSource) for a in actions), "write-ahead: the rollback is recorded first"
+    m2 = migration(MigrationPhase.ROLLING_BACK, source_frozen=True, reason=st.reason, message=st.message)
+    assert any(isinstance(a, ThawSource) for a in decide(obs(m2, source_pod=pod())))
 
 
 def _ready_checkpoint(uid=MUID):
@@ -369,10 +372,12 @@ def test_rollback_removes_the_restored_pod_before_thawing():
         annotations={c.ANNOTATION_MIGRATION_UID: MUID},
     )
     actions = decide(obs(_restoring(), source_pod=pod(), restored_pod=restored))
-    assert [type(a) for a in actions if not isinstance(a, (PatchStatus, EmitEvent))] == [DeletePod]
+    assert [type(a) for a in actions if not isinstance(a, (PatchStatus, EmitEvent))] == [], "recorded first"
     st = status(actions)
     assert st.phase is MigrationPhase.ROLLING_BACK and st.reason == "RestoredPodFailed"
     m2 = migration(MigrationPhase.ROLLING_BACK, source_frozen=True, reason=st.reason, message=st.message)
+    undo = decide(obs(m2, source_pod=pod(), restored_pod=restored))
+    assert [type(a) for a in undo if not isinstance(a, (PatchStatus, EmitEvent))] == [DeletePod]
     again = decide(obs(m2, source_pod=pod(), restored_pod=None))
     (thaw,) = (a for a in again if isinstance(a, ThawSource))
     final = status(decide(obs(m2, source_pod=pod(), outcomes={thaw.key: THAWED})))
@@ -546,7 +551,6 @@ def test_a_restore_criu_failed_is_explained_in_criu_words_from_the_target_agent_
     st = status(actions)
     assert st.phase is MigrationPhase.ROLLING_BACK and st.reason == "RestoreFailed"
     assert "CRIU: Can't open file events.log" in st.message and "Hint: a process holds a file" in st.message
-    assert any(isinstance(a, DeletePod) for a in actions)
     # The target agent kept nothing: the runtime's own words, without its paths.
     none = decide(obs(_restoring(), source_pod=pod(), restored_pod=restored, outcomes={ask.key: Outcome.success({})}))
     msg = status(none).message

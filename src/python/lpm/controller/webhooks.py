@@ -55,12 +55,13 @@ def inject_ca_bundle(rt: Runtime, ca_file: str) -> None:
 
 class _AnswersAreNotErrors(logging.Filter):
     """kopf logs every AdmissionError at ERROR ("Webhook 'eviction' failed permanently: ..."); for LPM a 429
-    is the answer, not a failure. Kept, at INFO, under this module's logger."""
+    (retry later) or a 404 (the pod moved) is the answer, not a failure. Kept, at INFO, under this module's
+    logger."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
         if text.startswith("Webhook 'eviction' failed permanently: "):
-            log.info("eviction answered 429: %s", text.split(": ", 1)[1])
+            log.info("eviction answered: %s", text.split(": ", 1)[1])
             return False
         return True
 

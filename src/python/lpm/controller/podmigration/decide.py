@@ -32,6 +32,8 @@ Safety rules the property tests check, and how this module keeps them:
 - rollback deletes the restored pod and waits until it is *gone* before thawing the source, so two unfrozen
   copies never run at once; on the live engine it first aborts the restore on the target (final: a container
   waiting in lpm-runc fails, none is restored from that checkpoint later);
+- a rollback is recorded (RollingBack) before anything is undone, so it is final: a cycle that thawed the source
+  and lost its status write cannot be followed by one that migrates on from the stale checkpoint;
 - terminal phases return no actions at all;
 - nothing is frozen before the source's agent found nothing that makes the dump or restore fail for certain
   (spec.eligibility Enforce), and a rollback reports the source running only once its agent checked it with the
@@ -1189,10 +1191,13 @@ def _cleaning(plan: MigrationPlan) -> None:
 
 
 def _rollback(plan: MigrationPlan, reason: str, message: str) -> None:
+    """Write-ahead: RollingBack is recorded before anything is undone (the next cycle, which the status write
+    itself triggers, does it), so a rollback is final. Undone in the same cycle, a thaw whose status write was
+    lost would leave a migration that goes on from a checkpoint the running source has left behind (found by the
+    machine: an Image-engine restore next to the thawed source)."""
     if plan.committed():
         return _failed_after_commit(plan, reason, message)
     plan.enter(P.ROLLING_BACK, reason, message)
-    _rolling_back(plan)
 
 
 def _failed_after_commit(plan: MigrationPlan, reason: str, message: str) -> None:
