@@ -473,6 +473,7 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
         conns = out.connections
         seen_netns: set[int] = set()
         carried: set[str] = set()
+        held_open = 0
         for name in names:
             pid = self.d.freezer.pid(request.pod_uid, name)  # NOT_FOUND if the container is not on this node
             try:
@@ -505,6 +506,7 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                         blocking=True,
                     )
             for f in report.open_in_emptydir:
+                held_open += 1
                 if request.empty_dir_moves:
                     carried.add(f.volume)
                     continue
@@ -527,9 +529,8 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                 else ""
             )
         )
-        open_files = sum(1 for p in out.problems if p.check == "OpenFileInEmptyDir")
         out.checked.append(
-            f"files open in emptyDir volumes: {open_files}"
+            f"files open in emptyDir volumes: {held_open}"
             + (
                 f"; emptyDir volumes with open files move with their contents: {', '.join(sorted(carried))}"
                 if carried
