@@ -129,6 +129,27 @@ def test_a_restore_that_criu_fails_on_the_target_rolls_back_and_the_source_keeps
     assert pause < 20.0
 
 
+def test_a_restore_that_fails_after_a_keep_name_commit_point_says_the_state_is_lost_and_keeps_the_checkpoint() -> None:
+    # Keeping the name, the frozen source is deleted once its checkpoint is on the target (the commit point). The
+    # Image engine's checkpoint does not carry the emptyDir, so CRIU then fails the restore: nothing can be thawed.
+    k.start_counter("lost-1", extra_args=("--hold-open", "/data/events.log"), empty_dir="/data")
+    st, took = _forced_migration_fails("lost-1", "mig-lost-1", "--keep-name", "--engine", "Image")
+    assert st["phase"] == "Failed" and st["reason"] == "FailedAfterCommit", st
+    assert "MEMORY STATE IS LOST" in st["message"] and "CRIU: " in st["message"], st["message"]
+    assert st["podCheckpointName"] in st["message"]
+    frozen = next(cd for cd in st["conditions"] if cd["type"] == "SourceFrozen")
+    assert frozen["reason"] == "SourceDeleted", frozen
+    # Neither the source nor the failed replacement (same name) is left; the checkpoint is.
+    k.wait_for(
+        "pod lost-1 gone",
+        lambda: k.kubectl("-n", k.NAMESPACE, "get", "pod", "lost-1", check=False).returncode != 0,
+        timeout=60,
+    )
+    pc = k.kubectl_json("-n", k.NAMESPACE, "get", "podcheckpoint", st["podCheckpointName"])
+    assert pc["status"]["phase"] == "Ready", pc["status"]
+    print(f"[fault-matrix] restore fails after the commit point: migration ended after {took:.1f}s")
+
+
 def test_deleting_the_migration_mid_flight_thaws_the_source_and_leaves_nothing_behind() -> None:
     k.start_counter("del-1", ballast_mib=256)
     seen = k.states("del-1")[-1]["seq"]
