@@ -134,6 +134,10 @@ def test_restoring_deletes_the_frozen_source_by_uid_then_creates_the_replacement
     after = decide(obs(m, source_pod=None))
     (create,) = (a for a in after if isinstance(a, CreateRestoredPod))
     assert create.body["metadata"]["name"] == "web"
+    # Once it runs the migration completes, and the manifest (the pod spec, env values included) is dropped.
+    runs = replace(pod(uid="new", node="node-b", annotations={c.ANNOTATION_MIGRATION_UID: MUID}), started=("app",))
+    done = status(decide(obs(m, source_pod=runs, restored_pod=runs)))
+    assert done.phase is MigrationPhase.COMPLETED and done.replacement_manifest is None
 
 
 def test_the_source_is_never_taken_for_its_own_replacement():

@@ -248,7 +248,7 @@ class PodMigrationStatus:
     )
     replacement_manifest: str | None = spec_field(
         "A pod that keeps its name (spec.keepName, no owner): the replacement the controller creates once the "
-        "source is gone, as JSON; recorded before the source is deleted."
+        "source is gone, as JSON; recorded before the source is deleted, cleared once the migration ends."
     )
     container_images: list[ContainerImage] = spec_field(
         "Checkpoint image per container on the target node.", default_factory=list

@@ -1164,6 +1164,8 @@ def _restoring(plan: MigrationPlan) -> None:
 def _cleaning(plan: MigrationPlan) -> None:
     st, m = plan.status, plan.m
     src = plan.source()
+    # The replacement exists: its manifest (the pod spec, env values included) need not stay in the status.
+    st.replacement_manifest = None
     done_msg = f"pod {m.spec.pod_name} now runs as {st.restored_pod_name} on {m.spec.target_node}"
     if m.spec.source_cleanup is SourceCleanup.DELETE and src is not None and not src.deleting:
         # A frozen source cannot shut down gracefully, and must not: its state now lives in the restored pod.
@@ -1216,6 +1218,7 @@ def _failed_after_commit(plan: MigrationPlan, reason: str, message: str) -> None
         out = plan.outcome(DeletePod(namespace=plan.ns, name=rp.name, uid=rp.uid, grace_period_seconds=0))
         if out is None or (not out.ok and out.retryable):
             return plan.note(reason, message)
+    st.replacement_manifest = None  # nothing will be created from it any more
     again = f"; {st.handover.kind} {st.handover.name} starts it afresh" if st.handover else ""
     plan.enter(
         P.FAILED,
