@@ -111,19 +111,26 @@ def replacement(incoming: Mapping[str, Any], migration: PodMigration, source: Ma
             return None
         if source is not None and (source.get("metadata") or {}).get("uid") == st.pod_uid:
             return None  # not deleted yet (the owner cannot have made a pod of this name)
-        meta = incoming.get("metadata") or {}
-        # The source is gone: what the restored pod records of it comes from the migration.
-        source = {
-            "metadata": {"name": migration.spec.pod_name, "namespace": meta.get("namespace")},
-            "spec": {"nodeName": st.source_node, "containers": (incoming.get("spec") or {}).get("containers")},
+        # The source is gone: what the restored pod records of it comes from the migration. Its containers are
+        # the StatefulSet's template, as the source's were: there is nothing left to compare them with.
+        namespace = (incoming.get("metadata") or {}).get("namespace")
+        gone = {
+            "metadata": {"name": migration.spec.pod_name, "namespace": namespace},
+            "spec": {"nodeName": st.source_node},
         }
-    elif source is None or (source.get("metadata") or {}).get("uid") != st.pod_uid:
+        return _restore_target(incoming, migration, gone)
+    if source is None or (source.get("metadata") or {}).get("uid") != st.pod_uid:
         return None
-    elif released_by(source, str(migration.metadata.get("uid"))) is None:
+    if released_by(source, str(migration.metadata.get("uid"))) is None:
         return None
     names = [ctr.get("name") for ctr in (incoming.get("spec") or {}).get("containers") or []]
     if names != [ctr.get("name") for ctr in (source.get("spec") or {}).get("containers") or []]:
         return None
+    return _restore_target(incoming, migration, source)
+
+
+def _restore_target(incoming: Mapping[str, Any], migration: PodMigration, source: Mapping[str, Any]) -> dict:
+    st = migration.status
     return build_handover_pod(
         incoming,
         source,

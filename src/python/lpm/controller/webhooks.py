@@ -125,10 +125,11 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime, cfg: WebhookConfig) -
             return
         view = PodView.from_api(pod)
         nodes = rt.kube.list("nodes", None)
+        views = [NodeView.from_api(n) for n in nodes]
         drain = plan_drain(
             view.node_name or "",
             [view],
-            [NodeView.from_api(n) for n in nodes],
+            views,
             {str(n["metadata"]["name"]): Taint.all_from_api(n) for n in nodes},
         )
         target = drain.moves[0].target if drain.moves else None
@@ -139,9 +140,7 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime, cfg: WebhookConfig) -
         moving = {m.spec.pod_name for m in here if not m.status.phase.terminal and m.spec.pod_name != name}
         migrating = [p for p in rt.kube.list("pods", namespace) if p["metadata"]["name"] in moving]
         budget = admission.budget_problem(pod, rt.kube.list("poddisruptionbudgets", namespace), migrating)
-        here_cordoned = any(
-            n["metadata"]["name"] == view.node_name and NodeView.from_api(n).unschedulable for n in nodes
-        )
+        here_cordoned = any(n.name == view.node_name and n.unschedulable for n in views)
         verdict = admission.judge_eviction(
             pod, here, away, cfg.max_migrations_per_node, target, problem, budget, here_cordoned, rt.now()
         )
