@@ -344,3 +344,11 @@ def test_a_release_whose_reply_was_lost_is_still_given_back():
     assert [a.body for a in actions if isinstance(a, PatchPod)] == [readopt_patch(PUID, HANDOVER)]
     assert not any(isinstance(a, DeletePod) for a in actions)
     assert status(actions).handover.released
+
+
+def test_a_release_whose_status_write_was_lost_is_recorded_once_the_replacement_exists():
+    """Seen in CI (tests/e2e/test_owned.py): the cycle that released the source lost its status write, the owner's
+    replacement then existed, and Preparing went on with status.handover.released still false: the status said
+    the source had not been released although it had."""
+    st = status(decide(obs(_preparing(), source_pod=_released_source(), restored_pod=_replacement())))
+    assert st.handover.released and st.phase is MigrationPhase.PREPARING

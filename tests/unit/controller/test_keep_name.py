@@ -47,6 +47,11 @@ def sts_pod(**kw):
     return pod(owner="StatefulSet/web", labels=OPTED_IN, **kw)
 
 
+def replacement(**kw):
+    """The restored pod under the source's name: a new UID on the target, made by this migration."""
+    return pod(uid="new", node="node-b", annotations={c.ANNOTATION_MIGRATION_UID: MUID}, **kw)
+
+
 def _answered(decide_once, first_outcomes):
     """Run `decide_once(outcomes)` until it asks for nothing new, answering every effect with success (a webhook
     probe comes back marked). Returns the last answer and every effect asked for on the way."""
@@ -135,7 +140,7 @@ def test_restoring_deletes_the_frozen_source_by_uid_then_creates_the_replacement
     (create,) = (a for a in after if isinstance(a, CreateRestoredPod))
     assert create.body["metadata"]["name"] == "web"
     # Once it runs the migration completes, and the manifest (the pod spec, env values included) is dropped.
-    runs = replace(pod(uid="new", node="node-b", annotations={c.ANNOTATION_MIGRATION_UID: MUID}), started=("app",))
+    runs = replace(replacement(), started=("app",))
     done = status(decide(obs(m, source_pod=runs, restored_pod=runs)))
     assert done.phase is MigrationPhase.COMPLETED and done.replacement_manifest is None
 
@@ -160,13 +165,7 @@ def test_before_the_commit_point_a_timeout_rolls_back_and_thaws():
 
 def test_after_the_commit_point_a_failed_restore_removes_the_replacement_and_says_the_state_is_lost():
     m = keeping(MigrationPhase.RESTORING)
-    broken = pod(
-        problem="CrashLoopBackOff",
-        phase="Pending",
-        uid="new",
-        node="node-b",
-        annotations={c.ANNOTATION_MIGRATION_UID: MUID},
-    )
+    broken = replacement(problem="CrashLoopBackOff", phase="Pending")
     actions, asked = _answered(lambda o: decide(obs(m, source_pod=broken, restored_pod=broken, outcomes=o)), {})
     assert not any(isinstance(a, ThawSource) for a in asked), "nothing to thaw: the source is gone"
     assert any(isinstance(a, AbortRestore) for a in asked)
@@ -189,7 +188,7 @@ def test_after_the_commit_point_a_timeout_does_not_roll_back_and_the_statefulset
 def test_deleting_a_migration_past_its_commit_point_leaves_the_restore_alone():
     m = keeping(MigrationPhase.RESTORING)
     m.metadata["deletionTimestamp"] = "2026-01-01T12:00:00Z"
-    target = pod(phase="Pending", uid="new", node="node-b", annotations={c.ANNOTATION_MIGRATION_UID: MUID})
+    target = replacement(phase="Pending")
     actions = decide_finalize(obs(m, source_pod=target, restored_pod=target))
     assert not any(isinstance(a, (AbortRestore, DeletePod, ThawSource)) for a in actions)
 
@@ -245,7 +244,7 @@ def test_a_timeout_that_strikes_as_the_restore_succeeds_completes_instead_of_del
     """Found by the machine for the Image engine (whose restored pod reports no container starts)."""
     m = keeping(MigrationPhase.RESTORING, handover=None, start_time="2026-01-01T11:00:00Z")
     m.status.engine = engine
-    runs = pod(uid="new", node="node-b", annotations={c.ANNOTATION_MIGRATION_UID: MUID})
+    runs = replacement()
     if engine is Engine.LIVE:
         runs = replace(runs, started=("app",))
     actions = decide(obs(m, source_pod=runs, restored_pod=runs))

@@ -968,6 +968,7 @@ def _preparing(plan: MigrationPlan) -> None:
     then waits in lpm-runc (kubelet starts a pod's containers one after another)."""
     st, rp, target = plan.status, plan.obs.restored_pod, plan.m.spec.target_node
     name = st.restored_pod_name or restored_pod_name(plan.m.spec.pod_name, plan.uid)
+    _note_release(plan)
     if rp is None and st.handover is not None:
         return _hand_over(plan, st.handover, name)
     if rp is None:
@@ -1243,6 +1244,16 @@ def _runs(plan: MigrationPlan) -> bool:
     return plan.restored_is_ours() and rp is not None and rp.phase == "Running" and not rp.deleting
 
 
+def _note_release(plan: MigrationPlan) -> None:
+    """status.handover.released from the source itself: the status write that recorded the release, or the
+    release's reply, may have been lost, while the source still says this migration released it."""
+    handover, src = plan.status.handover, plan.source()
+    if handover is None or handover.released or src is None:
+        return
+    if released_by(src.raw, plan.uid) is not None or src.labels.get(handover.label) == c.RELEASED_LABEL_VALUE:
+        handover.released = True
+
+
 def _give_back(plan: MigrationPlan) -> bool | None:
     """Owned pod released by this migration: its label goes back and its owner adopts it again *before* the
     replacement is deleted (the owner, seeing a replica more, scales the waiting replacement away itself; deleted
@@ -1251,9 +1262,7 @@ def _give_back(plan: MigrationPlan) -> bool | None:
     handover = st.handover
     if handover is None or src is None or src.deleting:
         return True
-    if released_by(src.raw, plan.uid) is not None or src.labels.get(handover.label) == c.RELEASED_LABEL_VALUE:
-        # The source says it was released, whatever the status recorded (the release's reply may have been lost).
-        handover.released = True
+    _note_release(plan)
     if not handover.released:
         return True
     if src.labels.get(handover.label) != handover.value:
