@@ -53,6 +53,7 @@ NODE_MOUNTS = [
     ("/var/log/containers", "log-containers"),
     ("/tmp", None),  # containerd's restore scratch mounts live here; gone with the node
     ("/var/lib/lpm", "lpm"),  # the node's hand-off root with lpm-runc (/var/lib/lpm/restore)
+    ("/run/lpm", None),  # LPM's memory-backed dumps and staged checkpoints: /run is a tmpfs on a systemd host
     ("/etc/criu", "etc-criu"),  # runc.conf: the CRIU options of every runc checkpoint and restore on the node
 ]
 CGROUP_CONTROLLERS_DIR = Path("/sys/fs/cgroup")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lpm.agent.handoff import Aborted, Handoff, HandoffError, State
+from lpm.agent.scratch import Scratch
 
 CKPT = "20260101t000000z-abcdef12"
 
@@ -165,3 +166,29 @@ def test_a_volume_list_that_does_not_add_up_is_refused(tmp_path: Path, members: 
     with pytest.raises(HandoffError):
         Handoff(tmp_path).stage(CKPT, "app", chunks(archive({"checkpoint/inventory.img": b"inv", **members})))
     assert not (tmp_path / CKPT / "app" / "ready").exists()
+
+
+def test_a_checkpoint_that_fits_in_memory_is_staged_there_and_released_from_there(tmp_path: Path) -> None:
+    root, memory = tmp_path / "root", tmp_path / "memory"
+    h = Handoff(root, scratch=Scratch(memory, root, reserve_fraction=0.0, reserve_min_bytes=0, headroom=lambda: None))
+    h.stage(CKPT, "app", chunks(KUBELET_ARCHIVE), size_bytes=len(KUBELET_ARCHIVE))
+    ready = json.loads((root / CKPT / "app" / "ready").read_text())
+    images = Path(ready["images"])
+    assert images == memory / CKPT / "app" / "staged" / "images"
+    assert (images / "pages-1.img").read_bytes() == b"p" * 5000
+    assert Path(ready["rootfs_diff"]).parent == images.parent
+    assert not (root / CKPT / "app" / "staged").exists(), "staged once, in memory only"
+    h.stage(CKPT, "other", chunks(KUBELET_ARCHIVE))  # size unknown: beside the markers, as before
+    assert Path(json.loads((root / CKPT / "other" / "ready").read_text())["images"]).is_relative_to(root)
+    h.abort(CKPT, "rolled back")
+    assert not (memory / CKPT).exists() and not (root / CKPT / "other" / "staged").exists()
+    assert (root / CKPT / "app" / "ready").exists() and h.aborted(CKPT) == "rolled back", "the markers stay"
+
+
+def test_a_memory_directory_that_is_the_root_itself_never_takes_the_markers_with_it(tmp_path: Path) -> None:
+    h = Handoff(tmp_path, tmp_path)
+    assert h.scratch.memory is None
+    h.stage(CKPT, "app", chunks(KUBELET_ARCHIVE), size_bytes=len(KUBELET_ARCHIVE))
+    h.release(CKPT)
+    assert (tmp_path / CKPT / "app" / "ready").exists()
+    assert not (tmp_path / CKPT / "app" / "staged").exists()

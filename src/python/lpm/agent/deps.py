@@ -90,6 +90,7 @@ def build_deps(cfg: AgentConfig, locate: fz.Locate | None = None, backoff: Backo
         or Backoff(retries=cfg.kubelet_retries, initial=cfg.kubelet_backoff_initial, factor=cfg.kubelet_backoff_factor),
     )
     cgroup_root = Path(cfg.cgroup_root)
+    memory = Path(cfg.memory_dir) if cfg.memory_dir else None
     method = (
         cfg.freeze_method
         if cfg.freeze_method != "auto"
@@ -134,7 +135,11 @@ def build_deps(cfg: AgentConfig, locate: fz.Locate | None = None, backoff: Backo
         runtime_task_dir=Path(cfg.runtime_task_dir),
         proc_root=Path(cfg.proc_root),
         restore_logs=RestoreLogWatcher(Path(cfg.runtime_state_dir), bundle_dir=Path(cfg.runtime_task_dir)),
-        handoff=ho.Handoff(Path(cfg.restore_handoff_dir)) if cfg.restore_handoff_dir else None,
+        handoff=(
+            ho.Handoff(Path(cfg.restore_handoff_dir), memory / "restore" if memory else None)
+            if cfg.restore_handoff_dir
+            else None
+        ),
         dumper=(
             dp.RuntimeDumper(
                 Path(cfg.dump_dir),
@@ -142,6 +147,7 @@ def build_deps(cfg: AgentConfig, locate: fz.Locate | None = None, backoff: Backo
                 address=cfg.containerd_address,
                 ctr=cfg.ctr,
                 task_dir=Path(cfg.runtime_task_dir) if cfg.runtime_task_dir else None,
+                memory_dir=memory / "dump" if memory else None,
             )
             if cfg.dump_dir and method == "containerd"
             else None

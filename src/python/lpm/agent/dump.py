@@ -14,7 +14,8 @@ restores through lpm-runc.
 
 A task that containerd paused (the Freezer's containerd control) is checkpointed as it is and stays paused:
 containerd pauses and resumes around the dump only a task it believes is running. The images are written by
-the shim on the node, into a directory the agent sees at the same path (`--dump-dir`), made 0700.
+the shim on the node, into a directory the agent sees at the same path, made 0700: in memory (`--memory-dir`,
+see lpm.agent.scratch) when twice the container's resident memory fits there, else on disk (`--dump-dir`).
 
 emptyDir volumes mounted in the container travel with it: each one's contents (read through the frozen process's
 own root, `/proc/<pid>/root/<mount point>`) become `volumes/<volume>.tar`, and `volumes.json` maps mount points to
@@ -43,11 +44,13 @@ from typing import Final
 
 from lpm.agent import eligibility
 from lpm.agent.kubelet import CheckpointResult
+from lpm.agent.scratch import Scratch, resident_bytes
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DUMP_DIR: Final = "/var/lib/lpm/dump"
 _OPAQUE_XATTRS: Final = ("trusted.overlay.opaque", "user.overlay.opaque")
+_DIFF_ALLOWANCE: Final = 64 << 20  # the rootfs diff and emptyDir contents, written before the size is known
 
 
 class DumpError(Exception):
@@ -205,6 +208,8 @@ class RuntimeDumper:
     # containerd's task bundles (config.json, the container's OCI spec): the archive carries it as spec.dump,
     # as the kubelet's does, so that checkpointctl reads either. None: the archive goes without.
     task_dir: Path | None = None
+    # Memory-backed dump directory (lpm.agent.scratch); None: always dump_dir.
+    memory_dir: Path | None = None
 
     def _ctr(self, timeout: float, *args: str) -> subprocess.CompletedProcess[str]:
         argv = [self.ctr, "--address", self.address, "-n", self.namespace, *args]
@@ -236,9 +241,13 @@ class RuntimeDumper:
         except OSError as exc:
             raise DumpError(f"cannot read the container's mount table: {exc.strerror}") from None
         overlay = root_overlay(mountinfo)
-        self.dump_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.sweep()
-        work = Path(tempfile.mkdtemp(prefix=f".{label}-", dir=self.dump_dir))
+        # The images (CRIU writes them: charged to the runtime) and then the archive made of them (this agent
+        # writes it: charged to this agent's memory limit), and room for the file changes.
+        resident = resident_bytes(self.proc_root, pid)
+        need = 2 * resident + _DIFF_ALLOWANCE
+        base = self._scratch().pick(need, f"the dump of {label}", charged_bytes=resident + _DIFF_ALLOWANCE)
+        work = Path(tempfile.mkdtemp(prefix=f".{label}-", dir=base))
         archive = work.with_suffix(".tar")
         try:
             # The file-system changes first: the task is frozen, so they are final, and a change the agent
@@ -279,9 +288,10 @@ class RuntimeDumper:
                     tar.add(work / "volumes" / f"{name}.tar", arcname=f"volumes/{name}.tar")
                 tar.add(work / "volumes.json", arcname="volumes.json")
             log.info(
-                "dumped %s through containerd in %.3fs (rootfs diff and %d emptyDir volumes %.3fs, CRIU %.3fs, %d "
-                "changes, %d deleted)",
+                "dumped %s through containerd into %s in %.3fs (rootfs diff and %d emptyDir volumes %.3fs, CRIU "
+                "%.3fs, %d changes, %d deleted)",
                 label,
+                base,
                 time.monotonic() - started,
                 len(volumes),
                 diffed - started,
@@ -322,10 +332,13 @@ class RuntimeDumper:
         }
         (work / "config.dump").write_text(json.dumps(config))
 
+    def _scratch(self) -> Scratch:
+        return Scratch(self.memory_dir, self.dump_dir)
+
     def sweep(self, older_than: float = 3600.0) -> None:
         """Remove what an agent that died mid-dump left behind (process memory: never keep it)."""
         cutoff = time.time() - older_than
-        for entry in self.dump_dir.glob(".*"):
+        for entry in (e for root in self._scratch().roots() for e in root.glob(".*")):
             try:
                 if entry.lstat().st_mtime < cutoff:
                     if entry.is_dir() and not entry.is_symlink():

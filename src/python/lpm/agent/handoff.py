@@ -21,7 +21,9 @@ atomically (temporary name, then rename):
                                                  CRIU's log kept beside it in restore-failed.log
 
 The staged data is process memory: directories are 0700, files 0600, and the images are removed once the
-container was restored or the restore was aborted.
+container was restored or the restore was aborted. They are staged in memory when the archive fits there
+(`<memory>/<checkpoint id>/<container>/staged`, see lpm.agent.scratch), else beside the markers
+(`<root>/<checkpoint id>/<container>/staged`); `ready` names the directory either way.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lpm.agent.images import IterReader
+from lpm.agent.scratch import Scratch
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +108,11 @@ def _check(checkpoint_id: str, container: str | None = None) -> None:
 
 
 class Handoff:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, memory: Path | None = None, scratch: Scratch | None = None) -> None:
         self.root = root
+        # Where staged images go: memory if they fit, else root. (A memory directory that is the root itself
+        # would have release() delete the markers with the data.)
+        self.scratch = scratch or Scratch(memory if memory != root else None, root)
 
     def usable(self) -> str:
         """Empty when the hand-off directory can be used; otherwise why not."""
@@ -152,10 +158,11 @@ class Handoff:
             out.append(ContainerState(name, state, str(waiting.get("container_id", "")), str(waiting.get("since", ""))))
         return out
 
-    def stage(self, checkpoint_id: str, container: str, archive: Iterator[bytes]) -> Staged:
+    def stage(self, checkpoint_id: str, container: str, archive: Iterator[bytes], size_bytes: int = 0) -> Staged:
         """Lay out one container's checkpoint archive (the kubelet's tar, as a verified chunk stream) for
         lpm-runc. `archive` raises at its end if the bytes did not match their manifest: `ready` is written only
-        after that end was reached. Idempotent: an already staged or restored container is left as it is."""
+        after that end was reached. `size_bytes`: the archive's size if known, which decides whether it is staged
+        in memory. Idempotent: an already staged or restored container is left as it is."""
         started = time.monotonic()
         d = self._dir(checkpoint_id, container)
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -163,18 +170,23 @@ class Handoff:
             raise Aborted(f"checkpoint {checkpoint_id} was aborted: {self.aborted(checkpoint_id)}")
         if (d / "ready").exists() or (d / "restored").exists():
             return Staged(container, 0, 0, 0.0)
-        for stale in d.glob(".staging-*"):  # left by an agent killed mid-transfer (only one stager at a time)
-            shutil.rmtree(stale, ignore_errors=True)
-        work = Path(tempfile.mkdtemp(prefix=".staging-", dir=d))
+        for root in self.scratch.roots():
+            # Left by an agent killed mid-transfer (only one stager at a time), or staged without its `ready`.
+            for stale in (root / checkpoint_id / container).glob(".staging-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            shutil.rmtree(root / checkpoint_id / container / "staged", ignore_errors=True)
+        # This agent writes the staged images itself: in memory, they count against its memory limit.
+        what = f"checkpoint {checkpoint_id}/{container}"
+        tier = self.scratch.pick(size_bytes, what, charged_bytes=size_bytes) / checkpoint_id / container
+        tier.mkdir(mode=0o700, parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".staging-", dir=tier))
         try:
             images = work / "images"
             images.mkdir(mode=0o700)
             volumes = work / "volumes"
             volumes.mkdir(mode=0o700)
             image_bytes, diff_bytes, deleted, mounted = _extract(archive, images, work / _ROOTFS_DIFF, volumes)
-            final = d / "staged"
-            if final.exists():
-                shutil.rmtree(final)
+            final = tier / "staged"
             os.rename(work, final)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
@@ -195,7 +207,12 @@ class Handoff:
         _write_atomic(d / "ready", json.dumps(ready).encode())
         seconds = time.monotonic() - started
         log.info(
-            "staged %s/%s for lpm-runc: %d bytes of images in %.2fs", checkpoint_id, container, image_bytes, seconds
+            "staged %s/%s for lpm-runc in %s: %d bytes of images in %.2fs",
+            checkpoint_id,
+            container,
+            final,
+            image_bytes,
+            seconds,
         )
         return Staged(container, image_bytes, diff_bytes, seconds)
 
@@ -223,6 +240,8 @@ class Handoff:
         """Removes staged images (process memory). Keeps the small markers, so a restarted container of a
         restored pod starts fresh and an aborted ID stays aborted."""
         base = self._dir(checkpoint_id)
+        if self.scratch.memory is not None:
+            shutil.rmtree(self.scratch.memory / checkpoint_id, ignore_errors=True)  # holds nothing but staged data
         if not base.is_dir():
             return
         for child in base.iterdir():

@@ -22,9 +22,11 @@ the reason is not one that fails for certain, and answers CheckpointRefused with
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import NoReturn, TypeVar
@@ -144,6 +146,13 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
 
 # What a peer agent (client certificate CN lpm-agent) may call on another agent: only hand over a checkpoint.
 PEER_METHODS = frozenset({"ReceiveCheckpoint"})
+
+
+def _lowest_cpu_priority() -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except OSError as exc:  # not fatal: the copy then competes with the push as it always did
+        log.warning("cannot lower the durable copy's CPU priority: %s", exc)
 
 
 def _peer_may_call(context: grpc.ServicerContext, method: str) -> None:
@@ -273,9 +282,10 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             ).start()
         else:
             progress.stage(ckpt, ctr, "storing", size)
-        try:
+
+        def store() -> Manifest:
             with open(result.local_path, "rb") as raw:
-                manifest = self.d.store.put_archive(
+                return self.d.store.put_archive(
                     ref,
                     Counted(raw, lambda n: progress.moved(ckpt, ctr, "storing", n)),
                     zstd_level=level,
@@ -291,7 +301,16 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                         runtime_version=self.d.runtime_version,
                     ),
                 )
-            if push is not None:
+
+        try:
+            if push is None:
+                manifest = store()
+            else:
+                # The durable copy must not slow the push, which the frozen source waits for: it runs at the lowest
+                # CPU priority (on a fresh thread, with its zstd workers: an unprivileged agent cannot raise a
+                # priority again), so it takes only what the push and the target leave.
+                with ThreadPoolExecutor(1, thread_name_prefix="store", initializer=_lowest_cpu_priority) as pool:
+                    manifest = pool.submit(store).result()
                 push.wait(timeout - (time.monotonic() - started))
         finally:
             # The archive holds the container's memory and is root-only on the node: never leave it there.
@@ -613,7 +632,10 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             with self._slot(context, f"staging {ref.uri}"):
                 if not self.d.store.is_complete(ref.key):
                     raise CheckpointIncomplete(f"{ref.uri}: the checkpoint has no completion marker")
-                staged = handoff.stage(request.checkpoint_id, request.container_name, self.d.store.read_raw(ref))
+                size = self.d.store.manifest(ref).info.raw_size
+                staged = handoff.stage(
+                    request.checkpoint_id, request.container_name, self.d.store.read_raw(ref), size_bytes=size
+                )
             return agent_pb2.StageRestoreResponse(
                 image_bytes=staged.image_bytes,
                 rootfs_diff_bytes=staged.rootfs_diff_bytes,
@@ -631,7 +653,12 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             if first is None or not first.checkpoint_id:
                 raise ValueError("the stream's first chunk names no checkpoint")
             name = require_label("container name", first.container_name)
-            staged = handoff.stage(first.checkpoint_id, name, transfer.received(first, request_iterator))
+            staged = handoff.stage(
+                first.checkpoint_id,
+                name,
+                transfer.received(first, request_iterator),
+                size_bytes=first.expected_size_bytes,
+            )
             return agent_pb2.StageRestoreResponse(
                 image_bytes=staged.image_bytes,
                 rootfs_diff_bytes=staged.rootfs_diff_bytes,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -54,18 +55,21 @@ class PeerTLS:
 def chunks(
     path: Path, checkpoint_id: str, container: str, sent: Callable[[int], None] | None = None
 ) -> Iterator[agent_pb2.CheckpointChunk]:
-    """The archive as a stream: ids on the first chunk, size and sha256 on the last; `sent` hears of each chunk
-    as gRPC takes it."""
+    """The archive as a stream: ids and the expected size on the first chunk, size and sha256 on the last; `sent`
+    hears of each chunk as gRPC takes it."""
     digest, size = hashlib.sha256(), 0
     first = True
     with open(path, "rb") as f:
+        expected = os.fstat(f.fileno()).st_size
         while data := f.read(CHUNK):
             digest.update(data)
             size += len(data)
             if sent is not None:
                 sent(len(data))
             if first:
-                yield agent_pb2.CheckpointChunk(checkpoint_id=checkpoint_id, container_name=container, data=data)
+                yield agent_pb2.CheckpointChunk(
+                    checkpoint_id=checkpoint_id, container_name=container, data=data, expected_size_bytes=expected
+                )
                 first = False
             else:
                 yield agent_pb2.CheckpointChunk(data=data)
