@@ -285,8 +285,12 @@ def test_the_runtime_dump_takes_a_paused_tasks_images_and_overlay_changes_and_le
         assert dumper.usable() == ""
         result = dumper.dump("dump", control.pid("dump"), "ck-d-app", timeout=60)
         try:
-            assert result.local_path.stat().st_mode & 0o777 == 0o600
-            with tarfile.open(result.local_path) as tar:
+            assert result.local_path.stat().st_mode & 0o777 == 0o700
+            archive = tmp_path / "archive.tar"  # what the push and the store read, written here to look at it
+            with result.open() as raw:
+                archive.write_bytes(raw.read())
+            assert archive.stat().st_size == result.size
+            with tarfile.open(archive) as tar:
                 names = tar.getnames()
                 assert "checkpoint/inventory.img" in names and any(n.startswith("checkpoint/pages-") for n in names)
                 assert json.loads(tar.extractfile("deleted.files").read()) == ["/etc/motd"]  # type: ignore[union-attr]
@@ -295,13 +299,11 @@ def test_the_runtime_dump_takes_a_paused_tasks_images_and_overlay_changes_and_le
                 assert json.loads(tar.extractfile("config.dump").read())["id"] == "dump"  # type: ignore[union-attr]
             # Forensics read it as they read the kubelet's archives (tests/integration/agent/setup-host.sh).
             assert shutil.which("checkpointctl"), "checkpointctl missing: run tests/integration/agent/setup-host.sh"
-            shown = subprocess.run(
-                ["checkpointctl", "show", str(result.local_path)], capture_output=True, text=True, check=False
-            )
+            shown = subprocess.run(["checkpointctl", "show", str(archive)], capture_output=True, text=True, check=False)
             assert shown.returncode == 0, shown.stderr
             assert "dump" in shown.stdout and "runc" in shown.stdout, shown.stdout
         finally:
-            result.local_path.unlink()
+            result.discard()
         assert list((tmp_path / "dumps").iterdir()) == [], "nothing of the dump (process memory) is left behind"
         assert control.status("dump") == "PAUSED", "the dump must leave the source paused"
         time.sleep(0.3)

@@ -16,6 +16,7 @@ from integration.agent.harness import Pki
 from lpm.agent import config, transfer
 from lpm.agent import freezer as fz
 from lpm.agent.deps import Deps
+from lpm.agent.dump import TarLayout
 from lpm.agent.handoff import Handoff
 from lpm.agent.images import ImageLoader
 from lpm.agent.server import AgentServer
@@ -73,8 +74,9 @@ def peer(pki: Pki) -> transfer.PeerTLS:
 def test_a_pushed_archive_is_staged_verified_on_the_target(tmp_path: Path, pki: Pki, target) -> None:
     server, handoff = target
     pages = bytes(range(256)) * 20000  # 5 MB: several chunks
+    path = archive(tmp_path / "a.tar", pages)
     push = transfer.Push(
-        f"127.0.0.1:{server.port}", CKPT, "app", archive(tmp_path / "a.tar", pages), peer(pki), timeout=30
+        f"127.0.0.1:{server.port}", CKPT, "app", lambda: path.open("rb"), path.stat().st_size, peer(pki), timeout=30
     )
     push.start().wait(30)
     assert push.ok, push.message
@@ -82,11 +84,33 @@ def test_a_pushed_archive_is_staged_verified_on_the_target(tmp_path: Path, pki: 
     assert (Path(ready["images"]) / "pages-1.img").read_bytes() == pages
 
 
+def test_a_dump_read_as_an_archive_without_being_written_is_staged_whole_on_the_target(
+    tmp_path: Path, pki: Pki, target
+) -> None:
+    server, _ = target
+    dump = tmp_path / "dump"
+    (dump / "checkpoint").mkdir(parents=True)
+    pages = bytes(range(256)) * 8193  # not a multiple of the tar block size
+    (dump / "checkpoint" / "pages-1.img").write_bytes(pages)
+    (dump / "checkpoint" / "inventory.img").write_bytes(b"inv")
+    (dump / "deleted.files").write_text('["/etc/old"]')
+    (dump / "volumes.json").write_text("{}")
+    names = ["checkpoint", "checkpoint/inventory.img", "checkpoint/pages-1.img", "deleted.files", "volumes.json"]
+    layout = TarLayout.of(dump, names)
+    push = transfer.Push(f"127.0.0.1:{server.port}", CKPT, "app", layout.open, layout.size, peer(pki), timeout=30)
+    push.start().wait(30)
+    assert push.ok, push.message
+    ready = json.loads((tmp_path / "handoff" / CKPT / "app" / "ready").read_text())
+    assert (Path(ready["images"]) / "pages-1.img").read_bytes() == pages
+    assert ready["deleted_files"] == ["/etc/old"]
+
+
 def test_a_stream_that_does_not_match_its_trailer_is_refused_and_nothing_is_staged(
     tmp_path: Path, pki: Pki, target
 ) -> None:
     server, _ = target
-    good = list(transfer.chunks(archive(tmp_path / "a.tar", b"p" * 3000), CKPT, "app"))
+    path = archive(tmp_path / "a.tar", b"p" * 3000)
+    good = list(transfer.chunks(lambda: path.open("rb"), path.stat().st_size, CKPT, "app"))
     tampered = [*good[:-1], agent_pb2.CheckpointChunk(last=True, raw_size_bytes=7, raw_sha256="0" * 64)]
     with peer(pki).channel(f"127.0.0.1:{server.port}") as channel:
         with pytest.raises(grpc.RpcError) as refused:

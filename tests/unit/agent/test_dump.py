@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tarfile
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lpm.agent.dump import DumpError, Overlay, root_overlay, write_rootfs_diff
+from lpm.agent.dump import DumpError, Overlay, TarLayout, root_overlay, write_rootfs_diff
 
 MOUNTINFO = (
     "1203 1190 0:317 / / rw,relatime master:437 - overlay overlay rw,lowerdir=/var/lib/containerd/io.containerd."
@@ -132,3 +133,29 @@ def test_each_emptydir_a_container_mounts_becomes_one_tar_read_through_its_root(
         assert set(members) == {"events.log", "sub", "sub/x", "link"}
         assert members["link"].issym() and members["link"].linkname == "/etc/passwd"
         assert tar.extractfile(members["events.log"]).read() == b"1\n2\n"  # type: ignore[union-attr]
+
+
+def test_a_dump_reads_as_one_tar_archive_that_every_reader_gets_byte_for_byte(tmp_path: Path) -> None:
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "pages-1.img").write_bytes(b"p" * 70000)
+    (tmp_path / "checkpoint" / "empty.img").write_bytes(b"")
+    (tmp_path / "deleted.files").write_text("[]")
+    names = ["checkpoint", "checkpoint/empty.img", "checkpoint/pages-1.img", "deleted.files"]
+    layout = TarLayout.of(tmp_path, names)
+    with layout.open() as a, layout.open() as b:
+        first, second = a.read(), b.read()
+    assert first == second and len(first) == layout.size
+    with tarfile.open(fileobj=io.BytesIO(first)) as tar:
+        assert tar.getnames() == names
+        assert tar.getmember("checkpoint").isdir()
+        pages = tar.extractfile("checkpoint/pages-1.img")
+        assert pages is not None and pages.read() == b"p" * 70000
+        assert all(m.mode == (0o700 if m.isdir() else 0o600) for m in tar.getmembers())
+
+
+def test_a_file_that_shrinks_after_the_dump_fails_the_reader_instead_of_passing_short(tmp_path: Path) -> None:
+    (tmp_path / "pages-1.img").write_bytes(b"p" * 5000)
+    layout = TarLayout.of(tmp_path, ["pages-1.img"])
+    (tmp_path / "pages-1.img").write_bytes(b"p" * 100)
+    with pytest.raises(OSError, match="shrank"), layout.open() as f:
+        f.read()

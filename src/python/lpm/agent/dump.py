@@ -15,7 +15,8 @@ restores through lpm-runc.
 A task that containerd paused (the Freezer's containerd control) is checkpointed as it is and stays paused:
 containerd pauses and resumes around the dump only a task it believes is running. The images are written by
 the shim on the node, into a directory the agent sees at the same path, made 0700: in memory (`--memory-dir`,
-see lpm.agent.scratch) when twice the container's resident memory fits there, else on disk (`--dump-dir`).
+see lpm.agent.scratch) when the container's resident memory fits there, else on disk (`--dump-dir`). The
+archive is not written: the push and the store each read it as a tar stream made from those files (TarLayout).
 
 emptyDir volumes mounted in the container travel with it: each one's contents (read through the frozen process's
 own root, `/proc/<pid>/root/<mount point>`) become `volumes/<volume>.tar`, and `volumes.json` maps mount points to
@@ -28,6 +29,7 @@ a whiteout (a 0:0 character device) becomes a `deleted.files` entry; an opaque d
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -40,9 +42,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final, cast
 
 from lpm.agent import eligibility
+from lpm.agent.images import IterReader
 from lpm.agent.kubelet import CheckpointResult
 from lpm.agent.scratch import Scratch, resident_bytes
 
@@ -50,6 +53,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DUMP_DIR: Final = "/var/lib/lpm/dump"
 _OPAQUE_XATTRS: Final = ("trusted.overlay.opaque", "user.overlay.opaque")
+_CHUNK: Final = 1 << 20
+_TAR_END: Final = bytes(2 * tarfile.BLOCKSIZE)  # two zero blocks end a tar archive
 _DIFF_ALLOWANCE: Final = 64 << 20  # the rootfs diff and emptyDir contents, written before the size is known
 
 
@@ -66,6 +71,59 @@ class DumpCriuFailed(DumpError):
 class Overlay:
     upper: Path
     lowers: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class TarLayout:
+    """A tar archive of files that exist, read without being written: a second copy of a checkpoint (its
+    archive beside its images) would double the bytes written inside the freeze and the memory they take.
+    Every reader gets the same bytes (headers are built once; the files are not changed once dumped); a file
+    that changed size fails the reader."""
+
+    members: tuple[tuple[bytes, Path | None, int], ...]  # (tar header, file or None for a directory, size)
+    size: int
+
+    @classmethod
+    def of(cls, root: Path, names: list[str]) -> TarLayout:
+        members, size = [], 0
+        for name in names:
+            path = root / name
+            st = path.stat()
+            info = tarfile.TarInfo(name)
+            info.mtime = int(st.st_mtime)
+            if stat.S_ISDIR(st.st_mode):
+                info.type, info.mode = tarfile.DIRTYPE, 0o700
+                entry: tuple[bytes, Path | None, int] = (info.tobuf(tarfile.PAX_FORMAT), None, 0)
+            else:
+                info.size, info.mode = st.st_size, 0o600
+                entry = (info.tobuf(tarfile.PAX_FORMAT), path, st.st_size)
+            members.append(entry)
+            size += len(entry[0]) + _padded(entry[2])
+        return cls(tuple(members), size + len(_TAR_END))
+
+    def open(self) -> BinaryIO:
+        return cast(BinaryIO, io.BufferedReader(IterReader(self._chunks()), _CHUNK))
+
+    def _chunks(self) -> Iterator[bytes]:
+        for header, path, size in self.members:
+            yield header
+            if path is None:
+                continue
+            with open(path, "rb") as f:
+                left = size
+                while left:
+                    data = f.read(min(_CHUNK, left))
+                    if not data:
+                        raise OSError(f"{path} shrank while it was archived")
+                    left -= len(data)
+                    yield data
+            if _padded(size) > size:
+                yield bytes(_padded(size) - size)
+        yield _TAR_END
+
+
+def _padded(size: int) -> int:
+    return -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
 
 
 def _unescape(field: str) -> str:
@@ -233,8 +291,8 @@ class RuntimeDumper:
         return ""
 
     def dump(self, container_id: str, pid: int, label: str, timeout: float) -> CheckpointResult:
-        """Checkpoint task `container_id` (init process `pid` in the node's PID namespace) into an archive in
-        the kubelet's layout under `dump_dir`; the caller deletes the archive."""
+        """Checkpoint task `container_id` (init process `pid` in the node's PID namespace) into a directory
+        that reads as an archive in the kubelet's layout (`CheckpointResult.open`); the caller discards it."""
         started = time.monotonic()
         try:
             mountinfo = (self.proc_root / str(pid) / "mountinfo").read_text()
@@ -242,13 +300,11 @@ class RuntimeDumper:
             raise DumpError(f"cannot read the container's mount table: {exc.strerror}") from None
         overlay = root_overlay(mountinfo)
         self.sweep()
-        # The images (CRIU writes them: charged to the runtime) and then the archive made of them (this agent
-        # writes it: charged to this agent's memory limit), and room for the file changes.
-        resident = resident_bytes(self.proc_root, pid)
-        need = 2 * resident + _DIFF_ALLOWANCE
-        base = self._scratch().pick(need, f"the dump of {label}", charged_bytes=resident + _DIFF_ALLOWANCE)
+        # CRIU's images (written by the runtime, charged to it) and the file changes and emptyDir contents (this
+        # agent writes those: charged to its own memory limit).
+        need = resident_bytes(self.proc_root, pid) + _DIFF_ALLOWANCE
+        base = self._scratch().pick(need, f"the dump of {label}", charged_bytes=_DIFF_ALLOWANCE)
         work = Path(tempfile.mkdtemp(prefix=f".{label}-", dir=base))
-        archive = work.with_suffix(".tar")
         try:
             # The file-system changes first: the task is frozen, so they are final, and a change the agent
             # cannot read fails here, before CRIU ran (the caller then dumps through the kubelet).
@@ -272,21 +328,13 @@ class RuntimeDumper:
                     raise DumpCriuFailed(message)
                 raise DumpError(f"ctr tasks checkpoint failed: {message}")
             dumped = time.monotonic()
-            fd = os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             self._describe(container_id, work)
-            with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                for name in ("config.dump", "spec.dump"):
-                    if (work / name).exists():
-                        tar.add(work / name, arcname=name)
-                tar.add(images, arcname="checkpoint", recursive=False)  # checkpointctl looks for the directory
-                for image in sorted(images.iterdir()):
-                    tar.add(image, arcname=f"checkpoint/{image.name}", recursive=False)
-                if entries:
-                    tar.add(work / "rootfs-diff.tar", arcname="rootfs-diff.tar")
-                tar.add(work / "deleted.files", arcname="deleted.files")
-                for name in sorted(set(volumes.values())):
-                    tar.add(work / "volumes" / f"{name}.tar", arcname=f"volumes/{name}.tar")
-                tar.add(work / "volumes.json", arcname="volumes.json")
+            # The archive is never written: its readers (the push, the store) read it from these files.
+            members: list[str] = [n for n in ("config.dump", "spec.dump") if (work / n).exists()]
+            members += ["checkpoint", *(f"checkpoint/{i.name}" for i in sorted(images.iterdir()))]
+            members += ["rootfs-diff.tar"] if entries else []
+            members += ["deleted.files", *(f"volumes/{n}.tar" for n in sorted(set(volumes.values()))), "volumes.json"]
+            layout = TarLayout.of(work, members)
             log.info(
                 "dumped %s through containerd into %s in %.3fs (rootfs diff and %d emptyDir volumes %.3fs, CRIU "
                 "%.3fs, %d changes, %d deleted)",
@@ -299,12 +347,10 @@ class RuntimeDumper:
                 entries,
                 len(deleted),
             )
-            return CheckpointResult(str(archive), archive, 1, time.monotonic() - started)
+            return CheckpointResult(str(work), work, 1, time.monotonic() - started, layout)
         except BaseException:
-            archive.unlink(missing_ok=True)
-            raise
-        finally:
             shutil.rmtree(work, ignore_errors=True)
+            raise
 
     def _describe(self, container_id: str, work: Path) -> None:
         """spec.dump (the bundle's OCI spec) and config.dump (checkpointctl's ContainerConfig), as containerd's

@@ -76,7 +76,7 @@ class IterReader(io.RawIOBase):
     def __init__(self, chunks: Iterator[bytes]) -> None:
         super().__init__()
         self._chunks = chunks
-        self._pending = b""
+        self._pending = memoryview(b"")  # a view: taking a piece of a chunk copies nothing but that piece
 
     def readable(self) -> bool:
         return True
@@ -84,7 +84,7 @@ class IterReader(io.RawIOBase):
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         while not self._pending:
             try:
-                self._pending = next(self._chunks)
+                self._pending = memoryview(next(self._chunks))
             except StopIteration:
                 return 0
         n = min(len(buffer), len(self._pending))

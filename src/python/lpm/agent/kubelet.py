@@ -25,13 +25,14 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
+import shutil
 import ssl
 import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, BinaryIO, Final, Protocol
 
 import urllib3
 from urllib3 import BaseHTTPResponse
@@ -153,12 +154,37 @@ def _body(response: Any) -> str:
         return ""
 
 
+class Layout(Protocol):
+    """An archive that is read without having been written (lpm.agent.dump.TarLayout)."""
+
+    @property
+    def size(self) -> int: ...
+
+    def open(self) -> BinaryIO: ...
+
+
 @dataclass(frozen=True)
 class CheckpointResult:
     node_path: str  # as the kubelet named it, on the node
-    local_path: Path  # where this agent opens it
+    local_path: Path  # where this agent opens it: the archive, or (with `layout`) the directory it is made from
     attempts: int
     seconds: float
+    layout: Layout | None = None
+
+    @property
+    def size(self) -> int:
+        return self.layout.size if self.layout is not None else self.local_path.stat().st_size
+
+    def open(self) -> BinaryIO:
+        """The archive's bytes; each call reads them afresh, and every reader gets the same bytes."""
+        return self.layout.open() if self.layout is not None else open(self.local_path, "rb")
+
+    def discard(self) -> None:
+        """Remove it from the node (process memory: never kept)."""
+        if self.layout is not None:
+            shutil.rmtree(self.local_path, ignore_errors=True)
+        else:
+            self.local_path.unlink(missing_ok=True)
 
 
 class KubeletClient:

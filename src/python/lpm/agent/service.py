@@ -262,12 +262,12 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
         result, dumped_by = self._dump(request, timeout - (time.monotonic() - started))
         if not opts.leave_running and self.d.freezer.fenced(request.checkpoint_id):
             # Rolled back while the kubelet worked: this archive must never be stored, let alone restored.
-            result.local_path.unlink(missing_ok=True)
+            result.discard()
             self.d.freezer.refuse_if_fenced(request.checkpoint_id)
         checkpointed_at = time.time()
         kubelet_seconds = time.monotonic() - started
         push = None
-        size = result.local_path.stat().st_size
+        size = result.size
         if opts.stage_on_address:
             # Live engine: the target's agent gets the archive now, while it is also compressed and stored.
             progress.stage(ckpt, ctr, "sending", size)
@@ -275,7 +275,8 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                 opts.stage_on_address,
                 request.checkpoint_id,
                 request.container_name,
-                result.local_path,
+                result.open,
+                size,
                 self.d.peer_tls,
                 timeout=max(1.0, timeout - kubelet_seconds),
                 sent=lambda n: progress.moved(ckpt, ctr, "sending", n),
@@ -284,7 +285,7 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             progress.stage(ckpt, ctr, "storing", size)
 
         def store() -> Manifest:
-            with open(result.local_path, "rb") as raw:
+            with result.open() as raw:
                 return self.d.store.put_archive(
                     ref,
                     Counted(raw, lambda n: progress.moved(ckpt, ctr, "storing", n)),
@@ -314,7 +315,7 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                 push.wait(timeout - (time.monotonic() - started))
         finally:
             # The archive holds the container's memory and is root-only on the node: never leave it there.
-            result.local_path.unlink(missing_ok=True)
+            result.discard()
         return agent_pb2.CheckpointResponse(
             dumped_by=dumped_by,
             staged_on_target=bool(push and push.ok),

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import grpc
 
@@ -53,14 +53,17 @@ class PeerTLS:
 
 
 def chunks(
-    path: Path, checkpoint_id: str, container: str, sent: Callable[[int], None] | None = None
+    source: Callable[[], BinaryIO],
+    size: int,
+    checkpoint_id: str,
+    container: str,
+    sent: Callable[[int], None] | None = None,
 ) -> Iterator[agent_pb2.CheckpointChunk]:
     """The archive as a stream: ids and the expected size on the first chunk, size and sha256 on the last; `sent`
     hears of each chunk as gRPC takes it."""
     digest, size = hashlib.sha256(), 0
     first = True
-    with open(path, "rb") as f:
-        expected = os.fstat(f.fileno()).st_size
+    with source() as f:
         while data := f.read(CHUNK):
             digest.update(data)
             size += len(data)
@@ -68,7 +71,7 @@ def chunks(
                 sent(len(data))
             if first:
                 yield agent_pb2.CheckpointChunk(
-                    checkpoint_id=checkpoint_id, container_name=container, data=data, expected_size_bytes=expected
+                    checkpoint_id=checkpoint_id, container_name=container, data=data, expected_size_bytes=size
                 )
                 first = False
             else:
@@ -106,7 +109,8 @@ class Push:
     address: str
     checkpoint_id: str
     container: str
-    path: Path
+    source: Callable[[], BinaryIO]  # opens the archive (CheckpointResult.open)
+    size: int
     tls: PeerTLS
     timeout: float
     sent: Callable[[int], None] | None = None
@@ -126,7 +130,8 @@ class Push:
             with self.tls.channel(self.address) as channel:
                 stub = agent_pb2_grpc.CheckpointServiceStub(channel)
                 reply = stub.ReceiveCheckpoint(
-                    chunks(self.path, self.checkpoint_id, self.container, self.sent), timeout=self.timeout
+                    chunks(self.source, self.size, self.checkpoint_id, self.container, self.sent),
+                    timeout=self.timeout,
                 )
             self.ok = True
             self.message = f"staged on the target's agent ({reply.image_bytes} bytes of CRIU images)"
