@@ -55,6 +55,7 @@ _ROOTFS_DIFF = "rootfs-diff.tar"
 _DELETED_FILES = "deleted.files"
 _VOLUMES_PREFIX = "volumes/"
 _VOLUMES = "volumes.json"
+_READ_SIZE = 1 << 20
 _VOLUME_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a pod volume's name (DNS-1123 label)
 
 
@@ -260,7 +261,9 @@ def _extract(
     image_bytes = diff_bytes = 0
     deleted: list[str] = []
     mounted: dict[str, str] = {}
-    with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
+    # Stream mode reads its source in `bufsize` pieces: tarfile's 10 KiB default made staging 256 MiB take 1.2 s
+    # of CPU instead of 0.5 s, inside the freeze.
+    with tarfile.open(fileobj=reader, mode="r|", bufsize=_READ_SIZE) as tar:  # type: ignore[call-overload]
         for member in tar:
             name = member.name.removeprefix("./")
             if name.startswith(_IMAGES_PREFIX) and member.isfile():

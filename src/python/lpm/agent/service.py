@@ -269,7 +269,7 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
         push = None
         size = result.size
         if opts.stage_on_address:
-            # Live engine: the target's agent gets the archive now, while it is also compressed and stored.
+            # Live engine: the target's agent gets the archive now; then it is compressed and stored.
             progress.stage(ckpt, ctr, "sending", size)
             push = transfer.Push(
                 opts.stage_on_address,
@@ -307,12 +307,13 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             if push is None:
                 manifest = store()
             else:
-                # The durable copy must not slow the push, which the frozen source waits for: it runs at the lowest
-                # CPU priority (on a fresh thread, with its zstd workers: an unprivileged agent cannot raise a
-                # priority again), so it takes only what the push and the target leave.
+                # The durable copy must not slow the push, which the frozen source waits for: it starts once the
+                # target has the checkpoint, at the lowest CPU priority (on a fresh thread, with its zstd workers:
+                # an unprivileged agent cannot raise a priority again), beside the restore.
+                push.wait(timeout - (time.monotonic() - started))
+                progress.stage(ckpt, ctr, "storing", size)
                 with ThreadPoolExecutor(1, thread_name_prefix="store", initializer=_lowest_cpu_priority) as pool:
                     manifest = pool.submit(store).result()
-                push.wait(timeout - (time.monotonic() - started))
         finally:
             # The archive holds the container's memory and is root-only on the node: never leave it there.
             result.discard()
