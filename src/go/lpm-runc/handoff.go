@@ -151,6 +151,17 @@ func parseReady(data []byte) (*readyFile, error) {
 	return &r, nil
 }
 
+// dropStaged removes what the agent staged for this container (CRIU's images, the rootfs diff, the volumes'
+// contents: process memory, held in memory when the agent staged it under /run/lpm) once it was restored from.
+// Only a directory named "staged", as the agent names it; errors are ignored (the agent's release removes what
+// is left when the migration ends).
+func (h handoff) dropStaged(r *readyFile) {
+	dir := filepath.Dir(filepath.Clean(r.Images))
+	if filepath.Base(dir) == "staged" {
+		_ = os.RemoveAll(dir)
+	}
+}
+
 func (h handoff) markRestored(containerID string) error {
 	return writeJSON(filepath.Join(h.dir(), "restored"), map[string]any{
 		"container_id": containerID,

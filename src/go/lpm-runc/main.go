@@ -234,6 +234,7 @@ func restore(inv invocation, c createArgs, cfg *ociConfig, ckpt string) error {
 	if err := h.markRestored(c.id); err != nil {
 		return fmt.Errorf("lpm-runc: %w", err)
 	}
+	h.dropStaged(ready)
 	if err := os.WriteFile(filepath.Join(inv.root, c.id, restoredMarker), nil, 0o600); err != nil {
 		return fmt.Errorf("lpm-runc: container %s restored but its start marker failed: %w", c.id, err)
 	}

@@ -168,9 +168,10 @@ func TestCreateRestores(t *testing.T) {
 	e := newEnv(t)
 	e.config(restoreAnn("ck-1", "container"))
 	os.WriteFile(filepath.Join(e.bundle, "rootfs", "etc", "stale"), []byte("x"), 0o644)
-	images := filepath.Join(e.dir, "images")
+	staged := filepath.Join(e.dir, "staged") // laid out as the agent stages (in memory or beside the markers)
+	images := filepath.Join(staged, "images")
 	must(t, os.MkdirAll(images, 0o755))
-	diff := filepath.Join(e.dir, "rootfs-diff.tar")
+	diff := filepath.Join(staged, "rootfs-diff.tar")
 	must(t, os.WriteFile(diff, makeTar(t, []entry{{name: "data/counter", typ: tar.TypeReg, body: "7", mode: 0o644}}).Bytes(), 0o600))
 	d := filepath.Join(e.root, "ck-1", "app")
 
@@ -218,6 +219,9 @@ func TestCreateRestores(t *testing.T) {
 	}
 	if err := json.Unmarshal([]byte(readFile(t, filepath.Join(d, "restored"))), &r); err != nil || r.ContainerID != "c1" {
 		t.Errorf("restored marker: %v %+v", err, r)
+	}
+	if _, err := os.Stat(staged); !os.IsNotExist(err) {
+		t.Errorf("the staged checkpoint (process memory) is still there after the restore: %v", err)
 	}
 	marker := filepath.Join(e.runcRoot, "c1", restoredMarker)
 	waitFor(t, marker)

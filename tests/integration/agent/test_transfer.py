@@ -90,13 +90,17 @@ def test_a_dump_read_as_an_archive_without_being_written_is_staged_whole_on_the_
     server, _ = target
     dump = tmp_path / "dump"
     (dump / "checkpoint").mkdir(parents=True)
-    pages = bytes(range(256)) * 8193  # not a multiple of the tar block size
+    pages = bytes(range(256)) * 8193  # several chunks, and not a multiple of the tar block size
     (dump / "checkpoint" / "pages-1.img").write_bytes(pages)
     (dump / "checkpoint" / "inventory.img").write_bytes(b"inv")
     (dump / "deleted.files").write_text('["/etc/old"]')
     (dump / "volumes.json").write_text("{}")
     names = ["checkpoint", "checkpoint/inventory.img", "checkpoint/pages-1.img", "deleted.files", "volumes.json"]
     layout = TarLayout.of(dump, names)
+    assert [c.expected_size_bytes for c in transfer.chunks(layout.open, layout.size, CKPT, "app")][:2] == [
+        layout.size,
+        0,
+    ], "the first chunk, and only the first, tells the target how large the archive is"
     push = transfer.Push(f"127.0.0.1:{server.port}", CKPT, "app", layout.open, layout.size, peer(pki), timeout=30)
     push.start().wait(30)
     assert push.ok, push.message
@@ -111,6 +115,7 @@ def test_a_stream_that_does_not_match_its_trailer_is_refused_and_nothing_is_stag
     server, _ = target
     path = archive(tmp_path / "a.tar", b"p" * 3000)
     good = list(transfer.chunks(lambda: path.open("rb"), path.stat().st_size, CKPT, "app"))
+    assert good[0].expected_size_bytes == path.stat().st_size, "the target is told the whole size up front"
     tampered = [*good[:-1], agent_pb2.CheckpointChunk(last=True, raw_size_bytes=7, raw_sha256="0" * 64)]
     with peer(pki).channel(f"127.0.0.1:{server.port}") as channel:
         with pytest.raises(grpc.RpcError) as refused:

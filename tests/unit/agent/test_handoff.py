@@ -192,3 +192,17 @@ def test_a_memory_directory_that_is_the_root_itself_never_takes_the_markers_with
     h.release(CKPT)
     assert (tmp_path / CKPT / "app" / "ready").exists()
     assert not (tmp_path / CKPT / "app" / "staged").exists()
+
+
+def test_once_lpm_runc_restored_a_container_its_staged_memory_goes_even_if_lpm_runc_left_it(tmp_path: Path) -> None:
+    root, memory = tmp_path / "root", tmp_path / "memory"
+    h = Handoff(root, scratch=Scratch(memory, root, reserve_fraction=0.0, reserve_min_bytes=0, headroom=lambda: None))
+    h.stage(CKPT, "app", chunks(KUBELET_ARCHIVE), size_bytes=len(KUBELET_ARCHIVE))
+    h.stage(CKPT, "sidecar", chunks(KUBELET_ARCHIVE), size_bytes=len(KUBELET_ARCHIVE))
+    (root / CKPT / "app" / "restored").write_text("{}")
+    assert [s.state for s in h.states(CKPT, ["app", "sidecar"])] == [State.RESTORED, State.STAGED]
+    assert not (memory / CKPT / "app").exists()
+    assert (memory / CKPT / "sidecar" / "staged" / "images").is_dir(), "a container not restored yet keeps its own"
+    (root / CKPT / "sidecar" / "restored").write_text("{}")
+    h.states(CKPT, ["sidecar"])
+    assert not (memory / CKPT).exists()

@@ -150,6 +150,7 @@ class Handoff:
                 pass
             if (d / "restored").exists():
                 state = State.RESTORED
+                self._drop_staged(checkpoint_id, name)  # lpm-runc does, right after its restore; this is the backstop
             elif (d / "ready").exists():
                 state = State.STAGED
             elif waiting:
@@ -216,6 +217,15 @@ class Handoff:
             seconds,
         )
         return Staged(container, image_bytes, diff_bytes, seconds)
+
+    def _drop_staged(self, checkpoint_id: str, container: str) -> None:
+        shutil.rmtree(self._dir(checkpoint_id, container) / "staged", ignore_errors=True)
+        if self.scratch.memory is not None:
+            shutil.rmtree(self.scratch.memory / checkpoint_id / container, ignore_errors=True)
+            try:
+                (self.scratch.memory / checkpoint_id).rmdir()  # once the pod's last container is restored
+            except OSError:
+                pass
 
     def restore_log(self, checkpoint_id: str, container: str, limit: int = 1 << 20) -> str | None:
         """CRIU's log of lpm-runc's failed restore of this container: the copy lpm-runc kept when the restore

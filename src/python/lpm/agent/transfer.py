@@ -54,7 +54,7 @@ class PeerTLS:
 
 def chunks(
     source: Callable[[], BinaryIO],
-    size: int,
+    expected_size: int,
     checkpoint_id: str,
     container: str,
     sent: Callable[[int], None] | None = None,
@@ -71,7 +71,7 @@ def chunks(
                 sent(len(data))
             if first:
                 yield agent_pb2.CheckpointChunk(
-                    checkpoint_id=checkpoint_id, container_name=container, data=data, expected_size_bytes=size
+                    checkpoint_id=checkpoint_id, container_name=container, data=data, expected_size_bytes=expected_size
                 )
                 first = False
             else:
