@@ -145,7 +145,8 @@ def test_a_256_mib_pod_moves_through_the_live_engine_with_its_memory() -> None:
     for line in sent:
         match = re.search(r"(?:sending|storing|done) ([\d.]+) MiB of ([\d.]+) MiB \(([\d.]+) MiB/s", line)
         assert match and float(match[1]) <= float(match[2]) and float(match[2]) >= 256, line
-    assert st["progress"]["stage"] in ("dumping", "sending", "done"), st["progress"]
+    # The migration completes once the restored pod runs; the durable copy (storing) may still be on its way.
+    assert st["progress"]["stage"] in ("dumping", "sending", "storing", "done"), st["progress"]
     print(
         "[progress] " + " | ".join(line.strip() for line in res.stdout.splitlines() if "CRIU" in line or "MiB" in line)
     )
