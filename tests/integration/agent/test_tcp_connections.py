@@ -266,3 +266,47 @@ def test_loopback_connections_survive_and_outside_ones_fail_at_once_so_the_clien
             os.kill(restored_pid, signal.SIGKILL)
         if proc is not None and proc.poll() is None:
             proc.kill()
+
+
+def test_the_dump_records_only_the_pod_addresses_that_sockets_are_bound_to(
+    tmp_path: Path, netns: tuple[str, str]
+) -> None:
+    """post-dump: a pod whose sockets are all on loopback or the wildcard needs no old address on the target (its
+    restore then skips adding and removing one); a socket bound to the pod IP does."""
+    src, _ = netns
+    listen = "import socket, sys, time; s = socket.socket(); s.bind((sys.argv[1], 7000)); s.listen(); time.sleep(60)"
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def in_pod(*argv: str) -> subprocess.Popen[bytes]:
+        procs.append(subprocess.Popen(["ip", "netns", "exec", src, *argv], stdout=subprocess.DEVNULL))
+        return procs[-1]
+
+    def post_dump(pid: int) -> list[str]:
+        images = tmp_path / f"images-{len(procs)}"
+        images.mkdir()
+        env = {**os.environ, "CRTOOLS_SCRIPT_ACTION": "post-dump", "CRTOOLS_IMAGE_DIR": str(images)}
+        subprocess.run(["sh", str(ACTION)], env={**env, "CRTOOLS_INIT_PID": str(pid)}, check=True, capture_output=True)
+        return (images / "lpm-addresses").read_text().split()
+
+    def listening(port_owner: str) -> None:
+        wait_for(
+            lambda: port_owner
+            in subprocess.run(
+                ["ip", "netns", "exec", src, "ss", "-tlnH"], capture_output=True, text=True, check=False
+            ).stdout,
+            f"a listener on {port_owner}",
+        )
+
+    try:
+        sleeper = in_pod("sleep", "60")
+        assert post_dump(sleeper.pid) == [], "no socket at all: no address to carry"
+        in_pod(sys.executable, "-c", listen, "0.0.0.0")
+        listening("0.0.0.0:7000")
+        assert post_dump(sleeper.pid) == [], "a wildcard listener needs no particular address"
+        in_pod(sys.executable, "-c", listen.replace("7000", "7001"), "10.213.1.2")
+        listening("10.213.1.2:7001")
+        assert post_dump(sleeper.pid) == ["10.213.1.2"]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
