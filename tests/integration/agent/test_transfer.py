@@ -96,7 +96,7 @@ def test_a_dump_read_as_an_archive_without_being_written_is_staged_whole_on_the_
     (dump / "deleted.files").write_text('["/etc/old"]')
     (dump / "volumes.json").write_text("{}")
     names = ["checkpoint", "checkpoint/inventory.img", "checkpoint/pages-1.img", "deleted.files", "volumes.json"]
-    layout = TarLayout.of(dump, names)
+    layout = TarLayout.of([(n, dump / n) for n in names])
     assert [c.expected_size_bytes for c in transfer.chunks(layout.open, layout.size, CKPT, "app")][:2] == [
         layout.size,
         0,

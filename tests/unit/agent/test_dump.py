@@ -141,7 +141,7 @@ def test_a_dump_reads_as_one_tar_archive_that_every_reader_gets_byte_for_byte(tm
     (tmp_path / "checkpoint" / "empty.img").write_bytes(b"")
     (tmp_path / "deleted.files").write_text("[]")
     names = ["checkpoint", "checkpoint/empty.img", "checkpoint/pages-1.img", "deleted.files"]
-    layout = TarLayout.of(tmp_path, names)
+    layout = TarLayout.of([(n, tmp_path / n) for n in names], roots=(tmp_path / "checkpoint",))
     with layout.open() as a, layout.open() as b:
         first, second = a.read(), b.read()
     assert first == second and len(first) == layout.size
@@ -151,11 +151,13 @@ def test_a_dump_reads_as_one_tar_archive_that_every_reader_gets_byte_for_byte(tm
         pages = tar.extractfile("checkpoint/pages-1.img")
         assert pages is not None and pages.read() == b"p" * 70000
         assert all(m.mode == (0o700 if m.isdir() else 0o600) for m in tar.getmembers())
+    layout.discard()
+    assert not (tmp_path / "checkpoint").exists() and (tmp_path / "deleted.files").exists(), "its roots, no more"
 
 
 def test_a_file_that_shrinks_after_the_dump_fails_the_reader_instead_of_passing_short(tmp_path: Path) -> None:
     (tmp_path / "pages-1.img").write_bytes(b"p" * 5000)
-    layout = TarLayout.of(tmp_path, ["pages-1.img"])
+    layout = TarLayout.of([("pages-1.img", tmp_path / "pages-1.img")])
     (tmp_path / "pages-1.img").write_bytes(b"p" * 100)
     with pytest.raises(OSError, match="shrank"), layout.open() as f:
         f.read()

@@ -98,3 +98,21 @@ def test_migrate_without_a_target_says_why_none_fits(capsys: pytest.CaptureFixtu
     assert main(["migrate", "web-0"], cluster_factory=lambda *_: rec) == EXIT_FAILED
     err = capsys.readouterr().err
     assert "no other node is Ready, schedulable and tolerated" in err and "--to NODE" in err and not rec.created
+
+
+def test_migrate_keeps_the_checkpoint_unless_told_to_delete_it_with_the_migration() -> None:
+    rec = _Recorder()
+    assert main(["migrate", "web-0", "--to", "b"], cluster_factory=lambda *_: rec) == 0
+    assert (
+        main(["migrate", "web-0", "--to", "b", "--checkpoint-retention", "Delete"], cluster_factory=lambda *_: rec) == 0
+    )
+    kept, deleted = (body["spec"] for body in rec.created)
+    assert kept.get("checkpointRetention", "Retain") == "Retain"
+    assert deleted["checkpointRetention"] == "Delete"
+
+
+def test_an_unknown_checkpoint_retention_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["migrate", "web-0", "--checkpoint-retention", "Forever"])
+    assert exc.value.code == EXIT_USAGE
+    assert "Retain" in capsys.readouterr().err

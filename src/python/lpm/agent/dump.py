@@ -15,8 +15,10 @@ restores through lpm-runc.
 A task that containerd paused (the Freezer's containerd control) is checkpointed as it is and stays paused:
 containerd pauses and resumes around the dump only a task it believes is running. The images are written by
 the shim on the node, into a directory the agent sees at the same path, made 0700: in memory (`--memory-dir`,
-see lpm.agent.scratch) when the container's resident memory fits there, else on disk (`--dump-dir`). The
-archive is not written: the push and the store each read it as a tar stream made from those files (TarLayout).
+see lpm.agent.scratch) when the container's resident memory fits there, else on disk (`--dump-dir`); what the
+agent writes itself (file changes, emptyDir contents) stays on disk, since a tmpfs page it writes counts against
+its own memory limit, whatever the size of a volume. The archive is not written: the push and the store each
+read it as a tar stream made from those files (TarLayout).
 
 emptyDir volumes mounted in the container travel with it: each one's contents (read through the frozen process's
 own root, `/proc/<pid>/root/<mount point>`) become `volumes/<volume>.tar`, and `volumes.json` maps mount points to
@@ -55,7 +57,6 @@ DEFAULT_DUMP_DIR: Final = "/var/lib/lpm/dump"
 _OPAQUE_XATTRS: Final = ("trusted.overlay.opaque", "user.overlay.opaque")
 _CHUNK: Final = 1 << 20
 _TAR_END: Final = bytes(2 * tarfile.BLOCKSIZE)  # two zero blocks end a tar archive
-_DIFF_ALLOWANCE: Final = 64 << 20  # the rootfs diff and emptyDir contents, written before the size is known
 
 
 class DumpError(Exception):
@@ -82,12 +83,13 @@ class TarLayout:
 
     members: tuple[tuple[bytes, Path | None, int], ...]  # (tar header, file or None for a directory, size)
     size: int
+    roots: tuple[Path, ...] = ()  # the directories the files are in, which discard() removes
 
     @classmethod
-    def of(cls, root: Path, names: list[str]) -> TarLayout:
+    def of(cls, files: list[tuple[str, Path]], roots: tuple[Path, ...] = ()) -> TarLayout:
+        """`files`: (name in the archive, path) in archive order."""
         members, size = [], 0
-        for name in names:
-            path = root / name
+        for name, path in files:
             st = path.stat()
             info = tarfile.TarInfo(name)
             info.mtime = int(st.st_mtime)
@@ -99,7 +101,11 @@ class TarLayout:
                 entry = (info.tobuf(tarfile.PAX_FORMAT), path, st.st_size)
             members.append(entry)
             size += len(entry[0]) + _padded(entry[2])
-        return cls(tuple(members), size + len(_TAR_END))
+        return cls(tuple(members), size + len(_TAR_END), roots)
+
+    def discard(self) -> None:
+        for root in self.roots:
+            shutil.rmtree(root, ignore_errors=True)
 
     def open(self) -> BinaryIO:
         return cast(BinaryIO, io.BufferedReader(IterReader(self._chunks()), _CHUNK))
@@ -300,11 +306,12 @@ class RuntimeDumper:
             raise DumpError(f"cannot read the container's mount table: {exc.strerror}") from None
         overlay = root_overlay(mountinfo)
         self.sweep()
-        # CRIU's images (written by the runtime, charged to it) and the file changes and emptyDir contents (this
-        # agent writes those: charged to its own memory limit).
-        need = resident_bytes(self.proc_root, pid) + _DIFF_ALLOWANCE
-        base = self._scratch().pick(need, f"the dump of {label}", charged_bytes=_DIFF_ALLOWANCE)
-        work = Path(tempfile.mkdtemp(prefix=f".{label}-", dir=base))
+        # What this agent writes (the file changes, the emptyDir contents: of any size) goes to disk; CRIU's
+        # images, written by the runtime and as large as the container's memory, go to memory when they fit.
+        self.dump_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{label}-", dir=self.dump_dir))
+        base = self._scratch().pick(resident_bytes(self.proc_root, pid), f"the dump of {label}")
+        images = Path(tempfile.mkdtemp(prefix=f".{label}-images-", dir=base))
         try:
             # The file-system changes first: the task is frozen, so they are final, and a change the agent
             # cannot read fails here, before CRIU ran (the caller then dumps through the kubelet).
@@ -319,8 +326,6 @@ class RuntimeDumper:
                 raise DumpError(f"cannot read the container's emptyDir volumes: {exc}") from None
             (work / "volumes.json").write_text(json.dumps(volumes))
             diffed = time.monotonic()
-            images = work / "checkpoint"
-            images.mkdir(mode=0o700)
             done = self._ctr(timeout, "tasks", "checkpoint", "--image-path", str(images), container_id)
             if done.returncode != 0:
                 message = (done.stderr or done.stdout).strip()
@@ -330,11 +335,13 @@ class RuntimeDumper:
             dumped = time.monotonic()
             self._describe(container_id, work)
             # The archive is never written: its readers (the push, the store) read it from these files.
-            members: list[str] = [n for n in ("config.dump", "spec.dump") if (work / n).exists()]
-            members += ["checkpoint", *(f"checkpoint/{i.name}" for i in sorted(images.iterdir()))]
-            members += ["rootfs-diff.tar"] if entries else []
-            members += ["deleted.files", *(f"volumes/{n}.tar" for n in sorted(set(volumes.values()))), "volumes.json"]
-            layout = TarLayout.of(work, members)
+            files = [(n, work / n) for n in ("config.dump", "spec.dump") if (work / n).exists()]
+            files += [("checkpoint", images), *((f"checkpoint/{i.name}", i) for i in sorted(images.iterdir()))]
+            files += [("rootfs-diff.tar", work / "rootfs-diff.tar")] if entries else []
+            files += [("deleted.files", work / "deleted.files")]
+            files += [(f"volumes/{n}.tar", work / "volumes" / f"{n}.tar") for n in sorted(set(volumes.values()))]
+            files += [("volumes.json", work / "volumes.json")]
+            layout = TarLayout.of(files, roots=(work, images))
             log.info(
                 "dumped %s through containerd into %s in %.3fs (rootfs diff and %d emptyDir volumes %.3fs, CRIU "
                 "%.3fs, %d changes, %d deleted)",
@@ -350,6 +357,7 @@ class RuntimeDumper:
             return CheckpointResult(str(work), work, 1, time.monotonic() - started, layout)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(images, ignore_errors=True)
             raise
 
     def _describe(self, container_id: str, work: Path) -> None:

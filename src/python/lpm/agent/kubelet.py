@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
-import shutil
 import ssl
 import time
 import urllib.parse
@@ -162,6 +161,8 @@ class Layout(Protocol):
 
     def open(self) -> BinaryIO: ...
 
+    def discard(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class CheckpointResult:
@@ -182,7 +183,7 @@ class CheckpointResult:
     def discard(self) -> None:
         """Remove it from the node (process memory: never kept)."""
         if self.layout is not None:
-            shutil.rmtree(self.local_path, ignore_errors=True)
+            self.layout.discard()
         else:
             self.local_path.unlink(missing_ok=True)
 

@@ -1,8 +1,9 @@
 """Node to node: the source's agent streams a container's checkpoint archive to the target's agent.
 
 The live engine's critical path. The archive goes over the agents' own mutual TLS (each agent's certificate is
-both its serving and its client certificate, one CA signs them all) while the same bytes are compressed into
-the shared store, which stays the durable copy. The target stages it for lpm-runc as it arrives and writes the
+both its serving and its client certificate, one CA signs them all); once it arrived, the same bytes are
+compressed into the shared store, which stays the durable copy. The target stages it for lpm-runc as it
+arrives (in memory when it fits: lpm.agent.scratch) and writes the
 container's `ready` marker only once the stream's size and sha256 match what the source counted; a push that
 fails leaves the target to fetch the archive from the store (StageRestore).
 """
@@ -104,7 +105,7 @@ def received(first: agent_pb2.CheckpointChunk, rest: Iterator[agent_pb2.Checkpoi
 
 @dataclass
 class Push:
-    """One archive pushed on a thread, so it runs while the same file is compressed into the store."""
+    """One archive pushed on a thread, which the caller waits for with its own deadline."""
 
     address: str
     checkpoint_id: str

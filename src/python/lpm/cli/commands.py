@@ -13,6 +13,7 @@ from lpm.api import constants as c
 from lpm.api.codec import DecodeError, decode, encode
 from lpm.api.models import (
     CheckpointOptions,
+    DeletionPolicy,
     EligibilityPolicy,
     Engine,
     MigrationPhase,
@@ -129,6 +130,7 @@ def cmd_migrate(args: argparse.Namespace, cluster: Cluster, out: TextIO) -> int:
         engine=Engine(args.engine),
         dry_run=args.dry_run,
         keep_name=args.keep_name,
+        checkpoint_retention=DeletionPolicy(args.checkpoint_retention),
     )
     metadata: dict[str, Any] = {"namespace": args.namespace}
     if args.name:

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn, TextIO
 
-from lpm.api.models import Engine
+from lpm.api.models import DeletionPolicy, Engine
 from lpm.cli.client import Cluster
 from lpm.cli.commands import cmd_cancel, cmd_drain, cmd_list, cmd_migrate, cmd_status
 from lpm.cli.errors import CliError
@@ -80,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
         "such a pod before anything is frozen",
     )
     m.add_argument("--ttl", type=int, metavar="SECONDS", help=TTL_HELP)
+    m.add_argument(
+        "--checkpoint-retention",
+        choices=[p.value for p in DeletionPolicy],
+        default=DeletionPolicy.RETAIN.value,
+        help="Retain (default): keep the stored checkpoint (process memory, sealed) after the migration, to "
+        "restore or inspect later, until its PodCheckpointContent is deleted; Delete: remove it with the "
+        "PodMigration (a checkpoint as large as the pod's memory stays in the repository otherwise)",
+    )
     m.add_argument(
         "--dry-run",
         action="store_true",
