@@ -1,7 +1,7 @@
 """Where a checkpoint's bytes wait on a node: in memory when they fit there with room to spare, else on disk.
 
-A live migration writes the whole checkpoint on the source (CRIU's images, then the archive that goes to the
-target) and again on the target (the staged images lpm-runc restores from), all inside the source's freeze.
+A live migration writes the whole checkpoint on the source (CRIU's images) and again on the target (the staged
+images lpm-runc restores from), all inside the source's freeze.
 Written to a disk, those bytes cost the write (measured on this project's nodes: CRIU dumps 256 MiB in 2.2 s
 to ext4 and 0.15 s to tmpfs) and leave process memory, secrets included, on the node's disk. So each node has a
 memory-backed directory (`/run/lpm` by default: /run is a tmpfs on systemd hosts) and the disk directory as
@@ -10,9 +10,10 @@ size (and `RESERVE_MIN_BYTES`) free, so that LPM never fills the /run that the n
 An unknown size, or a directory that is not there or not writable, means disk.
 
 A tmpfs page is charged to the memory cgroup of the process that wrote it, and cannot be reclaimed without swap:
-the bytes the agent writes itself (the archive on the source, the staged images on the target) count against
-the agent container's memory limit. So they go to memory only when they also leave `AGENT_MARGIN_BYTES` of that
-limit free; otherwise a large checkpoint would have the agent killed for running out of memory mid-transfer.
+the bytes the agent writes itself (the staged images on the target; on the source it writes only to disk)
+count against the agent container's memory limit. So they go to memory only when they also leave
+`AGENT_MARGIN_BYTES` of that limit free; otherwise a large checkpoint would have the agent killed for running out
+of memory mid-transfer.
 """
 
 from __future__ import annotations
