@@ -206,29 +206,3 @@ def test_once_lpm_runc_restored_a_container_its_staged_memory_goes_even_if_lpm_r
     (root / CKPT / "sidecar" / "restored").write_text("{}")
     h.states(CKPT, ["sidecar"])
     assert not (memory / CKPT).exists()
-
-
-def test_a_push_waits_for_the_restore_only_when_lpm_runc_already_waits_for_the_container(tmp_path: Path) -> None:
-    import threading
-    import time
-
-    h = Handoff(tmp_path)
-    h.stage(CKPT, "app", chunks(KUBELET_ARCHIVE))
-    started = time.monotonic()
-    assert h.await_restore(CKPT, "app", timeout=5) is False, "nobody waits (a pod that keeps its name): no wait"
-    assert time.monotonic() - started < 0.5
-    d = tmp_path / CKPT / "app"
-    (d / "waiting").write_text('{"container_id": "c1"}')
-    threading.Timer(0.3, lambda: (d / "restored").write_text("{}")).start()
-    started = time.monotonic()
-    assert h.await_restore(CKPT, "app", timeout=5) is True
-    assert 0.25 <= time.monotonic() - started < 3, "returned once lpm-runc had restored it"
-    h.stage(CKPT, "side", chunks(KUBELET_ARCHIVE))
-    (tmp_path / CKPT / "side" / "waiting").write_text("{}")
-    started = time.monotonic()
-    assert h.await_restore(CKPT, "side", timeout=0.3) is True
-    assert 0.25 <= time.monotonic() - started < 3, "a restore that does not end is waited for no longer than asked"
-    threading.Timer(0.2, lambda: h.abort(CKPT, "rolled back")).start()
-    started = time.monotonic()
-    h.await_restore(CKPT, "side", timeout=5)
-    assert time.monotonic() - started < 3, "an abort ends the wait"

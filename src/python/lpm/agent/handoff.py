@@ -227,23 +227,6 @@ class Handoff:
             except OSError:
                 pass
 
-    def await_restore(self, checkpoint_id: str, container: str, timeout: float) -> bool:
-        """When lpm-runc already waits for this container, wait until it restored it or failed (or the
-        checkpoint was aborted, or `timeout` passed); True if it waited. The restore runs inside the source's
-        freeze, in the new pod's CPU cgroup (a BestEffort pod has 2 CPU shares): the durable copy, which the
-        source's agent starts once this returns, would otherwise take the CPU from it (a 1 GiB restore took
-        2.8-6.5 s beside the copy against 0.5 s alone). A container nobody waits for yet (a pod that keeps its
-        name is created only after the source is gone) is not waited for."""
-        d = self._dir(checkpoint_id, container)
-        if not (d / "waiting").exists():
-            return False
-        until = time.monotonic() + timeout
-        while time.monotonic() < until:
-            if (d / "restored").exists() or (d / "failed").exists() or self.aborted(checkpoint_id) is not None:
-                break
-            time.sleep(0.01)
-        return True
-
     def restore_log(self, checkpoint_id: str, container: str, limit: int = 1 << 20) -> str | None:
         """CRIU's log of lpm-runc's failed restore of this container: the copy lpm-runc kept when the restore
         failed (`restore-failed.log`), else runc's work directory's (which a later try would reuse)."""

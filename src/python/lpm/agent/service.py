@@ -75,7 +75,6 @@ RPC_SECONDS = Histogram(
 )
 
 AGENT_VERSION = "0.1.0"
-RESTORE_WAIT_SECONDS = 30.0  # how long a push's answer waits for lpm-runc's restore (see Handoff.await_restore)
 SERVICE_NAME = "lpm.agent.v1.CheckpointService"
 REASON_KEY = "lpm-reason"
 T = TypeVar("T")
@@ -662,10 +661,6 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                 transfer.received(first, request_iterator),
                 size_bytes=first.expected_size_bytes,
             )
-            # The source's agent starts the durable copy when this returns: not while lpm-runc restores.
-            remaining = context.time_remaining()
-            limit = RESTORE_WAIT_SECONDS if remaining is None else min(RESTORE_WAIT_SECONDS, remaining - 1.0)
-            handoff.await_restore(first.checkpoint_id, name, limit)
             return agent_pb2.StageRestoreResponse(
                 image_bytes=staged.image_bytes,
                 rootfs_diff_bytes=staged.rootfs_diff_bytes,
