@@ -56,7 +56,6 @@ def lpm_run(i: int, ballast: int, engine: str, tick: float) -> dict[str, Any]:
     last = before[-1]["seq"]
     downtime, intact = k.updates_gap(before + [s for s in k.states(restored) if s["seq"] > last], tick)
     k.kubectl("-n", k.NAMESPACE, "delete", "pod", restored, "--grace-period=0", "--force", check=False)
-    k.kubectl("-n", k.NAMESPACE, "delete", "podmigration", mig, "--wait=false", check=False)
     # Its durable copy is retained (the default), in the local cluster's NFS export: a 1 GiB run stores 1 GiB, and
     # a full disk has the kubelets collect the very images the next run needs. A Live migration completes before
     # its copy is written: wait for the copy (so that it does not run into the next run either), then remove it.
@@ -64,6 +63,7 @@ def lpm_run(i: int, ballast: int, engine: str, tick: float) -> dict[str, Any]:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not (stored / st["checkpointID"] / ".checkpoint-complete").is_file():
         time.sleep(0.5)
+    k.kubectl("-n", k.NAMESPACE, "delete", "podmigration", mig, "--wait=false", check=False)
     shutil.rmtree(stored, ignore_errors=True)
     return {"total_s": total, "downtime_s": downtime, "intact": intact, "phases": st["phaseDurationsSeconds"]}
 
