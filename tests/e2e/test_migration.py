@@ -81,6 +81,12 @@ def test_counter_revenue_and_position_continue_after_migration(engine: str) -> N
         # Started from the pod's own image under lpm-runc: no checkpoint image is involved.
         assert pod_obj["spec"]["runtimeClassName"] == "lpm"
         assert pod_obj["spec"]["containers"][0]["image"] == k.DEMO_IMAGE
+        conditions = {x["type"]: x for x in st["conditions"]}
+        # The agent probed the node's kernel for pre-copy from inside its unprivileged container.
+        validated = conditions["Validated"]["message"]
+        assert "pre-copy" in validated and "could not be probed" not in validated, validated
+        # The durable copy runs beside the restore: stored, or still being written at the end; never failed here.
+        assert conditions["DurableCopy"]["status"] in ("True", "Unknown"), conditions["DurableCopy"]
     assert k.kubectl("-n", k.NAMESPACE, "get", "pod", pod, check=False).returncode != 0, "source not removed"
     # Who dumped the source: containerd for the Live engine (the agent's runtime dump), the kubelet for Image.
     dumps = k.kubectl_json("-n", k.NAMESPACE, "get", "containercheckpoints")["items"]

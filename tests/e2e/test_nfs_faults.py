@@ -1,7 +1,7 @@
 """The checkpoint repository failing under a migration, on the real cluster's nfs-ganesha (infra/local).
 
-Two faults, each while a 256 MiB pod's checkpoint is being written: the NFS server killed mid-write (on both
-engines), and the export full. No completion marker is ever written for such a checkpoint, nothing partial is
+Two faults, each while a 256 MiB pod's checkpoint is being written, each on both engines: the NFS server killed
+mid-write, and the export full. No completion marker is ever written for such a checkpoint, nothing partial is
 restored, and the pod's state carries on with no update lost or repeated: in the source, after a rollback, or
 in the replacement when the Live engine already restored it from the target's own verified copy. The killed
 writer's temp files are removed by the next run of the agent that wrote them.
@@ -115,6 +115,8 @@ def test_the_nfs_server_killed_mid_write_never_restores_a_partial_copy_and_its_l
         st = dict(k.migration(name).get("status") or {})
         print(f"[nfs-faults] server killed mid-write (Live): {st.get('phase')} {st.get('reason')}")
         assert st["phase"] == "Completed", out + err
+        durable = next(x for x in st["conditions"] if x["type"] == "DurableCopy")
+        assert durable["status"] != "True", f"a durable copy cut short was reported stored: {durable}"
         restored = st["restoredPodName"]
         k.wait_for("the restored pod counting", lambda: k.states(restored)[-1]["seq"] > seen + 5)
         seqs = [s["seq"] for s in k.states(restored)]
@@ -134,8 +136,14 @@ def test_the_nfs_server_killed_mid_write_never_restores_a_partial_copy_and_its_l
     assert not (directory / ".checkpoint-complete").exists()
 
 
-def test_a_full_export_fails_the_migration_cleanly_and_leaves_no_partial_file(nfs_restarted_after: None) -> None:
-    """The server's /small export (a 64 MiB tmpfs) as the repository, for a pod whose checkpoint is larger."""
+@pytest.mark.parametrize("engine", ["Live", "Image"])
+def test_a_full_export_never_leaves_a_partial_file_and_fails_only_a_migration_that_needs_the_store(
+    engine: str, nfs_restarted_after: None
+) -> None:
+    """The server's /small export (a 64 MiB tmpfs) as the repository, for a pod whose checkpoint is larger. Image:
+    the store is on the migration's path, so it fails and the source counts on. Live: the store is the durable
+    copy, written once the target verified its own copy; the migration completes from that one, and says the
+    durable copy is missing (condition DurableCopy), never that it was stored."""
     small = f"nfs://{NFS_HOST}:{NFS_PORT}/small?version=3&mountport=20048&noresvport=true"
     original = next(
         e["value"]
@@ -149,15 +157,37 @@ def test_a_full_export_fails_the_migration_cleanly_and_leaves_no_partial_file(nf
         k.kubectl("-n", "lpm-system", "set", "env", "daemonset/lpm-agent", f"LPM_STORAGE={url}")
         k.kubectl("-n", "lpm-system", "rollout", "status", "daemonset/lpm-agent", "--timeout=180s")
 
+    pod, name = f"nfs-full-{engine.lower()}", f"mig-nfs-full-{engine.lower()}"
     storage(small)
     try:
-        k.start_counter("nfs-full", ballast_mib=256)
-        seen = k.states("nfs-full")[-1]["seq"]
+        k.start_counter(pod, ballast_mib=256)
+        seen = k.states(pod)[-1]["seq"]
         started = time.monotonic()
-        proc = start_migration("nfs-full", "mig-nfs-full")
-        st = assert_failed_and_rolled_back("nfs-full", "mig-nfs-full", proc, seen, "export full")
-        print(f"[nfs-faults] export full: Failed after {time.monotonic() - started:.1f}s")
-        assert "space" in (st.get("message") or "").lower() or st.get("reason") == "StorageFull", st
+        proc = start_migration(pod, name, engine)
+        if engine == "Image":
+            st = assert_failed_and_rolled_back(pod, name, proc, seen, "export full")
+            print(f"[nfs-faults] export full: Failed after {time.monotonic() - started:.1f}s")
+            assert "space" in (st.get("message") or "").lower() or st.get("reason") == "StorageFull", st
+        else:
+            out, err = proc.communicate(timeout=330)
+            st = dict(k.migration(name).get("status") or {})
+            assert st["phase"] == "Completed", out + err
+            durable = next(x for x in st["conditions"] if x["type"] == "DurableCopy")
+            print(f"[nfs-faults] export full (Live): Completed, DurableCopy={durable['status']}: {durable['message']}")
+            assert durable["status"] in ("False", "Unknown"), durable
+            restored = st["restoredPodName"]
+            k.wait_for("the restored pod counting", lambda: k.states(restored)[-1]["seq"] > seen + 5)
+            seqs = [s["seq"] for s in k.states(restored)]
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "updates lost or repeated"
+            assert seqs[0] > seen, "the replacement started from scratch instead of the checkpoint"
+
+            def checkpoint_failed() -> dict | None:
+                pc = k.kubectl_json("-n", k.NAMESPACE, "get", "podcheckpoint", st["podCheckpointName"])
+                return pc["status"] if pc.get("status", {}).get("phase") == "Failed" else None
+
+            k.wait_for("the PodCheckpoint failed", checkpoint_failed, timeout=120)
+            failed = checkpoint_failed() or {}
+            assert "space" in (failed.get("message") or "").lower() or failed.get("reason") == "StorageFull", failed
         listing = podman("exec", NFS_CONTAINER, "find", "/small", "-type", "f")
         assert listing.returncode == 0, listing.stderr
         files = listing.stdout.split()

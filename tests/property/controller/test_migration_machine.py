@@ -92,6 +92,11 @@ class MigrationMachine(RuleBasedStateMachine):
     def agent_fails_next_call(self, node, method, permanent):
         self.world.agents[node].fail_next[method] = permanent
 
+    @rule()
+    def store_fills_up(self):
+        """The next checkpoint's durable copy fails after its push reached the target (Live engine)."""
+        self.world.agents[SOURCE].store_fails_next = True
+
     @rule(sticks=st.booleans())
     def runtime_keeps_the_source_paused_after_a_thaw(self, sticks):
         self.world.agents[SOURCE].thaw_sticks = sticks
@@ -239,6 +244,8 @@ class MigrationMachine(RuleBasedStateMachine):
         engine = w.migration.status.engine
         kind = ("StatefulSet" if w.stateful else "ReplicaSet") if w.owned else "bare"
         event(f"ended {w.migration.status.phase.value} ({w.migration.status.reason}), engine {engine}, {kind}")
+        if any(cond.type == "DurableCopy" for cond in w.migration.status.conditions):
+            event(f"went on without its durable copy, ended {w.migration.status.phase.value}")
         assert w.migration.status.phase.terminal, f"stuck in {w.migration.status.phase}: {w.migration.status}"
         self.failure_has_reason_and_leaves_source_thawed()
         if w.migration.status.phase is MigrationPhase.COMPLETED:

@@ -67,6 +67,8 @@ class AgentSim:
         # Live engine (target): the node's hand-off with lpm-runc.
         self.staged: set[tuple[str, str]] = set()  # (checkpoint ID, container)
         self.aborted: set[str] = set()  # checkpoint IDs: final, nothing restores from them
+        # Source: the next Live checkpoint's push reaches the target, then its durable copy fails (a full store).
+        self.store_fails_next = False
 
 
 class World:
@@ -283,7 +285,10 @@ class World:
             )
             state = "RESTORE_STATE_WAITING" if waits else "RESTORE_STATE_ABSENT"
             value = {
-                "containers": [{"container_name": n, "state": state} for n in req.container_names],
+                "containers": [
+                    {"container_name": n, "state": "RESTORE_STATE_STAGED" if (ckpt, n) in agent.staged else state}
+                    for n in req.container_names
+                ],
                 "aborted": "rolled back" if ckpt in agent.aborted else "",
             }
         elif call.METHOD == "StageRestore":
@@ -310,6 +315,13 @@ class World:
         elif call.METHOD == "CheckEligibility":
             value = {"checked": ["sim: nothing found"]}
         elif call.METHOD == "Checkpoint":
+            target = self.agents.get(req.options.stage_on_node)
+            if target is not None and req.checkpoint_id not in target.aborted:
+                # Live: the archive is pushed to the target's agent, verified there, before the durable copy.
+                target.staged.add((req.checkpoint_id, req.container_name))
+            if agent.store_fails_next:
+                agent.store_fails_next = False
+                return Outcome.failure("StorageFull", "injected: no space left on the store", retryable=False)
             ref = ArtifactRef(req.pod_uid, req.checkpoint_id, req.container_name)
             value = {"artifact": {"artifact_uri": ref.uri, "compressed_size_bytes": "10"}, "attempts": 1}
         elif call.METHOD == "ConvertCheckpointToImage":

@@ -352,3 +352,17 @@ def test_a_release_whose_status_write_was_lost_is_recorded_once_the_replacement_
     the source had not been released although it had."""
     st = status(decide(obs(_preparing(), source_pod=_released_source(), restored_pod=_replacement())))
     assert st.handover.released and st.phase is MigrationPhase.PREPARING
+
+
+def test_validation_says_why_the_live_source_is_dumped_in_one_pass():
+    def validated(source_caps):
+        out = outcomes()
+        out[ProbeAgent("node-a").key] = Outcome.success(source_caps)
+        st = status(decide(obs(migration(), source_pod=rs_pod(), target_node=NODE_B, outcomes=out)))
+        assert st.engine is Engine.LIVE
+        return next(x.message for x in st.conditions if x.type == c.CONDITION_VALIDATED)
+
+    assert "on node-a, pre-copy: its agent reports no dirty page tracking" in validated(LIVE_CAPS)
+    said = {**LIVE_CAPS, "problems": ["something else", "pre-copy: the kernel does not track soft-dirty pages"]}
+    assert "on node-a, pre-copy: the kernel does not track soft-dirty pages" in validated(said)
+    assert "pre-copy rounds are not used yet" in validated({**LIVE_CAPS, "memory_dirty_tracking": True})

@@ -12,6 +12,7 @@ from lpm.api.models import (
     ContainerCheckpointState,
     ContainerImage,
     EligibilityPolicy,
+    Engine,
     MigrationPhase,
     PodCheckpoint,
     PodCheckpointSpec,
@@ -31,6 +32,7 @@ from lpm.controller.effects import (
     DescribeRestoreFailure,
     EmitEvent,
     FreezeSource,
+    GetRestoreState,
     Outcome,
     PatchStatus,
     ProbeAgent,
@@ -555,3 +557,80 @@ def test_a_restore_criu_failed_is_explained_in_criu_words_from_the_target_agent_
     none = decide(obs(_restoring(), source_pod=pod(), restored_pod=restored, outcomes={ask.key: Outcome.success({})}))
     msg = status(none).message
     assert status(none).reason == "RestoreFailed" and "restore.log" in msg and "/run/containerd" not in msg
+
+
+def _failed_checkpoint(reason="StorageFull", message="container app: no space left on the export"):
+    pc = _ready_checkpoint()
+    pc.status.phase, pc.status.reason, pc.status.message = CheckpointPhase.FAILED, reason, message
+    return pc
+
+
+def _live_checkpoint_failed(target_states=None, aborted=""):
+    """A Live migration in Checkpointing whose PodCheckpoint failed; the target's agent answers `target_states`
+    (None: not asked yet)."""
+    m = migration(MigrationPhase.CHECKPOINTING, engine=Engine.LIVE, source_frozen=True)
+    first = decide(obs(m, source_pod=pod(), pod_checkpoint=_failed_checkpoint()))
+    if target_states is None:
+        return first
+    (ask,) = (a for a in first if isinstance(a, GetRestoreState))
+    assert ask.node == "node-b" and list(ask.request.container_names) == ["app"]
+    answer = {"containers": [{"container_name": "app", "state": s} for s in target_states], "aborted": aborted}
+    return decide(
+        obs(m, source_pod=pod(), pod_checkpoint=_failed_checkpoint(), outcomes={ask.key: Outcome.success(answer)})
+    )
+
+
+def test_a_live_migration_whose_target_verified_the_checkpoint_goes_on_when_only_the_durable_copy_failed():
+    asking = _live_checkpoint_failed()
+    assert not any(isinstance(a, PatchStatus) and a.status.phase is not MigrationPhase.CHECKPOINTING for a in asking)
+    for state in ("RESTORE_STATE_STAGED", "RESTORE_STATE_RESTORED"):
+        actions = _live_checkpoint_failed([state])
+        st = status(actions)
+        assert st.phase is MigrationPhase.RESTORING, (state, st.message)
+        (cond,) = (x for x in st.conditions if x.type == c.CONDITION_DURABLE_COPY)
+        assert cond.status is ConditionStatus.FALSE and "StorageFull" in cond.message and "no space" in cond.message
+        assert any(
+            isinstance(e, EmitEvent) and e.reason == "DurableCopyFailed" and e.type == "Warning" for e in actions
+        )
+
+
+def test_a_live_migration_rolls_back_when_the_target_has_no_verified_copy_or_the_restore_was_aborted():
+    for states, aborted in ((["RESTORE_STATE_WAITING"], ""), (["RESTORE_STATE_ABSENT"], ""), ([], "rolled back")):
+        st = status(_live_checkpoint_failed(states, aborted))
+        assert (st.phase, st.reason) == (MigrationPhase.ROLLING_BACK, "StorageFull"), (states, st.message)
+        assert not any(x.type == c.CONDITION_DURABLE_COPY for x in st.conditions)
+    aborted = status(_live_checkpoint_failed(["RESTORE_STATE_STAGED"], "rolled back"))
+    assert aborted.phase is MigrationPhase.ROLLING_BACK
+
+
+def test_an_image_migration_rolls_back_on_a_failed_checkpoint_without_asking_the_target():
+    m = migration(MigrationPhase.CHECKPOINTING, engine=Engine.IMAGE, source_frozen=True)
+    actions = decide(obs(m, source_pod=pod(), pod_checkpoint=_failed_checkpoint()))
+    assert not any(isinstance(a, GetRestoreState) for a in actions)
+    assert status(actions).phase is MigrationPhase.ROLLING_BACK
+
+
+def test_a_completed_live_migration_says_what_it_saw_of_its_durable_copy():
+    in_progress = _ready_checkpoint()
+    in_progress.status.phase = CheckpointPhase.IN_PROGRESS
+    seen = {}
+    for label, pc in (("ready", _ready_checkpoint()), ("storing", in_progress), ("failed", _failed_checkpoint())):
+        m = migration(MigrationPhase.CLEANING, engine=Engine.LIVE)
+        st = status(decide(obs(m, source_pod=None, pod_checkpoint=pc)))
+        assert st.phase is MigrationPhase.COMPLETED
+        (cond,) = (x for x in st.conditions if x.type == c.CONDITION_DURABLE_COPY)
+        seen[label] = (cond.status, cond.reason)
+    assert seen == {
+        "ready": (ConditionStatus.TRUE, "Stored"),
+        "storing": (ConditionStatus.UNKNOWN, "Storing"),
+        "failed": (ConditionStatus.FALSE, "NotStored"),
+    }
+    # Once the migration went on without it, a later look never turns that into something better.
+    went_on = status(_live_checkpoint_failed(["RESTORE_STATE_STAGED"]))
+    m = migration(MigrationPhase.CLEANING, engine=Engine.LIVE, conditions=went_on.conditions)
+    st = status(decide(obs(m, source_pod=None, pod_checkpoint=in_progress)))
+    (cond,) = (x for x in st.conditions if x.type == c.CONDITION_DURABLE_COPY)
+    assert (cond.status, cond.reason) == (ConditionStatus.FALSE, "NotStored")
+    image = migration(MigrationPhase.CLEANING, engine=Engine.IMAGE)
+    st = status(decide(obs(image, source_pod=None, pod_checkpoint=_ready_checkpoint())))
+    assert st.phase is MigrationPhase.COMPLETED and not any(x.type == c.CONDITION_DURABLE_COPY for x in st.conditions)

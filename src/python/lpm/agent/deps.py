@@ -9,7 +9,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lpm.agent import criu_log, transfer
+from lpm.agent import criu_log, kernel, transfer
 from lpm.agent import dump as dp
 from lpm.agent import freezer as fz
 from lpm.agent import handoff as ho
@@ -69,6 +69,8 @@ class Deps:
     dumper: dp.RuntimeDumper | None = None
     # What each checkpoint is doing now (GetProgress).
     progress: Progress = field(default_factory=Progress)
+    # Why pre-copy cannot run on this node ("": the kernel tracks dirty pages); probed once at start.
+    dirty_tracking_problem: str = "not probed"
 
 
 def build_deps(cfg: AgentConfig, locate: fz.Locate | None = None, backoff: Backoff | None = None) -> Deps:
@@ -129,6 +131,7 @@ def build_deps(cfg: AgentConfig, locate: fz.Locate | None = None, backoff: Backo
         zstd_level=cfg.zstd_level,
         zstd_threads=cfg.zstd_threads,
         criu_version=_tool_version([criu, "--version"]) if criu else "",
+        dirty_tracking_problem=_dirty_tracking(),
         runtime_version=runtime_version,
         cgroup_root=cgroup_root,
         runtime_node_task_dir=cfg.runtime_node_task_dir,
@@ -158,3 +161,9 @@ def build_deps(cfg: AgentConfig, locate: fz.Locate | None = None, backoff: Backo
             else transfer.PeerTLS(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
         ),
     )
+
+
+def _dirty_tracking() -> str:
+    problem = kernel.dirty_tracking_problem()
+    log.info("pre-copy: %s", problem or "the kernel tracks dirty pages")
+    return problem

@@ -52,6 +52,7 @@ from lpm.agent.kubelet import (
 )
 from lpm.agent.progress import Counted
 from lpm.api.agent.v1 import agent_pb2, agent_pb2_grpc
+from lpm.api.constants import PRECOPY_PROBLEM_PREFIX
 from lpm.api.names import InvalidName, require_label, require_subdomain, require_uid
 from lpm.storage.backend import (
     CheckpointIncomplete,
@@ -721,9 +722,12 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
         dump_problem = self.d.dumper.usable() if self.d.dumper else "no runtime dump directory configured"
         if dump_problem:
             problems.append(f"{dump_problem}: the Live engine dumps through the kubelet")
+        if self.d.dirty_tracking_problem:
+            problems.append(f"{PRECOPY_PROBLEM_PREFIX}{self.d.dirty_tracking_problem}")
         return agent_pb2.Capabilities(
             live_restore_supported=not live_problem,
             runtime_dump_supported=not dump_problem,
+            memory_dirty_tracking=not self.d.dirty_tracking_problem,
             node_name=self.d.node_name,
             agent_version=AGENT_VERSION,
             criu_version=self.d.criu_version,

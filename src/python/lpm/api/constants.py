@@ -69,3 +69,7 @@ CONDITION_VALIDATED: Final = "Validated"
 CONDITION_BOUND: Final = "Bound"
 CONDITION_ELIGIBLE: Final = "Eligible"
 CONDITION_REPLACEMENT_READY: Final = "ReplacementReady"
+# PodMigration, Live engine: False once the checkpoint's durable copy failed and the migration went on without it.
+CONDITION_DURABLE_COPY: Final = "DurableCopy"
+# Agent Capabilities.problems: the entry that says why pre-copy cannot run on the node.
+PRECOPY_PROBLEM_PREFIX: Final = "pre-copy: "

@@ -471,6 +471,7 @@ def _validating(plan: MigrationPlan) -> None:
     freeze = m.spec.source_policy is SourcePolicy.FREEZE
     pending_probe = False
     target_caps: Mapping[str, Any] = {}
+    source_caps: Mapping[str, Any] = {}
     for role, node_name in (("source", pod.node_name), ("target", target)):
         out = plan.outcome(ProbeAgent(node_name))
         if out is None:
@@ -490,6 +491,8 @@ def _validating(plan: MigrationPlan) -> None:
             missing.append("freeze")
         if role == "target":
             target_caps = caps
+        else:
+            source_caps = caps
         if missing:
             problems = "; ".join(str(p) for p in caps.get("problems") or []) or "no details reported"
             return plan.fail(
@@ -532,8 +535,17 @@ def _validating(plan: MigrationPlan) -> None:
     st.restored_pod_name = pod_name if keep else restored_pod_name(original_name(pod.raw) or pod_name, plan.uid)
     st.engine = engine
     st.handover = handover
+    validated = "pod, nodes and agents ok"
+    if engine is Engine.LIVE:
+        said = [str(p) for p in source_caps.get("problems") or [] if str(p).startswith(c.PRECOPY_PROBLEM_PREFIX)]
+        why = (
+            "pre-copy rounds are not used yet"
+            if source_caps.get("memory_dirty_tracking")
+            else f"on {pod.node_name}, {said[0] if said else 'pre-copy: its agent reports no dirty page tracking'}"
+        )
+        validated += f"; the source is dumped in one pass while frozen ({why})"
     st.conditions = set_condition(
-        st.conditions, c.CONDITION_VALIDATED, ConditionStatus.TRUE, "Validated", "pod, nodes and agents ok", plan.now
+        st.conditions, c.CONDITION_VALIDATED, ConditionStatus.TRUE, "Validated", validated, plan.now
     )
     if keep:
         # Its name is free only once the source is gone: no replacement before the freeze (see the module doc).
@@ -879,6 +891,11 @@ def _checkpointing(plan: MigrationPlan) -> None:
             "rename it and create a new PodMigration",
         )
     if pc.status.phase is CheckpointPhase.FAILED:
+        kept = _staged_without_durable_copy(plan) if plan.status.engine is Engine.LIVE else False
+        if kept is None:
+            return None
+        if kept:
+            return _restore_without_durable_copy(plan, pc)
         return _rollback(
             plan, pc.status.reason or "CheckpointFailed", f"checkpoint failed: {pc.status.message or 'no details'}"
         )
@@ -891,6 +908,40 @@ def _checkpointing(plan: MigrationPlan) -> None:
         plan.enter(P.TRANSFERRING, "Transferring", f"staging the checkpoint for lpm-runc on {plan.m.spec.target_node}")
         return None
     plan.enter(P.CONVERTING, "Converting", f"converting the checkpoint to images on {plan.m.spec.target_node}")
+
+
+def _staged_without_durable_copy(plan: MigrationPlan) -> bool | None:
+    """Live engine, the PodCheckpoint failed: did only its durable copy fail? True when the target's agent holds
+    every container's checkpoint, verified (pushed node to node before the durable copy started), and no
+    rollback aborted it; None while asking. A dump or a push that failed leaves a container WAITING or ABSENT."""
+    names, target = plan.containers(), plan.m.spec.target_node
+    if not names:
+        return False  # the source is gone: nothing says what the checkpoint held
+    request = pb.RestoreStateRequest(checkpoint_id=plan.status.checkpoint_id or "", container_names=names)
+    out = plan.outcome(GetRestoreState(target, request))
+    if out is None:
+        return None
+    if not out.ok or out.value.get("aborted"):
+        return False
+    states = {str(s.get("container_name")): str(s.get("state", "")) for s in out.value.get("containers") or []}
+    return all(states.get(n, "").endswith(("STAGED", "RESTORED")) for n in names)
+
+
+def _restore_without_durable_copy(plan: MigrationPlan, pc: PodCheckpoint) -> None:
+    """The durable copy is off the Live engine's path: its failure (a full or unreachable repository) does not
+    undo a migration whose target verified the checkpoint itself. Said in a condition and an Event, since no
+    stored copy of this checkpoint exists."""
+    st, target = plan.status, plan.m.spec.target_node
+    why = f"{pc.status.reason or 'CheckpointFailed'}: {pc.status.message or 'no details'}"
+    message = (
+        f"the durable copy of checkpoint {st.checkpoint_id} was not stored ({why}); the migration goes on from the "
+        f"copy {target}'s agent received node to node and verified, and no stored copy of this checkpoint exists"
+    )
+    st.conditions = set_condition(
+        st.conditions, c.CONDITION_DURABLE_COPY, ConditionStatus.FALSE, "NotStored", message, plan.now
+    )
+    plan.emit("Warning", "DurableCopyFailed", message)
+    return _enter_restoring(plan, f"lpm-runc restores pod {st.restored_pod_name} on {target} (durable copy failed)")
 
 
 def _converting(plan: MigrationPlan) -> None:
@@ -1187,7 +1238,28 @@ def _cleaning(plan: MigrationPlan) -> None:
                 plan.now,
             )
         st.source_frozen = False
+    if st.engine is Engine.LIVE:
+        _note_durable_copy(plan)
     plan.enter(P.COMPLETED, "Completed", done_msg)
+
+
+def _note_durable_copy(plan: MigrationPlan) -> None:
+    """Live engine: the durable copy is written beside the restore and may still be under way at the end; the
+    DurableCopy condition says what was seen then (the PodCheckpoint says how it ended)."""
+    st, pc = plan.status, plan.obs.pod_checkpoint
+    old = next((x for x in st.conditions if x.type == c.CONDITION_DURABLE_COPY), None)
+    if old is not None and old.status is ConditionStatus.FALSE:
+        return  # said when the migration went on without it
+    name = st.pod_checkpoint_name
+    if pc is not None and pc.status.phase is CheckpointPhase.READY:
+        status, reason, message = ConditionStatus.TRUE, "Stored", f"PodCheckpoint {name} holds the durable copy"
+    elif pc is not None and pc.status.phase is CheckpointPhase.FAILED:
+        why = f"{pc.status.reason or 'CheckpointFailed'}: {pc.status.message or 'no details'}"
+        status, reason, message = ConditionStatus.FALSE, "NotStored", f"the durable copy was not stored ({why})"
+    else:
+        status, reason = ConditionStatus.UNKNOWN, "Storing"
+        message = f"the durable copy was still being written when the pod ran on the target; see PodCheckpoint {name}"
+    st.conditions = set_condition(st.conditions, c.CONDITION_DURABLE_COPY, status, reason, message, plan.now)
 
 
 # ---------------------------------------------------------------------------------------------- rollback
