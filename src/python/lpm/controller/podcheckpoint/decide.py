@@ -4,7 +4,8 @@ Pending -> InProgress (one owned ContainerCheckpoint per container, all under on
         -> every container Ready: agent.CompleteCheckpoint (writes .checkpoint-complete), create the
            PodCheckpointContent bound to this object (and this object to it) -> Ready
         -> any container Failed: Failed, naming the container.
-        -> its PodMigration rolling back, ended or gone: Failed (MigrationEnded), no further agent call.
+        -> its PodMigration rolling back, Failed, being deleted or gone: Failed (MigrationEnded), no further
+           agent call. A Completed one does not stop it (the Live engine's durable copy ends after it).
 """
 
 from __future__ import annotations
@@ -103,9 +104,10 @@ def decide(obs: Observed) -> list[Action]:
     if obs.owner_name and (
         owner is None
         or owner.metadata.get("deletionTimestamp")
-        or owner.status.phase.terminal
-        or owner.status.phase is MigrationPhase.ROLLING_BACK
+        or owner.status.phase in (MigrationPhase.FAILED, MigrationPhase.ROLLING_BACK)
     ):
+        # A Completed migration keeps its checkpoint going: the Live engine completes once the pod runs on the
+        # target, and the durable copy may still be written then (it is sealed here once every container is).
         why = "is gone" if owner is None else f"is {owner.status.phase.value}"
         return finish(CP.FAILED, "MigrationEnded", f"PodMigration {obs.owner_name} {why}; checkpoint abandoned")
     if st.phase is CP.PENDING:
