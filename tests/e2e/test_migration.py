@@ -360,7 +360,9 @@ def test_controller_killed_mid_migration_completes_with_exactly_one_restored_pod
 
 
 def test_cancel_rolls_back_and_the_source_keeps_counting() -> None:
-    k.start_counter("cancelled", ballast_mib=256)
+    # 1 GiB keeps the migration frozen for seconds (~10 s here), so the cancel lands while it is under way: with
+    # 256 MiB the Live engine completed (~2 s) before `kubectl lpm cancel` started, once in CI.
+    k.start_counter("cancelled", ballast_mib=1024)
     res = k.lpm("migrate", "cancelled", "--to", k.NODE_2, "--name", "mig-cancel")
     assert res.returncode == 0, res.stderr
     k.wait_for("mig-cancel under way", lambda: k.phase("mig-cancel") in ("Freezing", "Checkpointing"), interval=0.1)
