@@ -151,7 +151,7 @@ def test_a_restore_that_fails_after_a_keep_name_commit_point_says_the_state_is_l
 
 
 def test_deleting_the_migration_mid_flight_thaws_the_source_and_leaves_nothing_behind() -> None:
-    k.start_counter("del-1", ballast_mib=256)
+    k.start_counter("del-1", ballast_mib=1024)  # frozen for seconds, so the delete lands mid-flight
     seen = k.states("del-1")[-1]["seq"]
     k.kubectl(
         "apply",

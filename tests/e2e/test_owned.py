@@ -132,7 +132,8 @@ class _PodWatch:
 def test_a_deployment_pod_whose_migration_is_cancelled_goes_back_to_its_owner_and_no_empty_pod_starts() -> None:
     k.kubectl("cordon", k.NODE_2)
     try:
-        k.apply(k.deployment("solo", 1, True, ballast_mib=256))  # 256 MiB: a checkpoint long enough to cancel
+        # 1 GiB: a checkpoint long enough to cancel (the Live engine moves 256 MiB in ~2 s now)
+        k.apply(k.deployment("solo", 1, True, ballast_mib=1024))
         (src,) = k.running_on("solo", k.NODE_1, 1)
     finally:
         k.kubectl("uncordon", k.NODE_2)
