@@ -15,6 +15,8 @@
 # /etc/criu/runc.conf naming it (tcp-established, skip-in-flight, network-lock skip), which runc hands to CRIU
 # for every checkpoint and restore on the node. An existing runc.conf that LPM did not write is left alone; the script
 # prints the lines to add to it.
+# For post-copy (CRIU lazy pages) it raises fs.pipe-max-size to 4 MiB (CRIU's page pipes) through
+# /etc/sysctl.d/90-lpm-post-copy.conf, and applies it now when the value is lower.
 # uninstall removes exactly those files (drain LPM-restored pods first: they run under the handler).
 set -euo pipefail
 
@@ -23,6 +25,7 @@ ACTION=/opt/lpm/bin/lpm-criu-action
 CRIU_CONF=/etc/criu/runc.conf
 MARK="# Written by LPM (deploy/node/lpm-runc-node.sh)"
 DROPIN=/etc/containerd/conf.d/lpm.toml
+SYSCTL_CONF=/etc/sysctl.d/90-lpm-post-copy.conf
 CONFIG=${CONTAINERD_CONFIG:-/etc/containerd/config.toml}
 RUNC=${LPM_RUNC_RUNC:-$(command -v runc || echo /usr/sbin/runc)}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -68,6 +71,11 @@ action-script $ACTION"
       printf '%s\n' "$conf" >"$CRIU_CONF.new" && mv -f "$CRIU_CONF.new" "$CRIU_CONF"
       echo "installed $ACTION and $CRIU_CONF"
     fi
+    install -d -m 0755 "$(dirname "$SYSCTL_CONF")"
+    printf '%s\n%s\n' "$MARK; removed by its uninstall. CRIU's lazy pages (post-copy) need 4 MiB pipes." \
+      "fs.pipe-max-size = 4194304" >"$SYSCTL_CONF"
+    if [ "$(cat /proc/sys/fs/pipe-max-size)" -lt 4194304 ]; then echo 4194304 >/proc/sys/fs/pipe-max-size; fi
+    echo "installed $SYSCTL_CONF (fs.pipe-max-size = 4194304, applied)"
     if [ "$RUNC" != /usr/sbin/runc ]; then
       echo "note: runc is at $RUNC; lpm-runc looks for /usr/sbin/runc unless LPM_RUNC_RUNC is set for containerd"
     fi
@@ -79,13 +87,13 @@ action-script $ACTION"
     echo "  kubectl get node $(hostname) -o jsonpath='{.status.runtimeHandlers[*].name}'   # lists lpm"
     ;;
   uninstall)
-    rm -f "$BIN" "$DROPIN" "$ACTION"
+    rm -f "$BIN" "$DROPIN" "$ACTION" "$SYSCTL_CONF"
     if head -n 1 "$CRIU_CONF" 2>/dev/null | grep -qF "$MARK"; then rm -f "$CRIU_CONF"; fi
     rmdir --ignore-fail-on-non-empty "$(dirname "$BIN")" 2>/dev/null || true
-    echo "removed $BIN, $ACTION, $DROPIN and LPM's $CRIU_CONF; restart containerd to drop the handler"
+    echo "removed $BIN, $ACTION, $DROPIN, $SYSCTL_CONF and LPM's $CRIU_CONF; restart containerd to drop the handler (fs.pipe-max-size keeps its value until the next boot)"
     ;;
   status)
-    for f in "$BIN" "$DROPIN" "$ACTION" "$CRIU_CONF"; do
+    for f in "$BIN" "$DROPIN" "$ACTION" "$CRIU_CONF" "$SYSCTL_CONF"; do
       if [ -e "$f" ]; then echo "present: $f"; else echo "missing: $f"; fi
     done
     ;;

@@ -16,7 +16,7 @@ from lpm_local.namespaces import kill_node_processes, mntns_file
 from lpm_local.network import link_exists, setup_host_network
 from lpm_local.nfs import start_nfs_server, stop_nfs_server
 from lpm_local.pki import make_pki
-from lpm_local.sysctls import restore_sysctls, save_sysctls
+from lpm_local.sysctls import raise_post_copy_sysctls, restore_post_copy_sysctls, restore_sysctls, save_sysctls
 
 
 def up() -> None:
@@ -35,6 +35,7 @@ def up() -> None:
     start_nfs_server()
     start_control_plane(b)
     save_sysctls()
+    raise_post_copy_sysctls()
     for name in NODES:
         start_node(name, b)
     for name in NODES:
@@ -90,6 +91,7 @@ def teardown() -> None:
             log(f"stopping {comp}")
             stop_pid(comp, pid)
     restore_sysctls(final=True)
+    restore_post_copy_sysctls()
     for name, n in NODES.items():
         if Path(f"/run/netns/{name}").exists():
             run(["ip", "netns", "del", name], check=False)

@@ -43,3 +43,32 @@ def restore_sysctls(final: bool = False) -> None:
         log("restored kernel tunables the kubelet changed: " + " ".join(changed))
     if final:
         SYSCTL_SAVED.unlink()
+
+
+# Post-copy: CRIU's lazy dump keeps pages in 4 MiB pipes, above the default fs.pipe-max-size (1 MiB); it fails
+# with "page-pipe: tee: 65536: Operation not permitted" otherwise. A global tunable: raised while the cluster
+# is up (never lowered), and put back by `down`.
+POST_COPY_TUNABLES = {"fs/pipe-max-size": 4 << 20}
+POST_COPY_SAVED = STATE / "sysctl-post-copy.json"
+
+
+def raise_post_copy_sysctls() -> None:
+    saved = json.loads(POST_COPY_SAVED.read_text()) if POST_COPY_SAVED.exists() else {}
+    for k, want in POST_COPY_TUNABLES.items():
+        p = Path("/proc/sys", k)
+        have = int(p.read_text())
+        if have < want:
+            saved.setdefault(k, str(have))
+            p.write_text(str(want))
+            log(f"raised {k.replace('/', '.')} to {want} for post-copy (was {have}; `down` puts it back)")
+    if saved:
+        POST_COPY_SAVED.write_text(json.dumps(saved, indent=2))
+
+
+def restore_post_copy_sysctls() -> None:
+    if not POST_COPY_SAVED.exists():
+        return
+    for k, v in json.loads(POST_COPY_SAVED.read_text()).items():
+        Path("/proc/sys", k).write_text(v)
+        log(f"restored {k.replace('/', '.')}={v}")
+    POST_COPY_SAVED.unlink()

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import tarfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import grpc
 import pytest
 from integration.agent.harness import Pki
 
-from lpm.agent import config, transfer
+from lpm.agent import config, pages, transfer
 from lpm.agent import freezer as fz
 from lpm.agent.deps import Deps
 from lpm.agent.dump import TarLayout
@@ -60,6 +63,7 @@ def target(tmp_path: Path, pki: Pki) -> Iterator[tuple[AgentServer, Handoff]]:
         freezer=fz.Freezer(lambda uid, name: Path("/nonexistent"), tmp_path / "state"),
         images=ImageLoader(runtime="podman"),
         handoff=handoff,
+        lazy_pages_problem="",  # as probed on a node that can (lpm.agent.kernel)
     )
     server = AgentServer(cfg, deps)
     server.start()
@@ -141,3 +145,83 @@ def test_a_peer_agent_may_hand_over_a_checkpoint_and_nothing_else(tmp_path: Path
     with grpc.secure_channel(f"localhost:{server.port}", creds) as channel:
         caps = agent_pb2_grpc.CheckpointServiceStub(channel).GetCapabilities(agent_pb2.GetCapabilitiesRequest())
         assert caps.node_name == "target" and caps.live_restore_supported
+
+
+def _page_server() -> tuple[socket.socket, int]:
+    """Stands in for CRIU's page server on the source's loopback: one connection."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    return listener, listener.getsockname()[1]
+
+
+def test_post_copy_pages_are_relayed_both_ways_between_the_page_server_and_the_lazy_pages_daemon(
+    tmp_path: Path, pki: Pki, target
+) -> None:
+    server, handoff = target
+    address = f"127.0.0.1:{server.port}"
+    path = archive(tmp_path / "a.tar", b"metadata only")
+    push = transfer.Push(
+        address, CKPT, "app", lambda: path.open("rb"), path.stat().st_size, peer(pki), timeout=30, lazy_pages=True
+    )
+    assert push.start().wait(30).ok, push.message
+    ready = json.loads((tmp_path / "handoff" / CKPT / "app" / "ready").read_text())
+    assert ready["lazy_pages"]["address"] == "127.0.0.1"
+    staged = Path(ready["images"])
+    assert staged.is_dir()
+
+    listener, port = _page_server()
+    page_server: dict[str, bytes] = {}
+
+    def serve_pages() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            page_server["request"] = conn.recv(64)
+            conn.sendall(b"P" * (3 << 20))  # 3 MiB of "pages": several relay chunks
+            page_server["close"] = conn.recv(64)
+
+    served = threading.Thread(target=serve_pages)
+    served.start()
+    relayed: list[pages.Relayed] = []
+    source = threading.Thread(
+        target=lambda: relayed.append(
+            pages.relay_source(pages.connect_page_server(port), address, peer(pki), CKPT, "app", timeout=30)
+        )
+    )
+    source.start()
+    # The target's `criu lazy-pages`: connects to the relay lpm-runc was told about, asks, reads, says goodbye.
+    with socket.create_connection(("127.0.0.1", ready["lazy_pages"]["port"]), timeout=10) as daemon:
+        daemon.sendall(b"GET")
+        got = b""
+        while len(got) < 3 << 20:
+            got += daemon.recv(1 << 20)
+        daemon.sendall(b"BYE")
+        time.sleep(0.2)  # let BYE through before the daemon's end closes the stream
+    source.join(30)
+    served.join(30)
+    listener.close()
+    assert got == b"P" * (3 << 20)
+    assert page_server == {"request": b"GET", "close": b"BYE"}
+    assert relayed and relayed[0].ok, relayed
+    assert relayed[0].page_bytes == 3 << 20
+    # The daemon is done with the images once its connection ended: they are process memory, removed.
+    deadline = time.monotonic() + 5
+    while staged.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not staged.exists()
+
+
+def test_the_page_relay_refuses_a_connection_from_a_socket_root_does_not_own(tmp_path: Path) -> None:
+    table = tmp_path / "tcp"
+    relay = pages.PageRelay(proc_net_tcp=table, accept_timeout=5)
+    port = relay.listen(CKPT, "app")
+    with socket.create_connection(("127.0.0.1", port)) as intruder:
+        local = intruder.getsockname()[1]
+        table.write_text(
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+            f"   0: 0100007F:{local:04X} 0100007F:{port:04X} 01 00000000:00000000 00:00000000 00000000  1000 0 1\n"
+        )
+        with pytest.raises(pages.PageRelayError, match="uid 1000"):
+            next(relay.serve(CKPT, "app", iter(())))
+    with pytest.raises(pages.PageRelayError, match="not staged for post-copy"):
+        next(relay.serve(CKPT, "app", iter(())))  # the one connection was spent: nothing else gets in

@@ -19,6 +19,7 @@ from lpm.agent.kubelet import (
     Backoff,
     KubeletClient,
 )
+from lpm.agent.pages import PageRelay
 from lpm.agent.progress import Progress
 from lpm.agent.restore_logs import RestoreLogWatcher
 from lpm.storage.sealing import KeyDirectory
@@ -71,6 +72,10 @@ class Deps:
     progress: Progress = field(default_factory=Progress)
     # Why pre-copy cannot run on this node ("": the kernel tracks dirty pages); probed once at start.
     dirty_tracking_problem: str = "not probed"
+    # Why this node cannot take part in post-copy ("": it can); probed once at start.
+    lazy_pages_problem: str = "not probed"
+    # Post-copy on the target: the loopback listeners lpm-runc's `criu lazy-pages` connects to.
+    page_relay: PageRelay = field(default_factory=PageRelay)
 
 
 def build_deps(cfg: AgentConfig, locate: fz.Locate | None = None, backoff: Backoff | None = None) -> Deps:
@@ -132,6 +137,7 @@ def build_deps(cfg: AgentConfig, locate: fz.Locate | None = None, backoff: Backo
         zstd_threads=cfg.zstd_threads,
         criu_version=_tool_version([criu, "--version"]) if criu else "",
         dirty_tracking_problem=_dirty_tracking(),
+        lazy_pages_problem=_lazy_pages(),
         runtime_version=runtime_version,
         cgroup_root=cgroup_root,
         runtime_node_task_dir=cfg.runtime_node_task_dir,
@@ -166,4 +172,10 @@ def build_deps(cfg: AgentConfig, locate: fz.Locate | None = None, backoff: Backo
 def _dirty_tracking() -> str:
     problem = kernel.dirty_tracking_problem()
     log.info("pre-copy: %s", problem or "the kernel tracks dirty pages")
+    return problem
+
+
+def _lazy_pages() -> str:
+    problem = kernel.lazy_pages_problem()
+    log.info("post-copy: %s", problem or "the kernel has userfaultfd and 4 MiB pipes")
     return problem

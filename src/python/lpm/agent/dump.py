@@ -49,6 +49,7 @@ from typing import BinaryIO, Final, cast
 from lpm.agent import eligibility
 from lpm.agent.images import IterReader
 from lpm.agent.kubelet import CheckpointResult
+from lpm.agent.pages import LOOPBACK, free_port
 from lpm.agent.scratch import Scratch, resident_bytes
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,50 @@ class TarLayout:
             if _padded(size) > size:
                 yield bytes(_padded(size) - size)
         yield _TAR_END
+
+
+def _request_file(images: Path) -> Path:
+    """Beside the image directory: lpm-runc's `checkpoint` turns lazy when it exists (src/go/lpm-runc)."""
+    return images.with_name(images.name + ".lpm-lazy.json")
+
+
+def _ready_file(images: Path) -> Path:
+    """Written by lpm-runc once CRIU's page server listens (the images are complete then)."""
+    return images.with_name(images.name + ".lpm-lazy-ready")
+
+
+def _check_dumped(done: subprocess.CompletedProcess[str]) -> None:
+    if done.returncode != 0:
+        message = (done.stderr or done.stdout).strip()
+        if "criu failed" in message.lower():
+            raise DumpCriuFailed(message)
+        raise DumpError(f"ctr tasks checkpoint failed: {message}")
+
+
+@dataclass
+class LazyDump:
+    """A post-copy dump whose page server still runs: `ctr tasks checkpoint` returns once every page was pulled
+    (CRIU's page server then exits), or the transfer broke (the source runs on: leave-running, still paused)."""
+
+    process: subprocess.Popen[str]
+    port: int
+    memory_bytes: int = 0  # the container's resident memory at the dump: about what the page stream carries
+
+    def wait(self, timeout: float) -> str:
+        """Empty once every page went; else why not."""
+        try:
+            out, err = self.process.communicate(timeout=max(0.1, timeout))
+        except subprocess.TimeoutExpired:
+            return f"the page server still ran after {timeout:.0f}s"
+        if self.process.returncode != 0:
+            return f"ctr tasks checkpoint (post-copy) failed: {(err or out).strip()}"
+        return ""
+
+    def stop(self) -> None:
+        """Give up: ctr goes; the runtime's page server ends once its connection closes."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.communicate()
 
 
 def _padded(size: int) -> int:
@@ -296,9 +341,15 @@ class RuntimeDumper:
             return f"{self.ctr} is not installed"
         return ""
 
-    def dump(self, container_id: str, pid: int, label: str, timeout: float) -> CheckpointResult:
+    def dump(
+        self, container_id: str, pid: int, label: str, timeout: float, lazy_above_bytes: int = 0
+    ) -> CheckpointResult:
         """Checkpoint task `container_id` (init process `pid` in the node's PID namespace) into a directory
-        that reads as an archive in the kubelet's layout (`CheckpointResult.open`); the caller discards it."""
+        that reads as an archive in the kubelet's layout (`CheckpointResult.open`); the caller discards it.
+
+        Post-copy when the container holds at least `lazy_above_bytes` (> 0) of resident memory: the result's
+        `lazy` is the page server still running (its memory is not in the archive); None when the runtime dumped
+        it whole (a runtime that is not lpm-runc ignores the request)."""
         started = time.monotonic()
         try:
             mountinfo = (self.proc_root / str(pid) / "mountinfo").read_text()
@@ -310,8 +361,12 @@ class RuntimeDumper:
         # images, written by the runtime and as large as the container's memory, go to memory when they fit.
         self.dump_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{label}-", dir=self.dump_dir))
-        base = self._scratch().pick(resident_bytes(self.proc_root, pid), f"the dump of {label}")
+        resident = resident_bytes(self.proc_root, pid)
+        lazy = 0 < lazy_above_bytes <= resident
+        # Post-copy leaves the memory out of the images: they are small, and go to memory.
+        base = self._scratch().pick(0 if lazy else resident, f"the dump of {label}")
         images = Path(tempfile.mkdtemp(prefix=f".{label}-images-", dir=base))
+        pending: LazyDump | None = None
         try:
             # The file-system changes first: the task is frozen, so they are final, and a change the agent
             # cannot read fails here, before CRIU ran (the caller then dumps through the kubelet).
@@ -326,12 +381,11 @@ class RuntimeDumper:
                 raise DumpError(f"cannot read the container's emptyDir volumes: {exc}") from None
             (work / "volumes.json").write_text(json.dumps(volumes))
             diffed = time.monotonic()
-            done = self._ctr(timeout, "tasks", "checkpoint", "--image-path", str(images), container_id)
-            if done.returncode != 0:
-                message = (done.stderr or done.stdout).strip()
-                if "criu failed" in message.lower():
-                    raise DumpCriuFailed(message)
-                raise DumpError(f"ctr tasks checkpoint failed: {message}")
+            argv = ("tasks", "checkpoint", "--image-path", str(images), container_id)
+            if lazy:
+                pending = self._dump_lazy(images, timeout, argv, resident)
+            else:
+                _check_dumped(self._ctr(timeout, *argv))
             dumped = time.monotonic()
             self._describe(container_id, work)
             # The archive is never written: its readers (the push, the store) read it from these files.
@@ -344,7 +398,7 @@ class RuntimeDumper:
             layout = TarLayout.of(files, roots=(work, images))
             log.info(
                 "dumped %s through containerd into %s in %.3fs (rootfs diff and %d emptyDir volumes %.3fs, CRIU "
-                "%.3fs, %d changes, %d deleted)",
+                "%.3fs, %d changes, %d deleted)%s",
                 label,
                 base,
                 time.monotonic() - started,
@@ -353,12 +407,43 @@ class RuntimeDumper:
                 dumped - diffed,
                 entries,
                 len(deleted),
+                f"; its {resident} bytes of memory are served from 127.0.0.1:{pending.port}" if pending else "",
             )
-            return CheckpointResult(str(work), work, 1, time.monotonic() - started, layout)
+            return CheckpointResult(str(work), work, 1, time.monotonic() - started, layout, pending)
         except BaseException:
+            if pending is not None:
+                pending.stop()
             shutil.rmtree(work, ignore_errors=True)
             shutil.rmtree(images, ignore_errors=True)
             raise
+        finally:
+            for sibling in (_request_file(images), _ready_file(images)):
+                sibling.unlink(missing_ok=True)
+
+    def _dump_lazy(self, images: Path, timeout: float, argv: tuple[str, ...], resident: int) -> LazyDump | None:
+        """Ask lpm-runc (the task's runtime) for a lazy dump, and wait until its page server listens or the
+        dump ended. None: the runtime dumped the whole memory (it is not lpm-runc)."""
+        port = free_port()
+        fd = os.open(_request_file(images), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"page_server": f"{LOOPBACK}:{port}"}, f)
+        cmd = [self.ctr, "--address", self.address, "-n", self.namespace, *argv]
+        try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        except FileNotFoundError:
+            raise DumpError(f"{self.ctr} is not installed: cannot checkpoint through containerd") from None
+        pending = LazyDump(proc, port, resident)
+        deadline = time.monotonic() + max(1.0, timeout)
+        while not _ready_file(images).exists():
+            if proc.poll() is not None:
+                out, err = proc.communicate()
+                _check_dumped(subprocess.CompletedProcess(cmd, proc.returncode, out, err))
+                return None  # dumped whole: the runtime did not serve pages
+            if time.monotonic() >= deadline:
+                pending.stop()
+                raise DumpError(f"ctr tasks checkpoint (post-copy) did not start serving pages within {timeout:.0f}s")
+            time.sleep(0.002)
+        return pending
 
     def _describe(self, container_id: str, work: Path) -> None:
         """spec.dump (the bundle's OCI spec) and config.dump (checkpointctl's ContainerConfig), as containerd's

@@ -56,6 +56,7 @@ _DELETED_FILES = "deleted.files"
 _VOLUMES_PREFIX = "volumes/"
 _VOLUMES = "volumes.json"
 _READ_SIZE = 1 << 20
+LAZY_PAGES_PID = "lazy-pages.pid"  # lpm-runc: the post-copy restore's `criu lazy-pages` daemon
 _VOLUME_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a pod volume's name (DNS-1123 label)
 
 
@@ -150,7 +151,8 @@ class Handoff:
                 pass
             if (d / "restored").exists():
                 state = State.RESTORED
-                self._drop_staged(checkpoint_id, name)  # lpm-runc does, right after its restore; this is the backstop
+                if not (d / LAZY_PAGES_PID).exists():  # post-copy: its daemon reads them until the stream ends
+                    self.drop_staged(checkpoint_id, name)  # lpm-runc does, right after its restore; the backstop
             elif (d / "ready").exists():
                 state = State.STAGED
             elif waiting:
@@ -160,11 +162,20 @@ class Handoff:
             out.append(ContainerState(name, state, str(waiting.get("container_id", "")), str(waiting.get("since", ""))))
         return out
 
-    def stage(self, checkpoint_id: str, container: str, archive: Iterator[bytes], size_bytes: int = 0) -> Staged:
+    def stage(
+        self,
+        checkpoint_id: str,
+        container: str,
+        archive: Iterator[bytes],
+        size_bytes: int = 0,
+        lazy_pages_port: int | None = None,
+    ) -> Staged:
         """Lay out one container's checkpoint archive (the kubelet's tar, as a verified chunk stream) for
         lpm-runc. `archive` raises at its end if the bytes did not match their manifest: `ready` is written only
         after that end was reached. `size_bytes`: the archive's size if known, which decides whether it is staged
-        in memory. Idempotent: an already staged or restored container is left as it is."""
+        in memory. `lazy_pages_port`: post-copy, the memory comes from the page relay on this loopback port
+        (lpm.agent.pages), where lpm-runc's `criu lazy-pages` connects. Idempotent: an already staged or restored
+        container is left as it is."""
         started = time.monotonic()
         d = self._dir(checkpoint_id, container)
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -196,7 +207,7 @@ class Handoff:
         if self.aborted(checkpoint_id) is not None:  # a rollback raced the transfer: never hand it over
             shutil.rmtree(final, ignore_errors=True)
             raise Aborted(f"checkpoint {checkpoint_id} was aborted while it was staged")
-        ready = {
+        ready: dict[str, object] = {
             "images": str(final / "images"),
             "rootfs_diff": str(final / _ROOTFS_DIFF) if diff_bytes else "",
             "deleted_files": deleted,
@@ -206,6 +217,8 @@ class Handoff:
                 for point, name in sorted(mounted.items())
             ],
         }
+        if lazy_pages_port is not None:
+            ready["lazy_pages"] = {"address": "127.0.0.1", "port": lazy_pages_port}
         _write_atomic(d / "ready", json.dumps(ready).encode())
         seconds = time.monotonic() - started
         log.info(
@@ -218,7 +231,7 @@ class Handoff:
         )
         return Staged(container, image_bytes, diff_bytes, seconds)
 
-    def _drop_staged(self, checkpoint_id: str, container: str) -> None:
+    def drop_staged(self, checkpoint_id: str, container: str) -> None:
         shutil.rmtree(self._dir(checkpoint_id, container) / "staged", ignore_errors=True)
         if self.scratch.memory is not None:
             shutil.rmtree(self.scratch.memory / checkpoint_id / container, ignore_errors=True)

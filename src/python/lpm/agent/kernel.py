@@ -5,6 +5,10 @@ Pre-copy (CRIU `pre-dump` rounds while the pod runs, then a short final dump of 
 soft-dirty page tracking (CONFIG_MEM_SOFT_DIRTY): the kernel marks each page written since the process's
 `clear_refs` was reset, and `/proc/<pid>/pagemap` shows the mark (bit 55). Probed on one page of our own:
 written, the mark must show; after `clear_refs` 4 it must clear; written again, show again.
+
+Post-copy (CRIU lazy pages) needs userfaultfd (CONFIG_USERFAULTFD: `/proc/sys/vm/unprivileged_userfaultfd` exists
+then), and pipes of 4 MiB for CRIU's page pipes (`fs.pipe-max-size`, a node-wide sysctl: CRIU's dump otherwise
+fails with "page-pipe: tee: 65536: Operation not permitted").
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ log = logging.getLogger(__name__)
 _SOFT_DIRTY = 1 << 55
 _PRESENT = 1 << 63
 _CLEAR_SOFT_DIRTY = "4"
+LAZY_PIPE_BYTES = 4 << 20
 
 
 def dirty_tracking_problem(proc_self: Path = Path("/proc/self")) -> str:
@@ -57,3 +62,19 @@ def _entry(pagemap: Path, address: int, page: int) -> int:
         return 0  # past the end: no such page
     (value,) = struct.unpack("<Q", raw)
     return int(value)
+
+
+def lazy_pages_problem(proc_sys: Path = Path("/proc/sys")) -> str:
+    """ "" when the node's kernel can run CRIU's lazy pages (post-copy), else why not."""
+    if not (proc_sys / "vm" / "unprivileged_userfaultfd").exists():
+        return "the kernel has no userfaultfd (CONFIG_USERFAULTFD), which CRIU's lazy pages need"
+    try:
+        pipe_max = int((proc_sys / "fs" / "pipe-max-size").read_text())
+    except (OSError, ValueError) as exc:
+        return f"fs.pipe-max-size could not be read ({exc})"
+    if pipe_max < LAZY_PIPE_BYTES:
+        return (
+            f"fs.pipe-max-size is {pipe_max}; CRIU's lazy dump needs {LAZY_PIPE_BYTES} "
+            f"(sysctl -w fs.pipe-max-size={LAZY_PIPE_BYTES} on the node)"
+        )
+    return ""

@@ -171,6 +171,8 @@ class CheckpointResult:
     attempts: int
     seconds: float
     layout: Layout | None = None
+    # Post-copy: the runtime's page server, still serving the memory the archive lacks (lpm.agent.dump.LazyDump).
+    lazy: Any = None
 
     @property
     def size(self) -> int:

@@ -35,7 +35,7 @@ import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 from prometheus_client import Counter, Histogram
 
-from lpm.agent import criu_log, eligibility, transfer
+from lpm.agent import criu_log, eligibility, pages, transfer
 from lpm.agent import dump as dp
 from lpm.agent import freezer as fz
 from lpm.agent import handoff as ho
@@ -52,7 +52,7 @@ from lpm.agent.kubelet import (
 )
 from lpm.agent.progress import Counted
 from lpm.api.agent.v1 import agent_pb2, agent_pb2_grpc
-from lpm.api.constants import PRECOPY_PROBLEM_PREFIX
+from lpm.api.constants import POSTCOPY_PROBLEM_PREFIX, PRECOPY_PROBLEM_PREFIX, REASON_POST_COPY_FAILED
 from lpm.api.names import InvalidName, require_label, require_subdomain, require_uid
 from lpm.storage.backend import (
     CheckpointIncomplete,
@@ -88,6 +88,11 @@ class Abort(Exception):
         self.reason = reason
 
 
+class PostCopyFailed(Exception):
+    """The pages of a post-copy dump did not all reach the target (after the target's restore began, its pod
+    cannot run without them)."""
+
+
 class CheckpointRefused(Exception):
     """CRIU refused or failed the dump; the message is CRIU's own words and a hint, without node paths."""
 
@@ -114,6 +119,8 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
             return code.INVALID_ARGUMENT, str(exc), ""
         case CheckpointRefused():
             return code.FAILED_PRECONDITION, str(exc), "CheckpointRefused"
+        case PostCopyFailed():
+            return code.FAILED_PRECONDITION, str(exc), REASON_POST_COPY_FAILED
         case fz.Fenced():
             return code.FAILED_PRECONDITION, str(exc), "CheckpointFenced"
         case KubeletNotFound() | fz.ContainerNotFound():
@@ -146,7 +153,7 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
 
 
 # What a peer agent (client certificate CN lpm-agent) may call on another agent: only hand over a checkpoint.
-PEER_METHODS = frozenset({"ReceiveCheckpoint"})
+PEER_METHODS = frozenset({"ReceiveCheckpoint", "StreamPages"})
 
 
 def _lowest_cpu_priority() -> None:
@@ -267,6 +274,8 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             self.d.freezer.refuse_if_fenced(request.checkpoint_id)
         checkpointed_at = time.time()
         kubelet_seconds = time.monotonic() - started
+        if result.lazy is not None:
+            return self._post_copy(request, result, timeout - kubelet_seconds, checkpointed_at, kubelet_seconds)
         push = None
         size = result.size
         if opts.stage_on_address:
@@ -331,6 +340,73 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             attempts=result.attempts,
         )
 
+    def _post_copy(
+        self,
+        request: agent_pb2.CheckpointRequest,
+        result: CheckpointResult,
+        timeout: float,
+        checkpointed_at: float,
+        kubelet_seconds: float,
+    ) -> agent_pb2.CheckpointResponse:
+        """The dump left the memory with the runtime's page server: push the rest to the target's agent, then relay
+        the pages its lazy-pages daemon pulls, until every page went. Nothing is stored (the images hold no memory).
+        Before the target restored, a failure here leaves the source as it was (paused, whole)."""
+        progress, ckpt, ctr = self.d.progress, request.checkpoint_id, request.container_name
+        lazy: dp.LazyDump = result.lazy
+        deadline = time.monotonic() + timeout
+        try:
+            try:
+                conn = pages.connect_page_server(lazy.port)
+            except OSError as exc:
+                raise dp.DumpError(f"cannot reach the page server of the post-copy dump: {exc}") from None
+            progress.stage(ckpt, ctr, "sending", result.size)
+            push = transfer.Push(
+                request.options.stage_on_address,
+                ckpt,
+                ctr,
+                result.open,
+                result.size,
+                self.d.peer_tls,
+                timeout=max(1.0, timeout),
+                sent=lambda n: progress.moved(ckpt, ctr, "sending", n),
+                lazy_pages=True,
+            ).start()
+            push.wait(deadline - time.monotonic())
+            if not push.ok:
+                conn.close()
+                raise dp.DumpError(f"post-copy: the target did not take the checkpoint: {push.message}")
+            progress.stage(ckpt, ctr, "streaming pages", lazy.memory_bytes)
+            relayed = pages.relay_source(
+                conn,
+                request.options.stage_on_address,
+                self.d.peer_tls,
+                ckpt,
+                ctr,
+                timeout=max(1.0, deadline - time.monotonic()),
+                moved=lambda n: progress.moved(ckpt, ctr, "streaming pages", n),
+            )
+            failed = lazy.wait(min(30.0, max(1.0, deadline - time.monotonic())))
+        except BaseException:
+            lazy.stop()
+            raise
+        finally:
+            result.discard()
+        if failed:
+            raise PostCopyFailed(f"post-copy of {ckpt}/{ctr}: {failed} ({relayed.message})")
+        return agent_pb2.CheckpointResponse(
+            dumped_by="containerd",
+            staged_on_target=True,
+            stage_message=push.message,
+            checkpoint_id=ckpt,
+            node_name=self.d.node_name,
+            kubelet_duration=_duration(kubelet_seconds),
+            checkpointed_at=_timestamp(checkpointed_at),
+            attempts=result.attempts,
+            memory_streamed=True,
+            pages_message=relayed.message,
+            page_bytes=relayed.page_bytes,
+        )
+
     def _dump(self, request: agent_pb2.CheckpointRequest, timeout: float) -> tuple[CheckpointResult, str]:
         """The dump, and who made it. A CRIU failure is repeated at most once, and not at all when its reason
         fails for certain (an open TCP connection); then it is CheckpointRefused with CRIU's own words."""
@@ -360,7 +436,9 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
         if self.d.dumper is not None and opts.stage_on_address and not opts.leave_running and target:
             try:
                 label = f"{request.checkpoint_id}-{ctr}"
-                return self.d.dumper.dump(target, self.d.freezer.control.pid(target), label, timeout), "containerd"
+                pid = self.d.freezer.control.pid(target)
+                dumped = self.d.dumper.dump(target, pid, label, timeout, opts.lazy_pages_above_bytes)
+                return dumped, "containerd"
             except dp.DumpCriuFailed:
                 raise
             except (dp.DumpError, fz.FreezerError) as exc:
@@ -656,12 +734,22 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             if first is None or not first.checkpoint_id:
                 raise ValueError("the stream's first chunk names no checkpoint")
             name = require_label("container name", first.container_name)
-            staged = handoff.stage(
-                first.checkpoint_id,
-                name,
-                transfer.received(first, request_iterator),
-                size_bytes=first.expected_size_bytes,
-            )
+            port = None
+            if first.lazy_pages:
+                if self.d.lazy_pages_problem:
+                    raise Abort(grpc.StatusCode.FAILED_PRECONDITION, f"post-copy: {self.d.lazy_pages_problem}")
+                port = self.d.page_relay.listen(first.checkpoint_id, name)
+            try:
+                staged = handoff.stage(
+                    first.checkpoint_id,
+                    name,
+                    transfer.received(first, request_iterator),
+                    size_bytes=first.expected_size_bytes,
+                    lazy_pages_port=port,
+                )
+            except BaseException:
+                self.d.page_relay.close(first.checkpoint_id, name)
+                raise
             return agent_pb2.StageRestoreResponse(
                 image_bytes=staged.image_bytes,
                 rootfs_diff_bytes=staged.rootfs_diff_bytes,
@@ -670,10 +758,48 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
 
         return self._call(context, "ReceiveCheckpoint", body)
 
+    def StreamPages(
+        self, request_iterator: Iterator[agent_pb2.PageData], context: grpc.ServicerContext
+    ) -> Iterator[agent_pb2.PageData]:
+        """Post-copy, the target's side: relays CRIU's page-server protocol between the source's agent and
+        lpm-runc's `criu lazy-pages` (lpm.agent.pages). A generator: `_call` cannot wrap it."""
+        started = time.monotonic()
+        handoff = self._handoff()
+        first = next(request_iterator, None)
+        try:
+            _peer_may_call(context, "StreamPages")
+            if first is None or not first.checkpoint_id:
+                raise ValueError("the stream's first message names no checkpoint")
+            name = require_label("container name", first.container_name)
+            ckpt = first.checkpoint_id
+            progress = self.d.progress
+            progress.stage(ckpt, name, "receiving pages", 0)
+
+            def incoming() -> Iterator[bytes]:
+                for msg in request_iterator:
+                    if msg.data:
+                        yield msg.data
+
+            served = 0
+            try:
+                for data in self.d.page_relay.serve(ckpt, name, incoming()):
+                    progress.moved(ckpt, name, "receiving pages", len(data))
+                    served += len(data)
+                    yield agent_pb2.PageData(data=data)
+            finally:
+                progress.end(ckpt, name)
+                handoff.drop_staged(ckpt, name)  # the lazy-pages daemon is done with the images
+            log.info("post-copy %s/%s: page stream ended after %.2fs", ckpt, name, time.monotonic() - started)
+        except (ValueError, InvalidName, pages.PageRelayError, Abort) as exc:
+            code = exc.code if isinstance(exc, Abort) else grpc.StatusCode.FAILED_PRECONDITION
+            log.warning("StreamPages failed (%s): %s", code.name, exc)
+            self._abort(context, code, str(exc))
+
     def AbortRestore(
         self, request: agent_pb2.AbortRestoreRequest, context: grpc.ServicerContext
     ) -> agent_pb2.AbortRestoreResponse:
         def body() -> agent_pb2.AbortRestoreResponse:
+            self.d.page_relay.close(request.checkpoint_id)
             self._handoff().abort(request.checkpoint_id, request.reason or "the migration was rolled back")
             return agent_pb2.AbortRestoreResponse()
 
@@ -724,7 +850,11 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             problems.append(f"{dump_problem}: the Live engine dumps through the kubelet")
         if self.d.dirty_tracking_problem:
             problems.append(f"{PRECOPY_PROBLEM_PREFIX}{self.d.dirty_tracking_problem}")
+        lazy_problem = self.d.lazy_pages_problem or live_problem or dump_problem
+        if lazy_problem:
+            problems.append(f"{POSTCOPY_PROBLEM_PREFIX}{lazy_problem}")
         return agent_pb2.Capabilities(
+            lazy_pages_supported=not lazy_problem,
             live_restore_supported=not live_problem,
             runtime_dump_supported=not dump_problem,
             memory_dirty_tracking=not self.d.dirty_tracking_problem,

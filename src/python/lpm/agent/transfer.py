@@ -59,9 +59,10 @@ def chunks(
     checkpoint_id: str,
     container: str,
     sent: Callable[[int], None] | None = None,
+    lazy_pages: bool = False,
 ) -> Iterator[agent_pb2.CheckpointChunk]:
     """The archive as a stream: ids and the expected size on the first chunk, size and sha256 on the last; `sent`
-    hears of each chunk as gRPC takes it."""
+    hears of each chunk as gRPC takes it. `lazy_pages`: the memory follows by StreamPages (post-copy)."""
     digest, size = hashlib.sha256(), 0
     first = True
     with source() as f:
@@ -72,7 +73,11 @@ def chunks(
                 sent(len(data))
             if first:
                 yield agent_pb2.CheckpointChunk(
-                    checkpoint_id=checkpoint_id, container_name=container, data=data, expected_size_bytes=expected_size
+                    checkpoint_id=checkpoint_id,
+                    container_name=container,
+                    data=data,
+                    expected_size_bytes=expected_size,
+                    lazy_pages=lazy_pages,
                 )
                 first = False
             else:
@@ -115,6 +120,7 @@ class Push:
     tls: PeerTLS
     timeout: float
     sent: Callable[[int], None] | None = None
+    lazy_pages: bool = False
     ok: bool = False
     message: str = ""
     seconds: float = 0.0
@@ -131,7 +137,7 @@ class Push:
             with self.tls.channel(self.address) as channel:
                 stub = agent_pb2_grpc.CheckpointServiceStub(channel)
                 reply = stub.ReceiveCheckpoint(
-                    chunks(self.source, self.size, self.checkpoint_id, self.container, self.sent),
+                    chunks(self.source, self.size, self.checkpoint_id, self.container, self.sent, self.lazy_pages),
                     timeout=self.timeout,
                 )
             self.ok = True

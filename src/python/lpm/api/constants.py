@@ -73,3 +73,7 @@ CONDITION_REPLACEMENT_READY: Final = "ReplacementReady"
 CONDITION_DURABLE_COPY: Final = "DurableCopy"
 # Agent Capabilities.problems: the entry that says why pre-copy cannot run on the node.
 PRECOPY_PROBLEM_PREFIX: Final = "pre-copy: "
+# Agent Capabilities.problems: the entry that says why post-copy (lazy pages) cannot run on the node.
+POSTCOPY_PROBLEM_PREFIX: Final = "post-copy: "
+# The agent's reason when a post-copy checkpoint's pages did not all reach the target (a PodMigration rolls back).
+REASON_POST_COPY_FAILED: Final = "PostCopyFailed"

@@ -46,10 +46,12 @@ class CheckpointPhase(str, enum.Enum):
     IN_PROGRESS = "InProgress"
     READY = "Ready"
     FAILED = "Failed"
+    # Post-copy: the memory went to the migration's target page by page and nothing was stored. Not restorable.
+    STREAMED = "Streamed"
 
     @property
     def terminal(self) -> bool:
-        return self in (CheckpointPhase.READY, CheckpointPhase.FAILED)
+        return self in (CheckpointPhase.READY, CheckpointPhase.FAILED, CheckpointPhase.STREAMED)
 
 
 class SourcePolicy(str, enum.Enum):
@@ -77,6 +79,17 @@ class Engine(str, enum.Enum):
     AUTO = "Auto"  # Live where the target can, else Image
     LIVE = "Live"  # replacement pod first (RuntimeClass lpm), restored in place by lpm-runc
     IMAGE = "Image"  # OCI checkpoint image, restored by the runtime's restore-via-create (or CRI-O)
+
+
+class PostCopy(str, enum.Enum):
+    """Whether a Live migration moves the pod's memory after its restore (CRIU lazy pages)."""
+
+    AUTO = "Auto"  # for containers with at least POST_COPY_ABOVE_BYTES resident, where both nodes can
+    ALWAYS = "Always"  # any size, where both nodes can
+    NEVER = "Never"  # every page is copied while the source is frozen
+
+
+POST_COPY_ABOVE_BYTES = 256 << 20
 
 
 class DeletionPolicy(str, enum.Enum):
@@ -190,6 +203,18 @@ class PodMigrationSpec:
         default=False,
         x_kubernetes_validations=IMMUTABLE,
     )
+    post_copy: PostCopy = spec_field(
+        "Live engine. Auto (default): a container holding at least 256 MiB of memory moves it after its restore "
+        "(post-copy, CRIU lazy pages): the source is frozen only while the rest is dumped and sent, the pod runs on "
+        "the target at once, and the source's agent serves the pages it faults on and streams the others. Always: "
+        "for any size. Never: every page is copied while the source is frozen. Used only where both nodes' agents "
+        "report lazy-pages support and the source pod runs under RuntimeClass lpm (lpm-runc dumps it); otherwise "
+        "the pod is dumped whole and status says why. After the target's restore the memory is split between the "
+        "nodes: no durable copy is stored, and a broken page stream fails the replacement, which is then deleted "
+        "and the (still whole, frozen) source thawed.",
+        default=PostCopy.AUTO,
+        x_kubernetes_validations=IMMUTABLE,
+    )
     dry_run: bool = spec_field(
         "Only validate: check the pod, the nodes, the agents and eligibility, record the findings in "
         "status.eligibility, and end (Completed with reason DryRunPassed, or Failed) without freezing anything.",
@@ -264,6 +289,10 @@ class PodMigrationStatus:
     engine: Engine | None = spec_field(
         "The engine this migration uses (Live or Image), chosen in Validating from spec.engine and the target."
     )
+    post_copy_above_bytes: int | None = spec_field(
+        "Post-copy is asked for containers holding at least this many bytes of memory (chosen in Validating from "
+        "spec.postCopy and both nodes); unset: never."
+    )
     reason: str | None = spec_field("CamelCase reason of the current state or failure.")
     message: str | None = spec_field("What a user can do about the current state or failure.")
     start_time: str | None = spec_field("When the migration started.", format="date-time")
@@ -334,6 +363,12 @@ class PodCheckpointSpec:
         "stored (set by a PodMigration to its target). The store stays the durable copy.",
         pattern=DNS1123_SUBDOMAIN_PATTERN,
         maxLength=253,
+        x_kubernetes_validations=IMMUTABLE,
+    )
+    post_copy_above_bytes: int | None = spec_field(
+        "Live engine, post-copy: a container holding at least this many bytes of memory sends it to stageOnNode "
+        "page by page after its restore there, and is not stored (phase Streamed). Unset: never.",
+        minimum=1,
         x_kubernetes_validations=IMMUTABLE,
     )
     deletion_policy: DeletionPolicy = spec_field(
@@ -418,6 +453,12 @@ class ContainerCheckpointSpec:
         "stored (set by a PodMigration to its target). The store stays the durable copy.",
         pattern=DNS1123_SUBDOMAIN_PATTERN,
         maxLength=253,
+        x_kubernetes_validations=IMMUTABLE,
+    )
+    post_copy_above_bytes: int | None = spec_field(
+        "Live engine, post-copy: a container holding at least this many bytes of memory sends it to stageOnNode "
+        "page by page after its restore there, and is not stored (phase Streamed). Unset: never.",
+        minimum=1,
         x_kubernetes_validations=IMMUTABLE,
     )
     deletion_policy: DeletionPolicy = spec_field(

@@ -84,7 +84,7 @@ def decide(obs: Observed) -> list[Action]:
         st.phase, st.reason, st.message = phase, reason, message
         ready = ConditionStatus.TRUE if phase is CP.READY else ConditionStatus.FALSE
         st.conditions = set_condition(st.conditions, c.CONDITION_READY, ready, reason, message, now)
-        plan.emit("Normal" if phase is CP.READY else "Warning", reason, message)
+        plan.emit("Normal" if phase in (CP.READY, CP.STREAMED) else "Warning", reason, message)
         return plan.actions()
 
     def ready(spec: ContainerCheckpointContentSpec) -> list[Action]:
@@ -143,6 +143,7 @@ def decide(obs: Observed) -> list[Action]:
             tcp_established=cc.spec.options.tcp_established,
             leave_running=cc.spec.leave_running,
             stage_on_node=cc.spec.stage_on_node or "",
+            lazy_pages_above_bytes=cc.spec.post_copy_above_bytes or 0,
         ),
     )
     called = plan.outcome(CallCheckpoint(st.node_name or "", request))
@@ -160,6 +161,14 @@ def decide(obs: Observed) -> list[Action]:
     st.dumped_by = reply.dumped_by or None
     st.store_seconds = _seconds(reply.store_duration, reply.HasField("store_duration"))
     st.attempts = reply.attempts or 1
+    if reply.memory_streamed:
+        # Post-copy: the images held no memory, and nothing was stored (there is no content to bind).
+        return finish(
+            CP.STREAMED,
+            "Streamed",
+            f"the memory went to node {cc.spec.stage_on_node} page by page after its restore there (post-copy: "
+            f"{reply.pages_message or 'done'}); nothing was stored",
+        )
     spec = ContainerCheckpointContentSpec(
         container_checkpoint_ref=ObjectRef(name=name, namespace=ns, uid=uid),
         artifact_uri=art.artifact_uri,

@@ -4,6 +4,8 @@ Pending -> InProgress (one owned ContainerCheckpoint per container, all under on
         -> every container Ready: agent.CompleteCheckpoint (writes .checkpoint-complete), create the
            PodCheckpointContent bound to this object (and this object to it) -> Ready
         -> any container Failed: Failed, naming the container.
+        -> every container done and any Streamed (post-copy: its memory went to the target, unstored): Streamed,
+           nothing sealed.
         -> its PodMigration rolling back, Failed, being deleted or gone: Failed (MigrationEnded), no further
            agent call. A Completed one does not stop it (the Live engine's durable copy ends after it).
 """
@@ -97,7 +99,7 @@ def decide(obs: Observed) -> list[Action]:
         st.completion_time = now
         ready = ConditionStatus.TRUE if phase is CP.READY else ConditionStatus.FALSE
         st.conditions = set_condition(st.conditions, c.CONDITION_READY, ready, reason, message, now)
-        plan.emit("Normal" if phase is CP.READY else "Warning", reason, message)
+        plan.emit("Normal" if phase in (CP.READY, CP.STREAMED) else "Warning", reason, message)
         return plan.actions()
 
     owner = obs.owner
@@ -141,6 +143,7 @@ def decide(obs: Observed) -> list[Action]:
                 options=pc.spec.options,
                 leave_running=pc.spec.leave_running,
                 stage_on_node=pc.spec.stage_on_node,
+                post_copy_above_bytes=pc.spec.post_copy_above_bytes,
                 deletion_policy=pc.spec.deletion_policy,
             )
             body = encode(ContainerCheckpoint(spec=spec))
@@ -159,8 +162,17 @@ def decide(obs: Observed) -> list[Action]:
             return finish(
                 CP.FAILED, child.status.reason or "ContainerCheckpointFailed", f"container {state.name}: {why}"
             )
-    if not st.containers or any(s.phase is not CP.READY for s in st.containers):
+    if not st.containers or any(not s.phase.terminal for s in st.containers):
         return plan.actions()
+    streamed = [s.name for s in st.containers if s.phase is CP.STREAMED]
+    if streamed:
+        # Post-copy: what went page by page was never stored, so the pod's checkpoint cannot be restored later.
+        return finish(
+            CP.STREAMED,
+            "Streamed",
+            f"container(s) {', '.join(streamed)} moved their memory to node {pc.spec.stage_on_node} after the restore "
+            "(post-copy); nothing of this checkpoint was sealed",
+        )
 
     # All containers stored: seal, then bind the content.
     cname = pod_content_name(ns, name, uid)

@@ -56,6 +56,7 @@ from lpm.api.codec import encode
 from lpm.api.conditions import set_condition
 from lpm.api.messages import scrub_paths
 from lpm.api.models import (
+    POST_COPY_ABOVE_BYTES,
     CheckpointPhase,
     ConditionStatus,
     ContainerImage,
@@ -70,6 +71,7 @@ from lpm.api.models import (
     PodMigration,
     PodMigrationSpec,
     PodMigrationStatus,
+    PostCopy,
     SourceCleanup,
     SourcePolicy,
 )
@@ -129,7 +131,7 @@ OWNER_WAIT_SECONDS = 60.0
 READOPT_WAIT_SECONDS = 30.0
 # While Checkpointing, the source's agent is asked for the data in flight at most this often.
 PROGRESS_EVERY_SECONDS = 1.0
-PROGRESS_STAGES = ("dumping", "sending", "storing", "done")
+PROGRESS_STAGES = ("dumping", "sending", "streaming pages", "storing", "done")
 # Preparing asks the target's agent to answer as soon as the replacement's first container waits in lpm-runc.
 REPLACEMENT_POLL = Duration(seconds=1, nanos=500_000_000)
 
@@ -544,6 +546,8 @@ def _validating(plan: MigrationPlan) -> None:
             else f"on {pod.node_name}, {said[0] if said else 'pre-copy: its agent reports no dirty page tracking'}"
         )
         validated += f"; the source is dumped in one pass while frozen ({why})"
+        st.post_copy_above_bytes, post_copy = _post_copy(plan, pod, source_caps, target_caps, keep)
+        validated += f"; {post_copy}"
     st.conditions = set_condition(
         st.conditions, c.CONDITION_VALIDATED, ConditionStatus.TRUE, "Validated", validated, plan.now
     )
@@ -569,6 +573,40 @@ def _validating(plan: MigrationPlan) -> None:
         )
         return _preparing(plan)
     return _begin_checkpoint(plan)
+
+
+def _post_copy(
+    plan: MigrationPlan, pod: PodView, source_caps: Mapping[str, Any], target_caps: Mapping[str, Any], keep: bool
+) -> tuple[int | None, str]:
+    """Live engine: the memory size above which a container moves its memory after the restore (None: never),
+    and what the Validated condition says about it."""
+    want = plan.m.spec.post_copy
+    if want is PostCopy.NEVER:
+        return None, "post-copy: off (spec.postCopy Never)"
+    if keep:
+        return None, (
+            "post-copy: not used (the pod keeps its name, so its source is deleted before the restore, and the "
+            "pages it would serve with it)"
+        )
+    why_not = []
+    for role, node_name, caps in (
+        ("source", pod.node_name, source_caps),
+        ("target", plan.m.spec.target_node, target_caps),
+    ):
+        if not caps.get("lazy_pages_supported"):
+            said = [str(p) for p in caps.get("problems") or [] if str(p).startswith(c.POSTCOPY_PROBLEM_PREFIX)]
+            why_not.append(f"{role} {node_name}: {said[0] if said else 'its agent reports no lazy-pages support'}")
+    if (pod.raw.get("spec") or {}).get("runtimeClassName") != c.RUNTIME_CLASS_LIVE:
+        why_not.append(
+            f"pod {pod.name} does not run under RuntimeClass {c.RUNTIME_CLASS_LIVE} (lpm-runc dumps it then)"
+        )
+    if why_not:
+        return None, f"post-copy: not used ({'; '.join(why_not)})"
+    above = 1 if want is PostCopy.ALWAYS else POST_COPY_ABOVE_BYTES
+    size = "any size" if above == 1 else f"{above >> 20} MiB or more"
+    return above, (
+        f"post-copy for containers holding {size}: their memory moves after the restore, which is the commit point"
+    )
 
 
 def _webhook_answers(plan: MigrationPlan, pod: PodView, handover: Handover) -> bool | None:
@@ -773,6 +811,7 @@ def _pod_checkpoint_manifest(plan: MigrationPlan) -> dict[str, object]:
         leave_running=m.spec.source_policy is SourcePolicy.KEEP_RUNNING,
         deletion_policy=m.spec.checkpoint_retention,
         stage_on_node=m.spec.target_node if st.engine is Engine.LIVE else None,
+        post_copy_above_bytes=st.post_copy_above_bytes if st.engine is Engine.LIVE else None,
     )
     body = encode(PodCheckpoint(spec=spec))
     body["metadata"] = {
@@ -863,6 +902,26 @@ def _progress(plan: MigrationPlan) -> None:
 
 def _checkpointing(plan: MigrationPlan) -> None:
     pc = plan.obs.pod_checkpoint
+    st = plan.status
+    if pc is not None and pc.status.phase is CheckpointPhase.FAILED and pc.status.reason == c.REASON_POST_COPY_FAILED:
+        # Post-copy: the replacement runs, or was being restored, without all of its memory. The source is whole
+        # (dumped with leave-running, still frozen): the replacement goes, then the source thaws.
+        return _rollback(
+            plan,
+            c.REASON_POST_COPY_FAILED,
+            f"the memory pages did not all reach {plan.m.spec.target_node} ({pc.status.message or 'no details'}); "
+            "the replacement is deleted and the source, still whole, thawed: what the replacement did since its "
+            "restore is lost",
+        )
+    if st.engine is Engine.LIVE and st.post_copy_above_bytes and (pc is None or not pc.status.phase.terminal):
+        if _replacement_runs(plan):
+            # Post-copy's commit point is the last page: until then the source holds memory the replacement lacks.
+            plan.note(
+                "StreamingPages",
+                f"pod {st.restored_pod_name} runs on {plan.m.spec.target_node}; the source's agent streams the memory "
+                "it has not faulted on yet (the source is deleted once every page arrived)",
+            )
+            return _progress(plan)
     if plan.status.engine is Engine.LIVE and _replacement_runs(plan):
         # The source's agent pushed each archive node to node and lpm-runc restored them, verified, before the
         # durable copy was sealed: the commit point is passed, and nothing about the store undoes it now.
@@ -1253,6 +1312,9 @@ def _note_durable_copy(plan: MigrationPlan) -> None:
     name = st.pod_checkpoint_name
     if pc is not None and pc.status.phase is CheckpointPhase.READY:
         status, reason, message = ConditionStatus.TRUE, "Stored", f"PodCheckpoint {name} holds the durable copy"
+    elif pc is not None and pc.status.phase is CheckpointPhase.STREAMED:
+        status, reason = ConditionStatus.FALSE, "PostCopy"
+        message = f"post-copy moved the memory straight to the target and nothing was stored ({pc.status.message})"
     elif pc is not None and pc.status.phase is CheckpointPhase.FAILED:
         why = f"{pc.status.reason or 'CheckpointFailed'}: {pc.status.message or 'no details'}"
         status, reason, message = ConditionStatus.FALSE, "NotStored", f"the durable copy was not stored ({why})"
