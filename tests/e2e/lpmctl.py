@@ -74,6 +74,7 @@ def counter_pod(
     ballast_mib: int = 0,
     extra_args: tuple[str, ...] = (),
     empty_dir: str | None = None,
+    runtime_class: str | None = None,
 ) -> dict:
     """The analytics counter as a bare pod; `empty_dir` mounts an emptyDir volume named `data` there."""
     mounts = [{"name": "data", "mountPath": empty_dir}] if empty_dir else []
@@ -110,6 +111,8 @@ def counter_pod(
     }
     if empty_dir:
         pod["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]  # type: ignore[index]
+    if runtime_class:
+        pod["spec"]["runtimeClassName"] = runtime_class  # type: ignore[index]
     return pod
 
 

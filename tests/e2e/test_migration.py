@@ -167,6 +167,36 @@ def test_a_256_mib_pod_moves_through_the_live_engine_with_its_memory() -> None:
     assert verdicts == {True}, "the 256 MiB did not arrive intact"
 
 
+def test_a_1_gib_pod_under_runtimeclass_lpm_moves_its_memory_after_the_restore() -> None:
+    """Post-copy: the source's memory is served from its node while the pod already runs on the target; every
+    byte of the 1 GiB arrives (the counter re-checks it), no update is lost or repeated, and nothing is stored."""
+    k.start_counter("lazy", ballast_mib=1024, runtime_class="lpm")
+    before = k.Follow("lazy")
+    res = k.lpm("migrate", "lazy", "--to", k.NODE_2, "--name", "mig-lazy", "--wait", "--timeout", "300")
+    assert res.returncode == 0, res.stdout + res.stderr
+    m = k.migration("mig-lazy")
+    st = m["status"]
+    print("[post-copy] " + " | ".join(line.strip() for line in res.stdout.splitlines()))
+    assert st["engine"] == "Live" and st["postCopyAboveBytes"] == 256 << 20, st
+    validated = next(c for c in st["conditions"] if c["type"] == "Validated")
+    assert "post-copy for containers holding 256 MiB or more" in validated["message"], validated
+    durable = next(c for c in st["conditions"] if c["type"] == "DurableCopy")
+    assert (durable["status"], durable["reason"]) == ("False", "PostCopy"), durable
+    pc = k.kubectl_json("-n", k.NAMESPACE, "get", "podcheckpoint", st["podCheckpointName"])
+    assert pc["status"]["phase"] == "Streamed", pc["status"]
+    assert "moved their memory to node" in pc["status"]["message"]
+    # The pages went while the pod ran on the target: the migration showed them streaming.
+    assert "streaming pages" in res.stdout, res.stdout
+    _assert_continues(before, st["restoredPodName"])
+    k.wait_for(
+        "a full check of the restored ballast",
+        lambda: [s for s in _target_lines(st["restoredPodName"]) if "ballast_intact" in s],
+        timeout=180,
+    )
+    verdicts = {s["ballast_intact"] for s in _target_lines(st["restoredPodName"]) if "ballast_intact" in s}
+    assert verdicts == {True}, "the 1 GiB did not arrive intact"
+
+
 def test_multi_container_pod_migrates_every_container_state() -> None:
     """Also: without --to the CLI picks the target (the other node here), and the replacement is named
     `<original>-<5 hex>`."""

@@ -146,7 +146,8 @@ func parseCreate(args []string) (createArgs, error) {
 }
 
 // restoreArgv is the real runc's argv (without argv[0]) that restores the container instead of creating it.
-func restoreArgv(global []string, c createArgs, images, workDir string) []string {
+// lazy: post-copy, the memory comes from the `criu lazy-pages` daemon that runs with the same work dir.
+func restoreArgv(global []string, c createArgs, images, workDir string, lazy bool) []string {
 	argv := append([]string{}, global...)
 	argv = append(argv, "restore", "--detach", "--no-subreaper", "--bundle", c.bundle)
 	if c.pidFile != "" {
@@ -158,7 +159,94 @@ func restoreArgv(global []string, c createArgs, images, workDir string) []string
 	if c.noPivot {
 		argv = append(argv, "--no-pivot")
 	}
+	if lazy {
+		argv = append(argv, "--lazy-pages")
+	}
 	return append(argv, "--image-path", images, "--work-path", workDir, c.id)
+}
+
+// checkpointValueFlag tells the flags of `runc checkpoint` that take a value (runc 1.1.5 `runc checkpoint
+// --help`); every other one is boolean. A switch, not a map: nothing to build at start-up.
+func checkpointValueFlag(name string) bool {
+	switch name {
+	case "image-path", "work-path", "parent-path", "status-fd", "page-server", "manage-cgroups-mode", "empty-ns":
+		return true
+	}
+	return false
+}
+
+// scanCheckpoint walks checkpoint's flags up to the container id. It returns the --image-path value ("" when
+// there is none; the last one wins, as in runc), the index of the first argument that is not a flag (the id, or
+// "--"; len(args) when there is none) and whether a flag that post-copy sets itself (--lazy-pages, --page-server,
+// --status-fd) is there already. It allocates nothing: every checkpoint goes through it.
+func scanCheckpoint(args []string) (image string, idIndex int, lazyFlag bool) {
+	i := 0
+	for i < len(args) {
+		a := args[i]
+		if a == "--" || len(a) < 2 || a[0] != '-' {
+			break
+		}
+		name, value, inline := flagName(a)
+		i++
+		if checkpointValueFlag(name) && !inline && i < len(args) {
+			value = args[i]
+			i++
+		}
+		switch name {
+		case "image-path":
+			image = value
+		case "lazy-pages", "page-server", "status-fd":
+			lazyFlag = true
+		}
+	}
+	return image, i, lazyFlag
+}
+
+// lazyCheckpointArgs inserts `--lazy-pages --page-server <pageServer> --status-fd 3` into checkpoint's arguments,
+// before the container id.
+func lazyCheckpointArgs(args []string, pageServer string) ([]string, error) {
+	_, at, lazyFlag := scanCheckpoint(args)
+	if lazyFlag {
+		return nil, fmt.Errorf("the checkpoint request sets --lazy-pages, --page-server or --status-fd itself")
+	}
+	out := make([]string, 0, len(args)+5)
+	out = append(out, args[:at]...)
+	out = append(out, "--lazy-pages", "--page-server", pageServer, "--status-fd", "3")
+	return append(out, args[at:]...), nil
+}
+
+// validHostPort checks host:port with a non-empty host and a numeric port in 1..65535 (an IPv6 host in
+// brackets), as runc's --page-server wants it. By hand: package net would cost every start-up.
+func validHostPort(s string) error {
+	i := strings.LastIndexByte(s, ':')
+	if i <= 0 {
+		return fmt.Errorf("page_server %q is not host:port", s)
+	}
+	host, port := s[:i], s[i+1:]
+	if strings.IndexByte(host, ':') >= 0 && (host[0] != '[' || host[len(host)-1] != ']' || len(host) < 3) {
+		return fmt.Errorf("page_server %q: an IPv6 host needs brackets", s)
+	}
+	if strings.ContainsAny(host, " \t\n") {
+		return fmt.Errorf("page_server %q: invalid host", s)
+	}
+	if !validPort(port) {
+		return fmt.Errorf("page_server %q: the port is not a number in 1..65535", s)
+	}
+	return nil
+}
+
+func validPort(s string) bool {
+	if len(s) == 0 || len(s) > 5 {
+		return false
+	}
+	n := 0
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+		n = n*10 + int(s[i]-'0')
+	}
+	return n >= 1 && n <= 65535
 }
 
 // startID returns the container id of `runc start [flags] <id>`, "" if there is not exactly one.

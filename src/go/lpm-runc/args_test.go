@@ -59,10 +59,76 @@ func TestParseCreateAndRestoreArgv(t *testing.T) {
 		if err != nil {
 			t.Fatalf("parseCreate(%q): %v", c.args, err)
 		}
-		got := restoreArgv(global, ca, "/img", "/w")
+		got := restoreArgv(global, ca, "/img", "/w", false)
 		want := append(append([]string{}, global...), c.want...)
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("restoreArgv for %q:\n got %q\nwant %q", c.args, got, want)
+		}
+	}
+	ca, _ := parseCreate([]string{"--bundle", "/b", "ctr4"})
+	want := []string{"restore", "--detach", "--no-subreaper", "--bundle", "/b", "--lazy-pages", "--image-path",
+		"/img", "--work-path", "/w", "ctr4"}
+	if got := restoreArgv(nil, ca, "/img", "/w", true); !reflect.DeepEqual(got, want) {
+		t.Errorf("lazy restoreArgv:\n got %q\nwant %q", got, want)
+	}
+}
+
+func TestLazyCheckpointArgs(t *testing.T) {
+	lazy := []string{"--lazy-pages", "--page-server", "127.0.0.1:7000", "--status-fd", "3"}
+	cat := func(parts ...[]string) []string {
+		var out []string
+		for _, p := range parts {
+			out = append(out, p...)
+		}
+		return out
+	}
+	for _, c := range []struct {
+		args, want []string
+		image      string
+	}{
+		{ // what containerd's shim passes
+			[]string{"--image-path", "/i", "--work-path", "/w", "--leave-running", "--tcp-established", "c1"},
+			cat([]string{"--image-path", "/i", "--work-path", "/w", "--leave-running", "--tcp-established"}, lazy, []string{"c1"}),
+			"/i",
+		},
+		{
+			[]string{"--file-locks", "--image-path=/j", "--manage-cgroups-mode", "soft", "--empty-ns", "network", "-shell-job", "c2"},
+			cat([]string{"--file-locks", "--image-path=/j", "--manage-cgroups-mode", "soft", "--empty-ns", "network", "-shell-job"}, lazy, []string{"c2"}),
+			"/j",
+		},
+		{[]string{"--image-path", "/k", "--", "c3"}, cat([]string{"--image-path", "/k"}, lazy, []string{"--", "c3"}), "/k"},
+		{[]string{"--work-path", "/w", "c4"}, cat([]string{"--work-path", "/w"}, lazy, []string{"c4"}), ""},
+		{[]string{"c5", "--image-path", "/late"}, cat(lazy, []string{"c5", "--image-path", "/late"}), ""}, // after the id: an argument
+	} {
+		if image, _, _ := scanCheckpoint(c.args); image != c.image {
+			t.Errorf("scanCheckpoint(%q): image %q, want %q", c.args, image, c.image)
+		}
+		got, err := lazyCheckpointArgs(c.args, "127.0.0.1:7000")
+		if err != nil || !reflect.DeepEqual(got, c.want) {
+			t.Errorf("lazyCheckpointArgs(%q):\n got %q (%v)\nwant %q", c.args, got, err, c.want)
+		}
+	}
+	for _, args := range [][]string{
+		{"--image-path", "/i", "--lazy-pages", "c1"},
+		{"--page-server=1.2.3.4:5", "c1"},
+		{"--status-fd", "4", "c1"},
+	} {
+		if _, err := lazyCheckpointArgs(args, "127.0.0.1:7000"); err == nil {
+			t.Errorf("lazyCheckpointArgs(%q) accepted flags it sets itself", args)
+		}
+	}
+}
+
+func TestValidHostPort(t *testing.T) {
+	for _, s := range []string{"127.0.0.1:1", "localhost:65535", "[::1]:7000"} {
+		if err := validHostPort(s); err != nil {
+			t.Errorf("%q: %v", s, err)
+		}
+	}
+	for _, s := range []string{"", "127.0.0.1", ":7000", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:65536",
+		"127.0.0.1:+80", "127.0.0.1:8o", "::1:7000", "a b:1"} {
+		if err := validHostPort(s); err == nil {
+			t.Errorf("%q accepted", s)
 		}
 	}
 }

@@ -12,10 +12,12 @@ import (
 // The hand-off with the node's agent, in D = <root>/<checkpoint>/<container-name>/:
 //
 //	D/waiting   written here: {"container_id", "since", "pid"}; the agent may now place the checkpoint
-//	D/ready     written by the agent: {"images", "rootfs_diff", "deleted_files", "volumes"}
+//	D/ready     written by the agent: {"images", "rootfs_diff", "deleted_files", "volumes", "lazy_pages"}
 //	<root>/<checkpoint>/abort   written by the agent: a text reason; the create fails with it
 //	D/restored  written here once runc restore succeeded; a later create of the same container (a restart)
 //	            is a plain create
+//	D/lazy-pages.pid  written here (post-copy: ready has lazy_pages) when `criu lazy-pages` started; it outlives
+//	            a successful restore and keeps reading the staged images, which are left to the agent then
 //	<root>/<checkpoint>/volume-<name>  written here by the first container restored that mounts emptyDir volume
 //	            <name>, before it fills it: the pod's later containers find it filled (and running) and leave it
 type handoff struct {
@@ -27,6 +29,7 @@ type readyFile struct {
 	RootfsDiff   string       `json:"rootfs_diff"`
 	DeletedFiles []string     `json:"deleted_files"`
 	Volumes      []volumeFile `json:"volumes"`
+	LazyPages    *lazyPages   `json:"lazy_pages"` // post-copy: the memory comes from there (lazy.go)
 }
 
 // volumeFile is an emptyDir volume's contents at the checkpoint: the container mounts it at Destination.
@@ -70,12 +73,17 @@ func writeJSON(path string, v any) error {
 	if err != nil {
 		return err
 	}
+	return writeAtomic(path, append(data, '\n'))
+}
+
+// writeAtomic writes data to path atomically (temp file in the same directory, fsync, rename).
+func writeAtomic(path string, data []byte) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(data, '\n')); err != nil {
+	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
 		return err
 	}
@@ -142,6 +150,11 @@ func parseReady(data []byte) (*readyFile, error) {
 	}
 	if r.RootfsDiff != "" && !filepath.IsAbs(r.RootfsDiff) {
 		return nil, fmt.Errorf("rootfs_diff %q is not an absolute path", r.RootfsDiff)
+	}
+	if r.LazyPages != nil {
+		if err := r.LazyPages.validate(); err != nil {
+			return nil, err
+		}
 	}
 	for _, v := range r.Volumes {
 		if !validName(v.Name) || !filepath.IsAbs(v.Tar) || !filepath.IsAbs(v.Destination) {

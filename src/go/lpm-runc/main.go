@@ -2,7 +2,9 @@
 // it through the runtime handler "lpm". Every command goes straight to runc (exec, same argv and env) except
 //   - `create` of a container annotated with lpm.my.domain/restore-checkpoint: it waits for the node's agent
 //     to hand over the checkpoint (see handoff.go), applies the rootfs diff and runs `runc restore` instead;
-//   - `start` of a container restored that way: a no-op (the restored process already runs).
+//   - `start` of a container restored that way: a no-op (the restored process already runs);
+//   - `checkpoint` with a post-copy request beside its image directory: runc runs as a child with CRIU's page
+//     server (lazy.go).
 //
 // See README.md for the hand-off protocol.
 package main
@@ -70,6 +72,13 @@ func main() {
 	switch inv.cmd {
 	case "create":
 		os.Exit(create(inv))
+	case "checkpoint":
+		// Post-copy when the agent asked for it beside the image directory: one stat for every checkpoint.
+		if image, _, _ := scanCheckpoint(inv.args); image != "" {
+			if _, err := os.Stat(image + lazyRequestSuffix); err == nil {
+				os.Exit(lazyCheckpoint(inv, image))
+			}
+		}
 	case "start":
 		if id := startID(inv.args); validStateID(id) {
 			// One syscall: the marker exists only for a container this wrapper restored.
@@ -216,10 +225,27 @@ func restore(inv invocation, c createArgs, cfg *ociConfig, ckpt string) error {
 	if err := os.MkdirAll(work, 0o700); err != nil {
 		return fmt.Errorf("lpm-runc: %w", err)
 	}
-	cmd := exec.Command(runcPath(), restoreArgv(inv.global, c, ready.Images, work)...)
+	var daemon *lazyDaemon // post-copy: `criu lazy-pages` serves the memory (lazy.go)
+	if ready.LazyPages != nil {
+		if daemon, err = startLazyPages(h, ready, work); err != nil {
+			return err
+		}
+	}
+	cmd := exec.Command(runcPath(), restoreArgv(inv.global, c, ready.Images, work, daemon != nil)...)
 	cmd.Args[0] = "runc"
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr // *os.File: the fds go straight through
-	if err := cmd.Run(); err != nil {
+	if daemon == nil {
+		err = cmd.Run()
+	} else {
+		err = daemon.runRestore(cmd) // on an error the daemon is gone and CRIU's cgroup yard unmounted
+	}
+	if err != nil {
+		var broke *transferBroke
+		if errors.As(err, &broke) {
+			h.markFailed(work, c.id, 1)
+			return fmt.Errorf("lpm-runc: the post-copy page transfer of checkpoint %s broke during the restore "+
+				"(criu lazy-pages exited with %d); the replacement was not started", ckpt, broke.code)
+		}
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
 			code := ee.ExitCode()
@@ -234,7 +260,9 @@ func restore(inv invocation, c createArgs, cfg *ociConfig, ckpt string) error {
 	if err := h.markRestored(c.id); err != nil {
 		return fmt.Errorf("lpm-runc: %w", err)
 	}
-	h.dropStaged(ready)
+	if daemon == nil {
+		h.dropStaged(ready) // post-copy: the daemon reads the images until the page stream ended; the agent drops them
+	}
 	if err := os.WriteFile(filepath.Join(inv.root, c.id, restoredMarker), nil, 0o600); err != nil {
 		return fmt.Errorf("lpm-runc: container %s restored but its start marker failed: %w", c.id, err)
 	}

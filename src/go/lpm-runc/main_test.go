@@ -33,10 +33,33 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --root) root=$2; shift;;
     --work-path) work=$2; shift;;
-    restore|create|start|state|delete) [ -z "$cmd" ] && cmd=$1;;
+    --image-path) img=$2; shift;;
+    --image-path=*) img=${1#*=};;
+    restore|create|start|state|delete|checkpoint) [ -z "$cmd" ] && cmd=$1;;
   esac
   last=$1; shift
 done
+if [ "$cmd" = checkpoint ]; then
+  if [ -n "$FAKE_STATUS" ]; then
+    printf '\0' >&3 # CRIU: the page server listens
+    i=0
+    while [ ! -e "$img.lpm-lazy-ready" ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done
+    [ -e "$img.lpm-lazy-ready" ] && touch "$FAKE_DIR/saw-ready"
+    sleep 0.1 # the pages go
+  fi
+  [ -n "$FAKE_SIGNAL" ] && kill -KILL $$
+  touch "$FAKE_DIR/checkpoint-done"
+  exit "${FAKE_CKPT_RC:-0}"
+fi
+if [ "$cmd" = restore ] && [ -n "$FAKE_HANG" ]; then
+  # runc restore --lazy-pages when the page transfer broke: CRIU's cgroup yard mounted, criu stuck
+  y="$work/.criu.cgyard.fake"
+  mkdir -p "$y" && mount -t tmpfs yard "$y" && mkdir "$y/sub" && mount -t tmpfs sub "$y/sub" &&
+    touch "$FAKE_DIR/yard-mounted"
+  sleep 30 &
+  echo $! > "$FAKE_DIR/hang.pid"
+  wait
+fi
 if [ "$cmd" = restore ]; then
   if [ -n "$FAKE_RC" ]; then
     echo "(00.1) Error (criu/files-reg.c:1): boom" > "$work/restore.log"
@@ -47,10 +70,36 @@ fi
 exit 0
 `
 
+// fakeCriu is `criu lazy-pages`: it records its arguments and pid, logs to its work dir, and creates its socket
+// (unless FAKE_CRIU_RC: it fails first; FAKE_CRIU_NOSOCKET: never). Then it serves (sleeps) or, with
+// FAKE_CRIU_DIE_AFTER, loses the page stream after that many seconds (exit 1).
+const fakeCriu = `#!/bin/sh
+printf '%s\n' "$@" > "$FAKE_DIR/criu-args"
+echo $$ > "$FAKE_DIR/criu.pid"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --work-dir) work=$2; shift;;
+  esac
+  shift
+done
+echo "(00.000000) lazy-pages: fake starting" >> "$work/lazy-pages.log"
+if [ -n "$FAKE_CRIU_RC" ]; then
+  echo "(00.000100) Error (criu/page-xfer.c:1): fake: cannot connect to the page server" >> "$work/lazy-pages.log"
+  exit "$FAKE_CRIU_RC"
+fi
+[ -n "$FAKE_CRIU_NOSOCKET" ] || : > "$work/lazy-pages.socket"
+if [ -n "$FAKE_CRIU_DIE_AFTER" ]; then
+  sleep "$FAKE_CRIU_DIE_AFTER"
+  exit 1
+fi
+exec sleep 30
+`
+
 type env struct {
 	t                         *testing.T
 	dir, fake, root, runcRoot string
 	bundle, handoff, logPath  string
+	criu                      string
 	extra                     []string
 }
 
@@ -60,6 +109,8 @@ func newEnv(t *testing.T) *env {
 		runcRoot: filepath.Join(dir, "runc-state"), bundle: filepath.Join(dir, "bundle"),
 		logPath: filepath.Join(dir, "bundle", "log.json")}
 	must(t, os.WriteFile(e.fake, []byte(fakeRunc), 0o755))
+	e.criu = filepath.Join(dir, "criu")
+	must(t, os.WriteFile(e.criu, []byte(fakeCriu), 0o755))
 	must(t, os.MkdirAll(filepath.Join(e.bundle, "rootfs", "etc"), 0o755))
 	return e
 }
@@ -86,7 +137,7 @@ func restoreAnn(ckpt, typ string) map[string]string {
 func (e *env) run(args ...string) (int, string, string) {
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), "LPM_RUNC_TEST_MAIN=1", "LPM_RUNC_RUNC="+e.fake, "FAKE_DIR="+e.dir,
-		"LPM_RUNC_RESTORE_ROOT="+e.root)
+		"LPM_RUNC_RESTORE_ROOT="+e.root, "LPM_RUNC_CRIU="+e.criu)
 	cmd.Env = append(cmd.Env, e.extra...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

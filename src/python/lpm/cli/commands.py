@@ -16,6 +16,7 @@ from lpm.api.models import (
     DeletionPolicy,
     EligibilityPolicy,
     Engine,
+    PostCopy,
     MigrationPhase,
     PodMigration,
     PodMigrationSpec,
@@ -64,7 +65,10 @@ def _summary(obj: dict[str, Any]) -> str:
     if st.get("restoredPodName"):
         lines.append(f"  restored pod: {st['restoredPodName']}")
     if st.get("engine"):
-        lines.append(f"  engine: {st['engine']}")
+        post_copy = st.get("postCopyAboveBytes")
+        after = f" (post-copy for containers of {post_copy >> 20} MiB or more)" if post_copy and post_copy > 1 else ""
+        after = " (post-copy)" if post_copy == 1 else after
+        lines.append(f"  engine: {st['engine']}{after}")
     if st.get("progress"):
         lines.append(f"  data: {progress_line(st['progress'])}")
     if st.get("reason") or st.get("message"):
@@ -128,6 +132,7 @@ def cmd_migrate(args: argparse.Namespace, cluster: Cluster, out: TextIO) -> int:
         ttl_seconds_after_finished=DRY_RUN_TTL if args.dry_run and args.ttl is None else args.ttl,
         eligibility=EligibilityPolicy.WARN if args.force else EligibilityPolicy.ENFORCE,
         engine=Engine(args.engine),
+        post_copy=PostCopy(getattr(args, "post_copy", PostCopy.AUTO.value)),
         dry_run=args.dry_run,
         keep_name=args.keep_name,
         checkpoint_retention=DeletionPolicy(args.checkpoint_retention),

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn, TextIO
 
-from lpm.api.models import DeletionPolicy, Engine
+from lpm.api.models import DeletionPolicy, Engine, PostCopy
 from lpm.cli.client import Cluster
 from lpm.cli.commands import cmd_cancel, cmd_drain, cmd_list, cmd_migrate, cmd_status
 from lpm.cli.errors import CliError
@@ -107,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="Live: replacement pod first, restored in place by lpm-runc (RuntimeClass lpm); Image: OCI "
         "checkpoint image restored by the runtime (nodes without lpm-runc, CRI-O); Auto (default): Live where "
         "the target node can",
+    )
+    m.add_argument(
+        "--post-copy",
+        choices=[e.value for e in PostCopy],
+        default=PostCopy.AUTO.value,
+        help="Live engine: move a container's memory after its restore (CRIU lazy pages), so that the source is "
+        "frozen only while the rest is copied. Auto (default): containers holding 256 MiB or more, where both "
+        "nodes can and the pod runs under RuntimeClass lpm; Always: any size; Never: copy every page while frozen",
     )
     m.set_defaults(func=cmd_migrate)
 
