@@ -37,7 +37,7 @@ def _remove_the_runs_stored_checkpoints() -> None:
         return json.loads(res.stdout)["items"] if res.returncode == 0 else []
 
     def settled() -> bool:
-        return all((pc.get("status") or {}).get("phase") in ("Ready", "Failed") for pc in checkpoints())
+        return all((pc.get("status") or {}).get("phase") in ("Ready", "Failed", "Streamed") for pc in checkpoints())
 
     try:
         k.wait_for("the suite's durable copies settled", settled, timeout=120, interval=2)

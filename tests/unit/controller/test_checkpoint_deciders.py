@@ -272,3 +272,33 @@ def test_a_podcheckpoint_goes_on_after_its_live_migration_completed():
     owner.status.phase = MigrationPhase.COMPLETED
     actions = pcd.decide(pcd.Observed(pod_checkpoint=pc(), now=NOW, pod=pod(), owner_name="mig", owner=owner))
     assert status(actions).phase is CheckpointPhase.IN_PROGRESS and status(actions).reason != "MigrationEnded"
+
+
+def test_a_post_copy_checkpoint_asks_for_lazy_pages_and_ends_streamed_without_content():
+    obj = cc()
+    obj.spec.stage_on_node, obj.spec.post_copy_above_bytes = "node-b", 256 << 20
+    (call,) = (
+        a
+        for a in ccd.decide(ccd.Observed(container_checkpoint=obj, now=NOW, pod=pod()))
+        if isinstance(a, CallCheckpoint)
+    )
+    assert call.request.options.lazy_pages_above_bytes == 256 << 20
+    reply = {"memory_streamed": True, "pages_message": "every page went to the target (1073741824 bytes)"}
+    actions = ccd.decide(
+        ccd.Observed(container_checkpoint=obj, now=NOW, pod=pod(), outcomes={call.key: Outcome.success(reply)})
+    )
+    assert not any(isinstance(a, CreateContent) for a in actions), "nothing was stored: no content to bind"
+    st = status(actions)
+    assert (st.phase, st.reason) == (CheckpointPhase.STREAMED, "Streamed") and "1073741824 bytes" in st.message
+    assert st.phase.terminal and not st.artifact_uri
+
+
+def test_a_podcheckpoint_with_a_streamed_container_ends_streamed_and_seals_nothing():
+    started, kids = _in_progress({"app": CheckpointPhase.STREAMED, "db": CheckpointPhase.READY})
+    actions = pcd.decide(pcd.Observed(pod_checkpoint=started, now=NOW, children=kids))
+    assert not any(isinstance(a, (CompleteCheckpoint, CreateContent)) for a in actions)
+    st = status(actions)
+    assert st.phase is CheckpointPhase.STREAMED and "container(s) app" in st.message
+    waiting, kids = _in_progress({"app": CheckpointPhase.STREAMED, "db": CheckpointPhase.IN_PROGRESS})
+    actions = pcd.decide(pcd.Observed(pod_checkpoint=waiting, now=NOW, children=kids))
+    assert all(a.status.phase is CheckpointPhase.IN_PROGRESS for a in actions if isinstance(a, PatchStatus))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from lpm.api import constants as c
@@ -19,6 +20,7 @@ from lpm.api.models import (
     PodMigration,
     PodMigrationSpec,
     PodMigrationStatus,
+    PostCopy,
     SourceCleanup,
     SourcePolicy,
 )
@@ -634,3 +636,75 @@ def test_a_completed_live_migration_says_what_it_saw_of_its_durable_copy():
     image = migration(MigrationPhase.CLEANING, engine=Engine.IMAGE)
     st = status(decide(obs(image, source_pod=None, pod_checkpoint=_ready_checkpoint())))
     assert st.phase is MigrationPhase.COMPLETED and not any(x.type == c.CONDITION_DURABLE_COPY for x in st.conditions)
+
+
+LIVE_CAPS = {**CAPS, "live_restore_supported": True, "lazy_pages_supported": True}
+
+
+def _validated_live(post_copy=PostCopy.AUTO, runtime_class="lpm", source_caps=None, target_caps=None, keep=False):
+    m = migration()
+    m.spec.post_copy, m.spec.keep_name = post_copy, keep
+    src = pod()
+    if runtime_class:
+        src.raw["spec"]["runtimeClassName"] = runtime_class
+    eligible = eligibility(live=True)
+    outcomes = {
+        ProbeAgent("node-a").key: Outcome.success(source_caps or LIVE_CAPS),
+        ProbeAgent("node-b").key: Outcome.success(target_caps or LIVE_CAPS),
+        eligible.key: Outcome.success({"checked": []}),
+    }
+    st = status(decide(obs(m, source_pod=src, target_node=NODE_B, outcomes=outcomes)))
+    assert st.engine is Engine.LIVE, st.message
+    (validated,) = (x for x in st.conditions if x.type == c.CONDITION_VALIDATED)
+    return st.post_copy_above_bytes, validated.message
+
+
+def test_post_copy_is_asked_for_above_256_mib_only_where_both_nodes_and_the_pods_runtime_can():
+    assert _validated_live() == (256 << 20, _validated_live()[1])
+    assert "post-copy for containers holding 256 MiB or more" in _validated_live()[1]
+    assert _validated_live(PostCopy.ALWAYS)[0] == 1
+    above, said = _validated_live(PostCopy.NEVER)
+    assert above is None and "spec.postCopy Never" in said
+    above, said = _validated_live(runtime_class=None)
+    assert above is None and "does not run under RuntimeClass lpm" in said
+    target = {**LIVE_CAPS, "lazy_pages_supported": False, "problems": ["post-copy: fs.pipe-max-size is 1048576"]}
+    above, said = _validated_live(target_caps=target)
+    assert above is None and "target node-b: post-copy: fs.pipe-max-size is 1048576" in said
+    # A pod that keeps its name loses its source before the restore: nothing would serve the pages.
+    above, said = _validated_live(keep=True)
+    assert above is None and "keeps its name" in said
+
+
+def _streaming(pc_phase, reason=None, outcomes=None):
+    m = migration(MigrationPhase.CHECKPOINTING, engine=Engine.LIVE, source_frozen=True, post_copy_above_bytes=1)
+    pc = _ready_checkpoint()
+    pc.status.phase, pc.status.reason, pc.status.message = pc_phase, reason, "container app: pages"
+    running = replace(
+        pod(name="web-12345", uid="cc", node="node-b", annotations={c.ANNOTATION_MIGRATION_UID: MUID}),
+        started=("app",),
+    )
+    return decide(obs(m, source_pod=pod(), restored_pod=running, pod_checkpoint=pc, outcomes=outcomes or {}))
+
+
+def test_a_post_copy_migration_keeps_its_source_until_every_page_arrived():
+    waiting = _streaming(CheckpointPhase.IN_PROGRESS)
+    assert not any(isinstance(a, DeletePod) for a in waiting)
+    st = status(waiting)
+    assert (st.phase, st.reason) == (MigrationPhase.CHECKPOINTING, "StreamingPages")
+    done = _streaming(CheckpointPhase.STREAMED)
+    assert status(done).phase is MigrationPhase.CLEANING
+    (delete,) = (a for a in done if isinstance(a, DeletePod))
+    assert delete.name == "web" and delete.grace_period_seconds == 0
+    st = status(_streaming(CheckpointPhase.STREAMED, outcomes={delete.key: Outcome.success()}))
+    assert st.phase is MigrationPhase.COMPLETED
+    (cond,) = (x for x in st.conditions if x.type == c.CONDITION_DURABLE_COPY)
+    assert (cond.status, cond.reason) == (ConditionStatus.FALSE, "PostCopy")
+
+
+def test_a_broken_page_stream_rolls_back_to_the_whole_source_even_with_the_replacement_running():
+    st = status(_streaming(CheckpointPhase.FAILED, c.REASON_POST_COPY_FAILED))
+    assert (st.phase, st.reason) == (MigrationPhase.ROLLING_BACK, c.REASON_POST_COPY_FAILED)
+    assert "the source, still whole, thawed" in st.message
+    # Any other failure of the checkpoint after the replacement runs is only its durable copy's (unchanged).
+    st = status(_streaming(CheckpointPhase.FAILED, "StorageFull"))
+    assert st.phase is not MigrationPhase.ROLLING_BACK
