@@ -62,10 +62,15 @@ TOML
 tcp-established
 skip-in-flight
 network-lock skip
-action-script $ACTION"
+action-script $ACTION
+tls
+tls-cacert /var/lib/lpm/tls/ca.crt
+tls-cert /var/lib/lpm/tls/tls.crt
+tls-key /var/lib/lpm/tls/tls.key
+tls-no-cn-verify"
     if [ -e "$CRIU_CONF" ] && ! head -n 1 "$CRIU_CONF" | grep -qF "$MARK"; then
       echo "$CRIU_CONF exists and is not LPM's: add these lines to it (pods with TCP connections move then):"
-      printf '%s\n' "$conf" | tail -n 4 | sed 's/^/  /'
+      printf '%s\n' "$conf" | tail -n 9 | sed 's/^/  /'
     else
       install -d -m 0755 "$(dirname "$CRIU_CONF")"
       printf '%s\n' "$conf" >"$CRIU_CONF.new" && mv -f "$CRIU_CONF.new" "$CRIU_CONF"

@@ -214,3 +214,39 @@ def test_the_target_agent_killed_before_the_restore_never_loses_the_source() -> 
         print(f"[fault-matrix] target agent killed: downtime {k.longest_pause(k.states(restored)):.2f}s")
     else:
         _assert_rolled_back("tgt-1", "mig-tgt-1", before[-1]["seq"], "target agent killed", time.monotonic() - killed)
+
+
+def test_the_source_agent_killed_while_post_copy_streams_pages_rolls_back_to_the_whole_source() -> None:
+    """Post-copy: the replacement already runs on the target and faults its memory in from the source when the
+    source's agent dies. The page stream breaks; the replacement (its memory incomplete) is killed and deleted,
+    and the source, dumped with leave-running and still frozen, thaws with its state: no update lost or repeated
+    in it, and never two copies running."""
+    k.start_counter("pc-fault", ballast_mib=1024, runtime_class="lpm")
+    before = k.states("pc-fault")
+    proc = subprocess.Popen(
+        [str(k.KUBECTL_LPM), "-n", k.NAMESPACE, "migrate", "pc-fault", "--to", k.NODE_2, "--name", "mig-pc-fault",
+         "--post-copy", "Always", "--wait", "--timeout", "600"],
+        env=k.ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    k.wait_for(
+        "pages streaming",
+        lambda: (_status("mig-pc-fault").get("progress") or {}).get("stage") == "streaming pages",
+        timeout=120,
+        interval=0.1,
+    )
+    old_agent = k.agent_on(k.NODE_1)[0]
+    killed = time.monotonic()
+    k.kubectl(
+        "-n", "lpm-system", "delete", "pod", "--grace-period=0", "--force",
+        "-l", "app.kubernetes.io/name=lpm-agent", "--field-selector", f"spec.nodeName={k.NODE_1}",
+    )  # fmt: skip
+    k.wait_for("a new agent Ready", lambda: (a := k.agent_on(k.NODE_1))[0] not in ("", old_agent) and a[1], 120, 0.2)
+    out, err = proc.communicate(timeout=660)
+    final = _status("mig-pc-fault")
+    print(
+        f"[fault-matrix] source agent killed mid post-copy: {final['phase']} ({final.get('reason')}) "
+        f"{time.monotonic() - killed:.1f}s after the kill: {final.get('message')}"
+    )
+    assert final["phase"] == "Failed", out + err
+    _assert_rolled_back("pc-fault", "mig-pc-fault", before[-1]["seq"], "source agent killed mid post-copy",
+                        time.monotonic() - killed)  # fmt: skip

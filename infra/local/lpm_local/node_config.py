@@ -81,6 +81,13 @@ skip-in-flight
 # Nothing needs the lock here: both ends of an in-pod connection are frozen, and the others are aborted.
 network-lock skip
 action-script {LPM_CRIU_ACTION}
+# Post-copy: CRIU's page server speaks mutual TLS with the agents' certificate, which the node's agent copies
+# here (only a dump with a page server uses it); the certificates name no node, so no host name is checked.
+tls
+tls-cacert /var/lib/lpm/tls/ca.crt
+tls-cert /var/lib/lpm/tls/tls.crt
+tls-key /var/lib/lpm/tls/tls.key
+tls-no-cn-verify
 """
 
 

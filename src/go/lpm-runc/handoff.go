@@ -16,8 +16,12 @@ import (
 //	<root>/<checkpoint>/abort   written by the agent: a text reason; the create fails with it
 //	D/restored  written here once runc restore succeeded; a later create of the same container (a restart)
 //	            is a plain create
-//	D/lazy-pages.pid  written here (post-copy: ready has lazy_pages) when `criu lazy-pages` started; it outlives
-//	            a successful restore and keeps reading the staged images, which are left to the agent then
+//	D/lazy-pages.pid  written by lpm-runc's supervisor (post-copy: ready has lazy_pages) when `criu lazy-pages`
+//	            started, removed when it exited; it outlives a successful restore and keeps reading the staged
+//	            images, which are left to the agent then
+//	D/lazy-pages.victim  written here once a post-copy runc restore succeeded: {"pid", "start_time"}, the process
+//	            the supervisor kills if the daemon fails (lazy.go)
+//	D/lazy-pages.exit  written by the supervisor when the daemon exited: {"code", "time", "killed", "error"}
 //	<root>/<checkpoint>/volume-<name>  written here by the first container restored that mounts emptyDir volume
 //	            <name>, before it fills it: the pod's later containers find it filled (and running) and leave it
 type handoff struct {

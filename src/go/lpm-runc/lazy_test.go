@@ -51,14 +51,23 @@ func waitGone(t *testing.T, what string, pid int) {
 	}
 }
 
-// reap kills what the fakes left running (the daemon outlives lpm-runc by design) and CRIU's fake cgroup yard.
+// reap kills what the fakes left running (the daemon and the restored process outlive lpm-runc by design), waits
+// for the supervisor (it writes into D), and unmounts CRIU's fake cgroup yard.
 func (e *env) reap() {
 	e.t.Cleanup(func() {
-		for _, f := range []string{"criu.pid", "hang.pid"} {
-			if b, err := os.ReadFile(filepath.Join(e.dir, f)); err == nil {
-				if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
-					_ = syscall.Kill(pid, syscall.SIGKILL)
-				}
+		pid := func(f string) int {
+			b, _ := os.ReadFile(filepath.Join(e.dir, f))
+			p, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+			return p
+		}
+		for _, f := range []string{"criu.pid", "hang.pid", "victim.pid"} {
+			if p := pid(f); p > 1 {
+				_ = syscall.Kill(p, syscall.SIGKILL)
+			}
+		}
+		if p := pid("supervisor.pid"); p > 1 {
+			for deadline := time.Now().Add(3 * time.Second); alive(p) && time.Now().Before(deadline); {
+				time.Sleep(5 * time.Millisecond)
 			}
 		}
 		matches, _ := filepath.Glob(filepath.Join(e.root, "*", "*", "work", cgroupYardPrefix+"*"))
@@ -68,9 +77,23 @@ func (e *env) reap() {
 	})
 }
 
-func exists(path string) bool {
-	_, err := os.Stat(path)
-	return err == nil
+// exitRecord waits (3 s at most) for D/lazy-pages.exit, the supervisor's record of the daemon's exit.
+func exitRecord(t *testing.T, d string) lazyExit {
+	t.Helper()
+	path := filepath.Join(d, lazyPagesExit)
+	for deadline := time.Now().Add(3 * time.Second); !exists(path); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s", lazyPagesExit)
+		}
+	}
+	var rec lazyExit
+	if err := json.Unmarshal([]byte(readFile(t, path)), &rec); err != nil {
+		t.Fatalf("%s: %v", lazyPagesExit, err)
+	}
+	if _, err := time.Parse(time.RFC3339Nano, rec.Time); err != nil {
+		t.Errorf("%s: time %q", lazyPagesExit, rec.Time)
+	}
+	return rec
 }
 
 // ---- checkpoint ----
@@ -245,6 +268,23 @@ func TestCreateRestoresLazily(t *testing.T) {
 	if !alive(pid) {
 		t.Errorf("the lazy-pages daemon did not outlive lpm-runc")
 	}
+	sup := pidIn(t, filepath.Join(e.dir, "supervisor.pid"))
+	if cl := readFile(t, "/proc/"+strconv.Itoa(sup)+"/cmdline"); !alive(sup) ||
+		!strings.HasPrefix(cl, "lpm-runc\x00"+superviseCmd+"\x00"+d+"\x00"+work+"\x00"+e.criu+"\x00lazy-pages\x00") {
+		t.Errorf("the daemon's parent (pid %d, alive %v) is not its supervisor: %q", sup, alive(sup), cl)
+	}
+	if sid := statField(t, sup, 6); sid != strconv.Itoa(sup) {
+		t.Errorf("the supervisor is not in its own session (%s)", sid)
+	}
+	victim := pidIn(t, filepath.Join(e.dir, "victim.pid"))
+	var v lazyVictim
+	if err := json.Unmarshal([]byte(readFile(t, filepath.Join(d, lazyPagesVictim))), &v); err != nil ||
+		v.PID != victim || victim == 0 || v.StartTime != startTime(t, victim) {
+		t.Errorf("%s: %+v %v, want pid %d", lazyPagesVictim, v, err, victim)
+	}
+	if !alive(victim) || exists(filepath.Join(d, lazyPagesExit)) {
+		t.Errorf("the restored process alive %v, exit record %v", alive(victim), exists(filepath.Join(d, lazyPagesExit)))
+	}
 	if !exists(staged) {
 		t.Errorf("the staged images were removed while the daemon reads them")
 	}
@@ -264,6 +304,8 @@ func TestCreateLazyDaemonNotReady(t *testing.T) {
 			"fake: cannot connect to the page server"}},
 		{"too slow", []string{"FAKE_CRIU_NOSOCKET=1", "LPM_RUNC_LAZY_READY_SECONDS=0.3"}, []string{
 			"lpm-runc: criu lazy-pages was not ready within 0.3s (killed); its log: ", "fake starting"}},
+		{"no criu", []string{"LPM_RUNC_CRIU=/nonexistent/criu"}, []string{
+			"lpm-runc: starting /nonexistent/criu lazy-pages: ", "no such file or directory"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			e := newEnv(t)
@@ -289,6 +331,9 @@ func TestCreateLazyDaemonNotReady(t *testing.T) {
 			if exists(filepath.Join(d, lazyPagesPID)) || exists(filepath.Join(d, "restored")) || !exists(staged) {
 				t.Errorf("pid file %v, restored %v, staged %v", exists(filepath.Join(d, lazyPagesPID)),
 					exists(filepath.Join(d, "restored")), exists(staged))
+			}
+			if rec := exitRecord(t, d); rec.Code == 0 || rec.Killed != 0 || exists(filepath.Join(d, lazyPagesVictim)) {
+				t.Errorf("exit record %+v, victim file %v", rec, exists(filepath.Join(d, lazyPagesVictim)))
 			}
 		})
 	}
@@ -321,6 +366,9 @@ func TestCreateLazyTransferBreaksDuringRestore(t *testing.T) {
 	if exists(filepath.Join(d, "restored")) || exists(filepath.Join(d, lazyPagesPID)) {
 		t.Errorf("restored or pid file left after a broken transfer")
 	}
+	if rec := exitRecord(t, d); rec.Code != 1 || rec.Killed != 0 || exists(filepath.Join(d, lazyPagesVictim)) {
+		t.Errorf("exit record %+v, victim file %v", rec, exists(filepath.Join(d, lazyPagesVictim)))
+	}
 	work := filepath.Join(d, "work")
 	if !exists(work) {
 		t.Errorf("the work dir was removed")
@@ -349,6 +397,129 @@ func TestCreateLazyRestoreFailureKillsDaemon(t *testing.T) {
 	if !exists(filepath.Join(d, "failed")) || exists(filepath.Join(d, lazyPagesPID)) {
 		t.Errorf("failed %v, pid file %v", exists(filepath.Join(d, "failed")), exists(filepath.Join(d, lazyPagesPID)))
 	}
+	// lpm-runc waited for the supervisor: its record is there; SIGKILL (137), nothing else killed.
+	if rec := exitRecord(t, d); rec.Code != 137 || rec.Killed != 0 || exists(filepath.Join(d, lazyPagesVictim)) {
+		t.Errorf("exit record %+v, victim file %v", rec, exists(filepath.Join(d, lazyPagesVictim)))
+	}
+	if log := readFile(t, filepath.Join(d, "work", lazyPagesSupervisorLog)); !strings.Contains(log, "exited with 137 (killed on SIGTERM); no restored process to kill") {
+		t.Errorf("supervisor log %q", log)
+	}
+}
+
+// statField is field n (n >= 3) of /proc/<pid>/stat.
+func statField(t *testing.T, pid, n int) string {
+	t.Helper()
+	s := readFile(t, "/proc/"+strconv.Itoa(pid)+"/stat")
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	return fields[n-3]
+}
+
+func startTime(t *testing.T, pid int) uint64 {
+	t.Helper()
+	st, err := procStartTime(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// lazyRestored runs a successful lazy restore whose daemon exits once $FAKE_DIR/criu-exit exists; returns D and
+// the restored process's pid.
+func (e *env) lazyRestored(ckpt string) (string, int) {
+	t := e.t
+	t.Helper()
+	d, _ := e.lazyReady(ckpt, 7128)
+	e.extra = []string{"FAKE_CRIU_WAIT_EXIT=1"}
+	if code, _, stderr := e.run(e.createArgv("c1")...); code != 0 {
+		t.Fatalf("create: code %d, stderr %s", code, stderr)
+	}
+	victim := pidIn(t, filepath.Join(e.dir, "victim.pid"))
+	if victim == 0 || !alive(victim) {
+		t.Fatalf("the restored process (pid %d) does not run", victim)
+	}
+	return d, victim
+}
+
+// The page stream breaks after the restore: the restored process must not run on zero-filled pages.
+func TestLazyDaemonFailureAfterRestoreKillsTheProcess(t *testing.T) {
+	e := newEnv(t)
+	d, victim := e.lazyRestored("ck-l5")
+	must(t, os.WriteFile(filepath.Join(e.dir, "criu-exit"), []byte("1\n"), 0o600))
+	t0 := time.Now()
+	waitGone(t, "the restored process", victim)
+	if dt := time.Since(t0); dt > 2*time.Second {
+		t.Errorf("killed after %v", dt)
+	}
+	if rec := exitRecord(t, d); rec.Code != 1 || rec.Killed != victim {
+		t.Errorf("exit record %+v, want code 1, killed %d", rec, victim)
+	}
+	logPath := filepath.Join(d, "work", lazyPagesSupervisorLog)
+	want := "exited with 1: the page stream broke; killed the restored process (pid " + strconv.Itoa(victim) + ")"
+	if log := readFile(t, logPath); strings.Count(log, "\n") != 1 || !strings.Contains(log, want) {
+		t.Errorf("supervisor log %q lacks %q", log, want)
+	}
+	if st, err := os.Stat(logPath); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("supervisor log mode: %v %v", st.Mode(), err)
+	}
+	if exists(filepath.Join(d, lazyPagesPID)) {
+		t.Errorf("%s left after the daemon exited", lazyPagesPID)
+	}
+	// The kubelet restarts the killed container: that create fails, never a fresh start beside the source that
+	// the migration's rollback thaws.
+	e.extra = nil
+	code, _, stderr := e.run(e.createArgv("c2")...)
+	if code != 1 || !strings.Contains(stderr, "post-copy page stream of checkpoint ck-l5 broke after the restore") {
+		t.Errorf("restart after a broken page stream: code %d, stderr %s", code, stderr)
+	}
+}
+
+// Every page arrived: the restored process runs on.
+func TestLazyDaemonDoneAfterRestoreLeavesTheProcess(t *testing.T) {
+	e := newEnv(t)
+	d, victim := e.lazyRestored("ck-l6")
+	must(t, os.WriteFile(filepath.Join(e.dir, "criu-exit"), []byte("0\n"), 0o600))
+	if rec := exitRecord(t, d); rec.Code != 0 || rec.Killed != 0 {
+		t.Errorf("exit record %+v", rec)
+	}
+	waitGone(t, "the supervisor", pidIn(t, filepath.Join(e.dir, "supervisor.pid")))
+	time.Sleep(100 * time.Millisecond)
+	if !alive(victim) {
+		t.Errorf("the restored process was killed though every page arrived")
+	}
+	if log := readFile(t, filepath.Join(d, "work", lazyPagesSupervisorLog)); !strings.Contains(log, "exited with 0: every page arrived") {
+		t.Errorf("supervisor log %q", log)
+	}
+}
+
+// The victim's pid now belongs to another process (its start time differs): nothing is killed.
+func TestLazyVictimPidReusedNotKilled(t *testing.T) {
+	e := newEnv(t)
+	d, victim := e.lazyRestored("ck-l7")
+	st := startTime(t, victim)
+	must(t, writeJSON(filepath.Join(d, lazyPagesVictim), lazyVictim{PID: victim, StartTime: st + 1}))
+	must(t, os.WriteFile(filepath.Join(e.dir, "criu-exit"), []byte("1\n"), 0o600))
+	if rec := exitRecord(t, d); rec.Code != 1 || rec.Killed != 0 {
+		t.Errorf("exit record %+v", rec)
+	}
+	waitGone(t, "the supervisor", pidIn(t, filepath.Join(e.dir, "supervisor.pid")))
+	if !alive(victim) {
+		t.Errorf("a process with another start time was killed")
+	}
+	want := "victim pid " + strconv.Itoa(victim) + " was reused (start time " + strconv.FormatUint(st, 10) + ", not " +
+		strconv.FormatUint(st+1, 10) + "): not killed"
+	if log := readFile(t, filepath.Join(d, "work", lazyPagesSupervisorLog)); !strings.Contains(log, want) {
+		t.Errorf("supervisor log %q lacks %q", log, want)
+	}
+}
+
+func TestProcStartTime(t *testing.T) {
+	st := startTime(t, os.Getpid())
+	if st == 0 {
+		t.Errorf("start time 0")
+	}
+	if _, err := procStartTime(1 << 30); err == nil {
+		t.Errorf("a start time for a pid that does not exist")
+	}
 }
 
 func TestParseReadyLazyPages(t *testing.T) {
@@ -360,8 +531,23 @@ func TestParseReadyLazyPages(t *testing.T) {
 		}
 	}
 	r, err := parseReady([]byte(`{"images": "` + dir + `", "lazy_pages": {"address": "127.0.0.1", "port": 7000}}`))
-	if err != nil || r.LazyPages == nil || *r.LazyPages != (lazyPages{"127.0.0.1", 7000}) {
+	if err != nil || r.LazyPages == nil || r.LazyPages.Address != "127.0.0.1" || r.LazyPages.Port != 7000 ||
+		r.LazyPages.TLS != nil {
 		t.Errorf("%+v %v", r, err)
+	}
+	if _, err := parseReady([]byte(`{"images": "` + dir + `", "lazy_pages": {"address": "10.0.0.1", "port": 7000, ` +
+		`"tls": {"cacert": "ca.crt", "cert": "/t/tls.crt", "key": "/t/tls.key"}}}`)); err == nil {
+		t.Errorf("relative TLS paths accepted")
+	}
+}
+
+func TestLazyPagesDaemonSpeaksTLSWithTheAgentsCertificates(t *testing.T) {
+	l := lazyPages{Address: "10.0.0.1", Port: 7000, TLS: &lazyTLS{"/t/ca.crt", "/t/tls.crt", "/t/tls.key"}}
+	want := []string{"lazy-pages", "--page-server", "--address", "10.0.0.1", "--port", "7000", "--tls",
+		"--tls-cacert", "/t/ca.crt", "--tls-cert", "/t/tls.crt", "--tls-key", "/t/tls.key", "--tls-no-cn-verify",
+		"--images-dir", "/i", "--work-dir", "/w", "-o", "lazy-pages.log", "-v4"}
+	if got := l.daemonArgs("/i", "/w"); !reflect.DeepEqual(got, want) {
+		t.Errorf("got\n %q\nwant\n %q", got, want)
 	}
 }
 
@@ -389,5 +575,16 @@ func TestUnmountCgroupYards(t *testing.T) {
 	}
 	if !strings.Contains(mi, `a\040work/kept`) {
 		t.Errorf("a mount outside the yard was unmounted")
+	}
+}
+
+// A supervisor stopped after the restore (SIGTERM: it kills its daemon) takes the restored process along.
+func TestLazySupervisorStoppedAfterRestoreKillsTheProcess(t *testing.T) {
+	e := newEnv(t)
+	d, victim := e.lazyRestored("ck-l8")
+	must(t, syscall.Kill(pidIn(t, filepath.Join(e.dir, "supervisor.pid")), syscall.SIGTERM))
+	waitGone(t, "the restored process", victim)
+	if rec := exitRecord(t, d); rec.Code != 137 || rec.Killed != victim {
+		t.Errorf("exit record %+v, want code 137, killed %d", rec, victim)
 	}
 }

@@ -79,6 +79,8 @@ func main() {
 				os.Exit(lazyCheckpoint(inv, image))
 			}
 		}
+	case superviseCmd: // lpm-runc's own: the post-copy restore's supervisor (lazy.go)
+		os.Exit(superviseLazyPages(inv.args))
 	case "start":
 		if id := startID(inv.args); validStateID(id) {
 			// One syscall: the marker exists only for a container this wrapper restored.
@@ -190,6 +192,12 @@ func restore(inv invocation, c createArgs, cfg *ociConfig, ckpt string) error {
 		rootfs = filepath.Join(c.bundle, rootfs)
 	}
 	h := handoff{root: handoffRoot(), checkpoint: ckpt, container: name}
+	if code, broke := h.pageStreamBroke(); broke {
+		// Post-copy: the process was killed with its memory incomplete; a fresh start here would run next to the
+		// source the migration's rollback thaws.
+		return fmt.Errorf("lpm-runc: the post-copy page stream of checkpoint %s broke after the restore (criu "+
+			"lazy-pages exited with %d); the container was killed and is not started again", ckpt, code)
+	}
 	if h.restored() {
 		passThrough() // a restart of a container restored earlier: a fresh create
 	}
@@ -262,6 +270,9 @@ func restore(inv invocation, c createArgs, cfg *ociConfig, ckpt string) error {
 	}
 	if daemon == nil {
 		h.dropStaged(ready) // post-copy: the daemon reads the images until the page stream ended; the agent drops them
+	} else if err := daemon.arm(c.pidFile); err != nil { // from now on a failed daemon kills the restored process
+		return fmt.Errorf("lpm-runc: container %s restored but the post-copy supervisor does not know its "+
+			"process: %w", c.id, err)
 	}
 	if err := os.WriteFile(filepath.Join(inv.root, c.id, restoredMarker), nil, 0o600); err != nil {
 		return fmt.Errorf("lpm-runc: container %s restored but its start marker failed: %w", c.id, err)

@@ -35,6 +35,8 @@ while [ $# -gt 0 ]; do
     --work-path) work=$2; shift;;
     --image-path) img=$2; shift;;
     --image-path=*) img=${1#*=};;
+    --pid-file) pidfile=$2; shift;;
+    --lazy-pages) lazy=1;;
     restore|create|start|state|delete|checkpoint) [ -z "$cmd" ] && cmd=$1;;
   esac
   last=$1; shift
@@ -66,16 +68,23 @@ if [ "$cmd" = restore ]; then
     echo "fake restore failed" >&2; exit "$FAKE_RC"
   fi
   mkdir -p "$root/$last"
+  if [ -n "$lazy" ] && [ -n "$pidfile" ]; then
+    # the restored container's init
+    sleep 30 </dev/null >/dev/null 2>&1 &
+    echo $! > "$pidfile"; echo $! > "$FAKE_DIR/victim.pid"
+  fi
 fi
 exit 0
 `
 
-// fakeCriu is `criu lazy-pages`: it records its arguments and pid, logs to its work dir, and creates its socket
-// (unless FAKE_CRIU_RC: it fails first; FAKE_CRIU_NOSOCKET: never). Then it serves (sleeps) or, with
-// FAKE_CRIU_DIE_AFTER, loses the page stream after that many seconds (exit 1).
+// fakeCriu is `criu lazy-pages`: it records its arguments, its pid and its parent's (the supervisor), logs to its
+// work dir, and creates its socket (unless FAKE_CRIU_RC: it fails first; FAKE_CRIU_NOSOCKET: never). Then it
+// serves (sleeps) or, with FAKE_CRIU_DIE_AFTER, loses the page stream after that many seconds (exit 1), or, with
+// FAKE_CRIU_WAIT_EXIT, exits once $FAKE_DIR/criu-exit exists, with the code it holds.
 const fakeCriu = `#!/bin/sh
 printf '%s\n' "$@" > "$FAKE_DIR/criu-args"
 echo $$ > "$FAKE_DIR/criu.pid"
+echo $PPID > "$FAKE_DIR/supervisor.pid"
 while [ $# -gt 0 ]; do
   case "$1" in
     --work-dir) work=$2; shift;;
@@ -91,6 +100,10 @@ fi
 if [ -n "$FAKE_CRIU_DIE_AFTER" ]; then
   sleep "$FAKE_CRIU_DIE_AFTER"
   exit 1
+fi
+if [ -n "$FAKE_CRIU_WAIT_EXIT" ]; then
+  while [ ! -e "$FAKE_DIR/criu-exit" ]; do sleep 0.01; done
+  exit $(cat "$FAKE_DIR/criu-exit")
 fi
 exec sleep 30
 `

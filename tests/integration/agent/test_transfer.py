@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import io
 import json
-import socket
+import stat
 import tarfile
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,6 +62,7 @@ def target(tmp_path: Path, pki: Pki) -> Iterator[tuple[AgentServer, Handoff]]:
         images=ImageLoader(runtime="podman"),
         handoff=handoff,
         lazy_pages_problem="",  # as probed on a node that can (lpm.agent.kernel)
+        criu_tls=pages.CriuTLS(tmp_path / "criu-tls", str(pki.agent_cert), str(pki.agent_key), str(pki.ca)),
     )
     server = AgentServer(cfg, deps)
     server.start()
@@ -147,81 +146,43 @@ def test_a_peer_agent_may_hand_over_a_checkpoint_and_nothing_else(tmp_path: Path
         assert caps.node_name == "target" and caps.live_restore_supported
 
 
-def _page_server() -> tuple[socket.socket, int]:
-    """Stands in for CRIU's page server on the source's loopback: one connection."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    return listener, listener.getsockname()[1]
-
-
-def test_post_copy_pages_are_relayed_both_ways_between_the_page_server_and_the_lazy_pages_daemon(
+def test_a_post_copy_checkpoint_is_staged_with_where_its_pages_are_and_crius_tls_files(
     tmp_path: Path, pki: Pki, target
 ) -> None:
     server, handoff = target
     address = f"127.0.0.1:{server.port}"
     path = archive(tmp_path / "a.tar", b"metadata only")
     push = transfer.Push(
-        address, CKPT, "app", lambda: path.open("rb"), path.stat().st_size, peer(pki), timeout=30, lazy_pages=True
-    )
+        address, CKPT, "app", lambda: path.open("rb"), path.stat().st_size, peer(pki), timeout=30,
+        lazy_pages_from="10.0.0.7:40123",
+    )  # fmt: skip
     assert push.start().wait(30).ok, push.message
     ready = json.loads((tmp_path / "handoff" / CKPT / "app" / "ready").read_text())
-    assert ready["lazy_pages"]["address"] == "127.0.0.1"
-    staged = Path(ready["images"])
-    assert staged.is_dir()
-
-    listener, port = _page_server()
-    page_server: dict[str, bytes] = {}
-
-    def serve_pages() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            page_server["request"] = conn.recv(64)
-            conn.sendall(b"P" * (3 << 20))  # 3 MiB of "pages": several relay chunks
-            page_server["close"] = conn.recv(64)
-
-    served = threading.Thread(target=serve_pages)
-    served.start()
-    relayed: list[pages.Relayed] = []
-    source = threading.Thread(
-        target=lambda: relayed.append(
-            pages.relay_source(pages.connect_page_server(port), address, peer(pki), CKPT, "app", timeout=30)
-        )
-    )
-    source.start()
-    # The target's `criu lazy-pages`: connects to the relay lpm-runc was told about, asks, reads, says goodbye.
-    with socket.create_connection(("127.0.0.1", ready["lazy_pages"]["port"]), timeout=10) as daemon:
-        daemon.sendall(b"GET")
-        got = b""
-        while len(got) < 3 << 20:
-            got += daemon.recv(1 << 20)
-        daemon.sendall(b"BYE")
-        time.sleep(0.2)  # let BYE through before the daemon's end closes the stream
-    source.join(30)
-    served.join(30)
-    listener.close()
-    assert got == b"P" * (3 << 20)
-    assert page_server == {"request": b"GET", "close": b"BYE"}
-    assert relayed and relayed[0].ok, relayed
-    assert relayed[0].page_bytes == 3 << 20
-    # The daemon is done with the images once its connection ended: they are process memory, removed.
-    deadline = time.monotonic() + 5
-    while staged.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not staged.exists()
+    lazy = ready["lazy_pages"]
+    assert (lazy["address"], lazy["port"]) == ("10.0.0.7", 40123)
+    # CRIU reads the agent's own certificate, key and CA from a root-only copy.
+    tls = tmp_path / "criu-tls"
+    assert lazy["tls"] == {"cacert": str(tls / "ca.crt"), "cert": str(tls / "tls.crt"), "key": str(tls / "tls.key")}
+    assert (tls / "tls.key").read_bytes() == pki.agent_key.read_bytes()
+    assert (tls / "ca.crt").read_bytes() == pki.ca.read_bytes()
+    assert stat.S_IMODE(tls.stat().st_mode) == 0o700
+    assert {stat.S_IMODE((tls / n).stat().st_mode) for n in ("ca.crt", "tls.crt", "tls.key")} == {0o600}
+    # Pushed again (a source agent that restarted mid-stream re-dumps): a page stream cannot be resumed.
+    (tmp_path / "handoff" / CKPT / "app" / "restored").write_text("{}")
+    again = transfer.Push(
+        address, CKPT, "app", lambda: path.open("rb"), path.stat().st_size, peer(pki), timeout=30,
+        lazy_pages_from="10.0.0.7:40123",
+    )  # fmt: skip
+    assert not again.start().wait(30).ok and "cannot be resumed" in again.message, again.message
 
 
-def test_the_page_relay_refuses_a_connection_from_a_socket_root_does_not_own(tmp_path: Path) -> None:
-    table = tmp_path / "tcp"
-    relay = pages.PageRelay(proc_net_tcp=table, accept_timeout=5)
-    port = relay.listen(CKPT, "app")
-    with socket.create_connection(("127.0.0.1", port)) as intruder:
-        local = intruder.getsockname()[1]
-        table.write_text(
-            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
-            f"   0: 0100007F:{local:04X} 0100007F:{port:04X} 01 00000000:00000000 00:00000000 00000000  1000 0 1\n"
-        )
-        with pytest.raises(pages.PageRelayError, match="uid 1000"):
-            next(relay.serve(CKPT, "app", iter(())))
-    with pytest.raises(pages.PageRelayError, match="not staged for post-copy"):
-        next(relay.serve(CKPT, "app", iter(())))  # the one connection was spent: nothing else gets in
+def test_a_node_that_cannot_post_copy_refuses_a_post_copy_push(tmp_path: Path, pki: Pki, target) -> None:
+    server, _ = target
+    server.deps.lazy_pages_problem = "fs.pipe-max-size is 1048576"
+    path = archive(tmp_path / "a.tar", b"metadata only")
+    push = transfer.Push(
+        f"127.0.0.1:{server.port}", CKPT, "app", lambda: path.open("rb"), path.stat().st_size, peer(pki),
+        timeout=30, lazy_pages_from="10.0.0.7:40123",
+    )  # fmt: skip
+    assert not push.start().wait(30).ok and "fs.pipe-max-size" in push.message, push.message
+    assert not (tmp_path / "handoff" / CKPT / "app" / "ready").exists()

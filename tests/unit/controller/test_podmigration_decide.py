@@ -701,10 +701,18 @@ def test_a_post_copy_migration_keeps_its_source_until_every_page_arrived():
     assert (cond.status, cond.reason) == (ConditionStatus.FALSE, "PostCopy")
 
 
-def test_a_broken_page_stream_rolls_back_to_the_whole_source_even_with_the_replacement_running():
-    st = status(_streaming(CheckpointPhase.FAILED, c.REASON_POST_COPY_FAILED))
-    assert (st.phase, st.reason) == (MigrationPhase.ROLLING_BACK, c.REASON_POST_COPY_FAILED)
-    assert "the source, still whole, thawed" in st.message
-    # Any other failure of the checkpoint after the replacement runs is only its durable copy's (unchanged).
-    st = status(_streaming(CheckpointPhase.FAILED, "StorageFull"))
-    assert st.phase is not MigrationPhase.ROLLING_BACK
+def test_a_failed_post_copy_checkpoint_rolls_back_to_the_whole_source_even_with_the_replacement_running():
+    for reason in (c.REASON_POST_COPY_FAILED, "AgentUnavailable"):
+        actions = _streaming(CheckpointPhase.FAILED, reason)
+        st = status(actions)
+        assert (st.phase, st.reason) == (MigrationPhase.ROLLING_BACK, reason)
+        assert "the source, still whole, thawed" in st.message
+        assert not any(isinstance(a, GetRestoreState) for a in actions), "a verified copy on the target lacks memory"
+    # Without post-copy, a failure once the replacement runs is only its durable copy's (unchanged).
+    m = migration(MigrationPhase.CHECKPOINTING, engine=Engine.LIVE, source_frozen=True)
+    running = replace(
+        pod(name="web-12345", uid="cc", node="node-b", annotations={c.ANNOTATION_MIGRATION_UID: MUID}),
+        started=("app",),
+    )
+    st = status(decide(obs(m, source_pod=pod(), restored_pod=running, pod_checkpoint=_failed_checkpoint())))
+    assert st.phase is MigrationPhase.CLEANING

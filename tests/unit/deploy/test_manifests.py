@@ -23,6 +23,7 @@ AGENT_WRITABLE_HOST_PATHS = {
     "/var/lib/lpm-agent": "keeps freeze records (auto-thaw deadlines) across agent restarts",
     "/var/lib/lpm/restore": "stages checkpoints for lpm-runc, the live engine's runtime wrapper (RuntimeClass lpm)",
     "/var/lib/lpm/dump": "the live engine's runtime dumps: containerd writes CRIU's images there for the agent",
+    "/var/lib/lpm/tls": "post-copy: the agent's TLS files, copied there (root-only) for CRIU's page stream",
     "/run/lpm": "the live engine's dumps and staged checkpoints when they fit in memory (tmpfs)",
 }
 # Read, never written: the kubelet client key, the node's procfs (eligibility), the runtime's task dirs (CRIU

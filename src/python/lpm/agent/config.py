@@ -53,6 +53,8 @@ class AgentConfig:
     restore_handoff_dir: str
     dump_dir: str
     memory_dir: str
+    criu_tls_dir: str
+    page_server_address: str
     log_level: str
     log_format: str
     self_check: bool
@@ -301,6 +303,23 @@ def build_parser() -> argparse.ArgumentParser:
         "a checkpoint waits instead of --dump-dir (source) and --restore-handoff-dir (target) when it fits with a "
         "quarter of the tmpfs to spare: faster (no disk writes inside the freeze) and no process memory on the "
         "node's disk. Empty: disk only.",
+    )
+    add_flag(
+        why,
+        "--criu-tls-dir",
+        "LPM_CRIU_TLS_DIR",
+        default="/var/lib/lpm/tls",
+        help="Post-copy: the node directory (mounted at the same path) this agent copies its TLS certificate, key "
+        "and CA into, 0700/0600, for CRIU's page server and `criu lazy-pages` (the node's /etc/criu/runc.conf names "
+        "it too). Empty, or --insecure: no post-copy on this node.",
+    )
+    add_flag(
+        why,
+        "--page-server-address",
+        "LPM_PAGE_SERVER_ADDRESS",
+        default="",
+        help="Post-copy, source side: the node address CRIU's page server listens on (the node's IP; the agent runs "
+        "with hostNetwork). Empty: no post-copy from this node.",
     )
     add_logging_flags(p)
     p.add_argument("--self-check", action="store_true", help="Check configuration and local tools, then exit.")

@@ -19,7 +19,7 @@ from lpm.agent.kubelet import (
     Backoff,
     KubeletClient,
 )
-from lpm.agent.pages import PageRelay
+from lpm.agent.pages import CriuTLS
 from lpm.agent.progress import Progress
 from lpm.agent.restore_logs import RestoreLogWatcher
 from lpm.storage.sealing import KeyDirectory
@@ -74,8 +74,8 @@ class Deps:
     dirty_tracking_problem: str = "not probed"
     # Why this node cannot take part in post-copy ("": it can); probed once at start.
     lazy_pages_problem: str = "not probed"
-    # Post-copy on the target: the loopback listeners lpm-runc's `criu lazy-pages` connects to.
-    page_relay: PageRelay = field(default_factory=PageRelay)
+    # Post-copy: the agent's TLS files where CRIU on the node reads them (None: no post-copy here).
+    criu_tls: CriuTLS | None = None
 
 
 def build_deps(cfg: AgentConfig, locate: fz.Locate | None = None, backoff: Backoff | None = None) -> Deps:
@@ -137,7 +137,12 @@ def build_deps(cfg: AgentConfig, locate: fz.Locate | None = None, backoff: Backo
         zstd_threads=cfg.zstd_threads,
         criu_version=_tool_version([criu, "--version"]) if criu else "",
         dirty_tracking_problem=_dirty_tracking(),
-        lazy_pages_problem=_lazy_pages(),
+        lazy_pages_problem=_lazy_pages(cfg),
+        criu_tls=(
+            CriuTLS(Path(cfg.criu_tls_dir), cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+            if cfg.criu_tls_dir and not cfg.insecure and cfg.tls_cert and cfg.tls_key and cfg.tls_client_ca
+            else None
+        ),
         runtime_version=runtime_version,
         cgroup_root=cgroup_root,
         runtime_node_task_dir=cfg.runtime_node_task_dir,
@@ -157,6 +162,7 @@ def build_deps(cfg: AgentConfig, locate: fz.Locate | None = None, backoff: Backo
                 ctr=cfg.ctr,
                 task_dir=Path(cfg.runtime_task_dir) if cfg.runtime_task_dir else None,
                 memory_dir=memory / "dump" if memory else None,
+                page_server_host=cfg.page_server_address or None,
             )
             if cfg.dump_dir and method == "containerd"
             else None
@@ -175,7 +181,11 @@ def _dirty_tracking() -> str:
     return problem
 
 
-def _lazy_pages() -> str:
+def _lazy_pages(cfg: AgentConfig) -> str:
     problem = kernel.lazy_pages_problem()
-    log.info("post-copy: %s", problem or "the kernel has userfaultfd and 4 MiB pipes")
+    if not problem and (cfg.insecure or not cfg.criu_tls_dir):
+        problem = "the agent has no TLS certificates for CRIU's page stream (--insecure or no --criu-tls-dir)"
+    if not problem and not cfg.page_server_address:
+        problem = "no --page-server-address (the node's IP) for CRIU's page server"
+    log.info("post-copy: %s", problem or "the kernel has userfaultfd and 4 MiB pipes; CRIU gets the agent's TLS")
     return problem

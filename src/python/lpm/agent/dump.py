@@ -49,7 +49,7 @@ from typing import BinaryIO, Final, cast
 from lpm.agent import eligibility
 from lpm.agent.images import IterReader
 from lpm.agent.kubelet import CheckpointResult
-from lpm.agent.pages import LOOPBACK, free_port
+from lpm.agent.pages import free_port
 from lpm.agent.scratch import Scratch, resident_bytes
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ class LazyDump:
     (CRIU's page server then exits), or the transfer broke (the source runs on: leave-running, still paused)."""
 
     process: subprocess.Popen[str]
-    port: int
+    page_server: str  # host:port
     memory_bytes: int = 0  # the container's resident memory at the dump: about what the page stream carries
 
     def wait(self, timeout: float) -> str:
@@ -319,6 +319,9 @@ class RuntimeDumper:
     task_dir: Path | None = None
     # Memory-backed dump directory (lpm.agent.scratch); None: always dump_dir.
     memory_dir: Path | None = None
+    # Post-copy: the node address CRIU's page server listens on (the agent runs in the node's network); None:
+    # no post-copy from this node.
+    page_server_host: str | None = None
 
     def _ctr(self, timeout: float, *args: str) -> subprocess.CompletedProcess[str]:
         argv = [self.ctr, "--address", self.address, "-n", self.namespace, *args]
@@ -362,7 +365,7 @@ class RuntimeDumper:
         self.dump_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{label}-", dir=self.dump_dir))
         resident = resident_bytes(self.proc_root, pid)
-        lazy = 0 < lazy_above_bytes <= resident
+        lazy = 0 < lazy_above_bytes <= resident and self.page_server_host is not None
         # Post-copy leaves the memory out of the images: they are small, and go to memory.
         base = self._scratch().pick(0 if lazy else resident, f"the dump of {label}")
         images = Path(tempfile.mkdtemp(prefix=f".{label}-images-", dir=base))
@@ -407,7 +410,7 @@ class RuntimeDumper:
                 dumped - diffed,
                 entries,
                 len(deleted),
-                f"; its {resident} bytes of memory are served from 127.0.0.1:{pending.port}" if pending else "",
+                f"; its {resident} bytes of memory are served from {pending.page_server}" if pending else "",
             )
             return CheckpointResult(str(work), work, 1, time.monotonic() - started, layout, pending)
         except BaseException:
@@ -423,16 +426,17 @@ class RuntimeDumper:
     def _dump_lazy(self, images: Path, timeout: float, argv: tuple[str, ...], resident: int) -> LazyDump | None:
         """Ask lpm-runc (the task's runtime) for a lazy dump, and wait until its page server listens or the
         dump ended. None: the runtime dumped the whole memory (it is not lpm-runc)."""
-        port = free_port()
+        assert self.page_server_host is not None
+        page_server = f"{self.page_server_host}:{free_port(self.page_server_host)}"
         fd = os.open(_request_file(images), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump({"page_server": f"{LOOPBACK}:{port}"}, f)
+            json.dump({"page_server": page_server}, f)
         cmd = [self.ctr, "--address", self.address, "-n", self.namespace, *argv]
         try:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         except FileNotFoundError:
             raise DumpError(f"{self.ctr} is not installed: cannot checkpoint through containerd") from None
-        pending = LazyDump(proc, port, resident)
+        pending = LazyDump(proc, page_server, resident)
         deadline = time.monotonic() + max(1.0, timeout)
         while not _ready_file(images).exists():
             if proc.poll() is not None:

@@ -12,7 +12,11 @@ atomically (temporary name, then rename):
                                                  deleted_files, volumes: the emptyDir volumes' contents and where
                                                  the container mounts each); written only after the whole archive
                                                  was read and its sha256 matched, so a partial transfer is never
-                                                 restored
+                                                 restored; post-copy adds lazy_pages {address, port, tls}: the
+                                                 source's CRIU page server, and CRIU's TLS files (lpm.agent.pages)
+    <root>/<checkpoint id>/<container>/lazy-pages.pid   lpm-runc: post-copy, the `criu lazy-pages` daemon that
+                                                 reads the staged images until the page stream ends (they are
+                                                 kept until then)
     <root>/<checkpoint id>/volume-<name>         lpm-runc: the first restored container that mounts emptyDir
                                                  <name> claimed it and filled the replacement's volume
     <root>/<checkpoint id>/<container>/restored  lpm-runc: `runc restore` succeeded (a later restart of the
@@ -168,14 +172,13 @@ class Handoff:
         container: str,
         archive: Iterator[bytes],
         size_bytes: int = 0,
-        lazy_pages_port: int | None = None,
+        lazy_pages: dict[str, object] | None = None,
     ) -> Staged:
         """Lay out one container's checkpoint archive (the kubelet's tar, as a verified chunk stream) for
         lpm-runc. `archive` raises at its end if the bytes did not match their manifest: `ready` is written only
         after that end was reached. `size_bytes`: the archive's size if known, which decides whether it is staged
-        in memory. `lazy_pages_port`: post-copy, the memory comes from the page relay on this loopback port
-        (lpm.agent.pages), where lpm-runc's `criu lazy-pages` connects. Idempotent: an already staged or restored
-        container is left as it is."""
+        in memory. `lazy_pages`: post-copy, where lpm-runc's `criu lazy-pages` gets the memory ({address, port,
+        tls}: lpm.agent.pages). Idempotent: an already staged or restored container is left as it is."""
         started = time.monotonic()
         d = self._dir(checkpoint_id, container)
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -217,8 +220,8 @@ class Handoff:
                 for point, name in sorted(mounted.items())
             ],
         }
-        if lazy_pages_port is not None:
-            ready["lazy_pages"] = {"address": "127.0.0.1", "port": lazy_pages_port}
+        if lazy_pages is not None:
+            ready["lazy_pages"] = lazy_pages
         _write_atomic(d / "ready", json.dumps(ready).encode())
         seconds = time.monotonic() - started
         log.info(

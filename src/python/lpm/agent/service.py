@@ -153,7 +153,7 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
 
 
 # What a peer agent (client certificate CN lpm-agent) may call on another agent: only hand over a checkpoint.
-PEER_METHODS = frozenset({"ReceiveCheckpoint", "StreamPages"})
+PEER_METHODS = frozenset({"ReceiveCheckpoint"})
 
 
 def _lowest_cpu_priority() -> None:
@@ -348,17 +348,14 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
         checkpointed_at: float,
         kubelet_seconds: float,
     ) -> agent_pb2.CheckpointResponse:
-        """The dump left the memory with the runtime's page server: push the rest to the target's agent, then relay
-        the pages its lazy-pages daemon pulls, until every page went. Nothing is stored (the images hold no memory).
+        """The dump left the memory with CRIU's page server on this node: push the rest to the target's agent,
+        whose lpm-runc restores at once and has `criu lazy-pages` pull the pages straight from that server; the
+        call ends when every page went (the server then exits). Nothing is stored (the images hold no memory).
         Before the target restored, a failure here leaves the source as it was (paused, whole)."""
         progress, ckpt, ctr = self.d.progress, request.checkpoint_id, request.container_name
         lazy: dp.LazyDump = result.lazy
         deadline = time.monotonic() + timeout
         try:
-            try:
-                conn = pages.connect_page_server(lazy.port)
-            except OSError as exc:
-                raise dp.DumpError(f"cannot reach the page server of the post-copy dump: {exc}") from None
             progress.stage(ckpt, ctr, "sending", result.size)
             push = transfer.Push(
                 request.options.stage_on_address,
@@ -369,30 +366,26 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                 self.d.peer_tls,
                 timeout=max(1.0, timeout),
                 sent=lambda n: progress.moved(ckpt, ctr, "sending", n),
-                lazy_pages=True,
+                lazy_pages_from=lazy.page_server,
             ).start()
             push.wait(deadline - time.monotonic())
             if not push.ok:
-                conn.close()
-                raise dp.DumpError(f"post-copy: the target did not take the checkpoint: {push.message}")
-            progress.stage(ckpt, ctr, "streaming pages", lazy.memory_bytes)
-            relayed = pages.relay_source(
-                conn,
-                request.options.stage_on_address,
-                self.d.peer_tls,
-                ckpt,
-                ctr,
-                timeout=max(1.0, deadline - time.monotonic()),
-                moved=lambda n: progress.moved(ckpt, ctr, "streaming pages", n),
-            )
-            failed = lazy.wait(min(30.0, max(1.0, deadline - time.monotonic())))
+                raise PostCopyFailed(f"post-copy: the target did not take the checkpoint: {push.message}")
+            progress.stage(ckpt, ctr, "streaming pages", 0)
+            started = time.monotonic()
+            failed = lazy.wait(max(1.0, deadline - time.monotonic()))
         except BaseException:
             lazy.stop()
             raise
         finally:
             result.discard()
         if failed:
-            raise PostCopyFailed(f"post-copy of {ckpt}/{ctr}: {failed} ({relayed.message})")
+            raise PostCopyFailed(f"post-copy of {ckpt}/{ctr}: {failed}")
+        message = (
+            f"CRIU's page server on {self.d.node_name} served every page of about {lazy.memory_bytes >> 20} MiB in "
+            f"{time.monotonic() - started:.1f}s after the push"
+        )
+        log.info("post-copy %s/%s: %s", ckpt, ctr, message)
         return agent_pb2.CheckpointResponse(
             dumped_by="containerd",
             staged_on_target=True,
@@ -403,8 +396,7 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             checkpointed_at=_timestamp(checkpointed_at),
             attempts=result.attempts,
             memory_streamed=True,
-            pages_message=relayed.message,
-            page_bytes=relayed.page_bytes,
+            pages_message=message,
         )
 
     def _dump(self, request: agent_pb2.CheckpointRequest, timeout: float) -> tuple[CheckpointResult, str]:
@@ -437,7 +429,12 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             try:
                 label = f"{request.checkpoint_id}-{ctr}"
                 pid = self.d.freezer.control.pid(target)
-                dumped = self.d.dumper.dump(target, pid, label, timeout, opts.lazy_pages_above_bytes)
+                lazy_above = opts.lazy_pages_above_bytes if not self.d.lazy_pages_problem else 0
+                if lazy_above and self.d.criu_tls is not None:
+                    self.d.criu_tls.install()  # the node's runc.conf has CRIU's page server read them
+                else:
+                    lazy_above = 0
+                dumped = self.d.dumper.dump(target, pid, label, timeout, lazy_above)
                 return dumped, "containerd"
             except dp.DumpCriuFailed:
                 raise
@@ -734,22 +731,34 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             if first is None or not first.checkpoint_id:
                 raise ValueError("the stream's first chunk names no checkpoint")
             name = require_label("container name", first.container_name)
-            port = None
-            if first.lazy_pages:
-                if self.d.lazy_pages_problem:
-                    raise Abort(grpc.StatusCode.FAILED_PRECONDITION, f"post-copy: {self.d.lazy_pages_problem}")
-                port = self.d.page_relay.listen(first.checkpoint_id, name)
-            try:
-                staged = handoff.stage(
-                    first.checkpoint_id,
-                    name,
-                    transfer.received(first, request_iterator),
-                    size_bytes=first.expected_size_bytes,
-                    lazy_pages_port=port,
-                )
-            except BaseException:
-                self.d.page_relay.close(first.checkpoint_id, name)
-                raise
+            lazy = None
+            if first.lazy_pages_from:
+                host, port = pages.split_host_port(first.lazy_pages_from)
+                if self.d.lazy_pages_problem or self.d.criu_tls is None:
+                    raise Abort(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"post-copy: {self.d.lazy_pages_problem or 'no TLS directory for CRIU'}",
+                    )
+                (state,) = handoff.states(first.checkpoint_id, [name])
+                if state.state in (ho.State.STAGED, ho.State.RESTORED):
+                    # A second push of a post-copy checkpoint (a source agent that restarted mid-stream): the
+                    # first one's pages are gone with its page server, and a restored process cannot take its
+                    # memory from a new dump.
+                    raise Abort(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"post-copy: checkpoint {first.checkpoint_id}/{name} was staged here before; its page "
+                        "stream cannot be resumed",
+                        REASON_POST_COPY_FAILED,
+                    )
+                self.d.criu_tls.install()
+                lazy = {"address": host, "port": port, "tls": self.d.criu_tls.paths()}
+            staged = handoff.stage(
+                first.checkpoint_id,
+                name,
+                transfer.received(first, request_iterator),
+                size_bytes=first.expected_size_bytes,
+                lazy_pages=lazy,
+            )
             return agent_pb2.StageRestoreResponse(
                 image_bytes=staged.image_bytes,
                 rootfs_diff_bytes=staged.rootfs_diff_bytes,
@@ -758,48 +767,10 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
 
         return self._call(context, "ReceiveCheckpoint", body)
 
-    def StreamPages(
-        self, request_iterator: Iterator[agent_pb2.PageData], context: grpc.ServicerContext
-    ) -> Iterator[agent_pb2.PageData]:
-        """Post-copy, the target's side: relays CRIU's page-server protocol between the source's agent and
-        lpm-runc's `criu lazy-pages` (lpm.agent.pages). A generator: `_call` cannot wrap it."""
-        started = time.monotonic()
-        handoff = self._handoff()
-        first = next(request_iterator, None)
-        try:
-            _peer_may_call(context, "StreamPages")
-            if first is None or not first.checkpoint_id:
-                raise ValueError("the stream's first message names no checkpoint")
-            name = require_label("container name", first.container_name)
-            ckpt = first.checkpoint_id
-            progress = self.d.progress
-            progress.stage(ckpt, name, "receiving pages", 0)
-
-            def incoming() -> Iterator[bytes]:
-                for msg in request_iterator:
-                    if msg.data:
-                        yield msg.data
-
-            served = 0
-            try:
-                for data in self.d.page_relay.serve(ckpt, name, incoming()):
-                    progress.moved(ckpt, name, "receiving pages", len(data))
-                    served += len(data)
-                    yield agent_pb2.PageData(data=data)
-            finally:
-                progress.end(ckpt, name)
-                handoff.drop_staged(ckpt, name)  # the lazy-pages daemon is done with the images
-            log.info("post-copy %s/%s: page stream ended after %.2fs", ckpt, name, time.monotonic() - started)
-        except (ValueError, InvalidName, pages.PageRelayError, Abort) as exc:
-            code = exc.code if isinstance(exc, Abort) else grpc.StatusCode.FAILED_PRECONDITION
-            log.warning("StreamPages failed (%s): %s", code.name, exc)
-            self._abort(context, code, str(exc))
-
     def AbortRestore(
         self, request: agent_pb2.AbortRestoreRequest, context: grpc.ServicerContext
     ) -> agent_pb2.AbortRestoreResponse:
         def body() -> agent_pb2.AbortRestoreResponse:
-            self.d.page_relay.close(request.checkpoint_id)
             self._handoff().abort(request.checkpoint_id, request.reason or "the migration was rolled back")
             return agent_pb2.AbortRestoreResponse()
 
@@ -851,6 +822,8 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
         if self.d.dirty_tracking_problem:
             problems.append(f"{PRECOPY_PROBLEM_PREFIX}{self.d.dirty_tracking_problem}")
         lazy_problem = self.d.lazy_pages_problem or live_problem or dump_problem
+        if not lazy_problem and self.d.criu_tls is None:
+            lazy_problem = "the agent has no TLS files for CRIU"
         if lazy_problem:
             problems.append(f"{POSTCOPY_PROBLEM_PREFIX}{lazy_problem}")
         return agent_pb2.Capabilities(

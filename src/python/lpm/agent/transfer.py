@@ -59,10 +59,10 @@ def chunks(
     checkpoint_id: str,
     container: str,
     sent: Callable[[int], None] | None = None,
-    lazy_pages: bool = False,
+    lazy_pages_from: str = "",
 ) -> Iterator[agent_pb2.CheckpointChunk]:
     """The archive as a stream: ids and the expected size on the first chunk, size and sha256 on the last; `sent`
-    hears of each chunk as gRPC takes it. `lazy_pages`: the memory follows by StreamPages (post-copy)."""
+    hears of each chunk as gRPC takes it. `lazy_pages_from`: post-copy, the page server with the memory."""
     digest, size = hashlib.sha256(), 0
     first = True
     with source() as f:
@@ -77,7 +77,7 @@ def chunks(
                     container_name=container,
                     data=data,
                     expected_size_bytes=expected_size,
-                    lazy_pages=lazy_pages,
+                    lazy_pages_from=lazy_pages_from,
                 )
                 first = False
             else:
@@ -120,7 +120,7 @@ class Push:
     tls: PeerTLS
     timeout: float
     sent: Callable[[int], None] | None = None
-    lazy_pages: bool = False
+    lazy_pages_from: str = ""
     ok: bool = False
     message: str = ""
     seconds: float = 0.0
@@ -137,7 +137,7 @@ class Push:
             with self.tls.channel(self.address) as channel:
                 stub = agent_pb2_grpc.CheckpointServiceStub(channel)
                 reply = stub.ReceiveCheckpoint(
-                    chunks(self.source, self.size, self.checkpoint_id, self.container, self.sent, self.lazy_pages),
+                    chunks(self.source, self.size, self.checkpoint_id, self.container, self.sent, self.lazy_pages_from),
                     timeout=self.timeout,
                 )
             self.ok = True

@@ -16,10 +16,10 @@ from lpm.api.models import (
     DeletionPolicy,
     EligibilityPolicy,
     Engine,
-    PostCopy,
     MigrationPhase,
     PodMigration,
     PodMigrationSpec,
+    PostCopy,
     SourceCleanup,
     SourcePolicy,
 )

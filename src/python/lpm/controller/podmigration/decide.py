@@ -903,15 +903,16 @@ def _progress(plan: MigrationPlan) -> None:
 def _checkpointing(plan: MigrationPlan) -> None:
     pc = plan.obs.pod_checkpoint
     st = plan.status
-    if pc is not None and pc.status.phase is CheckpointPhase.FAILED and pc.status.reason == c.REASON_POST_COPY_FAILED:
-        # Post-copy: the replacement runs, or was being restored, without all of its memory. The source is whole
-        # (dumped with leave-running, still frozen): the replacement goes, then the source thaws.
+    if st.post_copy_above_bytes and pc is not None and pc.status.phase is CheckpointPhase.FAILED:
+        # Post-copy asked for: a failed checkpoint may have left the replacement running, or being restored,
+        # without all of its memory (the target's verified copy holds none of it). The source is whole (dumped
+        # with leave-running, still frozen): the replacement goes, then the source thaws.
+        reason = pc.status.reason or "CheckpointFailed"
         return _rollback(
             plan,
-            c.REASON_POST_COPY_FAILED,
-            f"the memory pages did not all reach {plan.m.spec.target_node} ({pc.status.message or 'no details'}); "
-            "the replacement is deleted and the source, still whole, thawed: what the replacement did since its "
-            "restore is lost",
+            reason,
+            f"checkpoint failed with post-copy ({reason}: {pc.status.message or 'no details'}); the replacement is "
+            "deleted and the source, still whole, thawed: whatever the replacement did since its restore is lost",
         )
     if st.engine is Engine.LIVE and st.post_copy_above_bytes and (pc is None or not pc.status.phase.terminal):
         if _replacement_runs(plan):
