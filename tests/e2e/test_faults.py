@@ -223,17 +223,20 @@ def test_the_source_agent_killed_while_post_copy_streams_pages_rolls_back_to_the
     in it, and never two copies running."""
     k.start_counter("pc-fault", ballast_mib=1024, runtime_class="lpm")
     before = k.states("pc-fault")
+
     proc = subprocess.Popen(
         [str(k.KUBECTL_LPM), "-n", k.NAMESPACE, "migrate", "pc-fault", "--to", k.NODE_2, "--name", "mig-pc-fault",
          "--post-copy", "Always", "--wait", "--timeout", "600"],
         env=k.ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
-    k.wait_for(
-        "pages streaming",
-        lambda: (_status("mig-pc-fault").get("progress") or {}).get("stage") == "streaming pages",
-        timeout=120,
-        interval=0.1,
-    )
+    def streaming() -> bool:
+        res = k.kubectl("-n", k.NAMESPACE, "get", "podmigration", "mig-pc-fault", "-o", "json", check=False)
+        return (
+            res.returncode == 0
+            and ((json.loads(res.stdout).get("status") or {}).get("progress") or {}).get("stage") == "streaming pages"
+        )
+
+    k.wait_for("pages streaming", streaming, timeout=120, interval=0.1)
     old_agent = k.agent_on(k.NODE_1)[0]
     killed = time.monotonic()
     k.kubectl(

@@ -73,7 +73,7 @@ func (l *lazyPages) daemonArgs(images, work string) []string {
 		args = append(args, "--tls", "--tls-cacert", t.CACert, "--tls-cert", t.Cert, "--tls-key", t.Key,
 			"--tls-no-cn-verify")
 	}
-	return append(args, "--images-dir", images, "--work-dir", work, "-o", lazyPagesLog, "-v4")
+	return append(args, "--images-dir", images, "--work-dir", work, "-o", lazyPagesLog, "-v3")
 }
 
 // ---- Source: checkpoint ----

@@ -257,7 +257,7 @@ func TestCreateRestoresLazily(t *testing.T) {
 		t.Errorf("runc got\n %q\nwant\n %q", got, want)
 	}
 	wantCriu := []string{"lazy-pages", "--page-server", "--address", "127.0.0.1", "--port", "7124", "--images-dir",
-		filepath.Join(staged, "images"), "--work-dir", work, "-o", "lazy-pages.log", "-v4"}
+		filepath.Join(staged, "images"), "--work-dir", work, "-o", "lazy-pages.log", "-v3"}
 	if got := strings.Split(strings.TrimSpace(readFile(t, filepath.Join(e.dir, "criu-args"))), "\n"); !reflect.DeepEqual(got, wantCriu) {
 		t.Errorf("criu got\n %q\nwant\n %q", got, wantCriu)
 	}
@@ -545,7 +545,7 @@ func TestLazyPagesDaemonSpeaksTLSWithTheAgentsCertificates(t *testing.T) {
 	l := lazyPages{Address: "10.0.0.1", Port: 7000, TLS: &lazyTLS{"/t/ca.crt", "/t/tls.crt", "/t/tls.key"}}
 	want := []string{"lazy-pages", "--page-server", "--address", "10.0.0.1", "--port", "7000", "--tls",
 		"--tls-cacert", "/t/ca.crt", "--tls-cert", "/t/tls.crt", "--tls-key", "/t/tls.key", "--tls-no-cn-verify",
-		"--images-dir", "/i", "--work-dir", "/w", "-o", "lazy-pages.log", "-v4"}
+		"--images-dir", "/i", "--work-dir", "/w", "-o", "lazy-pages.log", "-v3"}
 	if got := l.daemonArgs("/i", "/w"); !reflect.DeepEqual(got, want) {
 		t.Errorf("got\n %q\nwant\n %q", got, want)
 	}

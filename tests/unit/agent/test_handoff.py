@@ -206,3 +206,29 @@ def test_once_lpm_runc_restored_a_container_its_staged_memory_goes_even_if_lpm_r
     (root / CKPT / "sidecar" / "restored").write_text("{}")
     h.states(CKPT, ["sidecar"])
     assert not (memory / CKPT).exists()
+
+
+def test_a_post_copy_restore_keeps_its_images_while_pages_stream_and_says_how_the_stream_ended(
+    tmp_path: Path,
+) -> None:
+    h = Handoff(tmp_path)
+    lazy = {"address": "10.0.0.7", "port": 40123, "tls": {"cacert": "/t/ca", "cert": "/t/c", "key": "/t/k"}}
+    h.stage(CKPT, "app", chunks(archive({"checkpoint/inventory.img": b"inv"})), lazy_pages=lazy)
+    d = tmp_path / CKPT / "app"
+    ready = json.loads((d / "ready").read_text())
+    assert ready["lazy_pages"] == lazy
+    staged = Path(ready["images"])
+    (d / "restored").write_text("{}")
+    (state,) = h.states(CKPT, ["app"])
+    assert (state.state, state.pages) == (State.RESTORED, "STREAMING")
+    assert staged.is_dir(), "criu lazy-pages still reads the images"
+    (d / "lazy-pages.exit").write_text(json.dumps({"code": 1, "killed": 4242}))
+    (state,) = h.states(CKPT, ["app"])
+    assert state.pages == "BROKEN" and "killed the restored process (pid 4242)" in state.pages_message
+    assert not staged.exists()
+    (d / "lazy-pages.exit").write_text(json.dumps({"code": 0, "killed": 0}))
+    assert h.states(CKPT, ["app"])[0].pages == "COMPLETE"
+    # A restore that was not post-copy has no page stream.
+    h.stage(CKPT, "db", chunks(archive({"checkpoint/inventory.img": b"inv"})))
+    (tmp_path / CKPT / "db" / "restored").write_text("{}")
+    assert h.states(CKPT, ["db"])[0].pages == "NONE"

@@ -675,38 +675,61 @@ def test_post_copy_is_asked_for_above_256_mib_only_where_both_nodes_and_the_pods
     assert above is None and "keeps its name" in said
 
 
-def _streaming(pc_phase, reason=None, outcomes=None):
+def _streaming(pc_phase, reason=None, pages=None, outcomes=None, running=True):
+    """A post-copy migration in Checkpointing whose replacement runs (or not); the target's agent answers that
+    its page stream is `pages` (None: not asked yet)."""
     m = migration(MigrationPhase.CHECKPOINTING, engine=Engine.LIVE, source_frozen=True, post_copy_above_bytes=1)
     pc = _ready_checkpoint()
     pc.status.phase, pc.status.reason, pc.status.message = pc_phase, reason, "container app: pages"
-    running = replace(
+    replacement = replace(
         pod(name="web-12345", uid="cc", node="node-b", annotations={c.ANNOTATION_MIGRATION_UID: MUID}),
-        started=("app",),
+        started=("app",) if running else (),
     )
-    return decide(obs(m, source_pod=pod(), restored_pod=running, pod_checkpoint=pc, outcomes=outcomes or {}))
+    outcomes = dict(outcomes or {})
+    if pages is not None:
+        ask = GetRestoreState(
+            "node-b", pb.RestoreStateRequest(checkpoint_id="20260101t115950z-aaaaaaaa", container_names=["app"])
+        )
+        state = {"container_name": "app", "state": "RESTORE_STATE_RESTORED", "pages": f"PAGE_STREAM_{pages}"}
+        if pages == "BROKEN":
+            state["pages_message"] = "criu lazy-pages exited with 1; lpm-runc killed the restored process (pid 7)"
+        outcomes[ask.key] = Outcome.success({"containers": [state]})
+    return decide(obs(m, source_pod=pod(), restored_pod=replacement, pod_checkpoint=pc, outcomes=outcomes))
 
 
-def test_a_post_copy_migration_keeps_its_source_until_every_page_arrived():
-    waiting = _streaming(CheckpointPhase.IN_PROGRESS)
+def test_a_post_copy_migration_keeps_its_source_until_the_target_says_every_page_arrived():
+    asking = _streaming(CheckpointPhase.IN_PROGRESS)
+    (ask,) = (a for a in asking if isinstance(a, GetRestoreState))
+    assert ask.node == "node-b" and not any(isinstance(a, DeletePod) for a in asking)
+    waiting = _streaming(CheckpointPhase.IN_PROGRESS, pages="STREAMING")
     assert not any(isinstance(a, DeletePod) for a in waiting)
     st = status(waiting)
     assert (st.phase, st.reason) == (MigrationPhase.CHECKPOINTING, "StreamingPages")
-    done = _streaming(CheckpointPhase.STREAMED)
-    assert status(done).phase is MigrationPhase.CLEANING
-    (delete,) = (a for a in done if isinstance(a, DeletePod))
-    assert delete.name == "web" and delete.grace_period_seconds == 0
-    st = status(_streaming(CheckpointPhase.STREAMED, outcomes={delete.key: Outcome.success()}))
+    # Every page arrived: the source goes, even if the source's agent never said so (it died mid-stream, its
+    # retry was refused and the checkpoint failed).
+    for pc_phase, reason in ((CheckpointPhase.STREAMED, None), (CheckpointPhase.FAILED, c.REASON_POST_COPY_FAILED)):
+        done = _streaming(pc_phase, reason, pages="COMPLETE")
+        assert status(done).phase is MigrationPhase.CLEANING, status(done).message
+        (delete,) = (a for a in done if isinstance(a, DeletePod))
+        assert delete.name == "web" and delete.grace_period_seconds == 0
+    done = _streaming(CheckpointPhase.STREAMED, pages="COMPLETE", outcomes={delete.key: Outcome.success()})
+    st = status(done)
     assert st.phase is MigrationPhase.COMPLETED
     (cond,) = (x for x in st.conditions if x.type == c.CONDITION_DURABLE_COPY)
     assert (cond.status, cond.reason) == (ConditionStatus.FALSE, "PostCopy")
 
 
-def test_a_failed_post_copy_checkpoint_rolls_back_to_the_whole_source_even_with_the_replacement_running():
+def test_a_broken_page_stream_rolls_back_to_the_whole_source_even_with_the_replacement_running():
+    st = status(_streaming(CheckpointPhase.IN_PROGRESS, pages="BROKEN"))
+    assert (st.phase, st.reason) == (MigrationPhase.ROLLING_BACK, c.REASON_POST_COPY_FAILED)
+    assert "the source, still whole, thawed" in st.message and "killed the restored process" in st.message
+
+
+def test_a_failed_post_copy_checkpoint_without_a_running_replacement_rolls_back_without_asking_the_target():
     for reason in (c.REASON_POST_COPY_FAILED, "AgentUnavailable"):
-        actions = _streaming(CheckpointPhase.FAILED, reason)
+        actions = _streaming(CheckpointPhase.FAILED, reason, running=False)
         st = status(actions)
         assert (st.phase, st.reason) == (MigrationPhase.ROLLING_BACK, reason)
-        assert "the source, still whole, thawed" in st.message
         assert not any(isinstance(a, GetRestoreState) for a in actions), "a verified copy on the target lacks memory"
     # Without post-copy, a failure once the replacement runs is only its durable copy's (unchanged).
     m = migration(MigrationPhase.CHECKPOINTING, engine=Engine.LIVE, source_frozen=True)

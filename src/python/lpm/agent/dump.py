@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import tarfile
@@ -49,7 +50,7 @@ from typing import BinaryIO, Final, cast
 from lpm.agent import eligibility
 from lpm.agent.images import IterReader
 from lpm.agent.kubelet import CheckpointResult
-from lpm.agent.pages import free_port
+from lpm.agent.pages import free_port, split_host_port
 from lpm.agent.scratch import Scratch, resident_bytes
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,12 @@ _TAR_END: Final = bytes(2 * tarfile.BLOCKSIZE)  # two zero blocks end a tar arch
 
 class DumpError(Exception):
     """The runtime could not dump the container (not a CRIU verdict: the runtime or the node failed)."""
+
+
+class LazyAlreadyStarted(Exception):
+    """A post-copy dump of this checkpoint was started before (by this agent, or by the one it replaced): its
+    page server may still be serving the target, and a second dump would hold the task until nobody connects.
+    Not a DumpError: nothing may dump this container again for the same checkpoint."""
 
 
 class DumpCriuFailed(DumpError):
@@ -167,10 +174,19 @@ class LazyDump:
         return ""
 
     def stop(self) -> None:
-        """Give up: ctr goes; the runtime's page server ends once its connection closes."""
+        """Give up: ctr goes, and the page server, which waits for one connection and holds the task (and its
+        shim) until then, gets one that closes at once (it fails the TLS handshake): CRIU ends, the task stays
+        as it was (leave-running, paused)."""
         if self.process.poll() is None:
             self.process.kill()
         self.process.communicate()
+        host, port = split_host_port(self.page_server)
+        for _ in range(3):
+            try:
+                socket.create_connection((host, port), timeout=2).close()
+            except OSError:
+                return  # nothing listens (any more)
+            time.sleep(0.2)
 
 
 def _padded(size: int) -> int:
@@ -422,6 +438,18 @@ class RuntimeDumper:
         finally:
             for sibling in (_request_file(images), _ready_file(images)):
                 sibling.unlink(missing_ok=True)
+
+    def claim_lazy(self, label: str) -> None:
+        """Records, on the node (it survives this agent), that a post-copy dump of `label` starts; raises
+        LazyAlreadyStarted if one did before."""
+        self.dump_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            os.close(os.open(self.dump_dir / f".lazy-{label}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            raise LazyAlreadyStarted(
+                f"post-copy: a lazy dump of {label} was started on this node before (its agent restarted?); a page "
+                "stream cannot be resumed, and whether it ended is for the target to say"
+            ) from None
 
     def _dump_lazy(self, images: Path, timeout: float, argv: tuple[str, ...], resident: int) -> LazyDump | None:
         """Ask lpm-runc (the task's runtime) for a lazy dump, and wait until its page server listens or the

@@ -14,9 +14,9 @@ atomically (temporary name, then rename):
                                                  was read and its sha256 matched, so a partial transfer is never
                                                  restored; post-copy adds lazy_pages {address, port, tls}: the
                                                  source's CRIU page server, and CRIU's TLS files (lpm.agent.pages)
-    <root>/<checkpoint id>/<container>/lazy-pages.pid   lpm-runc: post-copy, the `criu lazy-pages` daemon that
-                                                 reads the staged images until the page stream ends (they are
-                                                 kept until then)
+    <root>/<checkpoint id>/<container>/lazy-pages.exit  lpm-runc: post-copy, how the page stream ended ({"code":
+                                                 0 every page arrived, else broken; "killed": the restored process
+                                                 it killed then}); the staged images are kept until it exists
     <root>/<checkpoint id>/volume-<name>         lpm-runc: the first restored container that mounts emptyDir
                                                  <name> claimed it and filled the replacement's volume
     <root>/<checkpoint id>/<container>/restored  lpm-runc: `runc restore` succeeded (a later restart of the
@@ -60,7 +60,7 @@ _DELETED_FILES = "deleted.files"
 _VOLUMES_PREFIX = "volumes/"
 _VOLUMES = "volumes.json"
 _READ_SIZE = 1 << 20
-LAZY_PAGES_PID = "lazy-pages.pid"  # lpm-runc: the post-copy restore's `criu lazy-pages` daemon
+LAZY_PAGES_EXIT = "lazy-pages.exit"  # lpm-runc's supervisor: how the post-copy restore's page stream ended
 _VOLUME_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a pod volume's name (DNS-1123 label)
 
 
@@ -85,6 +85,8 @@ class ContainerState:
     state: State
     container_id: str = ""
     waiting_since: str = ""
+    pages: str = "NONE"  # post-copy: STREAMING, COMPLETE or BROKEN (agent.proto PageStream)
+    pages_message: str = ""
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,29 @@ class Staged:
     image_bytes: int
     rootfs_diff_bytes: int
     seconds: float
+
+
+def _page_stream(d: Path) -> tuple[str, str]:
+    """A post-copy restore's page stream, from lpm-runc's files: its supervisor writes `lazy-pages.exit`
+    ({"code", "killed", ...}) once the daemon exited; `ready` names `lazy_pages` for every post-copy restore."""
+    try:
+        done = json.loads((d / LAZY_PAGES_EXIT).read_bytes())
+    except FileNotFoundError:
+        try:
+            lazy = "lazy_pages" in json.loads((d / "ready").read_bytes())
+        except (FileNotFoundError, ValueError):
+            lazy = False
+        return ("STREAMING" if lazy else "NONE"), ""
+    except ValueError:
+        return "BROKEN", f"{LAZY_PAGES_EXIT} does not parse"
+    code = done.get("code")
+    if code == 0:
+        return "COMPLETE", ""
+    killed = done.get("killed") or 0
+    return "BROKEN", (
+        f"criu lazy-pages exited with {code}; "
+        + (f"lpm-runc killed the restored process (pid {killed})" if killed else "no restored process was running")
+    )
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -153,9 +178,10 @@ class Handoff:
                 waiting = json.loads((d / "waiting").read_bytes())
             except (FileNotFoundError, ValueError):
                 pass
+            pages, pages_message = _page_stream(d)
             if (d / "restored").exists():
                 state = State.RESTORED
-                if not (d / LAZY_PAGES_PID).exists():  # post-copy: its daemon reads them until the stream ends
+                if pages != "STREAMING":  # post-copy: the daemon reads the images until the stream ends
                     self.drop_staged(checkpoint_id, name)  # lpm-runc does, right after its restore; the backstop
             elif (d / "ready").exists():
                 state = State.STAGED
@@ -163,7 +189,18 @@ class Handoff:
                 state = State.WAITING
             else:
                 state = State.ABSENT
-            out.append(ContainerState(name, state, str(waiting.get("container_id", "")), str(waiting.get("since", ""))))
+            if state is not State.RESTORED:
+                pages, pages_message = "NONE", ""
+            out.append(
+                ContainerState(
+                    name,
+                    state,
+                    str(waiting.get("container_id", "")),
+                    str(waiting.get("since", "")),
+                    pages,
+                    pages_message,
+                )
+            )
         return out
 
     def stage(

@@ -119,7 +119,7 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
             return code.INVALID_ARGUMENT, str(exc), ""
         case CheckpointRefused():
             return code.FAILED_PRECONDITION, str(exc), "CheckpointRefused"
-        case PostCopyFailed():
+        case PostCopyFailed() | dp.LazyAlreadyStarted():
             return code.FAILED_PRECONDITION, str(exc), REASON_POST_COPY_FAILED
         case fz.Fenced():
             return code.FAILED_PRECONDITION, str(exc), "CheckpointFenced"
@@ -380,6 +380,7 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
         finally:
             result.discard()
         if failed:
+            lazy.stop()
             raise PostCopyFailed(f"post-copy of {ckpt}/{ctr}: {failed}")
         message = (
             f"CRIU's page server on {self.d.node_name} served every page of about {lazy.memory_bytes >> 20} MiB in "
@@ -431,12 +432,13 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                 pid = self.d.freezer.control.pid(target)
                 lazy_above = opts.lazy_pages_above_bytes if not self.d.lazy_pages_problem else 0
                 if lazy_above and self.d.criu_tls is not None:
+                    self.d.dumper.claim_lazy(label)  # once per checkpoint: a retry cannot resume a page stream
                     self.d.criu_tls.install()  # the node's runc.conf has CRIU's page server read them
                 else:
                     lazy_above = 0
                 dumped = self.d.dumper.dump(target, pid, label, timeout, lazy_above)
                 return dumped, "containerd"
-            except dp.DumpCriuFailed:
+            except (dp.DumpCriuFailed, dp.LazyAlreadyStarted):
                 raise
             except (dp.DumpError, fz.FreezerError) as exc:
                 log.warning("runtime dump of %s/%s/%s failed (%s); dumping through the kubelet", ns, pod, ctr, exc)
@@ -691,6 +693,8 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                     state=agent_pb2.RestoreState.Value(f"RESTORE_STATE_{st.state.value}"),
                     container_id=st.container_id,
                     waiting_since=st.waiting_since,
+                    pages=agent_pb2.PageStream.Value(f"PAGE_STREAM_{st.pages}"),
+                    pages_message=st.pages_message,
                 )
             return out
 

@@ -903,26 +903,19 @@ def _progress(plan: MigrationPlan) -> None:
 def _checkpointing(plan: MigrationPlan) -> None:
     pc = plan.obs.pod_checkpoint
     st = plan.status
-    if st.post_copy_above_bytes and pc is not None and pc.status.phase is CheckpointPhase.FAILED:
-        # Post-copy asked for: a failed checkpoint may have left the replacement running, or being restored,
-        # without all of its memory (the target's verified copy holds none of it). The source is whole (dumped
-        # with leave-running, still frozen): the replacement goes, then the source thaws.
-        reason = pc.status.reason or "CheckpointFailed"
-        return _rollback(
-            plan,
-            reason,
-            f"checkpoint failed with post-copy ({reason}: {pc.status.message or 'no details'}); the replacement is "
-            "deleted and the source, still whole, thawed: whatever the replacement did since its restore is lost",
-        )
-    if st.engine is Engine.LIVE and st.post_copy_above_bytes and (pc is None or not pc.status.phase.terminal):
+    if st.engine is Engine.LIVE and st.post_copy_above_bytes:
         if _replacement_runs(plan):
-            # Post-copy's commit point is the last page: until then the source holds memory the replacement lacks.
-            plan.note(
-                "StreamingPages",
-                f"pod {st.restored_pod_name} runs on {plan.m.spec.target_node}; the source's agent streams the memory "
-                "it has not faulted on yet (the source is deleted once every page arrived)",
+            # Post-copy's commit point is the last page, and the target is the one that knows: the source's
+            # agent may have died while its page server went on serving.
+            return _pages_arrived(plan)
+        if pc is not None and pc.status.phase is CheckpointPhase.FAILED:
+            reason = pc.status.reason or "CheckpointFailed"
+            return _rollback(
+                plan,
+                reason,
+                f"checkpoint failed with post-copy ({reason}: {pc.status.message or 'no details'}); the target's "
+                "copy holds no memory, so the replacement is deleted and the source, still whole, thawed",
             )
-            return _progress(plan)
     if plan.status.engine is Engine.LIVE and _replacement_runs(plan):
         # The source's agent pushed each archive node to node and lpm-runc restored them, verified, before the
         # durable copy was sealed: the commit point is passed, and nothing about the store undoes it now.
@@ -968,6 +961,54 @@ def _checkpointing(plan: MigrationPlan) -> None:
         plan.enter(P.TRANSFERRING, "Transferring", f"staging the checkpoint for lpm-runc on {plan.m.spec.target_node}")
         return None
     plan.enter(P.CONVERTING, "Converting", f"converting the checkpoint to images on {plan.m.spec.target_node}")
+
+
+def _pages_arrived(plan: MigrationPlan) -> None:
+    """Post-copy, the replacement runs: every page arrived (the target's lpm-runc says so) → Cleaning, which
+    deletes the source; the stream broke (lpm-runc killed the replacement's process) → rollback to the source,
+    whole and frozen; else wait, showing the stream."""
+    st, target = plan.status, plan.m.spec.target_node
+    request = pb.RestoreStateRequest(
+        checkpoint_id=st.checkpoint_id or "",
+        container_names=list(plan.obs.restored_pod.containers) if plan.obs.restored_pod else [],
+    )
+    out = plan.outcome(GetRestoreState(target, request))
+    if out is None:
+        return None
+    if not out.ok:
+        return plan.note(
+            out.reason or "TargetAgentUnavailable", f"cannot ask {target}'s agent about the pages: {out.message}"
+        )
+    states = {str(x.get("container_name")): x for x in out.value.get("containers") or []}
+    broken = [
+        f"{n}: {x.get('pages_message') or 'no details'}"
+        for n, x in states.items()
+        if str(x.get("pages", "")).endswith("BROKEN")
+    ]
+    if broken:
+        return _rollback(
+            plan,
+            c.REASON_POST_COPY_FAILED,
+            f"the page stream to {target} broke after the restore ({'; '.join(broken)}); the replacement is "
+            "deleted and the source, still whole, thawed: whatever the replacement did since its restore is lost",
+        )
+    streaming = [n for n, x in states.items() if str(x.get("pages", "")).endswith("STREAMING")]
+    if streaming or len(states) < len(request.container_names):
+        plan.note(
+            "StreamingPages",
+            f"pod {st.restored_pod_name} runs on {target}; the memory it has not faulted on yet still comes from "
+            f"the source (container(s) {', '.join(streaming) or 'unknown'}); the source is deleted once every page "
+            "arrived",
+        )
+        return _progress(plan)
+    durable = plan.obs.pod_checkpoint.status.phase.value if plan.obs.pod_checkpoint else "not started"
+    plan.enter(
+        P.CLEANING,
+        "Cleaning",
+        f"pod {st.restored_pod_name} runs on {target} and every page of its memory arrived (post-copy; checkpoint: "
+        f"{durable}); removing the source",
+    )
+    return _cleaning(plan)
 
 
 def _staged_without_durable_copy(plan: MigrationPlan) -> bool | None:
