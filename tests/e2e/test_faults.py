@@ -216,27 +216,34 @@ def test_the_target_agent_killed_before_the_restore_never_loses_the_source() -> 
         _assert_rolled_back("tgt-1", "mig-tgt-1", before[-1]["seq"], "target agent killed", time.monotonic() - killed)
 
 
-def test_the_source_agent_killed_while_post_copy_streams_pages_rolls_back_to_the_whole_source() -> None:
-    """Post-copy: the replacement already runs on the target and faults its memory in from the source when the
-    source's agent dies. The page stream breaks; the replacement (its memory incomplete) is killed and deleted,
-    and the source, dumped with leave-running and still frozen, thaws with its state: no update lost or repeated
-    in it, and never two copies running."""
-    k.start_counter("pc-fault", ballast_mib=1024, runtime_class="lpm")
-    before = k.states("pc-fault")
-
+def _post_copy_until_streaming(pod: str, name: str) -> subprocess.Popen[str]:
+    """Starts a post-copy migration of `pod` (1 GiB, RuntimeClass lpm) and returns once its pages stream: the
+    replacement runs on the target and faults its memory in from the source's page server."""
     proc = subprocess.Popen(
-        [str(k.KUBECTL_LPM), "-n", k.NAMESPACE, "migrate", "pc-fault", "--to", k.NODE_2, "--name", "mig-pc-fault",
+        [str(k.KUBECTL_LPM), "-n", k.NAMESPACE, "migrate", pod, "--to", k.NODE_2, "--name", name,
          "--post-copy", "Always", "--wait", "--timeout", "600"],
         env=k.ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
+
     def streaming() -> bool:
-        res = k.kubectl("-n", k.NAMESPACE, "get", "podmigration", "mig-pc-fault", "-o", "json", check=False)
+        res = k.kubectl("-n", k.NAMESPACE, "get", "podmigration", name, "-o", "json", check=False)
         return (
             res.returncode == 0
             and ((json.loads(res.stdout).get("status") or {}).get("progress") or {}).get("stage") == "streaming pages"
         )
 
-    k.wait_for("pages streaming", streaming, timeout=120, interval=0.1)
+    k.wait_for("pages streaming", streaming, timeout=120, interval=0.05)
+    return proc
+
+
+def test_the_source_agent_killed_while_post_copy_streams_pages_does_not_stop_the_pages() -> None:
+    """The pages go from CRIU's page server to the target's `criu lazy-pages`, not through the agents: the source's
+    agent dying mid-stream stops nothing. Its replacement's retry of the checkpoint is refused (a page stream
+    cannot be resumed), and the controller takes the verdict from the target: every page arrived, so the
+    migration completes, with no update lost or repeated and the 1 GiB intact."""
+    k.start_counter("pc-agent", ballast_mib=1024, runtime_class="lpm")
+    source = k.Follow("pc-agent")
+    proc = _post_copy_until_streaming("pc-agent", "mig-pc-agent")
     old_agent = k.agent_on(k.NODE_1)[0]
     killed = time.monotonic()
     k.kubectl(
@@ -245,11 +252,40 @@ def test_the_source_agent_killed_while_post_copy_streams_pages_rolls_back_to_the
     )  # fmt: skip
     k.wait_for("a new agent Ready", lambda: (a := k.agent_on(k.NODE_1))[0] not in ("", old_agent) and a[1], 120, 0.2)
     out, err = proc.communicate(timeout=660)
-    final = _status("mig-pc-fault")
-    print(
-        f"[fault-matrix] source agent killed mid post-copy: {final['phase']} ({final.get('reason')}) "
-        f"{time.monotonic() - killed:.1f}s after the kill: {final.get('message')}"
+    final = _status("mig-pc-agent")
+    print(f"[fault-matrix] source agent killed mid post-copy: {final['phase']} {time.monotonic() - killed:.1f}s after")
+    assert final["phase"] == "Completed", out + err
+    restored = final["restoredPodName"]
+    last = source.lines()[-1]["seq"]
+    k.wait_for("the restored pod counting", lambda: k.states(restored)[-1]["seq"] > last + 5, timeout=60)
+    seqs = [s["seq"] for s in k.states(restored)]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))) and seqs[0] <= last + 1, (last, seqs[:5])
+    k.wait_for(
+        "a full check of the restored ballast",
+        lambda: any("ballast_intact" in s for s in k.states(restored)),
+        timeout=180,
     )
-    assert final["phase"] == "Failed", out + err
-    _assert_rolled_back("pc-fault", "mig-pc-fault", before[-1]["seq"], "source agent killed mid post-copy",
-                        time.monotonic() - killed)  # fmt: skip
+    assert {s["ballast_intact"] for s in k.states(restored) if "ballast_intact" in s} == {True}
+
+
+def test_the_page_server_killed_mid_post_copy_kills_the_replacement_and_thaws_the_whole_source() -> None:
+    """The page stream itself breaks (the source's CRIU page server is killed) while the replacement runs on
+    the target with part of its memory. lpm-runc's supervisor kills the replacement's process at once (it would
+    otherwise read zero-filled pages) and never starts it again; the target reports the stream BROKEN; the
+    migration rolls back: the replacement is deleted and the source, dumped with leave-running and still frozen,
+    thaws with its state: no update lost or repeated, never two copies running."""
+    k.start_counter("pc-fault", ballast_mib=1024, runtime_class="lpm")
+    before = k.states("pc-fault")
+    proc = _post_copy_until_streaming("pc-fault", "mig-pc-fault")
+    # The CRIU process serving the pages: `runc checkpoint --lazy-pages` runs it as `criu swrk`, whose
+    # dump shows as "criu: dump"; node-local processes are visible from the host.
+    killed = subprocess.run(["pkill", "-KILL", "-f", "^criu: dump"], check=False).returncode
+    assert killed == 0, "no CRIU page server found"
+    stop = time.monotonic()
+    out, err = proc.communicate(timeout=660)
+    final = _status("mig-pc-fault")
+    print(f"[fault-matrix] page server killed mid post-copy: {final['phase']} ({final.get('reason')}) "
+          f"{time.monotonic() - stop:.1f}s after: {final.get('message')}")  # fmt: skip
+    assert final["phase"] == "Failed" and final["reason"] == "PostCopyFailed", out + err
+    _assert_rolled_back("pc-fault", "mig-pc-fault", before[-1]["seq"], "page server killed mid post-copy",
+                        time.monotonic() - stop)  # fmt: skip

@@ -258,3 +258,41 @@ class FenceMachine(RuleBasedStateMachine):
 
 TestFenceMachine = FenceMachine.TestCase
 TestFenceMachine.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+
+
+FAKE_CTR = """#!/bin/sh
+# ctr --address A -n NS tasks VERB [ID]: containerd's task state in $STATE_DIR/containerd, runc's in .../runc.
+shift 4
+verb=$2
+echo "$verb" >> "$STATE_DIR/calls"
+case "$verb" in
+  ls) printf 'TASK PID STATUS\\nabc 42 %s\\n' "$(cat "$STATE_DIR/containerd")" ;;
+  pause) echo PAUSED > "$STATE_DIR/containerd"; echo paused > "$STATE_DIR/runc" ;;
+  resume)
+    if [ "$(cat "$STATE_DIR/runc")" != paused ]; then
+      echo "ctr: OCI runtime resume failed: container not paused: unknown" >&2; exit 1
+    fi
+    echo RUNNING > "$STATE_DIR/containerd"; echo running > "$STATE_DIR/runc" ;;
+esac
+"""
+
+
+def test_a_task_containerd_holds_paused_but_runc_finds_running_is_resynced_and_thawed(tmp_path, monkeypatch) -> None:
+    """After a failed lazy dump (post-copy), CRIU released the freezer cgroup: runc refuses to resume a container
+    it finds running, while containerd still says PAUSED. The thaw pauses and resumes once more."""
+    ctr = tmp_path / "ctr"
+    ctr.write_text(FAKE_CTR)
+    ctr.chmod(0o755)
+    monkeypatch.setenv("STATE_DIR", str(tmp_path))
+    (tmp_path / "containerd").write_text("PAUSED\n")
+    (tmp_path / "runc").write_text("running\n")
+    control = fz.ContainerdControl(ctr=str(ctr))
+    control.thaw("abc")
+    assert control.status("abc") == "RUNNING"
+    calls = (tmp_path / "calls").read_text().split()
+    assert [c for c in calls if c != "ls"] == ["resume", "pause", "resume"]
+    # An ordinary paused task takes one resume.
+    (tmp_path / "calls").unlink()
+    control.freeze("abc")
+    control.thaw("abc")
+    assert [c for c in (tmp_path / "calls").read_text().split() if c != "ls"] == ["pause", "resume"]

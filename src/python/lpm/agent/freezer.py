@@ -273,7 +273,17 @@ class ContainerdControl:
         self._set(target, "pause", "PAUSED")
 
     def thaw(self, target: str) -> None:
-        self._set(target, "resume", "RUNNING")
+        if self.status(target) == "RUNNING":
+            return
+        done = self._ctr("tasks", "resume", target)
+        if done.returncode != 0 and "not paused" in done.stderr and self.status(target) == "PAUSED":
+            # containerd holds the task PAUSED but runc finds it running: a failed lazy dump (post-copy) whose
+            # CRIU released the freezer cgroup. Pausing and resuming once more puts the two in step again.
+            log.warning("task %s: containerd says PAUSED, runc says running; pausing and resuming to resync", target)
+            self._ctr("tasks", "pause", target)
+            done = self._ctr("tasks", "resume", target)
+        if done.returncode != 0 and self.status(target) != "RUNNING":
+            raise FreezerError(f"ctr tasks resume {target} failed: {done.stderr.strip()}")
 
     def frozen(self, target: str) -> bool:
         return self.status(target) == "PAUSED"
