@@ -180,7 +180,7 @@ def test_thawing_an_unknown_id_fences_it_too_and_reports_the_containers_as_they_
 
 def test_a_thaw_the_cgroup_does_not_take_is_reported_frozen_not_thawed(tmp_path, cgroups) -> None:
     class Stuck(fz.CgroupControl):
-        def thaw(self, target: str) -> None:
+        def thaw(self, target: str, pod_uid: str = "") -> None:
             raise fz.FreezerError("cgroup did not become THAWED within 10s")
 
     def locate(pod_uid: str, container: str) -> Path:
@@ -261,38 +261,44 @@ TestFenceMachine.settings = settings(max_examples=60, stateful_step_count=30, de
 
 
 FAKE_CTR = """#!/bin/sh
-# ctr --address A -n NS tasks VERB [ID]: containerd's task state in $STATE_DIR/containerd, runc's in .../runc.
+# ctr --address A -n NS tasks VERB [ID]: the shim's state in $STATE_DIR/containerd, runc's is the freezer cgroup.
 shift 4
 verb=$2
 echo "$verb" >> "$STATE_DIR/calls"
 case "$verb" in
   ls) printf 'TASK PID STATUS\\nabc 42 %s\\n' "$(cat "$STATE_DIR/containerd")" ;;
-  pause) echo PAUSED > "$STATE_DIR/containerd"; echo paused > "$STATE_DIR/runc" ;;
+  pause)
+    if [ "$(cat "$STATE_DIR/containerd")" = PAUSED ]; then echo "cannot pause a paused container" >&2; exit 1; fi
+    echo PAUSED > "$STATE_DIR/containerd"; echo FROZEN > "$CGROUP/freezer.state" ;;
   resume)
-    if [ "$(cat "$STATE_DIR/runc")" != paused ]; then
+    if [ "$(cat "$CGROUP/freezer.state")" != FROZEN ]; then
       echo "ctr: OCI runtime resume failed: container not paused: unknown" >&2; exit 1
     fi
-    echo RUNNING > "$STATE_DIR/containerd"; echo running > "$STATE_DIR/runc" ;;
+    echo RUNNING > "$STATE_DIR/containerd"; echo THAWED > "$CGROUP/freezer.state" ;;
 esac
 """
 
 
-def test_a_task_containerd_holds_paused_but_runc_finds_running_is_resynced_and_thawed(tmp_path, monkeypatch) -> None:
-    """After a failed lazy dump (post-copy), CRIU released the freezer cgroup: runc refuses to resume a container
-    it finds running, while containerd still says PAUSED. The thaw pauses and resumes once more."""
+def test_a_task_containerd_holds_paused_but_runc_finds_running_is_refrozen_then_resumed(tmp_path, monkeypatch) -> None:
+    """After a failed lazy dump (post-copy), CRIU left the freezer cgroup thawed: runc refuses to resume a container
+    it finds running, and the shim, which still holds it paused, refuses to pause it. The thaw freezes the cgroup
+    itself, and the resume then goes through both."""
     ctr = tmp_path / "ctr"
     ctr.write_text(FAKE_CTR)
     ctr.chmod(0o755)
+    cgroup = tmp_path / "cg" / "freezer" / "kubepods" / f"pod{POD}" / "abc"
+    cgroup.mkdir(parents=True)
+    (cgroup / "freezer.state").write_text("THAWED\n")
     monkeypatch.setenv("STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("CGROUP", str(cgroup))
     (tmp_path / "containerd").write_text("PAUSED\n")
-    (tmp_path / "runc").write_text("running\n")
-    control = fz.ContainerdControl(ctr=str(ctr))
-    control.thaw("abc")
-    assert control.status("abc") == "RUNNING"
-    calls = (tmp_path / "calls").read_text().split()
-    assert [c for c in calls if c != "ls"] == ["resume", "pause", "resume"]
+    control = fz.ContainerdControl(ctr=str(ctr), cgroup_root=tmp_path / "cg")
+    with pytest.raises(fz.FreezerError, match="cgroup is unknown"):
+        control.thaw("abc")  # without the pod, its cgroup cannot be found: said, not hidden
+    control.thaw("abc", POD)
+    assert control.status("abc") == "RUNNING" and fz.cgroup_state(cgroup) == fz.THAWED
     # An ordinary paused task takes one resume.
     (tmp_path / "calls").unlink()
     control.freeze("abc")
-    control.thaw("abc")
+    control.thaw("abc", POD)
     assert [c for c in (tmp_path / "calls").read_text().split() if c != "ls"] == ["pause", "resume"]

@@ -187,7 +187,7 @@ class Control(Protocol):
 
     def freeze(self, target: str) -> None: ...
 
-    def thaw(self, target: str) -> None: ...
+    def thaw(self, target: str, pod_uid: str = "") -> None: ...
 
     def frozen(self, target: str) -> bool: ...
 
@@ -202,7 +202,7 @@ class CgroupControl:
     def freeze(self, target: str) -> None:
         freeze_cgroup(Path(target))
 
-    def thaw(self, target: str) -> None:
+    def thaw(self, target: str, pod_uid: str = "") -> None:
         thaw_cgroup(Path(target))
 
     def frozen(self, target: str) -> bool:
@@ -272,15 +272,18 @@ class ContainerdControl:
     def freeze(self, target: str) -> None:
         self._set(target, "pause", "PAUSED")
 
-    def thaw(self, target: str) -> None:
+    def thaw(self, target: str, pod_uid: str = "") -> None:
         if self.status(target) == "RUNNING":
             return
         done = self._ctr("tasks", "resume", target)
         if done.returncode != 0 and "not paused" in done.stderr and self.status(target) == "PAUSED":
-            # containerd holds the task PAUSED but runc finds it running: a failed lazy dump (post-copy) whose
-            # CRIU released the freezer cgroup. Pausing and resuming once more puts the two in step again.
-            log.warning("task %s: containerd says PAUSED, runc says running; pausing and resuming to resync", target)
-            self._ctr("tasks", "pause", target)
+            # containerd's shim holds the task paused (and refuses to pause it again) but runc finds it running:
+            # a failed lazy dump (post-copy) whose CRIU left the freezer cgroup thawed. Freezing the cgroup puts
+            # runc in step with the shim, and the resume then goes through both.
+            log.warning("task %s: containerd says PAUSED, runc finds it running; refreezing its cgroup", target)
+            if self.cgroup_root is None or not pod_uid:
+                raise FreezerError(f"task {target} is paused for containerd but not for runc, and its cgroup is unknown")
+            freeze_cgroup(find_container_cgroup(freezer_root(self.cgroup_root), pod_uid, target))
             done = self._ctr("tasks", "resume", target)
         if done.returncode != 0 and self.status(target) != "RUNNING":
             raise FreezerError(f"ctr tasks resume {target} failed: {done.stderr.strip()}")
@@ -520,7 +523,7 @@ class Freezer:
             if names is not None and name not in names:
                 continue
             try:
-                self.control.thaw(target)
+                self.control.thaw(target, record.pod_uid)
             except ContainerNotFound:
                 pass  # the container is gone: nothing left to thaw
             except FileNotFoundError:
