@@ -6,10 +6,10 @@
 
 For each workload (the analytics counter, and the same with 256 MiB of in-memory state) and each run:
 - LPM, once per method (Live: replacement first, lpm-runc, every page copied while frozen; PostCopy: the same,
-  with the source under RuntimeClass lpm and its memory moved after the restore (CRIU lazy pages); KeepName: the Live engine restoring under the pod's
-  own name, as for a StatefulSet, so the replacement's sandbox is made inside the freeze; Image: OCI checkpoint
-  image): create a PodMigration lpm-node-1 -> lpm-node-2 and wait for Completed. Reports end-to-end time
-  (`kubectl lpm migrate --wait` start -> Completed), downtime (the largest gap between two consecutive state
+  with the source under RuntimeClass lpm and its memory moved after the restore (CRIU lazy pages); KeepName:
+  the Live engine restoring under the pod's own name, as for a StatefulSet, so the replacement's sandbox is
+  made inside the freeze; Image: OCI checkpoint image): create a PodMigration lpm-node-1 -> lpm-node-2 and
+  wait for Completed. Reports end-to-end time (`kubectl lpm migrate --wait` start -> Completed), downtime (the largest gap between two consecutive state
   updates, minus the tick: the counter ticks every --tick seconds, 10 ms by default, from the workload's own
   timestamps), whether any update was lost or repeated (sequence numbers), and the phase breakdown from the
   PodMigration's status.
@@ -42,10 +42,14 @@ UNDER_LPM_RUNC = {"PostCopy"}
 ENGINES = tuple(METHODS)
 
 
-def lpm_run(i: int, ballast: int, engine: str, tick: float) -> dict[str, Any]:
+def _args(tick: float, verify_every: int) -> tuple[str, ...]:
+    return ("--interval", str(tick), "--verify-every", str(verify_every))
+
+
+def lpm_run(i: int, ballast: int, engine: str, tick: float, verify_every: int) -> dict[str, Any]:
     pod = mig = f"bench-{engine.lower()}-{ballast}-{i}"
     runtime_class = "lpm" if engine in UNDER_LPM_RUNC else None
-    k.start_counter(pod, ballast_mib=ballast, extra_args=("--interval", str(tick)), runtime_class=runtime_class)
+    k.start_counter(pod, ballast_mib=ballast, extra_args=_args(tick, verify_every), runtime_class=runtime_class)
     time.sleep(2)
     source = k.Follow(pod)  # the source's updates until it is deleted (a live restore's log starts afresh)
     t0 = time.monotonic()
@@ -77,14 +81,14 @@ def lpm_run(i: int, ballast: int, engine: str, tick: float) -> dict[str, Any]:
     return {"total_s": total, "downtime_s": downtime, "intact": intact, "phases": st["phaseDurationsSeconds"]}
 
 
-def baseline_run(i: int, ballast: int, tick: float) -> dict[str, Any]:
+def baseline_run(i: int, ballast: int, tick: float, verify_every: int) -> dict[str, Any]:
     pod = f"base-{ballast}-{i}"
-    k.start_counter(pod, ballast_mib=ballast, extra_args=("--interval", str(tick)))
+    k.start_counter(pod, ballast_mib=ballast, extra_args=_args(tick, verify_every))
     time.sleep(2)
     t0 = time.monotonic()
     k.kubectl("-n", k.NAMESPACE, "delete", "pod", pod, "--wait=true")
     last_old = time.time()  # the old pod stops updating no later than its deletion completing
-    new = k.counter_pod(pod, k.NODE_2, ballast_mib=ballast, extra_args=("--interval", str(tick)))
+    new = k.counter_pod(pod, k.NODE_2, ballast_mib=ballast, extra_args=_args(tick, verify_every))
     k.kubectl("apply", "-f", "-", input=json.dumps(new))
     k.wait_for("the new pod's first update", lambda: k.states(pod), timeout=120, interval=0.1)
     total = time.monotonic() - t0
@@ -104,17 +108,27 @@ def main() -> None:
     ap.add_argument("--ballast", type=int, nargs="*", default=[0, 256], help="MiB of in-memory state per workload")
     ap.add_argument("--engines", nargs="*", default=["Live", "Image"], choices=ENGINES, help="methods to compare")
     ap.add_argument("--tick", type=float, default=0.01, help="the counter's update interval (seconds)")
+    ap.add_argument(
+        "--verify-every",
+        type=int,
+        default=20,
+        help="the counter re-reads its whole ballast every N updates (its working set: at the default, the one the "
+        "e2e tests use, all of it every 0.2 s, which post-copy must fault in; a large N leaves a small one)",
+    )
     args = ap.parse_args()
     k.install_lpm()
-    print(f"counter tick {args.tick * 1000:.0f} ms; medians of {args.runs} runs; downtime = largest gap - tick")
+    print(
+        f"counter tick {args.tick * 1000:.0f} ms, whole ballast re-read every {args.verify_every} ticks; medians of "
+        f"{args.runs} runs; downtime = largest gap - tick"
+    )
     print(f"{'workload':>14} {'method':>9} {'median total':>13} {'median downtime':>16}  notes")
     for ballast in args.ballast:
         name = f"counter+{ballast}MiB" if ballast else "counter"
         runs: dict[str, list[dict[str, Any]]] = {}
         for i in range(args.runs):  # interleaved, so a slow spell of the machine hits every method alike
             for engine in args.engines:
-                runs.setdefault(engine, []).append(lpm_run(i, ballast, engine, args.tick))
-            runs.setdefault("baseline", []).append(baseline_run(i, ballast, args.tick))
+                runs.setdefault(engine, []).append(lpm_run(i, ballast, engine, args.tick, args.verify_every))
+            runs.setdefault("baseline", []).append(baseline_run(i, ballast, args.tick, args.verify_every))
         med = {
             m: {key: statistics.median(r[key] for r in rs) for key in ("total_s", "downtime_s")}
             for m, rs in runs.items()

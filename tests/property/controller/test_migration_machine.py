@@ -42,6 +42,7 @@ class MigrationMachine(RuleBasedStateMachine):
         owned_usual=st.booleans(),
         stateful=st.booleans(),
         keep_name=st.booleans(),
+        post_copy=st.booleans(),
     )
     def setup(
         self,
@@ -54,12 +55,15 @@ class MigrationMachine(RuleBasedStateMachine):
         owned_usual=False,
         stateful=False,
         keep_name=False,
+        post_copy=False,
     ):
         if owned and owned_usual:  # half the owned runs as a user would start them: live, Freeze, Delete
             policy, cleanup, live = "Freeze", "Delete", True
-        self.world = World(containers, policy, cleanup, timeout, live, owned, stateful, keep_name)
+        self.world = World(containers, policy, cleanup, timeout, live, owned, stateful, keep_name, post_copy)
         kind = ("StatefulSet" if self.world.stateful else "ReplicaSet") if owned else "bare"
         event(f"engine {'Live' if live else 'Image'}, {kind}{', keepName' if keep_name and not owned else ''}")
+        if post_copy and live:
+            event("both nodes can post-copy")
         self.idle_advances = 0
 
     # ------------------------------------------------------------------------------------------ rules
@@ -96,6 +100,10 @@ class MigrationMachine(RuleBasedStateMachine):
     def store_fills_up(self):
         """The next checkpoint's durable copy fails after its push reached the target (Live engine)."""
         self.world.agents[SOURCE].store_fails_next = True
+
+    @rule(broken=st.booleans())
+    def page_streams_end(self, broken):
+        self.world.page_streams_end(broken)
 
     @rule(sticks=st.booleans())
     def runtime_keeps_the_source_paused_after_a_thaw(self, sticks):
@@ -234,6 +242,7 @@ class MigrationMachine(RuleBasedStateMachine):
         for _ in range(200):
             if w.migration.status.phase.terminal:
                 break
+            w.page_streams_end(broken=False)
             w.reconcile_checkpoints()
             w.reconcile_migration()
             w.owner_sync()
@@ -246,6 +255,8 @@ class MigrationMachine(RuleBasedStateMachine):
         event(f"ended {w.migration.status.phase.value} ({w.migration.status.reason}), engine {engine}, {kind}")
         if any(cond.type == "DurableCopy" for cond in w.migration.status.conditions):
             event(f"went on without its durable copy, ended {w.migration.status.phase.value}")
+        if w.migration.status.post_copy_above_bytes:
+            event(f"post-copy asked for, ended {w.migration.status.phase.value} ({w.migration.status.reason})")
         assert w.migration.status.phase.terminal, f"stuck in {w.migration.status.phase}: {w.migration.status}"
         self.failure_has_reason_and_leaves_source_thawed()
         if w.migration.status.phase is MigrationPhase.COMPLETED:

@@ -69,6 +69,10 @@ class AgentSim:
         self.aborted: set[str] = set()  # checkpoint IDs: final, nothing restores from them
         # Source: the next Live checkpoint's push reaches the target, then its durable copy fails (a full store).
         self.store_fails_next = False
+        # Post-copy. Source: the (checkpoint, container) lazy dumps started (a second one is refused). Target:
+        # each post-copy restore's page stream, as lpm-runc's supervisor records it: STREAMING, COMPLETE, BROKEN.
+        self.lazy_started: set[tuple[str, str]] = set()
+        self.pages: dict[tuple[str, str], str] = {}
 
 
 class World:
@@ -82,8 +86,11 @@ class World:
         owned: bool = False,
         stateful: bool = False,
         keep_name: bool = False,
+        post_copy: bool = False,
     ) -> None:
         self.live = live  # the target has lpm-runc: Auto picks the live engine
+        # Both nodes can post-copy and the source runs under RuntimeClass lpm: spec.postCopy Auto uses it.
+        self.post_copy = post_copy
         self.owned = owned
         self.stateful = owned and stateful
         self.owner_uid = STS_UID if self.stateful else OWNER_UID
@@ -111,10 +118,10 @@ class World:
             selector = {"app": "web"} if self.stateful else OWNER_SELECTOR
             source_meta["labels"] = {**selector, c.LABEL_MIGRATABLE: "true"}
             source_meta["ownerReferences"] = [self._owner_ref()]
-        self.source_uid = self._create_pod(
-            {"metadata": source_meta, "spec": {"nodeName": SOURCE, **copy.deepcopy(self.template_spec)}},
-            phase="Running",
-        )
+        source_spec: dict[str, Any] = {"nodeName": SOURCE, **copy.deepcopy(self.template_spec)}
+        if post_copy:
+            source_spec["runtimeClassName"] = "lpm"
+        self.source_uid = self._create_pod({"metadata": source_meta, "spec": source_spec}, phase="Running")
         self.migration_key: Key = ("podmigrations", NS, "mig")
         self._put(
             self.migration_key,
@@ -206,6 +213,10 @@ class World:
             if restored and self.source() is None and _all_running(obj):
                 self.violations.append(f"deleted {effect.name}, the only running copy (the source is gone)")
             if effect.plural == "pods" and obj["metadata"]["uid"] == self.source_uid:
+                ckpt = self.migration.status.checkpoint_id
+                unfinished = [k for k, v in self.agents[TARGET].pages.items() if k[0] == ckpt and v != "COMPLETE"]
+                if unfinished:
+                    self.violations.append(f"source deleted before every page arrived: {unfinished}")
                 running = [p for p in self.restored_pods() if p["status"]["phase"] == "Running"]
                 if not running and not self._passes_name():
                     self.violations.append("source pod deleted before a restored pod was Running")
@@ -274,6 +285,7 @@ class World:
                 "freeze_supported": True,
                 "convert_supported": True,
                 "live_restore_supported": self.live,
+                "lazy_pages_supported": self.post_copy,
             }
         elif call.METHOD == "GetRestoreState":
             assert call.node == TARGET, "the replacement waits on the target"
@@ -284,13 +296,17 @@ class World:
                 for p in self.restored_pods()
             )
             state = "RESTORE_STATE_WAITING" if waits else "RESTORE_STATE_ABSENT"
-            value = {
-                "containers": [
-                    {"container_name": n, "state": "RESTORE_STATE_STAGED" if (ckpt, n) in agent.staged else state}
-                    for n in req.container_names
-                ],
-                "aborted": "rolled back" if ckpt in agent.aborted else "",
-            }
+            containers = []
+            for n in req.container_names:
+                pages = agent.pages.get((ckpt, n))
+                if pages is not None and waits:  # post-copy: lpm-runc restored it at once
+                    containers.append(
+                        {"container_name": n, "state": "RESTORE_STATE_RESTORED", "pages": f"PAGE_STREAM_{pages}"}
+                    )
+                    continue
+                staged = "RESTORE_STATE_STAGED" if (ckpt, n) in agent.staged else state
+                containers.append({"container_name": n, "state": staged})
+            value = {"containers": containers, "aborted": "rolled back" if ckpt in agent.aborted else ""}
         elif call.METHOD == "StageRestore":
             if req.checkpoint_id in agent.aborted:
                 return Outcome.failure("RestoreAborted", "aborted", retryable=False)
@@ -314,6 +330,19 @@ class World:
             value = {"containers": [{"container_name": n, "state": state} for n in req.container_names]}
         elif call.METHOD == "CheckEligibility":
             value = {"checked": ["sim: nothing found"]}
+        elif call.METHOD == "Checkpoint" and req.options.lazy_pages_above_bytes:
+            key = (req.checkpoint_id, req.container_name)
+            if not self.post_copy:
+                self.violations.append("post-copy asked of nodes that cannot")
+            if key in agent.lazy_started:
+                return Outcome.failure("PostCopyFailed", "a lazy dump was started before", retryable=False)
+            agent.lazy_started.add(key)
+            target = self.agents[req.options.stage_on_node]
+            if req.checkpoint_id not in target.aborted:
+                target.staged.add(key)
+                target.pages[key] = "STREAMING"
+            # Adversarial: the agent says every page went before the target does (the verdict is the target's).
+            value = {"memory_streamed": True, "pages_message": "sim: page server done"}
         elif call.METHOD == "Checkpoint":
             target = self.agents.get(req.options.stage_on_node)
             if target is not None and req.checkpoint_id not in target.aborted:
@@ -391,10 +420,27 @@ class World:
                 self._cycle(CONTAINERCHECKPOINTS, key, crash_after)
 
     # ------------------------------------------------------------------------------------- the world
+    def page_streams_end(self, broken: bool) -> None:
+        """Every post-copy page stream under way ends: each page arrived, or the stream broke (lpm-runc's
+        supervisor then kills the replacement's process, and refuses to start it again)."""
+        target = self.agents[TARGET]
+        for key, state in target.pages.items():
+            if state == "STREAMING":
+                target.pages[key] = "BROKEN" if broken else "COMPLETE"
+
     def kubelet(self) -> None:
         target = self.agents[TARGET]
         for pod in self.restored_pods():
             ckpt = pod["metadata"]["annotations"].get(c.ANNOTATION_RESTORE_CHECKPOINT)
+            names = [ctr["name"] for ctr in pod["spec"]["containers"]]
+            if ckpt and any(target.pages.get((ckpt, n)) == "BROKEN" for n in names) and _all_running(pod):
+                waiting = {"reason": "RunContainerError", "message": "lpm-runc: the post-copy page stream broke"}
+                pod["status"] = {
+                    "phase": "Running",
+                    "containerStatuses": [{"name": n, "state": {"waiting": waiting}} for n in names],
+                }
+                self._put(("pods", NS, pod["metadata"]["name"]), pod)
+                continue
             if ckpt and pod["status"]["phase"] == "Pending":
                 # Live: each container waits in lpm-runc until it is staged; an aborted checkpoint fails it.
                 names = [ctr["name"] for ctr in pod["spec"]["containers"]]

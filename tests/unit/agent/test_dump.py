@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from lpm.agent.dump import DumpError, Overlay, TarLayout, root_overlay, write_rootfs_diff
+from lpm.agent.dump import (
+    DumpError,
+    LazyAlreadyStarted,
+    Overlay,
+    RuntimeDumper,
+    TarLayout,
+    root_overlay,
+    write_rootfs_diff,
+)
 
 MOUNTINFO = (
     "1203 1190 0:317 / / rw,relatime master:437 - overlay overlay rw,lowerdir=/var/lib/containerd/io.containerd."
@@ -161,3 +169,16 @@ def test_a_file_that_shrinks_after_the_dump_fails_the_reader_instead_of_passing_
     (tmp_path / "pages-1.img").write_bytes(b"p" * 100)
     with pytest.raises(OSError, match="shrank"), layout.open() as f:
         f.read()
+
+
+def test_a_post_copy_dump_is_claimed_once_per_checkpoint_on_the_node(tmp_path: Path) -> None:
+    """The claim is a file on the node: an agent that restarted mid-stream finds it and refuses a second lazy
+    dump (the first page server may still be serving the target); a dump that failed before its page server
+    went live gives it back."""
+    first = RuntimeDumper(tmp_path / "dump")
+    first.claim_lazy("ckpt-app")
+    with pytest.raises(LazyAlreadyStarted, match="cannot be resumed"):
+        RuntimeDumper(tmp_path / "dump").claim_lazy("ckpt-app")
+    RuntimeDumper(tmp_path / "dump").claim_lazy("ckpt-db")  # another container of the pod: its own claim
+    first.unclaim_lazy("ckpt-app")
+    RuntimeDumper(tmp_path / "dump").claim_lazy("ckpt-app")

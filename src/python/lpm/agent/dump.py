@@ -402,7 +402,16 @@ class RuntimeDumper:
             diffed = time.monotonic()
             argv = ("tasks", "checkpoint", "--image-path", str(images), container_id)
             if lazy:
-                pending = self._dump_lazy(images, timeout, argv, resident)
+                # Once per checkpoint: a page stream cannot be resumed by a second dump (the claim stays once
+                # the page server went live, and goes if the dump failed before).
+                self.claim_lazy(label)
+                try:
+                    pending = self._dump_lazy(images, timeout, argv, resident)
+                except BaseException:
+                    self.unclaim_lazy(label)
+                    raise
+                if pending is None:
+                    self.unclaim_lazy(label)
             else:
                 _check_dumped(self._ctr(timeout, *argv))
             dumped = time.monotonic()
@@ -450,6 +459,9 @@ class RuntimeDumper:
                 f"post-copy: a lazy dump of {label} was started on this node before (its agent restarted?); a page "
                 "stream cannot be resumed, and whether it ended is for the target to say"
             ) from None
+
+    def unclaim_lazy(self, label: str) -> None:
+        (self.dump_dir / f".lazy-{label}").unlink(missing_ok=True)
 
     def _dump_lazy(self, images: Path, timeout: float, argv: tuple[str, ...], resident: int) -> LazyDump | None:
         """Ask lpm-runc (the task's runtime) for a lazy dump, and wait until its page server listens or the

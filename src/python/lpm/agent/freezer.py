@@ -282,7 +282,9 @@ class ContainerdControl:
             # runc in step with the shim, and the resume then goes through both.
             log.warning("task %s: containerd says PAUSED, runc finds it running; refreezing its cgroup", target)
             if self.cgroup_root is None or not pod_uid:
-                raise FreezerError(f"task {target} is paused for containerd but not for runc, and its cgroup is unknown")
+                raise FreezerError(
+                    f"task {target} is paused for containerd but not for runc, and its cgroup is unknown"
+                )
             freeze_cgroup(find_container_cgroup(freezer_root(self.cgroup_root), pod_uid, target))
             done = self._ctr("tasks", "resume", target)
         if done.returncode != 0 and self.status(target) != "RUNNING":

@@ -432,7 +432,6 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                 pid = self.d.freezer.control.pid(target)
                 lazy_above = opts.lazy_pages_above_bytes if not self.d.lazy_pages_problem else 0
                 if lazy_above and self.d.criu_tls is not None:
-                    self.d.dumper.claim_lazy(label)  # once per checkpoint: a retry cannot resume a page stream
                     self.d.criu_tls.install()  # the node's runc.conf has CRIU's page server read them
                 else:
                     lazy_above = 0
