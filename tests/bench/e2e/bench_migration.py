@@ -6,13 +6,13 @@
 
 For each workload (the analytics counter, and the same with 256 MiB of in-memory state) and each run:
 - LPM, once per method (Live: replacement first, lpm-runc, every page copied while frozen; PostCopy: the same,
-  with the source under RuntimeClass lpm and its memory moved after the restore (CRIU lazy pages); KeepName:
-  the Live engine restoring under the pod's own name, as for a StatefulSet, so the replacement's sandbox is
-  made inside the freeze; Image: OCI checkpoint image): create a PodMigration lpm-node-1 -> lpm-node-2 and
-  wait for Completed. Reports end-to-end time (`kubectl lpm migrate --wait` start -> Completed), downtime (the largest gap between two consecutive state
-  updates, minus the tick: the counter ticks every --tick seconds, 10 ms by default, from the workload's own
-  timestamps), whether any update was lost or repeated (sequence numbers), and the phase breakdown from the
-  PodMigration's status.
+  with the source under RuntimeClass lpm and its memory moved after the restore (CRIU lazy pages); KeepName: the
+  Live engine restoring under the pod's own name, as for a StatefulSet, so the replacement's sandbox is made
+  inside the freeze; Image: OCI checkpoint image): create a PodMigration lpm-node-1 -> lpm-node-2 and wait for
+  Completed. Reports end-to-end time (`kubectl lpm migrate --wait` start -> Completed), downtime (the largest gap
+  between two consecutive state updates, minus the tick: the counter ticks every --tick seconds, 10 ms by default,
+  from the workload's own timestamps), whether any update was lost or repeated (sequence numbers), and the phase
+  breakdown from the PodMigration's status.
 - Baseline: delete the pod and create it again on lpm-node-2 (what a StatefulSet does). Downtime = last update
   of the old pod -> first update of the new one; the state lost = every event the old pod had processed.
 Prints medians and the LPM/baseline ratios. Not a test: nothing here asserts a time.

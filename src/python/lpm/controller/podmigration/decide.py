@@ -1001,6 +1001,19 @@ def _pages_arrived(plan: MigrationPlan) -> None:
             "arrived",
         )
         return _progress(plan)
+    lazy = [n for n, x in states.items() if str(x.get("pages", "")).endswith("COMPLETE")]
+    if lazy:
+        # Said now: the source's agent may still be on its way to reporting it (or have died), and the
+        # PodCheckpoint is not yet Streamed when the migration completes.
+        st.conditions = set_condition(
+            st.conditions,
+            c.CONDITION_DURABLE_COPY,
+            ConditionStatus.FALSE,
+            "PostCopy",
+            f"the memory of container(s) {', '.join(sorted(lazy))} moved to {target} after the restore (post-copy); "
+            "no durable copy of this checkpoint is stored",
+            plan.now,
+        )
     durable = plan.obs.pod_checkpoint.status.phase.value if plan.obs.pod_checkpoint else "not started"
     plan.enter(
         P.CLEANING,
