@@ -337,10 +337,10 @@ class World:
             if key in agent.lazy_started:
                 return Outcome.failure("PostCopyFailed", "a lazy dump was started before", retryable=False)
             agent.lazy_started.add(key)
-            target = self.agents[req.options.stage_on_node]
-            if req.checkpoint_id not in target.aborted:
-                target.staged.add(key)
-                target.pages[key] = "STREAMING"
+            dest = self.agents[req.options.stage_on_node]
+            if req.checkpoint_id not in dest.aborted:
+                dest.staged.add(key)
+                dest.pages[key] = "STREAMING"
             # Adversarial: the agent says every page went before the target does (the verdict is the target's).
             value = {"memory_streamed": True, "pages_message": "sim: page server done"}
         elif call.METHOD == "Checkpoint":
