@@ -12,8 +12,9 @@
 # afterwards (systemctl restart containerd): running containers keep running. Then the kubelet reports the
 # handler in the Node's status.runtimeHandlers, and LPM's Auto engine picks Live for migrations to this node.
 # It also installs the CRIU side of moving TCP connections: the action script /opt/lpm/bin/lpm-criu-action and
-# /etc/criu/runc.conf naming it (tcp-established, skip-in-flight, network-lock skip), which runc hands to CRIU
-# for every checkpoint and restore on the node. An existing runc.conf that LPM did not write is left alone; the script
+# /etc/criu/runc.conf naming it (tcp-established, skip-in-flight, network-lock skip; and, for post-copy's page
+# server, tls with the agent's certificate files in /var/lib/lpm/tls), which runc hands to CRIU for every
+# checkpoint and restore on the node. An existing runc.conf that LPM did not write is left alone; the script
 # prints the lines to add to it.
 # For post-copy (CRIU lazy pages) it raises fs.pipe-max-size to 4 MiB (CRIU's page pipes) through
 # /etc/sysctl.d/90-lpm-post-copy.conf, and applies it now when the value is lower.
