@@ -179,6 +179,19 @@ def test_deleting_the_migration_mid_flight_thaws_the_source_and_leaves_nothing_b
     assert not [p for p in leftovers if p["metadata"].get("annotations", {}).get("lpm.my.domain/source-pod") == "del-1"]
 
 
+def _kill_agent(node: str) -> float:
+    """Force-deletes the agent pod on `node` (no grace: as if it crashed) and waits until its successor is Ready;
+    returns when it was killed (time.monotonic())."""
+    old_agent = k.agent_on(node)[0]
+    killed = time.monotonic()
+    k.kubectl(
+        "-n", "lpm-system", "delete", "pod", "--grace-period=0", "--force",
+        "-l", "app.kubernetes.io/name=lpm-agent", "--field-selector", f"spec.nodeName={node}",
+    )  # fmt: skip
+    k.wait_for("a new agent Ready", lambda: (a := k.agent_on(node))[0] not in ("", old_agent) and a[1], 120, 0.2)
+    return killed
+
+
 def test_the_target_agent_killed_before_the_restore_never_loses_the_source() -> None:
     """The agent on the target dies after the source was frozen, before the restore. The controller retries on
     the restarted agent, or rolls back; either way no update is lost or done twice."""
@@ -194,13 +207,7 @@ def test_the_target_agent_killed_before_the_restore_never_loses_the_source() -> 
     # Killed once the source is frozen and before the restore (Image: Converting; Live: Transferring follows).
     frozen = ("Checkpointing", "Transferring", "Converting")
     k.wait_for("mig-tgt-1 frozen", lambda: k.phase("mig-tgt-1") in frozen, timeout=120, interval=0.05)
-    old_agent = k.agent_on(k.NODE_2)[0]
-    killed = time.monotonic()
-    k.kubectl(
-        "-n", "lpm-system", "delete", "pod", "--grace-period=0", "--force",
-        "-l", "app.kubernetes.io/name=lpm-agent", "--field-selector", f"spec.nodeName={k.NODE_2}",
-    )  # fmt: skip
-    k.wait_for("a new agent Ready", lambda: (a := k.agent_on(k.NODE_2))[0] not in ("", old_agent) and a[1], 120, 0.2)
+    killed = _kill_agent(k.NODE_2)
     print(f"[fault-matrix] target agent killed: a new agent was Ready {time.monotonic() - killed:.1f}s after the kill")
     out, err = proc.communicate(timeout=660)
     final = _status("mig-tgt-1")
@@ -244,13 +251,7 @@ def test_the_source_agent_killed_while_post_copy_streams_pages_does_not_stop_the
     k.start_counter("pc-agent", ballast_mib=1024, runtime_class="lpm")
     source = k.Follow("pc-agent")
     proc = _post_copy_until_streaming("pc-agent", "mig-pc-agent")
-    old_agent = k.agent_on(k.NODE_1)[0]
-    killed = time.monotonic()
-    k.kubectl(
-        "-n", "lpm-system", "delete", "pod", "--grace-period=0", "--force",
-        "-l", "app.kubernetes.io/name=lpm-agent", "--field-selector", f"spec.nodeName={k.NODE_1}",
-    )  # fmt: skip
-    k.wait_for("a new agent Ready", lambda: (a := k.agent_on(k.NODE_1))[0] not in ("", old_agent) and a[1], 120, 0.2)
+    killed = _kill_agent(k.NODE_1)
     out, err = proc.communicate(timeout=660)
     final = _status("mig-pc-agent")
     print(f"[fault-matrix] source agent killed mid post-copy: {final['phase']} {time.monotonic() - killed:.1f}s after")

@@ -54,6 +54,18 @@ def _assert_continues(source: k.Follow | list[dict], restored_pod: str, containe
     assert last_state["position"] == last_state["events"] * 100 and last_state["events"] == last_state["seq"]
 
 
+def _assert_ballast_intact(restored_pod: str, what: str, timeout: float) -> None:
+    """The counter re-checks its ballast byte by byte in the background and reports each full pass: every pass
+    on the target found it intact."""
+    k.wait_for(
+        "a full check of the restored ballast",
+        lambda: [s for s in _target_lines(restored_pod) if "ballast_intact" in s],
+        timeout=timeout,
+    )
+    verdicts = {s["ballast_intact"] for s in _target_lines(restored_pod) if "ballast_intact" in s}
+    assert verdicts == {True}, f"the {what} did not arrive intact"
+
+
 # Phases only one engine has, and the ones each always records.
 ONLY = {"Live": {"Preparing", "Transferring"}, "Image": {"Converting"}}
 ALWAYS = {"Live": {"Preparing"}, "Image": {"Converting", "Restoring"}}
@@ -157,14 +169,7 @@ def test_a_256_mib_pod_moves_through_the_live_engine_with_its_memory() -> None:
         "[progress] " + " | ".join(line.strip() for line in res.stdout.splitlines() if "CRIU" in line or "MiB" in line)
     )
     _assert_continues(before, st["restoredPodName"])
-    # The counter re-checks its ballast byte by byte in the background and reports each full pass.
-    k.wait_for(
-        "a full check of the restored ballast",
-        lambda: [s for s in _target_lines(st["restoredPodName"]) if "ballast_intact" in s],
-        timeout=120,
-    )
-    verdicts = {s["ballast_intact"] for s in _target_lines(st["restoredPodName"]) if "ballast_intact" in s}
-    assert verdicts == {True}, "the 256 MiB did not arrive intact"
+    _assert_ballast_intact(st["restoredPodName"], "256 MiB", timeout=120)
 
 
 def test_a_1_gib_pod_under_runtimeclass_lpm_moves_its_memory_after_the_restore() -> None:
@@ -188,13 +193,7 @@ def test_a_1_gib_pod_under_runtimeclass_lpm_moves_its_memory_after_the_restore()
     # The pages went while the pod ran on the target: the migration showed them streaming.
     assert "streaming pages" in res.stdout, res.stdout
     _assert_continues(before, st["restoredPodName"])
-    k.wait_for(
-        "a full check of the restored ballast",
-        lambda: [s for s in _target_lines(st["restoredPodName"]) if "ballast_intact" in s],
-        timeout=180,
-    )
-    verdicts = {s["ballast_intact"] for s in _target_lines(st["restoredPodName"]) if "ballast_intact" in s}
-    assert verdicts == {True}, "the 1 GiB did not arrive intact"
+    _assert_ballast_intact(st["restoredPodName"], "1 GiB", timeout=180)
 
 
 def test_multi_container_pod_migrates_every_container_state() -> None:

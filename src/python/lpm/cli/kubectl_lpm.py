@@ -12,6 +12,7 @@ Exit codes a script can rely on:
 from __future__ import annotations
 
 import argparse
+import enum
 import sys
 from collections.abc import Callable
 from typing import NoReturn, TextIO
@@ -22,6 +23,11 @@ from lpm.cli.commands import cmd_cancel, cmd_drain, cmd_list, cmd_migrate, cmd_s
 from lpm.cli.errors import CliError
 
 TTL_HELP = "delete the PodMigration this long after it ends (spec.ttlSecondsAfterFinished; default: keep it)"
+
+
+def _enum_flag(parser: argparse.ArgumentParser, flag: str, default: enum.Enum, help: str) -> None:
+    """A flag whose values are those of `default`'s enum (a CRD field's), `default` when not given."""
+    parser.add_argument(flag, choices=[e.value for e in type(default)], default=default.value, help=help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,11 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
         "such a pod before anything is frozen",
     )
     m.add_argument("--ttl", type=int, metavar="SECONDS", help=TTL_HELP)
-    m.add_argument(
+    _enum_flag(
+        m,
         "--checkpoint-retention",
-        choices=[p.value for p in DeletionPolicy],
-        default=DeletionPolicy.RETAIN.value,
-        help="Retain (default): keep the stored checkpoint (process memory, sealed) after the migration, to "
+        DeletionPolicy.RETAIN,
+        "Retain (default): keep the stored checkpoint (process memory, sealed) after the migration, to "
         "restore or inspect later, until its PodCheckpointContent is deleted; Delete: remove it with the "
         "PodMigration (a checkpoint as large as the pod's memory stays in the repository otherwise)",
     )
@@ -100,19 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="migrate even if the eligibility checks find something that makes CRIU fail (spec.eligibility: "
         "Warn); a failed dump or restore still rolls back and the source keeps running",
     )
-    m.add_argument(
+    _enum_flag(
+        m,
         "--engine",
-        choices=[e.value for e in Engine],
-        default=Engine.AUTO.value,
-        help="Live: replacement pod first, restored in place by lpm-runc (RuntimeClass lpm); Image: OCI "
+        Engine.AUTO,
+        "Live: replacement pod first, restored in place by lpm-runc (RuntimeClass lpm); Image: OCI "
         "checkpoint image restored by the runtime (nodes without lpm-runc, CRI-O); Auto (default): Live where "
         "the target node can",
     )
-    m.add_argument(
+    _enum_flag(
+        m,
         "--post-copy",
-        choices=[e.value for e in PostCopy],
-        default=PostCopy.AUTO.value,
-        help="Live engine: move a container's memory after its restore (CRIU lazy pages), so that the source is "
+        PostCopy.AUTO,
+        "Live engine: move a container's memory after its restore (CRIU lazy pages), so that the source is "
         "frozen only while the rest is copied. Auto (default): containers holding 256 MiB or more, where both "
         "nodes can and the pod runs under RuntimeClass lpm; Always: any size; Never: copy every page while frozen",
     )
