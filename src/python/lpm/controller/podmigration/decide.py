@@ -15,7 +15,10 @@ then Preparing releases the source from its owner, and the owner's new pod becom
 A rollback gives the source back to its owner before it deletes the replacement.
 
 The commit point is entering Cleaning: the restored pod was observed running (live engine: every container
-restored by lpm-runc). Before it any failure rolls back; after it nothing does.
+restored by lpm-runc). Before it any failure rolls back; after it nothing does. With post-copy
+(status.postCopyAboveBytes) the replacement runs before its memory has arrived, so Cleaning waits until the
+target's agent reports every page in (lpm-runc's record); a page stream it reports BROKEN rolls back (lpm-runc
+killed the replacement's process, and the source, dumped with leave-running, is whole and still frozen).
 
 A pod that keeps its name (spec.keepName, or a StatefulSet's pod) has no replacement before the freeze: the name
 is free only once the source is gone. It skips Preparing; once its checkpoint is staged on the target, Restoring
