@@ -194,17 +194,7 @@ func criuPath() string {
 	return "criu" // PATH, as runc finds it
 }
 
-func lazyReadySeconds() (float64, error) {
-	s := os.Getenv("LPM_RUNC_LAZY_READY_SECONDS")
-	if s == "" {
-		return 10, nil
-	}
-	v, err := strconv.ParseFloat(s, 64)
-	if err != nil || v <= 0 {
-		return 0, fmt.Errorf("lpm-runc: invalid LPM_RUNC_LAZY_READY_SECONDS %q", s)
-	}
-	return v, nil
-}
+func lazyReadySeconds() (float64, error) { return envSeconds("LPM_RUNC_LAZY_READY_SECONDS", 10) }
 
 // lazyDaemon is the restore's `criu lazy-pages`: it serves the restored process's page faults and pulls the rest
 // of its memory from the source node's CRIU page server. It runs under a supervisor (this binary re-executed: superviseLazyPages),

@@ -287,14 +287,17 @@ func handoffRoot() string {
 	return "/var/lib/lpm/restore"
 }
 
-func waitSeconds() (float64, error) {
-	s := os.Getenv("LPM_RUNC_WAIT_SECONDS")
+func waitSeconds() (float64, error) { return envSeconds("LPM_RUNC_WAIT_SECONDS", 100) }
+
+// envSeconds reads a positive number of seconds from environment variable name, def when it is unset.
+func envSeconds(name string, def float64) (float64, error) {
+	s := os.Getenv(name)
 	if s == "" {
-		return 100, nil
+		return def, nil
 	}
 	v, err := strconv.ParseFloat(s, 64)
 	if err != nil || v <= 0 {
-		return 0, fmt.Errorf("lpm-runc: invalid LPM_RUNC_WAIT_SECONDS %q", s)
+		return 0, fmt.Errorf("lpm-runc: invalid %s %q", name, s)
 	}
 	return v, nil
 }

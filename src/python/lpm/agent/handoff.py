@@ -182,7 +182,7 @@ class Handoff:
             if (d / "restored").exists():
                 state = State.RESTORED
                 if pages != "STREAMING":  # post-copy: the daemon reads the images until the stream ends
-                    self.drop_staged(checkpoint_id, name)  # lpm-runc does, right after its restore; the backstop
+                    self._drop_staged(checkpoint_id, name)  # lpm-runc does, right after its restore; the backstop
             elif (d / "ready").exists():
                 state = State.STAGED
             elif waiting:
@@ -271,7 +271,7 @@ class Handoff:
         )
         return Staged(container, image_bytes, diff_bytes, seconds)
 
-    def drop_staged(self, checkpoint_id: str, container: str) -> None:
+    def _drop_staged(self, checkpoint_id: str, container: str) -> None:
         shutil.rmtree(self._dir(checkpoint_id, container) / "staged", ignore_errors=True)
         if self.scratch.memory is not None:
             shutil.rmtree(self.scratch.memory / checkpoint_id / container, ignore_errors=True)
