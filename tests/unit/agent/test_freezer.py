@@ -59,6 +59,20 @@ def test_freeze_is_idempotent_per_checkpoint_id_and_renews_the_deadline(tmp_path
     assert (tmp_path / "state" / "freeze-ck-1.json").exists()
 
 
+def test_holds_says_which_containers_a_checkpoint_id_froze_and_raises_once_it_is_fenced(tmp_path, cgroups) -> None:
+    """What a Checkpoint asks before freezing on its own: held means frozen by that ID, for that pod, now."""
+    f = make(tmp_path, cgroups)
+    assert not f.holds("ck-1", POD, "app")
+    f.freeze("ck-1", POD, ["app"])
+    assert f.holds("ck-1", POD, "app")
+    assert not f.holds("ck-1", POD, "sidecar")
+    assert not f.holds("ck-2", POD, "app")
+    assert not f.holds("ck-1", "11111111-2222-4333-8444-555555555555", "app")
+    f.thaw("ck-1", POD, [])
+    with pytest.raises(fz.Fenced):
+        f.holds("ck-1", POD, "app")
+
+
 def test_another_checkpoint_cannot_take_over_a_frozen_container(tmp_path, cgroups) -> None:
     f = make(tmp_path, cgroups)
     f.freeze("ck-1", POD, ["app"])
@@ -191,6 +205,8 @@ def test_a_thaw_the_cgroup_does_not_take_is_reported_frozen_not_thawed(tmp_path,
     [app] = f.thaw("ck", POD, [])
     assert app.frozen and app.evidence == "freezer cgroup FROZEN"
     assert f.status("ck") is not None, "the record stays, so the auto-thaw retries"
+    with pytest.raises(fz.Fenced):
+        f.holds("ck", POD, "app")  # yet no Checkpoint may take it for frozen by a live migration
 
 
 def test_a_container_that_is_gone_is_reported_gone(tmp_path, cgroups) -> None:
@@ -249,6 +265,12 @@ class FenceMachine(RuleBasedStateMachine):
     def frozen_exactly_when_a_live_freeze_holds_it(self) -> None:
         for name, cg in self.cgroups.items():
             assert (state(cg) == "FROZEN") == (name in self.holder), (name, self.holder)
+            for ck in self.IDS:
+                if ck in self.fenced:
+                    with pytest.raises(fz.Fenced):
+                        self.freezer.holds(ck, POD, name)
+                else:
+                    assert self.freezer.holds(ck, POD, name) == (self.holder.get(name) == ck)
         assert not set(self.holder.values()) & self.fenced
 
     def teardown(self) -> None:

@@ -479,6 +479,15 @@ class Freezer:
                     return record.checkpoint_id
         return None
 
+    def holds(self, checkpoint_id: str, pod_uid: str, container: str) -> bool:
+        """True when `checkpoint_id` froze this container and nothing thawed it since: a Checkpoint of it needs no
+        second freeze (which would ask the kubelet and the runtime again, inside the source's frozen time).
+        Fenced IDs raise `Fenced`, even while a failed thaw keeps their record for the auto-thaw."""
+        with self._lock:
+            self.refuse_if_fenced(checkpoint_id)
+            record = self._records.get(checkpoint_id)
+            return record is not None and record.pod_uid == pod_uid and container in record.containers
+
     def freeze(
         self,
         checkpoint_id: str,

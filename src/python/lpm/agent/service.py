@@ -244,10 +244,13 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
         self.d.freezer.refuse_if_fenced(request.checkpoint_id)
         with self._slot(context, f"checkpoint {ref.uri}"):
             started = time.monotonic()
-            if not opts.leave_running:
-                # A migration: the source must not run on after its checkpoint. Idempotent if the controller
-                # already froze the pod for this checkpoint ID; refused (Fenced) once it was rolled back, even
-                # if this call waited for its slot while that happened.
+            if not opts.leave_running and not self.d.freezer.holds(
+                request.checkpoint_id, request.pod_uid, request.container_name
+            ):
+                # A migration: the source must not run on after its checkpoint. Nothing to do if the controller
+                # already froze the pod for this checkpoint ID (asked again, the runtime would be asked again,
+                # inside the frozen time); refused (Fenced) once it was rolled back, even if this call waited for
+                # its slot while that happened.
                 self.d.freezer.freeze(
                     request.checkpoint_id,
                     request.pod_uid,
