@@ -43,6 +43,7 @@ class MigrationMachine(RuleBasedStateMachine):
         stateful=st.booleans(),
         keep_name=st.booleans(),
         post_copy=st.booleans(),
+        hand_off=st.booleans(),
     )
     def setup(
         self,
@@ -56,14 +57,17 @@ class MigrationMachine(RuleBasedStateMachine):
         stateful=False,
         keep_name=False,
         post_copy=False,
+        hand_off=False,
     ):
         if owned and owned_usual:  # half the owned runs as a user would start them: live, Freeze, Delete
             policy, cleanup, live = "Freeze", "Delete", True
-        self.world = World(containers, policy, cleanup, timeout, live, owned, stateful, keep_name, post_copy)
+        self.world = World(containers, policy, cleanup, timeout, live, owned, stateful, keep_name, post_copy, hand_off)
         kind = ("StatefulSet" if self.world.stateful else "ReplicaSet") if owned else "bare"
         event(f"engine {'Live' if live else 'Image'}, {kind}{', keepName' if keep_name and not owned else ''}")
         if post_copy and live:
             event("both nodes can post-copy")
+        if hand_off and policy == "Freeze":
+            event("the checkpoint waits for the freeze")
         self.idle_advances = 0
 
     # ------------------------------------------------------------------------------------------ rules

@@ -87,8 +87,11 @@ class World:
         stateful: bool = False,
         keep_name: bool = False,
         post_copy: bool = False,
+        hand_off: bool = False,
     ) -> None:
         self.live = live  # the target has lpm-runc: Auto picks the live engine
+        # The source's agent lets a checkpoint wait for the freeze: Freezing creates the PodCheckpoint first.
+        self.hand_off = hand_off
         # Both nodes can post-copy and the source runs under RuntimeClass lpm: spec.postCopy Auto uses it.
         self.post_copy = post_copy
         self.owned = owned
@@ -286,6 +289,7 @@ class World:
                 "convert_supported": True,
                 "live_restore_supported": self.live,
                 "lazy_pages_supported": self.post_copy,
+                "freeze_hand_off": self.hand_off,
             }
         elif call.METHOD == "GetRestoreState":
             assert call.node == TARGET, "the replacement waits on the target"
@@ -315,6 +319,12 @@ class World:
             agent.aborted.add(req.checkpoint_id)
         elif call.METHOD in ("Freeze", "Checkpoint") and req.checkpoint_id in agent.fenced:
             return Outcome.failure("CheckpointFenced", "checkpoint rolled back", retryable=False)
+        elif call.METHOD == "Checkpoint" and req.options.await_freeze and req.pod_uid not in self.frozen:
+            # The agent waits for the migration's Freeze; in this sequential world it has not come, so the wait
+            # runs out (a crash between the PodCheckpoint's creation and the Freeze, or a Freeze that failed).
+            if not self.hand_off:
+                self.violations.append("a Checkpoint waited for a freeze at an agent that cannot")
+            return Outcome.failure("FreezeNotYet", "sim: the migration's freeze has not come", retryable=True)
         elif call.METHOD == "Freeze":
             assert call.node == SOURCE, "freeze goes to the source node's agent"
             if self.migration.status.phase.terminal:

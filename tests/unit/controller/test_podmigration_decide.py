@@ -221,6 +221,51 @@ def test_freezing_calls_the_source_agent_with_an_auto_thaw_deadline():
     assert create.body["metadata"]["ownerReferences"][0]["uid"] == MUID
 
 
+def test_a_checkpoint_that_waits_for_the_freeze_is_created_before_it_and_the_freeze_waits_for_its_calls():
+    m = migration(MigrationPhase.FREEZING, dump_waits_for_freeze=True)
+    first = decide(obs(m, source_pod=pod()))
+    (create,) = (a for a in first if isinstance(a, CreatePodCheckpoint))
+    assert not any(isinstance(a, FreezeSource) for a in first), "the checkpoint first, then the freeze"
+    assert create.body["spec"]["awaitFreeze"] is True and create.body["spec"]["leaveRunning"] is False
+    made = {create.key: Outcome.success()}
+    (freeze,) = (a for a in decide(obs(m, source_pod=pod(), outcomes=made)) if isinstance(a, FreezeSource))
+    assert freeze.request.await_checkpoints.seconds > 0
+    done = {**made, freeze.key: Outcome.success()}
+    st = status(decide(obs(m, source_pod=pod(), outcomes=done)))
+    assert st.phase is MigrationPhase.CHECKPOINTING and st.source_frozen
+    # A restarted controller finds its PodCheckpoint and freezes; one that is not its own stops everything first.
+    ours = replace(_ready_checkpoint(), status=replace(_ready_checkpoint().status, phase=CheckpointPhase.IN_PROGRESS))
+    assert any(isinstance(a, FreezeSource) for a in decide(obs(m, source_pod=pod(), pod_checkpoint=ours)))
+    theirs = _ready_checkpoint(uid="someone-else")
+    taken = decide(obs(m, source_pod=pod(), pod_checkpoint=theirs))
+    assert not any(isinstance(a, FreezeSource) for a in taken)
+    assert status(taken).phase is MigrationPhase.ROLLING_BACK and status(taken).reason == "PodCheckpointNameTaken"
+
+
+def test_without_the_hand_off_the_freeze_comes_first_and_does_not_wait():
+    (freeze,) = (
+        a for a in decide(obs(migration(MigrationPhase.FREEZING), source_pod=pod())) if isinstance(a, FreezeSource)
+    )
+    assert not freeze.request.HasField("await_checkpoints")
+
+
+def test_validating_asks_for_the_hand_off_only_of_a_source_agent_that_can_and_a_pod_that_is_frozen():
+    m = migration(MigrationPhase.VALIDATING)
+    can = {**probes_ok(), ProbeAgent("node-a").key: Outcome.success({**CAPS, "freeze_hand_off": True})}
+    st = status(
+        to_fixed_point(decide, obs(m, source_pod=pod(), target_node=NODE_B, outcomes=can), lambda e: can[e.key])
+    )
+    assert st.dump_waits_for_freeze
+    st = status(to_fixed_point(decide, obs(m, source_pod=pod(), target_node=NODE_B), lambda e: probes_ok()[e.key]))
+    assert not st.dump_waits_for_freeze
+    clone = replace(m, spec=replace(m.spec, source_policy=SourcePolicy.KEEP_RUNNING))
+    run = to_fixed_point(
+        decide, obs(clone, source_pod=pod(), target_node=NODE_B), lambda e: can.get(e.key, Outcome.success())
+    )
+    st = status(run)
+    assert not st.dump_waits_for_freeze
+
+
 def test_permanent_freeze_failure_rolls_back_and_thaws():
     m = migration(MigrationPhase.FREEZING)
     (freeze,) = (a for a in decide(obs(m, source_pod=pod())) if isinstance(a, FreezeSource))

@@ -12,6 +12,10 @@ Rules:
 - A rollback is final (fencing): Thaw fences its checkpoint ID, persisted like the freeze records. From then on
   no Freeze of that ID is accepted (`Fenced`), including one that was already on its way (a Checkpoint call
   stuck in kubelet retries when the migration gave up). Fences are kept for FENCE_KEEP_SECONDS.
+- Freeze and Checkpoint can meet here, so that a migration's dump starts the moment its pod freezes rather than
+  after the API round trips that follow the freeze: a Checkpoint created before the freeze waits for it
+  (`await_frozen`: frozen → dump; fenced → `Fenced`; too long → `NotFrozenYet`), and the migration's Freeze
+  waits, briefly, until those Checkpoints wait (`await_checkpoints`), then freezes all the same.
 - Thaw reports what the runtime says afterwards, container by container (`Verdict`): thawed, still frozen, or
   gone, with the evidence (the freezer cgroup's state, containerd's task status). Nothing is reported thawed
   on the strength of a write alone.
@@ -72,6 +76,10 @@ class FreezeConflict(FreezerError):
 
 class Fenced(FreezerError):
     """The checkpoint ID was rolled back (thawed): it may never freeze anything again."""
+
+
+class NotFrozenYet(FreezerError):
+    """A Checkpoint that waits for its migration's Freeze (`await_frozen`) waited long enough."""
 
 
 @dataclass(frozen=True)
@@ -342,6 +350,9 @@ class Freezer:
         self.state_dir = Path(state_dir)
         self.default_deadline = default_deadline
         self._lock = threading.RLock()
+        # Freeze and Checkpoint meet here (`await_checkpoints`, `await_frozen`); signalled on every freeze and fence.
+        self._changed = threading.Condition(self._lock)
+        self._waiting: dict[str, set[str]] = {}  # checkpoint ID -> containers whose Checkpoint waits for it
         self._records: dict[str, FreezeRecord] = {}
         self._timers: dict[str, threading.Timer] = {}
 
@@ -376,6 +387,8 @@ class Freezer:
             os.fsync(fd)
         finally:
             os.close(fd)
+        with self._changed:
+            self._changed.notify_all()  # a Checkpoint waiting for this ID's freeze gives up at once
 
     def refuse_if_fenced(self, checkpoint_id: str) -> None:
         if self.fenced(checkpoint_id):
@@ -488,6 +501,41 @@ class Freezer:
             record = self._records.get(checkpoint_id)
             return record is not None and record.pod_uid == pod_uid and container in record.containers
 
+    def await_frozen(self, checkpoint_id: str, pod_uid: str, container: str, timeout: float) -> None:
+        """A Checkpoint created before its migration's freeze: say it waits (`await_checkpoints` sees it), then
+        wait until `checkpoint_id` holds the container frozen. Raises `Fenced` if the migration rolled back
+        meanwhile, `NotFrozenYet` after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            waiting = self._waiting.setdefault(checkpoint_id, set())
+            waiting.add(container)
+            self._changed.notify_all()
+            try:
+                while not self.holds(checkpoint_id, pod_uid, container):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise NotFrozenYet(
+                            f"checkpoint {checkpoint_id}: container {container} was not frozen for it within "
+                            f"{timeout:.0f}s; its migration freezes it first (call again)"
+                        )
+                    self._changed.wait(left)
+            finally:
+                waiting.discard(container)
+                if not waiting and self._waiting.get(checkpoint_id) is waiting:
+                    del self._waiting[checkpoint_id]
+
+    def await_checkpoints(self, checkpoint_id: str, containers: list[str], timeout: float) -> bool:
+        """Before a migration's freeze: wait until a Checkpoint of `checkpoint_id` waits (`await_frozen`) for
+        each of `containers`, at most `timeout` seconds. True when they all do."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not set(containers) <= self._waiting.get(checkpoint_id, set()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+            return True
+
     def freeze(
         self,
         checkpoint_id: str,
@@ -525,6 +573,7 @@ class Freezer:
             except BaseException:
                 self._thaw_record(record)
                 raise
+            self._changed.notify_all()
             log.info("checkpoint %s: froze %s of pod %s", checkpoint_id, ", ".join(containers), pod_uid)
             return [ContainerState(n, True, record.auto_thaw_at) for n in containers]
 

@@ -78,6 +78,11 @@ RPC_SECONDS = Histogram(
 AGENT_VERSION = "0.1.0"
 SERVICE_NAME = "lpm.agent.v1.CheckpointService"
 REASON_KEY = "lpm-reason"
+# How long a Checkpoint with await_freeze waits for its migration's Freeze, and the longest a Freeze waits for
+# such Checkpoints (whatever it asks): the Freeze comes right after the checkpoint's creation, and the
+# Checkpoints within a few API round trips of it.
+AWAIT_FREEZE_SECONDS = 30.0
+MAX_AWAIT_CHECKPOINTS_SECONDS = 10.0
 T = TypeVar("T")
 
 
@@ -123,6 +128,8 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
             return code.FAILED_PRECONDITION, str(exc), REASON_POST_COPY_FAILED
         case fz.Fenced():
             return code.FAILED_PRECONDITION, str(exc), "CheckpointFenced"
+        case fz.NotFrozenYet():
+            return code.UNAVAILABLE, str(exc), "FreezeNotYet"
         case KubeletNotFound() | fz.ContainerNotFound():
             return code.NOT_FOUND, str(exc), ""
         case KubeletUnavailable():
@@ -242,11 +249,16 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             raise ValueError(f"zstd level {level} is not in 1..22")
         timeout = self._deadline(context, opts.timeout.ToNanoseconds() / 1e9 if opts.HasField("timeout") else 0.0)
         self.d.freezer.refuse_if_fenced(request.checkpoint_id)
+        progress, ckpt, ctr = self.d.progress, request.checkpoint_id, request.container_name
         with self._slot(context, f"checkpoint {ref.uri}"):
+            if not opts.leave_running and opts.await_freeze:
+                # Created before the migration's freeze: this call's slot is taken, so the dump starts as soon
+                # as the Freeze (which waits for this) has frozen the pod.
+                waited = time.monotonic()
+                self.d.freezer.await_frozen(ckpt, request.pod_uid, ctr, min(AWAIT_FREEZE_SECONDS, timeout - 1.0))
+                timeout -= time.monotonic() - waited
             started = time.monotonic()
-            if not opts.leave_running and not self.d.freezer.holds(
-                request.checkpoint_id, request.pod_uid, request.container_name
-            ):
+            if not opts.leave_running and not self.d.freezer.holds(ckpt, request.pod_uid, ctr):
                 # A migration: the source must not run on after its checkpoint. Nothing to do if the controller
                 # already froze the pod for this checkpoint ID (asked again, the runtime would be asked again,
                 # inside the frozen time); refused (Fenced) once it was rolled back, even if this call waited for
@@ -258,7 +270,6 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                     pod_namespace=request.pod_namespace,
                     pod_name=request.pod_name,
                 )
-            progress, ckpt, ctr = self.d.progress, request.checkpoint_id, request.container_name
             progress.stage(ckpt, ctr, "dumping")
             try:
                 return self._checkpoint_dumped(request, ref, level, timeout, started)
@@ -538,6 +549,18 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             if not names:
                 raise ValueError("container_names is empty")
             after = request.auto_thaw_after.ToNanoseconds() / 1e9 if request.HasField("auto_thaw_after") else None
+            wait = request.await_checkpoints.ToNanoseconds() / 1e9 if request.HasField("await_checkpoints") else 0.0
+            if wait > 0:
+                waited = time.monotonic()
+                met = self.d.freezer.await_checkpoints(
+                    request.checkpoint_id, names, min(wait, MAX_AWAIT_CHECKPOINTS_SECONDS)
+                )
+                log.info(
+                    "checkpoint %s: %s after %.3fs",
+                    request.checkpoint_id,
+                    "its Checkpoint calls wait; freezing" if met else "no Checkpoint call waits yet; freezing anyway",
+                    time.monotonic() - waited,
+                )
             states = self.d.freezer.freeze(
                 request.checkpoint_id,
                 request.pod_uid,
@@ -844,6 +867,7 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             runtime_version=self.d.runtime_version,
             checkpoint_supported=True,
             freeze_supported=freeze_ok,
+            freeze_hand_off=freeze_ok,
             convert_supported=convert_ok,
             problems=problems,
         )

@@ -293,6 +293,11 @@ class PodMigrationStatus:
         "Post-copy is asked for containers holding at least this many bytes of memory (chosen in Validating from "
         "spec.postCopy and both nodes); unset: never."
     )
+    dump_waits_for_freeze: bool = spec_field(
+        "The checkpoint is created before the freeze, and its calls wait at the source's agent for it, so the "
+        "dump starts the moment the pod is frozen (chosen in Validating: the source's agent can).",
+        default=False,
+    )
     reason: str | None = spec_field("CamelCase reason of the current state or failure.")
     message: str | None = spec_field("What a user can do about the current state or failure.")
     start_time: str | None = spec_field("When the migration started.", format="date-time")
@@ -369,6 +374,12 @@ class PodCheckpointSpec:
         "Live engine, post-copy: a container holding at least this many bytes of memory sends it to stageOnNode "
         "page by page after its restore there, and is not stored (phase Streamed). Unset: never.",
         minimum=1,
+        x_kubernetes_validations=IMMUTABLE,
+    )
+    await_freeze: bool = spec_field(
+        "Set by a PodMigration that freezes the pod itself and creates this before it does: the checkpoint waits "
+        "for that freeze (and fails if the migration rolls back first) instead of freezing on its own.",
+        default=False,
         x_kubernetes_validations=IMMUTABLE,
     )
     deletion_policy: DeletionPolicy = spec_field(
@@ -459,6 +470,12 @@ class ContainerCheckpointSpec:
         "Live engine, post-copy: a container holding at least this many bytes of memory sends it to stageOnNode "
         "page by page after its restore there, and is not stored (phase Streamed). Unset: never.",
         minimum=1,
+        x_kubernetes_validations=IMMUTABLE,
+    )
+    await_freeze: bool = spec_field(
+        "Set by a PodMigration that freezes the pod itself and creates this before it does: the checkpoint waits "
+        "for that freeze (and fails if the migration rolls back first) instead of freezing on its own.",
+        default=False,
         x_kubernetes_validations=IMMUTABLE,
     )
     deletion_policy: DeletionPolicy = spec_field(

@@ -144,6 +144,7 @@ def decide(obs: Observed) -> list[Action]:
             leave_running=cc.spec.leave_running,
             stage_on_node=cc.spec.stage_on_node or "",
             lazy_pages_above_bytes=cc.spec.post_copy_above_bytes or 0,
+            await_freeze=cc.spec.await_freeze and not cc.spec.leave_running,
         ),
     )
     called = plan.outcome(CallCheckpoint(st.node_name or "", request))

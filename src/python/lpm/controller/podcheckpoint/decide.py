@@ -144,6 +144,7 @@ def decide(obs: Observed) -> list[Action]:
                 leave_running=pc.spec.leave_running,
                 stage_on_node=pc.spec.stage_on_node,
                 post_copy_above_bytes=pc.spec.post_copy_above_bytes,
+                await_freeze=pc.spec.await_freeze,
                 deletion_policy=pc.spec.deletion_policy,
             )
             body = encode(ContainerCheckpoint(spec=spec))

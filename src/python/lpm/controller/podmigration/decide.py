@@ -20,6 +20,12 @@ restored by lpm-runc). Before it any failure rolls back; after it nothing does. 
 target's agent reports every page in (lpm-runc's record); a page stream it reports BROKEN rolls back (lpm-runc
 killed the replacement's process, and the source, dumped with leave-running, is whole and still frozen).
 
+Freezing creates the PodCheckpoint before it freezes, where the source's agent can meet it there
+(status.dumpWaitsForFreeze): each container's Checkpoint call reaches the agent and waits, the Freeze waits
+(at most FREEZE_AWAITS_CHECKPOINT) until they do, and the dump starts as the pod freezes instead of after the
+API round trips from the freeze to the Checkpoint call (~0.1 s here). Those calls dump nothing unless this
+freeze came: a rollback before it fences them.
+
 A pod that keeps its name (spec.keepName, or a StatefulSet's pod) has no replacement before the freeze: the name
 is free only once the source is gone. It skips Preparing; once its checkpoint is staged on the target, Restoring
 deletes the frozen source, and that deletion is its commit point. Then the replacement is created under the same
@@ -137,6 +143,9 @@ PROGRESS_EVERY_SECONDS = 1.0
 PROGRESS_STAGES = ("dumping", "sending", "streaming pages", "storing", "done")
 # Preparing asks the target's agent to answer as soon as the replacement's first container waits in lpm-runc.
 REPLACEMENT_POLL = Duration(seconds=1, nanos=500_000_000)
+# How long the source's agent holds the Freeze until the checkpoint's calls (created just before it) wait there:
+# they come within a few API round trips; past this it freezes all the same and they find the pod frozen.
+FREEZE_AWAITS_CHECKPOINT = Duration(seconds=3)
 
 
 @dataclass(frozen=True)
@@ -269,7 +278,10 @@ class MigrationPlan(Plan[PodMigrationStatus]):
         }
 
     def freeze_request(self, auto_thaw_after: Duration) -> pb.FreezeRequest:
-        return pb.FreezeRequest(auto_thaw_after=auto_thaw_after, **self._source_containers())
+        request = pb.FreezeRequest(auto_thaw_after=auto_thaw_after, **self._source_containers())
+        if self.status.dump_waits_for_freeze:
+            request.await_checkpoints.CopyFrom(FREEZE_AWAITS_CHECKPOINT)
+        return request
 
     def thaw_request(self) -> pb.ThawRequest:
         return pb.ThawRequest(**self._source_containers())
@@ -540,6 +552,7 @@ def _validating(plan: MigrationPlan) -> None:
     st.restored_pod_name = pod_name if keep else restored_pod_name(original_name(pod.raw) or pod_name, plan.uid)
     st.engine = engine
     st.handover = handover
+    st.dump_waits_for_freeze = freeze and bool(source_caps.get("freeze_hand_off"))
     validated = "pod, nodes and agents ok"
     if engine is Engine.LIVE:
         said = [str(p) for p in source_caps.get("problems") or [] if str(p).startswith(c.PRECOPY_PROBLEM_PREFIX)]
@@ -786,7 +799,22 @@ def _eligible(plan: MigrationPlan, pod: PodView, waited: float, engine: Engine) 
 
 
 def _freezing(plan: MigrationPlan) -> None:
-    st = plan.status
+    st, pc = plan.status, plan.obs.pod_checkpoint
+    if st.dump_waits_for_freeze and pc is None:
+        # The checkpoint first: its calls reach the source's agent and wait there while the Freeze below waits
+        # for them, so the dump starts as the pod freezes (not a PodCheckpoint and a ContainerCheckpoint later).
+        # They wait for this freeze and no other: a rollback now fences them before they dump anything.
+        if plan.source() is None:
+            return _rollback(plan, "SourcePodGone", f"pod {plan.m.spec.pod_name} disappeared before its checkpoint")
+        made = plan.outcome(CreatePodCheckpoint(c.PLURAL_POD_CHECKPOINTS, plan.ns, _pod_checkpoint_manifest(plan)))
+        if made is None:
+            return None
+        if not made.ok:
+            if made.retryable:
+                return plan.note(made.reason, made.message)
+            return _rollback(plan, "CheckpointCreateFailed", made.message)
+    elif st.dump_waits_for_freeze and pc is not None and not _owned(pc.metadata, plan.uid):
+        return _name_taken(plan, pc)  # before anything was frozen
     remaining = max(0.0, plan.m.spec.timeout_seconds - (clock.seconds_between(st.start_time, plan.obs.now) or 0.0))
     request = plan.freeze_request(auto_thaw_after=Duration(seconds=int(remaining) + AUTO_THAW_MARGIN_SECONDS))
     out = plan.outcome(FreezeSource(st.source_node or "", request))
@@ -815,6 +843,7 @@ def _pod_checkpoint_manifest(plan: MigrationPlan) -> dict[str, object]:
         deletion_policy=m.spec.checkpoint_retention,
         stage_on_node=m.spec.target_node if st.engine is Engine.LIVE else None,
         post_copy_above_bytes=st.post_copy_above_bytes if st.engine is Engine.LIVE else None,
+        await_freeze=st.dump_waits_for_freeze and m.spec.source_policy is SourcePolicy.FREEZE,
     )
     body = encode(PodCheckpoint(spec=spec))
     body["metadata"] = {
@@ -833,6 +862,15 @@ def _pod_checkpoint_manifest(plan: MigrationPlan) -> dict[str, object]:
         ],
     }
     return body
+
+
+def _name_taken(plan: MigrationPlan, pc: PodCheckpoint) -> None:
+    return _rollback(
+        plan,
+        "PodCheckpointNameTaken",
+        f"PodCheckpoint {pc.metadata.get('name')} exists and does not belong to this migration; delete or "
+        "rename it and create a new PodMigration",
+    )
 
 
 def _owned(metadata: Mapping[str, Any], uid: str) -> bool:
@@ -940,12 +978,7 @@ def _checkpointing(plan: MigrationPlan) -> None:
             return _rollback(plan, "CheckpointCreateFailed", out.message)
         return None
     if not _owned(pc.metadata, plan.uid):
-        return _rollback(
-            plan,
-            "PodCheckpointNameTaken",
-            f"PodCheckpoint {pc.metadata.get('name')} exists and does not belong to this migration; delete or "
-            "rename it and create a new PodMigration",
-        )
+        return _name_taken(plan, pc)
     if pc.status.phase is CheckpointPhase.FAILED:
         kept = _staged_without_durable_copy(plan) if plan.status.engine is Engine.LIVE else False
         if kept is None:
