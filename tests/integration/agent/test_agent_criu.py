@@ -13,6 +13,7 @@ import tarfile
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -38,13 +39,17 @@ def checkpoint(
             container_name=kw.get("container", pod.container),
             pod_uid=pod.uid,
             checkpoint_id=checkpoint_id,
-            options=agent_pb2.CheckpointOptions(leave_running=leave_running),
+            options=agent_pb2.CheckpointOptions(
+                leave_running=leave_running, await_freeze=kw.get("await_freeze", False)
+            ),
         ),
         timeout=120,
     )
 
 
-def freeze(agent: Agent, pod, checkpoint_id: str, after: float | None = None) -> agent_pb2.FreezeResponse:
+def freeze(
+    agent: Agent, pod, checkpoint_id: str, after: float | None = None, await_checkpoints: int = 0
+) -> agent_pb2.FreezeResponse:
     req = agent_pb2.FreezeRequest(
         pod_namespace=pod.namespace,
         pod_name=pod.name,
@@ -54,6 +59,8 @@ def freeze(agent: Agent, pod, checkpoint_id: str, after: float | None = None) ->
     )
     if after is not None:
         req.auto_thaw_after.CopyFrom(duration_pb2.Duration(seconds=int(after), nanos=int((after % 1) * 1e9)))
+    if await_checkpoints:
+        req.await_checkpoints.CopyFrom(duration_pb2.Duration(seconds=await_checkpoints))
     return agent.stub.Freeze(req, timeout=30)
 
 
@@ -469,6 +476,64 @@ def test_a_rolled_back_checkpoint_id_never_freezes_the_source_again_even_from_a_
     with pytest.raises(grpc.RpcError) as err:
         complete(agent, pod, "late-1")
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, "a rolled-back checkpoint is never sealed"
+
+
+def _in_thread(call: Callable[[], object]) -> tuple[threading.Thread, dict[str, object]]:
+    result: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            result["ok"] = call()
+        except grpc.RpcError as exc:
+            result["code"], result["reason"] = exc.code(), dict(exc.trailing_metadata() or ()).get("lpm-reason")
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, result
+
+
+def test_a_checkpoint_created_before_the_freeze_waits_for_it_then_dumps_the_pod_it_froze(
+    agent: Agent, kubelet: RuncKubelet, containers: Containers
+) -> None:
+    """Freeze and Checkpoint meet at the agent: the Checkpoint neither freezes nor dumps the running pod; the
+    Freeze waits for it, freezes, and the dump follows at once."""
+    pod = containers.counter()
+    kubelet.add(pod)
+    t, result = _in_thread(lambda: checkpoint(agent, pod, "meet-1", await_freeze=True))
+    before = pod.count()
+    wait_for(lambda: pod.count() > before + 5, "the source to count on while its checkpoint waits")
+    assert pod.freezer_state() == "THAWED" and kubelet.checkpoint_requests() == [] and t.is_alive()
+    started = time.monotonic()
+    freeze(agent, pod, "meet-1", await_checkpoints=10)
+    assert time.monotonic() - started < 5, "the Checkpoint was already waiting: the Freeze did not wait it out"
+    t.join(timeout=120)
+    assert "ok" in result, result
+    assert len(kubelet.checkpoint_requests()) == 1 and pod.freezer_state() == "FROZEN"
+    frozen_at = pod.count()
+    time.sleep(0.5)
+    assert pod.count() == frozen_at, "dumped frozen, and it stays frozen"
+    # A Freeze repeated (a controller's lost status write) renews the freeze at once: nothing to wait for.
+    started = time.monotonic()
+    freeze(agent, pod, "meet-1", await_checkpoints=10)
+    assert time.monotonic() - started < 5
+    thaw(agent, pod, "meet-1")
+
+
+def test_a_rollback_before_the_freeze_fails_the_checkpoint_waiting_for_it_and_nothing_is_frozen_or_dumped(
+    agent: Agent, kubelet: RuncKubelet, containers: Containers
+) -> None:
+    pod = containers.counter()
+    kubelet.add(pod)
+    t, result = _in_thread(lambda: checkpoint(agent, pod, "meet-2", await_freeze=True))
+    time.sleep(0.5)
+    assert t.is_alive(), "it waits for the freeze"
+    thaw(agent, pod, "meet-2")
+    t.join(timeout=10)
+    assert not t.is_alive(), "the fence ends the wait at once"
+    assert result.get("code") == grpc.StatusCode.FAILED_PRECONDITION and result.get("reason") == "CheckpointFenced"
+    assert kubelet.checkpoint_requests() == [] and pod.freezer_state() == "THAWED"
+    before = pod.count()
+    wait_for(lambda: pod.count() > before + 5, "the source to count on")
 
 
 def test_a_thaw_that_lands_while_the_kubelet_dumps_discards_the_archive_and_leaves_the_source_running(

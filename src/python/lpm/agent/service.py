@@ -550,7 +550,8 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                 raise ValueError("container_names is empty")
             after = request.auto_thaw_after.ToNanoseconds() / 1e9 if request.HasField("auto_thaw_after") else None
             wait = request.await_checkpoints.ToNanoseconds() / 1e9 if request.HasField("await_checkpoints") else 0.0
-            if wait > 0:
+            held = all(self.d.freezer.holds(request.checkpoint_id, request.pod_uid, n) for n in names)
+            if wait > 0 and not held:  # a repeated Freeze (a renewal) has nothing to wait for: its dump went on
                 waited = time.monotonic()
                 met = self.d.freezer.await_checkpoints(
                     request.checkpoint_id, names, min(wait, MAX_AWAIT_CHECKPOINTS_SECONDS)
