@@ -73,6 +73,29 @@ def test_holds_says_which_containers_a_checkpoint_id_froze_and_raises_once_it_is
         f.holds("ck-1", POD, "app")
 
 
+def test_renewing_a_held_freeze_asks_neither_the_kubelet_nor_the_runtime(tmp_path, cgroups) -> None:
+    """A controller's repeated Freeze lands while the dump runs: it must not compete with it."""
+    asked: list[str] = []
+
+    class Counting(fz.CgroupControl):
+        def freeze(self, target: str) -> None:
+            asked.append(f"freeze {Path(target).name}")
+            super().freeze(target)
+
+    def locate(pod_uid: str, container: str) -> Path:
+        asked.append(f"locate {container}")
+        return cgroups[container]
+
+    f = fz.Freezer(locate, tmp_path / "state", 60.0, Counting())
+    first = f.freeze("ck-1", POD, ["app"], deadline=30)
+    assert asked == ["locate app", "freeze cid-app"]
+    again = f.freeze("ck-1", POD, ["app"], deadline=60)
+    assert asked == ["locate app", "freeze cid-app"], "renewed from the record alone"
+    assert (again[0].auto_thaw_at or 0) > (first[0].auto_thaw_at or 0)
+    f.freeze("ck-1", POD, ["app", "sidecar"], deadline=60)  # a container it does not hold yet: asked for
+    assert asked[2:] == ["locate app", "locate sidecar", "freeze cid-app", "freeze cid-sidecar"]
+
+
 def test_another_checkpoint_cannot_take_over_a_frozen_container(tmp_path, cgroups) -> None:
     f = make(tmp_path, cgroups)
     f.freeze("ck-1", POD, ["app"])

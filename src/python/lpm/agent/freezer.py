@@ -555,8 +555,15 @@ class Freezer:
                     raise FreezeConflict(
                         f"container {name} of pod {pod_uid} is frozen for checkpoint {other}; thaw that first"
                     )
-            targets = {name: str(self.locate(pod_uid, name)) for name in containers}
             record = self._records.get(checkpoint_id)
+            if record is not None and record.pod_uid == pod_uid and set(containers) <= set(record.containers):
+                # A renewal (or a controller's repeated call): they are frozen under this ID, and asking the
+                # kubelet and the runtime again would compete with the dump that is running now.
+                record.auto_thaw_at = time.time() + (deadline or self.default_deadline)
+                self._persist(record)
+                self._schedule(record)
+                return [ContainerState(n, True, record.auto_thaw_at) for n in containers]
+            targets = {name: str(self.locate(pod_uid, name)) for name in containers}
             if record is None:
                 record = FreezeRecord(checkpoint_id, pod_uid, {}, 0.0, pod_namespace, pod_name)
             if record.pod_uid != pod_uid:
