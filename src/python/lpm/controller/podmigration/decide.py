@@ -554,6 +554,8 @@ def _validating(plan: MigrationPlan) -> None:
     st.handover = handover
     st.dump_waits_for_freeze = freeze and bool(source_caps.get("freeze_hand_off"))
     validated = "pod, nodes and agents ok"
+    if st.dump_waits_for_freeze:
+        validated += "; the checkpoint is created first and waits at the source's agent, which dumps as it freezes"
     if engine is Engine.LIVE:
         said = [str(p) for p in source_caps.get("problems") or [] if str(p).startswith(c.PRECOPY_PROBLEM_PREFIX)]
         why = (
