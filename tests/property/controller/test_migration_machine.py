@@ -297,6 +297,7 @@ def test_validation_failure_removes_a_replacement_whose_preparing_was_lost(_):
     w = machine.world
     machine.api_fault("lost")
     machine.api_fault("reject")
+    machine.api_fault("reject")  # and the write again over a fresh resourceVersion (`reconciler.apply`)
     for _ in range(5):
         machine.reconcile_migration(crash_after=None)
         if w.restored_pods():
@@ -327,6 +328,7 @@ def test_a_rollback_whose_status_write_was_rejected_never_leaves_a_thawed_source
         machine.reconcile_everything()
     assert machine.world.migration.status.phase is MigrationPhase.CONVERTING
     machine.api_fault(fault="reject")
+    machine.api_fault(fault="reject")  # its retry over a fresh resourceVersion too
     machine.agent_fails_next_call(method="ConvertCheckpointToImage", node=TARGET, permanent=True)
     machine.reconcile_everything()
     machine.teardown()  # the invariants after every step, to the end

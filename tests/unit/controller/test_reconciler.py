@@ -111,3 +111,63 @@ def test_a_deleted_migration_keeps_its_finalizer_until_its_frozen_source_is_thaw
     up = execute(lambda e: Outcome.success(thawed))
     assert finalize_once(cluster, up, lambda: NOW, PODMIGRATIONS, "ns", "mig") is True
     assert finalize_once(cluster, up, lambda: NOW, PODMIGRATIONS, "ns", "gone") is True
+
+
+class VersionedCluster:
+    """One object behind resourceVersion-guarded status writes, with writes of other parties in between."""
+
+    def __init__(self, obj):
+        self.obj, self.writes = obj, []
+
+    def get(self, plural, namespace, name):
+        return __import__("copy").deepcopy(self.obj)
+
+    def touch(self, **meta):
+        """Someone else writes the object: its metadata (kopf's finalizer, say) or its status."""
+        status = meta.pop("status", None)
+        self.obj["metadata"].update(meta)
+        if status is not None:
+            self.obj["status"] = status
+        self.obj["metadata"]["resourceVersion"] = str(int(self.obj["metadata"]["resourceVersion"]) + 1)
+
+    def replace_status(self, plural, obj, status):
+        if obj["metadata"]["resourceVersion"] != self.obj["metadata"]["resourceVersion"]:
+            return False
+        self.writes.append(status)
+        self.touch(status=status)
+        return True
+
+    def emit_event(self, obj, type_, reason, message):
+        pass
+
+
+def _versioned():
+    return {
+        "metadata": {"name": "m", "namespace": "n", "uid": "u1", "generation": 1, "resourceVersion": "7"},
+        "spec": {},
+        "status": {"phase": "Freezing"},
+    }
+
+
+def test_a_status_write_that_conflicts_with_metadata_alone_is_written_again_and_one_that_lost_a_race_is_not():
+    from lpm.controller.reconciler import apply
+
+    checkpointing = [PatchStatus(PodMigrationStatus(phase=MigrationPhase.CHECKPOINTING))]
+    cluster = VersionedCluster(_versioned())
+    read = cluster.get("podmigrations", "n", "m")
+    cluster.touch(finalizers=["lpm.my.domain/cleanup"], annotations={"kopf": "x"})  # kopf, while the cycle ran
+    assert apply(cluster, "podmigrations", read, checkpointing)
+    assert cluster.obj["status"]["phase"] == "Checkpointing" and cluster.obj["metadata"]["finalizers"]
+
+    # What a decision rests on changed: the status (another writer), the spec (generation), a deletion.
+    for change in (
+        {"status": {"phase": "RollingBack"}},
+        {"generation": 2},
+        {"deletionTimestamp": "2026-01-01T00:00:00Z"},
+        {"labels": {"lpm.my.domain/migratable": "true"}},
+    ):
+        cluster = VersionedCluster(_versioned())
+        read = cluster.get("podmigrations", "n", "m")
+        cluster.touch(**change)
+        assert not apply(cluster, "podmigrations", read, checkpointing), change
+        assert cluster.writes == [], f"the cycle's decision is not forced over {change}"

@@ -138,13 +138,34 @@ def finalize_once(
     return settled and not holds
 
 
+# What a cycle's decision may rest on, besides the status: if none of it changed, a conflict came from metadata
+# nobody decides on (kopf's finalizer and annotations, written while the first cycles run).
+_DECIDED_ON = ("uid", "generation", "deletionTimestamp", "labels", "ownerReferences")
+
+
+def _moved_on_by_metadata_only(cluster: Cluster, plural: str, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The object as it is now, if only metadata no decision reads changed since `obj` was read; else None."""
+    meta = obj["metadata"]
+    fresh = cluster.get(plural, meta.get("namespace"), meta["name"])
+    if fresh is None or fresh.get("status") != obj.get("status"):
+        return None
+    if any(fresh["metadata"].get(k) != meta.get(k) for k in _DECIDED_ON):
+        return None
+    return fresh
+
+
 def apply(cluster: Cluster, plural: str, obj: Mapping[str, Any], actions: list[Action]) -> bool:
-    """Write the status (one PUT, guarded by resourceVersion) and, if it landed, the events."""
+    """Write the status (one PUT, guarded by resourceVersion) and, if it landed, the events. A conflict caused by
+    metadata alone is written again over the new resourceVersion: the decision stands, and repeating the cycle
+    would repeat its effects (a migration's Freeze, while its dump runs)."""
     patch = status_of(actions)
     if patch is not None:
-        if not cluster.replace_status(plural, obj, encode(patch.status)):
-            CYCLES.labels(plural, "conflict").inc()
-            return False
+        status = encode(patch.status)
+        if not cluster.replace_status(plural, obj, status):
+            fresh = _moved_on_by_metadata_only(cluster, plural, obj)
+            if fresh is None or not cluster.replace_status(plural, fresh, status):
+                CYCLES.labels(plural, "conflict").inc()
+                return False
     for ev in events_of(actions):
         cluster.emit_event(obj, ev.type, ev.reason, ev.message)
     CYCLES.labels(plural, "ok").inc()

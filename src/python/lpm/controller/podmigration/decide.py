@@ -806,15 +806,8 @@ def _freezing(plan: MigrationPlan) -> None:
         # The checkpoint first: its calls reach the source's agent and wait there while the Freeze below waits
         # for them, so the dump starts as the pod freezes (not a PodCheckpoint and a ContainerCheckpoint later).
         # They wait for this freeze and no other: a rollback now fences them before they dump anything.
-        if plan.source() is None:
-            return _rollback(plan, "SourcePodGone", f"pod {plan.m.spec.pod_name} disappeared before its checkpoint")
-        made = plan.outcome(CreatePodCheckpoint(c.PLURAL_POD_CHECKPOINTS, plan.ns, _pod_checkpoint_manifest(plan)))
-        if made is None:
+        if not _create_checkpoint(plan):
             return None
-        if not made.ok:
-            if made.retryable:
-                return plan.note(made.reason, made.message)
-            return _rollback(plan, "CheckpointCreateFailed", made.message)
     elif st.dump_waits_for_freeze and pc is not None and not _owned(pc.metadata, plan.uid):
         return _name_taken(plan, pc)  # before anything was frozen
     remaining = max(0.0, plan.m.spec.timeout_seconds - (clock.seconds_between(st.start_time, plan.obs.now) or 0.0))
@@ -864,6 +857,24 @@ def _pod_checkpoint_manifest(plan: MigrationPlan) -> dict[str, object]:
         ],
     }
     return body
+
+
+def _create_checkpoint(plan: MigrationPlan) -> bool:
+    """Asks for this migration's PodCheckpoint. True once it was made (or found made); False when the cycle ends
+    here: its creation pending, a retryable refusal noted, or the migration rolling back."""
+    if plan.source() is None:
+        _rollback(plan, "SourcePodGone", f"pod {plan.m.spec.pod_name} disappeared before its checkpoint")
+        return False
+    out = plan.outcome(CreatePodCheckpoint(c.PLURAL_POD_CHECKPOINTS, plan.ns, _pod_checkpoint_manifest(plan)))
+    if out is None:
+        return False
+    if not out.ok:
+        if out.retryable:
+            plan.note(out.reason, out.message)
+        else:
+            _rollback(plan, "CheckpointCreateFailed", out.message)
+        return False
+    return True
 
 
 def _name_taken(plan: MigrationPlan, pc: PodCheckpoint) -> None:
@@ -971,13 +982,7 @@ def _checkpointing(plan: MigrationPlan) -> None:
         )
         return _cleaning(plan)
     if pc is None:
-        if plan.source() is None:
-            return _rollback(plan, "SourcePodGone", f"pod {plan.m.spec.pod_name} disappeared before its checkpoint")
-        out = plan.outcome(CreatePodCheckpoint(c.PLURAL_POD_CHECKPOINTS, plan.ns, _pod_checkpoint_manifest(plan)))
-        if out is not None and not out.ok:
-            if out.retryable:
-                return plan.note(out.reason, out.message)
-            return _rollback(plan, "CheckpointCreateFailed", out.message)
+        _create_checkpoint(plan)
         return None
     if not _owned(pc.metadata, plan.uid):
         return _name_taken(plan, pc)
