@@ -543,17 +543,7 @@ def test_a_thaw_that_lands_while_the_kubelet_dumps_discards_the_archive_and_leav
     kubelet.add(pod)
     # The kubelet answers 503 first: the call waits in its retry while the rollback thaws the source.
     kubelet.faults.append((503, "restarting"))
-    result: dict[str, object] = {}
-
-    def call() -> None:
-        try:
-            checkpoint(agent, pod, "race-1")
-            result["ok"] = True
-        except grpc.RpcError as exc:
-            result["code"] = exc.code()
-
-    t = threading.Thread(target=call)
-    t.start()
+    t, result = _in_thread(lambda: checkpoint(agent, pod, "race-1"))
     wait_for(lambda: len(kubelet.checkpoint_requests()) >= 1, "the first kubelet attempt")
     thaw(agent, pod, "race-1")
     t.join(timeout=120)
