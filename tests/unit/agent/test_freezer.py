@@ -73,6 +73,32 @@ def test_holds_says_which_containers_a_checkpoint_id_froze_and_raises_once_it_is
         f.holds("ck-1", POD, "app")
 
 
+def test_freeze_and_checkpoint_meet_and_each_side_gives_up_on_its_own_deadline(tmp_path, cgroups) -> None:
+    import threading
+
+    f = make(tmp_path, cgroups)
+    # No Checkpoint comes: the Freeze's wait runs out (and the caller then freezes all the same).
+    assert f.await_checkpoints("ck-1", ["app"], timeout=0.2) is False
+    # No Freeze comes: the Checkpoint's wait runs out, and it never froze anything itself.
+    with pytest.raises(fz.NotFrozenYet):
+        f.await_frozen("ck-1", POD, "app", timeout=0.2)
+    assert state(cgroups["app"]) == "THAWED"
+    # They meet: the Checkpoint waits, the Freeze sees it at once, freezes, and the Checkpoint goes on.
+    done = threading.Event()
+
+    def checkpoint() -> None:
+        f.await_frozen("ck-2", POD, "app", timeout=10)
+        done.set()
+
+    t = threading.Thread(target=checkpoint)
+    t.start()
+    assert f.await_checkpoints("ck-2", ["app"], timeout=10) is True
+    assert not done.is_set(), "nothing frozen yet: the Checkpoint still waits"
+    f.freeze("ck-2", POD, ["app"])
+    t.join(timeout=10)
+    assert done.is_set() and state(cgroups["app"]) == "FROZEN"
+
+
 def test_renewing_a_held_freeze_asks_neither_the_kubelet_nor_the_runtime(tmp_path, cgroups) -> None:
     """A controller's repeated Freeze lands while the dump runs: it must not compete with it."""
     asked: list[str] = []
