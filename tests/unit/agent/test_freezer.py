@@ -168,6 +168,21 @@ def test_a_restarted_freezer_thaws_overdue_records_at_once_and_keeps_the_others(
     assert state(cgroups["sidecar"]) == "THAWED"
 
 
+def test_a_record_resolved_while_a_new_freezer_starts_is_skipped_and_the_others_kept(tmp_path, cgroups) -> None:
+    f = make(tmp_path, cgroups)
+    f.freeze("ck-kept", POD, ["app"], deadline=600)
+    f.stop()
+    # The agent being replaced released ck-gone between the new one's listing and its read (a dangling link
+    # behaves the same: listed, then FileNotFoundError); ck-bad cannot be read at all.
+    (tmp_path / "state" / "freeze-ck-gone.json").symlink_to(tmp_path / "state" / "released")
+    (tmp_path / "state" / "freeze-ck-bad.json").mkdir()
+    g = make(tmp_path, cgroups)
+    g.start()
+    assert g.status("ck-kept") is not None and g.status("ck-gone") is None and g.status("ck-bad") is None
+    g.thaw("ck-kept", POD, [])
+    assert state(cgroups["app"]) == "THAWED"
+
+
 def test_lookup_finds_cgroupfs_and_systemd_layouts(tmp_path) -> None:
     cgfs = tmp_path / "a" / "freezer" / "lpm-node-1" / "kubepods" / "besteffort" / f"pod{POD}" / "abc123"
     cgfs.mkdir(parents=True)

@@ -417,7 +417,12 @@ class Freezer:
         for path in sorted(self.state_dir.glob("freeze-*.json")):
             try:
                 record = FreezeRecord(**json.loads(path.read_text()))
-            except (ValueError, TypeError) as exc:
+            except FileNotFoundError:
+                # Gone since the glob: the agent this one replaces was still shutting down and thawed or
+                # released it (a DaemonSet rollout overlaps the two on the node's state directory).
+                log.info("freeze record %s was resolved meanwhile", path.name)
+                continue
+            except (OSError, ValueError, TypeError) as exc:
                 log.error("ignoring unreadable freeze record %s: %s", path, exc)
                 continue
             with self._lock:
