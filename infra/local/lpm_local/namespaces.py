@@ -51,10 +51,11 @@ def setup_node_mntns(name: str) -> None:
     run(["unshare", f"--mount={f}", "--propagation", "slave", "true"])
     script = ["set -e"]
     for target, sub in NODE_MOUNTS:
+        script.append(f"mkdir -p {target}")  # a mount point inside an earlier tmpfs (/run) is new there
         if sub:
             script.append(f"mount --bind {nd / sub} {target}")
         else:
-            script.append(f"mount -t tmpfs -o mode=0711 tmpfs {target}")
+            script.append(f"mount -t tmpfs -o mode={'0755' if target == '/run' else '0711'} tmpfs {target}")
     # The kubelet wants its root dir to be a shared mount for mount propagation of volumes.
     script.append("mount --make-rshared /var/lib/kubelet")
     run(["nsenter", f"--mount={f}", "--", "sh", "-c", "\n".join(script)])

@@ -283,6 +283,7 @@ def test_the_runtime_dump_takes_a_paused_tasks_images_and_overlay_changes_and_le
         tasks = sock.parent / "state" / "io.containerd.runtime.v2.task"
         dumper = RuntimeDumper(tmp_path / "dumps", address=str(sock), ctr=str(ctr), task_dir=tasks)
         assert dumper.usable() == ""
+        assert dumper.task_pid("dump") == control.pid("dump"), "the bundle's init.pid is containerd's task pid"
         result = dumper.dump("dump", control.pid("dump"), "ck-d-app", timeout=60)
         try:
             assert result.local_path.stat().st_mode & 0o777 == 0o700

@@ -310,3 +310,29 @@ def test_the_dump_records_only_the_pod_addresses_that_sockets_are_bound_to(
         for p in procs:
             p.kill()
             p.wait()
+
+
+def test_a_restore_with_nothing_recorded_spawns_nothing_before_the_pod_resumes(tmp_path: Path) -> None:
+    """pre-resume runs while the restored pod is still stopped: when the dump recorded no address and no
+    loopback port (empty files), the script leaves at once; with an address recorded it goes into the pod's
+    namespace (here: the stand-in nsenter on PATH records that it was called)."""
+    images, bin_dir = tmp_path / "images", tmp_path / "bin"
+    images.mkdir()
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    (bin_dir / "nsenter").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "nsenter").chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "CRTOOLS_SCRIPT_ACTION": "pre-resume",
+        "CRTOOLS_IMAGE_DIR": str(images),
+        "CRTOOLS_INIT_PID": str(os.getpid()),
+    }
+    (images / "lpm-addresses").write_text("")
+    (images / "lpm-loopback-ports").write_text("")
+    subprocess.run(["sh", str(ACTION)], env=env, check=True, capture_output=True)
+    assert not calls.exists(), "nothing recorded: no command inside the restored pod's stopped time"
+    (images / "lpm-addresses").write_text("10.213.1.2\n")
+    subprocess.run(["sh", str(ACTION)], env=env, check=True, capture_output=True)
+    assert calls.exists(), "an address recorded at the dump is looked for in the pod's namespace"

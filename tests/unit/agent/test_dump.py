@@ -182,3 +182,60 @@ def test_a_post_copy_dump_is_claimed_once_per_checkpoint_on_the_node(tmp_path: P
     RuntimeDumper(tmp_path / "dump").claim_lazy("ckpt-db")  # another container of the pod: its own claim
     first.unclaim_lazy("ckpt-app")
     RuntimeDumper(tmp_path / "dump").claim_lazy("ckpt-app")
+
+
+def test_the_task_pid_comes_from_the_bundles_init_pid_and_is_none_when_unknown(tmp_path: Path) -> None:
+    bundle = tmp_path / "tasks" / "k8s.io" / "abc"
+    bundle.mkdir(parents=True)
+    (bundle / "init.pid").write_text("4242")
+    dumper = RuntimeDumper(tmp_path / "dumps", task_dir=tmp_path / "tasks")
+    assert dumper.task_pid("abc") == 4242
+    assert dumper.task_pid("gone") is None
+    (bundle / "init.pid").write_text("")  # the shim has not written it yet
+    assert dumper.task_pid("abc") is None
+    assert RuntimeDumper(tmp_path / "dumps").task_pid("abc") is None
+
+
+def _stand_in_task(tmp_path: Path, upper: Path) -> tuple[Path, Path]:
+    """A proc root whose process 42 has an overlay root with `upper`, and a stand-in `ctr` (the runtime is the
+    boundary broken here) that writes one CRIU image where `tasks checkpoint --image-path` asks, and records
+    that it ran."""
+    proc = tmp_path / "proc" / "42"
+    proc.mkdir(parents=True)
+    (proc / "mountinfo").write_text(
+        f"1203 1190 0:317 / / rw - overlay overlay rw,lowerdir=/l,upperdir={upper},workdir=/w\n"
+    )
+    (proc / "statm").write_text("100 10 0 0 0 0 0\n")
+    ctr = tmp_path / "ctr"
+    ctr.write_text(
+        "#!/bin/sh\n"
+        'while [ "$1" != --image-path ]; do shift; done\n'
+        f'echo inventory > "$2/inventory.img" && touch {tmp_path}/ctr-ran\n'
+    )
+    ctr.chmod(0o755)
+    return tmp_path / "proc", ctr
+
+
+def test_a_dump_reads_the_file_changes_beside_the_runtime_and_archives_both(tmp_path: Path) -> None:
+    upper = tmp_path / "upper"
+    (upper / "tmp").mkdir(parents=True)
+    (upper / "tmp" / "count").write_text("7")
+    proc, ctr = _stand_in_task(tmp_path, upper)
+    dumper = RuntimeDumper(tmp_path / "dumps", proc, ctr=str(ctr))
+    result = dumper.dump("abc", 42, "ck-1-app", timeout=10)
+    try:
+        with result.open() as raw, tarfile.open(fileobj=io.BytesIO(raw.read())) as tar:
+            assert tar.extractfile("checkpoint/inventory.img").read() == b"inventory\n"  # type: ignore[union-attr]
+            diff = tarfile.open(fileobj=io.BytesIO(tar.extractfile("rootfs-diff.tar").read()))  # type: ignore[union-attr]
+            assert diff.extractfile("tmp/count").read() == b"7"  # type: ignore[union-attr]
+    finally:
+        result.discard()
+
+
+def test_unreadable_file_changes_fail_the_dump_after_the_runtime_ran_and_leave_nothing_behind(tmp_path: Path) -> None:
+    proc, ctr = _stand_in_task(tmp_path, tmp_path / "no-upper")
+    dumper = RuntimeDumper(tmp_path / "dumps", proc, ctr=str(ctr))
+    with pytest.raises(DumpError, match="file-system changes"):
+        dumper.dump("abc", 42, "ck-1-app", timeout=10)
+    assert (tmp_path / "ctr-ran").exists(), "the changes are read beside the runtime's dump, not before it"
+    assert list((tmp_path / "dumps").iterdir()) == [], "no image (process memory) is left behind"

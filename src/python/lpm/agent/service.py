@@ -443,7 +443,7 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
         if self.d.dumper is not None and opts.stage_on_address and not opts.leave_running and target:
             try:
                 label = f"{request.checkpoint_id}-{ctr}"
-                pid = self.d.freezer.control.pid(target)
+                pid = self.d.dumper.task_pid(target) or self.d.freezer.control.pid(target)
                 lazy_above = opts.lazy_pages_above_bytes if not self.d.lazy_pages_problem else 0
                 if lazy_above and self.d.criu_tls is not None:
                     self.d.criu_tls.install()  # the node's runc.conf has CRIU's page server read them
