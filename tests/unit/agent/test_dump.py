@@ -216,7 +216,10 @@ def _stand_in_task(tmp_path: Path, upper: Path) -> tuple[Path, Path]:
     return tmp_path / "proc", ctr
 
 
-def test_a_dump_reads_the_file_changes_beside_the_runtime_and_archives_both(tmp_path: Path) -> None:
+def test_a_dump_reads_the_file_changes_beside_the_runtime_and_archives_both(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="lpm.agent.dump")
     upper = tmp_path / "upper"
     (upper / "tmp").mkdir(parents=True)
     (upper / "tmp" / "count").write_text("7")
@@ -230,6 +233,9 @@ def test_a_dump_reads_the_file_changes_beside_the_runtime_and_archives_both(tmp_
             assert diff.extractfile("tmp/count").read() == b"7"  # type: ignore[union-attr]
     finally:
         result.discard()
+    assert (
+        "dumped ck-1-app through containerd" in caplog.text and "beside them, 2 changes" in caplog.text
+    )  # tmp and tmp/count
 
 
 def test_unreadable_file_changes_fail_the_dump_after_the_runtime_ran_and_leave_nothing_behind(tmp_path: Path) -> None:

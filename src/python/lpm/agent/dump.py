@@ -463,7 +463,6 @@ class RuntimeDumper:
                 dumped - (files_done if lazy else ctr_started),
                 "" if lazy else " beside them",
                 entries,
-                entries,
                 len(deleted),
                 f"; its {resident} bytes of memory are served from {pending.page_server}" if pending else "",
             )
