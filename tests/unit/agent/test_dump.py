@@ -6,11 +6,15 @@ import io
 import os
 import shutil
 import tarfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import pytest
 
 from lpm.agent.dump import (
+    DumpCriuFailed,
     DumpError,
     LazyAlreadyStarted,
     Overlay,
@@ -19,6 +23,7 @@ from lpm.agent.dump import (
     root_overlay,
     write_rootfs_diff,
 )
+from lpm.api.containerd.v1 import tasks_pb2, tasks_pb2_grpc
 
 MOUNTINFO = (
     "1203 1190 0:317 / / rw,relatime master:437 - overlay overlay rw,lowerdir=/var/lib/containerd/io.containerd."
@@ -196,35 +201,56 @@ def test_the_task_pid_comes_from_the_bundles_init_pid_and_is_none_when_unknown(t
     assert RuntimeDumper(tmp_path / "dumps").task_pid("abc") is None
 
 
-def _stand_in_task(tmp_path: Path, upper: Path) -> tuple[Path, Path]:
-    """A proc root whose process 42 has an overlay root with `upper`, and a stand-in `ctr` (the runtime is the
-    boundary broken here) that writes one CRIU image where `tasks checkpoint --image-path` asks, and records
-    that it ran."""
+class StandInContainerd(tasks_pb2_grpc.TasksServicer):
+    """containerd's task API on a unix socket (the runtime is the boundary broken here): a Checkpoint writes one
+    CRIU image where its runc options point, or fails the way the runc shim reports a CRIU failure."""
+
+    def __init__(self, socket: Path, fail: str = "") -> None:
+        self.calls: list[tuple[tasks_pb2.CheckpointTaskRequest, tuple[tuple[str, str], ...]]] = []
+        self.fail = fail
+        self.server = grpc.server(ThreadPoolExecutor(2))
+        tasks_pb2_grpc.add_TasksServicer_to_server(self, self.server)
+        self.server.add_insecure_port(f"unix:{socket}")
+        self.server.start()
+
+    def Checkpoint(
+        self, request: tasks_pb2.CheckpointTaskRequest, context: grpc.ServicerContext
+    ) -> tasks_pb2.CheckpointTaskResponse:
+        self.calls.append((request, tuple(context.invocation_metadata())))
+        if self.fail:
+            context.abort(grpc.StatusCode.UNKNOWN, self.fail)
+        assert request.options.type_url == "containerd.runc.v1.CheckpointOptions"
+        options = tasks_pb2.RuncCheckpointOptions.FromString(request.options.value)
+        (Path(options.image_path) / "inventory.img").write_text("inventory\n")
+        return tasks_pb2.CheckpointTaskResponse()
+
+
+@pytest.fixture
+def containerd(tmp_path: Path) -> Iterator[StandInContainerd]:
+    fake = StandInContainerd(tmp_path / "containerd.sock")
+    yield fake
+    fake.server.stop(None)
+
+
+def _task(tmp_path: Path, upper: Path) -> Path:
+    """A proc root whose process 42 has an overlay root with `upper`."""
     proc = tmp_path / "proc" / "42"
     proc.mkdir(parents=True)
     (proc / "mountinfo").write_text(
         f"1203 1190 0:317 / / rw - overlay overlay rw,lowerdir=/l,upperdir={upper},workdir=/w\n"
     )
     (proc / "statm").write_text("100 10 0 0 0 0 0\n")
-    ctr = tmp_path / "ctr"
-    ctr.write_text(
-        "#!/bin/sh\n"
-        'while [ "$1" != --image-path ]; do shift; done\n'
-        f'echo inventory > "$2/inventory.img" && touch {tmp_path}/ctr-ran\n'
-    )
-    ctr.chmod(0o755)
-    return tmp_path / "proc", ctr
+    return tmp_path / "proc"
 
 
-def test_a_dump_reads_the_file_changes_beside_the_runtime_and_archives_both(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_a_dump_asks_containerd_for_the_images_reads_the_changes_beside_it_and_archives_both(
+    tmp_path: Path, containerd: StandInContainerd, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("INFO", logger="lpm.agent.dump")
     upper = tmp_path / "upper"
     (upper / "tmp").mkdir(parents=True)
     (upper / "tmp" / "count").write_text("7")
-    proc, ctr = _stand_in_task(tmp_path, upper)
-    dumper = RuntimeDumper(tmp_path / "dumps", proc, ctr=str(ctr))
+    dumper = RuntimeDumper(tmp_path / "dumps", _task(tmp_path, upper), address=str(tmp_path / "containerd.sock"))
     result = dumper.dump("abc", 42, "ck-1-app", timeout=10)
     try:
         with result.open() as raw, tarfile.open(fileobj=io.BytesIO(raw.read())) as tar:
@@ -233,15 +259,43 @@ def test_a_dump_reads_the_file_changes_beside_the_runtime_and_archives_both(
             assert diff.extractfile("tmp/count").read() == b"7"  # type: ignore[union-attr]
     finally:
         result.discard()
+    ((request, metadata),) = containerd.calls
+    assert request.container_id == "abc" and ("containerd-namespace", "k8s.io") in metadata
+    options = tasks_pb2.RuncCheckpointOptions.FromString(request.options.value)
+    assert not options.exit, "the source must stay (paused) after its dump: a rollback thaws it"
     assert (
         "dumped ck-1-app through containerd" in caplog.text and "beside them, 2 changes" in caplog.text
-    )  # tmp and tmp/count
+    )  # tmp, tmp/count
 
 
-def test_unreadable_file_changes_fail_the_dump_after_the_runtime_ran_and_leave_nothing_behind(tmp_path: Path) -> None:
-    proc, ctr = _stand_in_task(tmp_path, tmp_path / "no-upper")
-    dumper = RuntimeDumper(tmp_path / "dumps", proc, ctr=str(ctr))
+def test_unreadable_file_changes_fail_the_dump_after_the_runtime_ran_and_leave_nothing_behind(
+    tmp_path: Path, containerd: StandInContainerd
+) -> None:
+    dumper = RuntimeDumper(
+        tmp_path / "dumps", _task(tmp_path, tmp_path / "no-upper"), address=str(tmp_path / "containerd.sock")
+    )
     with pytest.raises(DumpError, match="file-system changes"):
         dumper.dump("abc", 42, "ck-1-app", timeout=10)
-    assert (tmp_path / "ctr-ran").exists(), "the changes are read beside the runtime's dump, not before it"
+    assert len(containerd.calls) == 1, "the changes are read beside the runtime's dump, not before it"
     assert list((tmp_path / "dumps").iterdir()) == [], "no image (process memory) is left behind"
+
+
+def test_a_criu_failure_is_told_apart_from_a_runtime_that_cannot_be_reached(tmp_path: Path) -> None:
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    proc = _task(tmp_path, upper)
+    socket = tmp_path / "containerd.sock"
+    criu_says = (
+        "runc did not terminate successfully: exit status 1: criu failed: type NOTIFY errno 0\n"
+        "log file: /run/containerd/io.containerd.runtime.v2.task/k8s.io/abc/criu-dump.log"
+    )
+    fake = StandInContainerd(socket, fail=criu_says)
+    try:
+        with pytest.raises(DumpCriuFailed, match="criu-dump.log"):
+            RuntimeDumper(tmp_path / "dumps", proc, address=str(socket)).dump("abc", 42, "ck-1-app", timeout=10)
+    finally:
+        fake.server.stop(None)
+    with pytest.raises(DumpError, match="could not checkpoint task abc") as raised:
+        RuntimeDumper(tmp_path / "dumps", proc, address=str(tmp_path / "none.sock")).dump("abc", 42, "x", timeout=2)
+    assert not isinstance(raised.value, DumpCriuFailed), "no CRIU verdict: the caller dumps through the kubelet"
+    assert list((tmp_path / "dumps").iterdir()) == []

@@ -4,8 +4,10 @@ Why: the kubelet's checkpoint (`POST /checkpoint`, CRI CheckpointContainer) spen
 time around CRIU rather than in it: containerd computes the rootfs diff through its diff service, writes the
 container's config and spec, and packs everything into one tar before the kubelet answers. For the Live engine
 the target needs only CRIU's images and the container's file-system changes, so the agent asks containerd for
-exactly that (`ctr tasks checkpoint --image-path`, which runs `runc checkpoint` in the task's shim, with the
-node's CRIU configuration) and reads the changes straight from the container's overlay upper directory.
+exactly that (containerd's Tasks.Checkpoint with an image path, called on its socket; `ctr tasks checkpoint
+--image-path` for a post-copy dump, which must run on: either runs `runc checkpoint` in the task's shim, with the
+node's CRIU configuration) and reads the changes straight from the container's overlay upper directory, while
+CRIU runs.
 
 The result has the kubelet archive's layout (`checkpoint/<CRIU images>`, `rootfs-diff.tar`, `deleted.files`),
 so pushing, storing and staging are the same as for a kubelet archive. It has no `config.dump`/`spec.dump`:
@@ -48,15 +50,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final, cast
 
+import grpc
+from google.protobuf.any_pb2 import Any as AnyProto
+
 from lpm.agent import eligibility
 from lpm.agent.images import IterReader
 from lpm.agent.kubelet import CheckpointResult
 from lpm.agent.pages import free_port, split_host_port
 from lpm.agent.scratch import Scratch, resident_bytes
+from lpm.api.containerd.v1 import tasks_pb2, tasks_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DUMP_DIR: Final = "/var/lib/lpm/dump"
+# The type URL of the runc shim's checkpoint options (containerd.runc.v1.CheckpointOptions), as ctr sends it.
+RUNC_CHECKPOINT_OPTIONS: Final = "containerd.runc.v1.CheckpointOptions"
 _OPAQUE_XATTRS: Final = ("trusted.overlay.opaque", "user.overlay.opaque")
 _CHUNK: Final = 1 << 20
 _TAR_END: Final = bytes(2 * tarfile.BLOCKSIZE)  # two zero blocks end a tar archive
@@ -324,7 +332,7 @@ def write_rootfs_diff(overlay: Overlay, tar_path: Path) -> tuple[list[str], int]
 
 @dataclass(frozen=True)
 class RuntimeDumper:
-    """Dumps a containerd task with `ctr tasks checkpoint --image-path` (see the module docstring)."""
+    """Dumps a containerd task through containerd's task API (see the module docstring)."""
 
     dump_dir: Path = Path(DEFAULT_DUMP_DIR)
     proc_root: Path = Path("/proc")
@@ -340,15 +348,6 @@ class RuntimeDumper:
     # no post-copy from this node.
     page_server_host: str | None = None
 
-    def _ctr(self, timeout: float, *args: str) -> subprocess.CompletedProcess[str]:
-        argv = [self.ctr, "--address", self.address, "-n", self.namespace, *args]
-        try:
-            return subprocess.run(argv, capture_output=True, text=True, timeout=max(1.0, timeout), check=False)
-        except FileNotFoundError:
-            raise DumpError(f"{self.ctr} is not installed: cannot checkpoint through containerd") from None
-        except subprocess.TimeoutExpired:
-            raise DumpError(f"ctr {' '.join(args[:2])} did not finish within {timeout:.0f}s") from None
-
     def task_pid(self, container_id: str) -> int | None:
         """The task's init process from its bundle's init.pid (containerd's shim writes it at the task's
         start): a file read where `ctr tasks ls` costs ~10 ms, inside the freeze. None when unknown."""
@@ -359,6 +358,32 @@ class RuntimeDumper:
         except (OSError, ValueError):
             return None
         return pid if pid > 0 else None
+
+    def _checkpoint_task(self, container_id: str, images: Path, timeout: float) -> None:
+        """containerd's Tasks.Checkpoint with an image path: the task's shim runs `runc checkpoint
+        --leave-running --image-path <images>` (a paused task stays paused). One gRPC call on containerd's socket
+        where `ctr tasks checkpoint` would start a process and make three more calls first (see
+        src/proto/lpm/api/containerd/v1/tasks.proto), inside the frozen time."""
+        options = AnyProto(
+            type_url=RUNC_CHECKPOINT_OPTIONS,
+            value=tasks_pb2.RuncCheckpointOptions(image_path=str(images)).SerializeToString(),
+        )
+        request = tasks_pb2.CheckpointTaskRequest(container_id=container_id, options=options)
+        try:
+            with grpc.insecure_channel(f"unix:{self.address}") as channel:
+                tasks_pb2_grpc.TasksStub(channel).Checkpoint(
+                    request, timeout=max(1.0, timeout), metadata=(("containerd-namespace", self.namespace),)
+                )
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+            details = (exc.details() if hasattr(exc, "details") else "") or str(exc)
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise DumpError(f"containerd did not checkpoint task {container_id} within {timeout:.0f}s") from None
+            if "criu failed" in details.lower():
+                raise DumpCriuFailed(details) from None
+            raise DumpError(
+                f"containerd could not checkpoint task {container_id} ({code.name} from {self.address}): {details}"
+            ) from None
 
     def usable(self) -> str:
         """Empty when the dump directory can be used; otherwise why not."""
@@ -398,7 +423,7 @@ class RuntimeDumper:
         base = self._scratch().pick(0 if lazy else resident, f"the dump of {label}")
         images = Path(tempfile.mkdtemp(prefix=f".{label}-images-", dir=base))
         pending: LazyDump | None = None
-        files_done = files_took = ctr_started = 0.0
+        files_done = files_took = runtime_started = 0.0
 
         def read_files() -> tuple[list[str], int, dict[str, str]]:
             # The task is frozen, so its file-system changes and emptyDir contents are final.
@@ -418,8 +443,8 @@ class RuntimeDumper:
             return deleted, entries, volumes
 
         try:
-            argv = ("tasks", "checkpoint", "--image-path", str(images), container_id)
             if lazy:
+                argv = ("tasks", "checkpoint", "--image-path", str(images), container_id)
                 # First, alone: a change the agent cannot read fails here, before a page server holds the task
                 # for a stream that could never be resumed (the caller then dumps through the kubelet).
                 deleted, entries, volumes = read_files()
@@ -437,10 +462,10 @@ class RuntimeDumper:
                 # Beside CRIU (~10 ms of the freeze for a few dozen changes): the agent reads the upper
                 # directory while the runtime dumps the memory. If reading fails, the caller dumps through the
                 # kubelet; this CRIU run, which leaves the task frozen, is then only wasted time.
-                ctr_started = time.monotonic()
+                runtime_started = time.monotonic()
                 with ThreadPoolExecutor(1, thread_name_prefix="dump-files") as pool:
                     changes = pool.submit(read_files)
-                    _check_dumped(self._ctr(timeout, *argv))
+                    self._checkpoint_task(container_id, images, timeout)
                     deleted, entries, volumes = changes.result()
             dumped = time.monotonic()
             self._describe(container_id, work)
@@ -460,7 +485,7 @@ class RuntimeDumper:
                 time.monotonic() - started,
                 len(volumes),
                 files_took,
-                dumped - (files_done if lazy else ctr_started),
+                dumped - (files_done if lazy else runtime_started),
                 "" if lazy else " beside them",
                 entries,
                 len(deleted),
