@@ -290,9 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
         "LPM_DUMP_DIR",
         default="/var/lib/lpm/dump",
         help="Live engine, containerd only: the node directory containerd writes CRIU's images into when this "
-        "agent dumps a source itself (ctr tasks checkpoint) instead of through the kubelet, mounted at the same "
-        "path as on the node; the containers' overlay upper directories must be readable at their node paths "
-        "too. Empty: always dump through the kubelet.",
+        "agent dumps a source itself (containerd's Tasks.Checkpoint) instead of through the kubelet, mounted at "
+        "the same path as on the node; the containers' overlay upper directories must be readable at their node "
+        "paths too. Empty: always dump through the kubelet.",
     )
     add_flag(
         why,
