@@ -304,7 +304,9 @@ class PodMigrationStatus:
     completion_time: str | None = spec_field("When it reached Completed or Failed.", format="date-time")
     phase_started_at: str | None = spec_field("When the current phase began.", format="date-time")
     phase_durations_seconds: dict[str, float] = spec_field(
-        "Seconds spent in each finished phase.", default_factory=dict
+        "Seconds spent in each finished phase. Pending counts from metadata.creationTimestamp, which the API "
+        "server keeps to the second: it reads up to 1 s long.",
+        default_factory=dict,
     )
     frozen_at: str | None = spec_field("When the source was frozen.", format="date-time")
     eligibility: list[str] = spec_field(
