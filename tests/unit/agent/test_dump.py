@@ -1,4 +1,5 @@
-"""The runtime dump's file-system half: where a container's overlay is, and its changes as lpm-runc applies them."""
+"""The runtime dump: where a container's overlay is, its changes as lpm-runc applies them, the archive, and the
+call to containerd's task API (a stand-in here; the real one in tests/integration/agent/test_containerd.py)."""
 
 from __future__ import annotations
 
