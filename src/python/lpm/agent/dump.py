@@ -63,7 +63,8 @@ from lpm.api.containerd.v1 import tasks_pb2, tasks_pb2_grpc
 log = logging.getLogger(__name__)
 
 DEFAULT_DUMP_DIR: Final = "/var/lib/lpm/dump"
-# The type URL of the runc shim's checkpoint options (containerd.runc.v1.CheckpointOptions), as ctr sends it.
+# The type URL of the runc shim's checkpoint options: the message's full name, which containerd resolves (checked
+# against the real one in tests/integration/agent/test_containerd.py).
 RUNC_CHECKPOINT_OPTIONS: Final = "containerd.runc.v1.CheckpointOptions"
 _OPAQUE_XATTRS: Final = ("trusted.overlay.opaque", "user.overlay.opaque")
 _CHUNK: Final = 1 << 20
@@ -423,11 +424,11 @@ class RuntimeDumper:
         base = self._scratch().pick(0 if lazy else resident, f"the dump of {label}")
         images = Path(tempfile.mkdtemp(prefix=f".{label}-images-", dir=base))
         pending: LazyDump | None = None
-        files_done = files_took = runtime_started = 0.0
+        files_took = 0.0
 
         def read_files() -> tuple[list[str], int, dict[str, str]]:
             # The task is frozen, so its file-system changes and emptyDir contents are final.
-            nonlocal files_done, files_took
+            nonlocal files_took
             begun = time.monotonic()
             try:
                 deleted, entries = write_rootfs_diff(overlay, work / "rootfs-diff.tar")
@@ -439,7 +440,7 @@ class RuntimeDumper:
             except OSError as exc:
                 raise DumpError(f"cannot read the container's emptyDir volumes: {exc}") from None
             (work / "volumes.json").write_text(json.dumps(volumes))
-            files_done, files_took = time.monotonic(), time.monotonic() - begun
+            files_took = time.monotonic() - begun
             return deleted, entries, volumes
 
         try:
@@ -448,6 +449,7 @@ class RuntimeDumper:
                 # First, alone: a change the agent cannot read fails here, before a page server holds the task
                 # for a stream that could never be resumed (the caller then dumps through the kubelet).
                 deleted, entries, volumes = read_files()
+                runtime_started = time.monotonic()
                 # Once per checkpoint: a page stream cannot be resumed by a second dump (the claim stays once
                 # the page server went live, and goes if the dump failed before).
                 self.claim_lazy(label)
@@ -485,7 +487,7 @@ class RuntimeDumper:
                 time.monotonic() - started,
                 len(volumes),
                 files_took,
-                dumped - (files_done if lazy else runtime_started),
+                dumped - runtime_started,
                 "" if lazy else " beside them",
                 entries,
                 len(deleted),
