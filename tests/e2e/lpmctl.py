@@ -56,7 +56,9 @@ def lpm(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(KUBECTL_LPM), "-n", NAMESPACE, *args], env=ENV, capture_output=True, text=True)
 
 
-def wait_for(what: str, probe: Any, timeout: float = 120, interval: float = 0.5) -> Any:
+def wait_for(what: str, probe: Any, timeout: float = 120, interval: float = 0.5, explain: Any = None) -> Any:
+    """`probe()` once it is truthy; an AssertionError after `timeout`, with what `explain()` says (the state
+    that would tell why) when given."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -64,7 +66,8 @@ def wait_for(what: str, probe: Any, timeout: float = 120, interval: float = 0.5)
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+    why = f"\n{explain()}" if explain else ""
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r}){why}")
 
 
 def counter_pod(

@@ -72,8 +72,41 @@ def start(name: str, tag: str) -> Setup:
     client = f"{name}-client"
     loop = _container("loop", tag, ["sh", "-c", OUTSIDE_LOOP], env=[{"name": "REDIS", "value": ip}])
     k.apply(k.bare_pod(client, k.NODE_2, [loop]))
-    k.wait_for("both clients counting", lambda: len(ints(name, "inpod")) > 20 and len(acked(client)) > 20)
+    k.wait_for(
+        "both clients counting",
+        lambda: len(ints(name, "inpod")) > 20 and len(acked(client)) > 20,
+        explain=lambda: _why_not_counting(name, client, ip),
+    )
     return Setup(name, client, ip)
+
+
+def _why_not_counting(server: str, client: str, ip: str) -> str:
+    """What the two clients printed and where their pods are: the setup timed out twice in full-suite runs."""
+    pods = k.kubectl("-n", k.NAMESPACE, "get", "pods", "-o", "wide", check=False).stdout
+    slices = k.kubectl("-n", k.NAMESPACE, "get", "endpointslices", "-o", "wide", check=False).stdout
+    events = k.kubectl("-n", k.NAMESPACE, "get", "events", "--sort-by=.lastTimestamp", check=False).stdout
+    client_log = k.kubectl("-n", k.NAMESPACE, "logs", client, "--tail=5", check=False)
+    probe = (
+        f"iptables-save | grep -F -- '{ip}' ; ip -o addr show | grep -v ' inet6 ' ; "
+        f"ip route get {_pod_ip(server)} ; "
+        f"timeout 3 bash -c 'echo > /dev/tcp/{_pod_ip(server)}/6379' && echo reached {server} directly"
+    )
+    try:
+        node_view = k.cluster("exec", k.NODE_2, "--", "sh", "-c", probe + " 2>&1")
+    except Exception as exc:  # the diagnosis must not hide the failure it explains
+        node_view = f"cannot look: {exc}"
+    direct = k.kubectl("-n", k.NAMESPACE, "exec", client, "--", "redis-cli", "-h", _pod_ip(server), "PING", check=False)
+    return (
+        f"the outside client's PING to the server's pod IP (no Service): {direct.stdout.strip()}{direct.stderr}\n"
+        f"in-pod values: {len(ints(server, 'inpod'))}, outside acks: {len(acked(client))} (Service {ip})\n"
+        f"outside client's last lines: {client_log.stdout[-800:]}{client_log.stderr[-400:]}\n"
+        f"{k.NODE_2}'s view (the Service's rules, its addresses, the route to the server):\n{node_view}\n"
+        f"pods:\n{pods}\nendpoint slices:\n{slices}\nevents (last 30):\n" + "\n".join(events.splitlines()[-30:])
+    )
+
+
+def _pod_ip(pod: str) -> str:
+    return str(k.kubectl_json("-n", k.NAMESPACE, "get", "pod", pod).get("status", {}).get("podIP", ""))
 
 
 def stop(setup: Setup, *pods: str) -> None:

@@ -321,3 +321,90 @@ def test_the_runtime_dump_takes_a_paused_tasks_images_and_overlay_changes_and_le
         subprocess.run([*base, "tasks", "rm", "-f", "dump"], capture_output=True, check=False)
         subprocess.run([*base, "containers", "rm", "dump"], capture_output=True, check=False)
         subprocess.run(["umount", "-l", str(merged)], check=False)
+
+
+class _NoKubelet:
+    """The target's answer about a restore never asks its kubelet."""
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_target_agent_says_started_only_for_a_restored_container_whose_task_containerd_runs(
+    tmp_path: Path, containerd
+) -> None:
+    """GetRestoreState's `started` (what lets a Live migration commit before the kubelet's next relist), over
+    the agent's real gRPC server, from lpm-runc's hand-off files and the real containerd's task state: RUNNING
+    counts; a paused or stopped task, one containerd does not know, or a container not restored does not."""
+    import grpc
+    from google.protobuf.duration_pb2 import Duration
+
+    from lpm.agent import config
+    from lpm.agent import freezer as fz
+    from lpm.agent.deps import Deps
+    from lpm.agent.dump import RuntimeDumper
+    from lpm.agent.handoff import Handoff
+    from lpm.agent.server import AgentServer
+    from lpm.api.agent.v1 import agent_pb2, agent_pb2_grpc
+
+    ctr, sock = containerd
+    run_counter(ctr, sock, tmp_path, "restored")
+    ckpt = "20260101t000000z-abcdef12"
+    root = tmp_path / "handoff"
+    for name, task_id, restored in (("app", "restored", True), ("side", "restored", False), ("gone", "nope", True)):
+        d = root / ckpt / name
+        d.mkdir(parents=True)
+        (d / "waiting").write_text(json.dumps({"container_id": task_id, "since": "2026-01-01T00:00:00Z", "pid": 1}))
+        if restored:
+            (d / "restored").write_text(json.dumps({"container_id": task_id, "time": "2026-01-01T00:00:01Z"}))
+    dumper = RuntimeDumper(tmp_path / "dumps", address=str(sock), ctr=str(ctr))
+    assert dumper.task_running("restored") is True
+    assert dumper.task_running("nope") is False, "a task containerd does not know"
+    assert RuntimeDumper(tmp_path / "d2", address=str(tmp_path / "no.sock")).task_running("restored") is None
+
+    (tmp_path / "repo").mkdir()
+    cfg = config.parse(
+        ["--listen", "127.0.0.1:0", "--node-name", "n", "--storage", str(tmp_path / "repo"), "--insecure"]
+    )
+    deps = Deps(
+        node_name="n",
+        store=CheckpointStore(PosixBackend(tmp_path / "repo"), "n"),
+        kubelet=_NoKubelet(),  # type: ignore[arg-type]
+        freezer=fz.Freezer(lambda uid, name: Path("/nonexistent"), tmp_path / "state"),
+        images=ImageLoader(runtime="podman"),
+        handoff=Handoff(root),
+        dumper=dumper,
+    )
+    server = AgentServer(cfg, deps)
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = agent_pb2_grpc.CheckpointServiceStub(channel)
+    ctl = [str(ctr), "--address", str(sock), "-n", "k8s.io", "tasks"]
+
+    def started(*names: str, wait: float = 0.0) -> dict[str, bool]:
+        request = agent_pb2.RestoreStateRequest(
+            checkpoint_id=ckpt,
+            container_names=list(names),
+            wait=Duration(nanos=int(wait * 1e9)) if wait < 1 else Duration(seconds=int(wait)),
+            wait_for_start=wait > 0,
+        )
+        return {c.container_name: c.started for c in stub.GetRestoreState(request, timeout=10).containers}
+
+    try:
+        assert started("app", "side", "gone") == {"app": True, "side": False, "gone": False}
+        subprocess.run([*ctl, "pause", "restored"], check=True, capture_output=True)
+        t0 = time.monotonic()
+        assert started("app", wait=1) == {"app": False}, "a paused task is not running"
+        assert time.monotonic() - t0 >= 0.9, "it waited for a start that did not come"
+        subprocess.run([*ctl, "resume", "restored"], check=True, capture_output=True)
+        t0 = time.monotonic()
+        assert started("app", wait=3) == {"app": True}
+        assert time.monotonic() - t0 < 1, "it answered once the task ran"
+        subprocess.run([*ctl, "kill", "-s", "KILL", "restored"], check=True, capture_output=True)
+        deadline = time.monotonic() + 10
+        while started("app")["app"]:
+            assert time.monotonic() < deadline, "a killed task still counted as started"
+            time.sleep(0.05)
+    finally:
+        channel.close()
+        server.stop(grace=0)
