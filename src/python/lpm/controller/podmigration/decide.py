@@ -14,8 +14,10 @@ does not create the replacement: Validating proves the admission webhook answers
 then Preparing releases the source from its owner, and the owner's new pod becomes the replacement (the webhook).
 A rollback gives the source back to its owner before it deletes the replacement.
 
-The commit point is entering Cleaning: the restored pod was observed running (live engine: every container
-restored by lpm-runc). Before it any failure rolls back; after it nothing does. With post-copy
+The commit point is entering Cleaning: the restored pod was observed running. On the live engine that is every
+container restored by lpm-runc and started, by the kubelet's report or, up to a second sooner, by the target
+agent's (containerd runs each task: the kubelet's StartContainer went through; not taken for a pod with postStart
+hooks, which only the kubelet's report covers). Before it any failure rolls back; after it nothing does. With post-copy
 (status.postCopyAboveBytes) the replacement runs before its memory has arrived, so Cleaning waits until the
 target's agent reports every page in (lpm-runc's record); a page stream it reports BROKEN rolls back (lpm-runc
 killed the replacement's process, and the source, dumped with leave-running, is whole and still frozen).
@@ -36,8 +38,9 @@ checkpoint stays with the PodMigration.
 
 Safety rules the property tests check, and how this module keeps them:
 - at most one restored pod: its name is a function of the migration UID, created with AlreadyExists = success;
-- the source is deleted only in Cleaning, which is entered only once the restored pod is observed Running (a pod
-  that keeps its name: in Restoring, once every container's checkpoint is staged on the target);
+- the source is deleted only in Cleaning, which is entered only once the restored pod is observed running (the
+  kubelet's report, or the target agent's that containerd runs every restored container; a pod that keeps its
+  name: in Restoring, once every container's checkpoint is staged on the target);
 - rollback deletes the restored pod and waits until it is *gone* before thawing the source, so two unfrozen
   copies never run at once; on the live engine it first aborts the restore on the target (final: a container
   waiting in lpm-runc fails, none is restored from that checkpoint later);
@@ -939,9 +942,7 @@ def _started_by(plan: MigrationPlan) -> str:
     """Who said the replacement runs, for the Cleaning message: a status never claims what was not checked."""
     if _replacement_runs(plan):
         return "the kubelet reports every container running"
-    return (
-        "lpm-runc restored every container and containerd runs each task (the kubelet reports it at its next " "relist)"
-    )
+    return "lpm-runc restored every container and containerd runs each task, ahead of the kubelet's next relist"
 
 
 def _restore_done(plan: MigrationPlan) -> bool | None:
