@@ -67,15 +67,7 @@ def _events(sink: str) -> list[dict]:
 
 
 def _pod_ip(pod: str) -> str:
-    """The pod's IP once the kubelet reported it: a Live migration completes on the target runtime's word that the
-    replacement runs, and the kubelet posts its status (the IP with it) at its next relist, up to a second later."""
-    ip = k.wait_for(
-        f"pod {pod}'s IP",
-        lambda: k.kubectl_json("-n", k.NAMESPACE, "get", "pod", pod).get("status", {}).get("podIP"),
-        timeout=30,
-        interval=0.2,
-    )
-    return str(ip)
+    return str(k.kubectl_json("-n", k.NAMESPACE, "get", "pod", pod)["status"]["podIP"])
 
 
 @pytest.mark.parametrize("engine", ["Live", "Image"])

@@ -52,8 +52,8 @@ def _args(tick: float, verify_every: int) -> tuple[str, ...]:
 
 class ReportedRunning:
     """When the kubelet first reports the migration's replacement Running (a `kubectl get -w` of the pods labelled
-    with the migration, each line stamped as it arrives): a Live migration may complete on the target agent's word
-    before that, and the commit used to wait for it."""
+    with the migration, each line stamped as it arrives): the commit waits for that report, which comes at the
+    kubelet's next PLEG relist (every second) after the restore, and so does a Service's endpoint."""
 
     def __init__(self, mig: str) -> None:
         self.at: float | None = None
@@ -90,8 +90,8 @@ def lpm_run(i: int, ballast: int, engine: str, tick: float, verify_every: int) -
     res = k.lpm("migrate", pod, "--to", k.NODE_2, "--name", mig, *METHODS[engine], "--wait", "--timeout", "600")
     total = time.monotonic() - t0
     running_at = reported.wait()
-    # From the start to the kubelet's report of the replacement Running: the earliest a commit that waits for the
-    # kubelet could have happened (it then still deletes the source and completes).
+    # From the start to the kubelet's report of the replacement Running: then the commit deletes the source and
+    # the migration completes.
     kubelet_s = running_at - t0 if running_at is not None else float("nan")
     if res.returncode != 0:
         raise SystemExit(f"migration {mig} failed: {res.stdout}{res.stderr}")

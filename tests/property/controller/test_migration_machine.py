@@ -44,7 +44,6 @@ class MigrationMachine(RuleBasedStateMachine):
         keep_name=st.booleans(),
         post_copy=st.booleans(),
         hand_off=st.booleans(),
-        post_start=st.booleans(),
     )
     def setup(
         self,
@@ -59,13 +58,10 @@ class MigrationMachine(RuleBasedStateMachine):
         keep_name=False,
         post_copy=False,
         hand_off=False,
-        post_start=False,
     ):
         if owned and owned_usual:  # half the owned runs as a user would start them: live, Freeze, Delete
             policy, cleanup, live = "Freeze", "Delete", True
-        self.world = World(
-            containers, policy, cleanup, timeout, live, owned, stateful, keep_name, post_copy, hand_off, post_start
-        )
+        self.world = World(containers, policy, cleanup, timeout, live, owned, stateful, keep_name, post_copy, hand_off)
         kind = ("StatefulSet" if self.world.stateful else "ReplicaSet") if owned else "bare"
         event(f"engine {'Live' if live else 'Image'}, {kind}{', keepName' if keep_name and not owned else ''}")
         if post_copy and live:
@@ -85,17 +81,15 @@ class MigrationMachine(RuleBasedStateMachine):
         self.world.reconcile_checkpoints(crash_after)
 
     # Two plain "everything reconciles" rules make progress likelier than any single fault.
-    @rule(runtime_first=st.booleans())
-    def reconcile_everything(self, runtime_first=False):
+    @rule()
+    def reconcile_everything(self):
         self.world.reconcile_checkpoints()
-        if runtime_first:  # the replacement restored and started before the migration's cycle, not yet reported
-            self.world.runtime_starts()
         self.world.reconcile_migration()
         self.idle_advances = 0
 
-    @rule(runtime_first=st.booleans())
-    def reconcile_everything_and_kubelet(self, runtime_first):
-        self.reconcile_everything(runtime_first)
+    @rule()
+    def reconcile_everything_and_kubelet(self):
+        self.reconcile_everything()
         self.world.kubelet()
 
     @rule(node=st.sampled_from([SOURCE, TARGET]), down=st.booleans())
@@ -126,11 +120,6 @@ class MigrationMachine(RuleBasedStateMachine):
     @rule(fault=st.sampled_from(["reject", "lost"]))
     def api_fault(self, fault):
         self.world.api_faults.append(fault)
-
-    @rule()
-    def runtime_starts_the_replacement(self):
-        """lpm-runc's restore and the kubelet's StartContainer, before the kubelet's next relist reports it."""
-        self.world.runtime_starts()
 
     @rule(crashes=st.booleans())
     def kubelet(self, crashes):
@@ -176,11 +165,8 @@ class MigrationMachine(RuleBasedStateMachine):
         running_copy = [
             p
             for p in w.restored_pods()
-            if (
-                p["status"]["phase"] == "Running"
-                and all("waiting" not in cs["state"] for cs in p["status"].get("containerStatuses") or [])
-            )
-            or w.runtime_runs(p)
+            if p["status"]["phase"] == "Running"
+            and all("waiting" not in cs["state"] for cs in p["status"].get("containerStatuses") or [])
         ]
         if source is not None and running_copy:
             assert w.source_uid in w.frozen, "source unfrozen while the restored pod runs"
@@ -262,7 +248,6 @@ class MigrationMachine(RuleBasedStateMachine):
                 break
             w.page_streams_end(broken=False)
             w.reconcile_checkpoints()
-            w.runtime_starts()  # before the kubelet's report: the controller may act on the agent's word
             w.reconcile_migration()
             w.owner_sync()
             w.kubelet()
@@ -274,8 +259,6 @@ class MigrationMachine(RuleBasedStateMachine):
         event(f"ended {w.migration.status.phase.value} ({w.migration.status.reason}), engine {engine}, {kind}")
         if any(cond.type == "DurableCopy" for cond in w.migration.status.conditions):
             event(f"went on without its durable copy, ended {w.migration.status.phase.value}")
-        if w.committed_before_the_kubelet:
-            event("committed on the target agent's word, before the kubelet reported the replacement")
         if w.migration.status.post_copy_above_bytes:
             event(f"post-copy asked for, ended {w.migration.status.phase.value} ({w.migration.status.reason})")
         assert w.migration.status.phase.terminal, f"stuck in {w.migration.status.phase}: {w.migration.status}"

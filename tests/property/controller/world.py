@@ -67,9 +67,6 @@ class AgentSim:
         # Live engine (target): the node's hand-off with lpm-runc.
         self.staged: set[tuple[str, str]] = set()  # (checkpoint ID, container)
         self.aborted: set[str] = set()  # checkpoint IDs: final, nothing restores from them
-        # (checkpoint ID, container) lpm-runc restored and containerd runs (the kubelet's StartContainer went
-        # through); the kubelet reports it at its next relist (`World.kubelet`), maybe later than that.
-        self.started: set[tuple[str, str]] = set()
         # Source: the next Live checkpoint's push reaches the target, then its durable copy fails (a full store).
         self.store_fails_next = False
         # Post-copy. Source: the (checkpoint, container) lazy dumps started (a second one is refused). Target:
@@ -91,7 +88,6 @@ class World:
         keep_name: bool = False,
         post_copy: bool = False,
         hand_off: bool = False,
-        post_start: bool = False,
     ) -> None:
         self.live = live  # the target has lpm-runc: Auto picks the live engine
         # The source's agent lets a checkpoint wait for the freeze: Freezing creates the PodCheckpoint first.
@@ -111,7 +107,6 @@ class World:
         self.frozen: dict[str, datetime] = {}  # pod uid -> agent's auto-thaw deadline
         self.api_faults: list[str] = []  # "reject" | "lost", consumed by writes
         self.kubelet_crashes = False
-        self.committed_before_the_kubelet = False  # the source went on the target agent's word alone
         self.history: list[str] = []
         self.violations: list[str] = []
         self.restored_names_created: set[str] = set()
@@ -120,12 +115,7 @@ class World:
             self._put(
                 ("nodes", None, node), {"metadata": {"name": node}, "spec": {}, "status": self._node_status(True)}
             )
-        self.template_spec: dict[str, Any] = {"containers": [{"name": n, "image": f"img/{n}"} for n in containers]}
-        # The pod's first container has a postStart hook: the kubelet runs it after the start and kills the
-        # container if it fails, so only the kubelet's report of the replacement may lead to the commit.
-        self.post_start = post_start
-        if post_start:
-            self.template_spec["containers"][0]["lifecycle"] = {"postStart": {"exec": {"command": ["true"]}}}
+        self.template_spec = {"containers": [{"name": n, "image": f"img/{n}"} for n in containers]}
         source_meta: dict[str, Any] = {"name": "web", "namespace": NS, "labels": {"app": "web"}}
         if owned:
             selector = {"app": "web"} if self.stateful else OWNER_SELECTOR
@@ -223,21 +213,16 @@ class World:
             if obj is None or (effect.uid and obj["metadata"]["uid"] != effect.uid):
                 return Outcome.success(reason="NotFound")
             restored = (obj["metadata"].get("annotations") or {}).get(c.ANNOTATION_MIGRATION_UID)
-            if restored and self.source() is None and (_all_running(obj) or self.runtime_runs(obj)):
+            if restored and self.source() is None and _all_running(obj):
                 self.violations.append(f"deleted {effect.name}, the only running copy (the source is gone)")
             if effect.plural == "pods" and obj["metadata"]["uid"] == self.source_uid:
                 ckpt = self.migration.status.checkpoint_id
                 unfinished = [k for k, v in self.agents[TARGET].pages.items() if k[0] == ckpt and v != "COMPLETE"]
                 if unfinished:
                     self.violations.append(f"source deleted before every page arrived: {unfinished}")
-                reported = [p for p in self.restored_pods() if p["status"]["phase"] == "Running"]
-                running = reported + [p for p in self.restored_pods() if self.runtime_runs(p)]
+                running = [p for p in self.restored_pods() if p["status"]["phase"] == "Running"]
                 if not running and not self._passes_name():
                     self.violations.append("source pod deleted before a restored pod was Running")
-                if running and not reported:
-                    self.committed_before_the_kubelet = True
-                if self.post_start and running and not reported and not self._passes_name():
-                    self.violations.append("source pod deleted before the kubelet reported a postStart pod Running")
                 self.frozen.pop(self.source_uid, None)
             del self.store[key]
             self.history.append(f"delete {effect.plural}/{effect.name}")
@@ -318,19 +303,10 @@ class World:
             containers = []
             for n in req.container_names:
                 pages = agent.pages.get((ckpt, n))
-                started = waits and (ckpt, n) in agent.started
                 if pages is not None and waits:  # post-copy: lpm-runc restored it at once
                     containers.append(
-                        {
-                            "container_name": n,
-                            "state": "RESTORE_STATE_RESTORED",
-                            "pages": f"PAGE_STREAM_{pages}",
-                            "started": started,
-                        }
+                        {"container_name": n, "state": "RESTORE_STATE_RESTORED", "pages": f"PAGE_STREAM_{pages}"}
                     )
-                    continue
-                if started:
-                    containers.append({"container_name": n, "state": "RESTORE_STATE_RESTORED", "started": True})
                     continue
                 staged = "RESTORE_STATE_STAGED" if (ckpt, n) in agent.staged else state
                 containers.append({"container_name": n, "state": staged})
@@ -462,30 +438,6 @@ class World:
             if state == "STREAMING":
                 target.pages[key] = "BROKEN" if broken else "COMPLETE"
 
-    def runtime_runs(self, pod: Mapping[str, Any]) -> bool:
-        """lpm-runc restored every container of this replacement and containerd runs it, reported or not."""
-        ckpt = (pod["metadata"].get("annotations") or {}).get(c.ANNOTATION_RESTORE_CHECKPOINT)
-        names = [ctr["name"] for ctr in pod["spec"]["containers"]]
-        started = self.agents[TARGET].started
-        return bool(ckpt) and not pod["metadata"].get("deletionTimestamp") and all((ckpt, n) in started for n in names)
-
-    def runtime_starts(self) -> None:
-        """lpm-runc restores a waiting replacement whose every container is staged, and the kubelet's
-        StartContainer goes through: containerd runs it, and the kubelet says so only at its next relist
-        (`kubelet`), which may come after the controller acted on the agent's word."""
-        target = self.agents[TARGET]
-        for pod in self.restored_pods():
-            ckpt = pod["metadata"]["annotations"].get(c.ANNOTATION_RESTORE_CHECKPOINT)
-            names = [ctr["name"] for ctr in pod["spec"]["containers"]]
-            if not ckpt or pod["status"]["phase"] != "Pending" or ckpt in target.aborted or self.kubelet_crashes:
-                continue
-            if not all((ckpt, n) in target.staged for n in names):
-                continue
-            if self.migration.spec.source_policy is SourcePolicy.FREEZE and self.source_uid not in self.frozen:
-                if self.source() is not None:
-                    self.violations.append("lpm-runc restored the replacement next to a thawed source")
-            target.started |= {(ckpt, n) for n in names}
-
     def kubelet(self) -> None:
         target = self.agents[TARGET]
         for pod in self.restored_pods():
@@ -509,7 +461,6 @@ class World:
                 elif all((ckpt, n) in target.staged for n in names) and not self.kubelet_crashes:
                     statuses = [{"name": n, "state": {"running": {}}} for n in names]
                     pod["status"] = {"phase": "Running", "containerStatuses": statuses}
-                    target.started |= {(ckpt, n) for n in names}
                 else:
                     continue
                 if self.migration.spec.source_policy is SourcePolicy.FREEZE and self.source_uid not in self.frozen:

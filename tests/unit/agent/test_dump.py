@@ -209,7 +209,6 @@ class StandInContainerd(tasks_pb2_grpc.TasksServicer):
     def __init__(self, socket: Path, fail: str = "") -> None:
         self.calls: list[tuple[tasks_pb2.CheckpointTaskRequest, tuple[tuple[str, str], ...]]] = []
         self.fail = fail
-        self.tasks: dict[str, tasks_pb2.TaskStatus.ValueType] = {}  # container ID -> its status, for Get
         self.server = grpc.server(ThreadPoolExecutor(2))
         tasks_pb2_grpc.add_TasksServicer_to_server(self, self.server)
         self.server.add_insecure_port(f"unix:{socket}")
@@ -225,14 +224,6 @@ class StandInContainerd(tasks_pb2_grpc.TasksServicer):
         options = tasks_pb2.RuncCheckpointOptions.FromString(request.options.value)
         (Path(options.image_path) / "inventory.img").write_text("inventory\n")
         return tasks_pb2.CheckpointTaskResponse()
-
-    def Get(self, request: tasks_pb2.GetRequest, context: grpc.ServicerContext) -> tasks_pb2.GetResponse:
-        if dict(context.invocation_metadata()).get("containerd-namespace") != "k8s.io":
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "namespace is required")
-        if request.container_id not in self.tasks:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"container {request.container_id}: not found")
-        status = self.tasks[request.container_id]
-        return tasks_pb2.GetResponse(process=tasks_pb2.Process(container_id=request.container_id, status=status))
 
 
 @pytest.fixture
@@ -309,20 +300,3 @@ def test_a_criu_failure_is_told_apart_from_a_runtime_that_cannot_be_reached(tmp_
         RuntimeDumper(tmp_path / "dumps", proc, address=str(tmp_path / "none.sock")).dump("abc", 42, "x", timeout=2)
     assert not isinstance(raised.value, DumpCriuFailed), "no CRIU verdict: the caller dumps through the kubelet"
     assert list((tmp_path / "dumps").iterdir()) == []
-
-
-def test_a_task_counts_as_running_only_when_containerd_says_running(tmp_path: Path, containerd) -> None:
-    dumper = RuntimeDumper(tmp_path / "dumps", address=str(tmp_path / "containerd.sock"))
-    containerd.tasks.update(
-        {
-            "run": tasks_pb2.TASK_STATUS_RUNNING,
-            "new": tasks_pb2.TASK_STATUS_CREATED,
-            "held": tasks_pb2.TASK_STATUS_PAUSED,
-        }
-    )
-    assert dumper.task_running("run") is True
-    assert dumper.task_running("new") is False, "restored in create, not started by the kubelet yet"
-    assert dumper.task_running("held") is False
-    assert dumper.task_running("unknown") is False
-    gone = RuntimeDumper(tmp_path / "dumps", address=str(tmp_path / "nothing.sock"))
-    assert gone.task_running("run", timeout=0.5) is None, "no answer is not a 'no'"

@@ -360,21 +360,6 @@ class RuntimeDumper:
             return None
         return pid if pid > 0 else None
 
-    def task_running(self, container_id: str, timeout: float = 2.0) -> bool | None:
-        """containerd reports the task RUNNING: its `start` returned (the shim's state, not the process's: a task
-        lpm-runc restored in `create` stays CREATED until the kubelet's StartContainer went through). False for
-        any other state or a task containerd does not know; None when containerd does not answer."""
-        request = tasks_pb2.GetRequest(container_id=container_id)
-        try:
-            with grpc.insecure_channel(f"unix:{self.address}") as channel:
-                got = tasks_pb2_grpc.TasksStub(channel).Get(
-                    request, timeout=timeout, metadata=(("containerd-namespace", self.namespace),)
-                )
-        except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-            return False if code == grpc.StatusCode.NOT_FOUND else None
-        return got.process.status == tasks_pb2.TASK_STATUS_RUNNING
-
     def _checkpoint_task(self, container_id: str, images: Path, timeout: float) -> None:
         """containerd's Tasks.Checkpoint with an image path: the task's shim runs `runc checkpoint
         --leave-running --image-path <images>` (a paused task stays paused). One gRPC call on containerd's socket

@@ -706,21 +706,12 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             handoff = self._handoff()
             names = [require_label("container name", n) for n in request.container_names]
             until = time.monotonic() + min(5.0, request.wait.ToNanoseconds() / 1e9)
-            started: set[str] = set()  # a started task stays started for this answer
-            runtime_answers = self.d.dumper is not None
             while True:
                 aborted = handoff.aborted(request.checkpoint_id) or ""
                 states = handoff.states(request.checkpoint_id, names)
-                if runtime_answers:
-                    runtime_answers = self._started(states, started)
-                if request.wait_for_start:
-                    done = all(s.container_name in started for s in states)
-                else:
-                    done = all(s.state is not ho.State.ABSENT for s in states)
-                if aborted or time.monotonic() >= until or done:
+                if aborted or time.monotonic() >= until or all(s.state is not ho.State.ABSENT for s in states):
                     break
-                # Waiting for a start: the replacement's commit waits on this answer; lpm-runc polls every 2 ms.
-                time.sleep(0.005 if request.wait_for_start else 0.02)
+                time.sleep(0.02)
             out = agent_pb2.RestoreStateResponse(aborted=aborted)
             for st in states:
                 out.containers.add(
@@ -730,27 +721,10 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                     waiting_since=st.waiting_since,
                     pages=agent_pb2.PageStream.Value(f"PAGE_STREAM_{st.pages}"),
                     pages_message=st.pages_message,
-                    started=st.container_name in started,
                 )
             return out
 
         return self._call(context, "GetRestoreState", body)
-
-    def _started(self, states: list[ho.ContainerState], started: set[str]) -> bool:
-        """Adds to `started` the RESTORED containers among `states` whose task containerd reports running (see
-        task_running). False when containerd does not answer (logged): the controller then waits for the
-        kubelet's word instead, and this answer asks no more."""
-        assert self.d.dumper is not None
-        for st in states:
-            if st.container_name in started or st.state is not ho.State.RESTORED or not st.container_id:
-                continue
-            running = self.d.dumper.task_running(st.container_id)
-            if running is None:
-                log.warning("containerd at %s does not answer about task %s", self.d.dumper.address, st.container_id)
-                return False
-            if running:
-                started.add(st.container_name)
-        return True
 
     def StageRestore(
         self, request: agent_pb2.StageRestoreRequest, context: grpc.ServicerContext

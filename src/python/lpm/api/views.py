@@ -41,17 +41,6 @@ class PodView:
     def running(self) -> bool:
         return self.phase == "Running" and not self.deleting
 
-    @property
-    def post_start_hooks(self) -> tuple[str, ...]:
-        """Containers with a postStart hook: the kubelet runs it after the container started, and kills the
-        container if it fails."""
-        spec = self.raw.get("spec") or {}
-        return tuple(
-            str(ctr.get("name"))
-            for ctr in spec.get("containers") or []
-            if (ctr.get("lifecycle") or {}).get("postStart")
-        )
-
     @classmethod
     def from_api(cls, pod: Mapping[str, Any]) -> PodView:
         meta = pod.get("metadata") or {}

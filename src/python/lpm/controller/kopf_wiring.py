@@ -31,7 +31,7 @@ from lpm.controller.podcheckpoint.handlers import PODCHECKPOINTS
 from lpm.controller.podmigration import handlers as podmigration
 from lpm.controller.podmigration.handlers import PODMIGRATIONS
 from lpm.controller.reconciler import Reconciler
-from lpm.controller.restored_pods import ReplacementStartWaiter, RestoredPodWatcher
+from lpm.controller.restored_pods import RestoredPodWatcher
 from lpm.controller.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -220,13 +220,6 @@ def run(
     )
     watcher_stop = threading.Event()
     RestoredPodWatcher(rt, namespace, watcher_stop).start()
-    waiter = ReplacementStartWaiter(rt, watcher_stop)
-
-    def offer(**kw: Any) -> None:
-        if kw["type"] != "DELETED":
-            waiter.offer(kw["body"])
-
-    kopf.on.event(c.GROUP, c.VERSION, c.PLURAL_POD_MIGRATIONS, registry=registry, id="start-waiter")(offer)
     interval, grace = orphan_sweep
     if interval > 0 and namespace is None:  # in one namespace, other namespaces' objects would look gone
         OrphanSweeper(rt, interval, grace, watcher_stop).start()

@@ -14,10 +14,8 @@ does not create the replacement: Validating proves the admission webhook answers
 then Preparing releases the source from its owner, and the owner's new pod becomes the replacement (the webhook).
 A rollback gives the source back to its owner before it deletes the replacement.
 
-The commit point is entering Cleaning: the restored pod was observed running. On the live engine that is every
-container restored by lpm-runc and started, by the kubelet's report or, up to a second sooner, by the target
-agent's (containerd runs each task: the kubelet's StartContainer went through; not taken for a pod with postStart
-hooks, which only the kubelet's report covers). Before it any failure rolls back; after it nothing does. With post-copy
+The commit point is entering Cleaning: the restored pod was observed running (live engine: every container
+restored by lpm-runc). Before it any failure rolls back; after it nothing does. With post-copy
 (status.postCopyAboveBytes) the replacement runs before its memory has arrived, so Cleaning waits until the
 target's agent reports every page in (lpm-runc's record); a page stream it reports BROKEN rolls back (lpm-runc
 killed the replacement's process, and the source, dumped with leave-running, is whole and still frozen).
@@ -38,9 +36,8 @@ checkpoint stays with the PodMigration.
 
 Safety rules the property tests check, and how this module keeps them:
 - at most one restored pod: its name is a function of the migration UID, created with AlreadyExists = success;
-- the source is deleted only in Cleaning, which is entered only once the restored pod is observed running (the
-  kubelet's report, or the target agent's that containerd runs every restored container; a pod that keeps its
-  name: in Restoring, once every container's checkpoint is staged on the target);
+- the source is deleted only in Cleaning, which is entered only once the restored pod is observed Running (a pod
+  that keeps its name: in Restoring, once every container's checkpoint is staged on the target);
 - rollback deletes the restored pod and waits until it is *gone* before thawing the source, so two unfrozen
   copies never run at once; on the live engine it first aborts the restore on the target (final: a container
   waiting in lpm-runc fails, none is restored from that checkpoint later);
@@ -895,8 +892,7 @@ def _owned(metadata: Mapping[str, Any], uid: str) -> bool:
 
 
 def _replacement_runs(plan: MigrationPlan) -> bool:
-    """The kubelet reports every container of our replacement pod running (live engine: each restored by
-    lpm-runc)."""
+    """Every container of our replacement pod runs (live engine: each was restored by lpm-runc)."""
     rp = plan.obs.restored_pod
     return (
         plan.restored_is_ours()
@@ -907,49 +903,11 @@ def _replacement_runs(plan: MigrationPlan) -> bool:
     )
 
 
-def _replacement_started(plan: MigrationPlan) -> bool | None:
-    """Live engine: every container of our replacement runs, by the kubelet's word or, sooner, its runtime's.
-
-    The kubelet reports a started container at its next relist (PLEG, every second): up to a second after the
-    restore. The target's agent can tell at once that lpm-runc restored each container and that containerd runs
-    its task, which it does only once the kubelet's StartContainer went through (a task restored in `create` is
-    CREATED until then). That word is taken only for a pod without postStart hooks: the kubelet runs those after
-    the start and kills the container when one fails, which only its own report covers. None while asking."""
-    if _replacement_runs(plan):
-        return True
-    rp, st = plan.obs.restored_pod, plan.status
-    if (
-        not plan.restored_is_ours()
-        or rp is None
-        or rp.deleting
-        or rp.problem
-        or rp.phase not in ("Pending", "Running")
-        or rp.post_start_hooks
-        or not st.checkpoint_id
-    ):
-        return False
-    request = pb.RestoreStateRequest(checkpoint_id=st.checkpoint_id, container_names=list(rp.containers))
-    out = plan.outcome(GetRestoreState(plan.m.spec.target_node, request))
-    if out is None:
-        return None
-    if not out.ok or out.value.get("aborted"):
-        return False  # the kubelet's word still counts; a rollback is decided from what it reports
-    states = {str(x.get("container_name")): x for x in out.value.get("containers") or []}
-    return all(bool(states.get(n, {}).get("started")) for n in rp.containers)
-
-
-def _started_by(plan: MigrationPlan) -> str:
-    """Who said the replacement runs, for the Cleaning message: a status never claims what was not checked."""
-    if _replacement_runs(plan):
-        return "the kubelet reports every container running"
-    return "lpm-runc restored every container and containerd runs each task, ahead of the kubelet's next relist"
-
-
-def _restore_done(plan: MigrationPlan) -> bool | None:
-    """The restored pod is up: on the Live engine every container restored by lpm-runc and started (None while
-    asking the target's agent), on the Image engine the pod Running without a problem."""
+def _restore_done(plan: MigrationPlan) -> bool:
+    """The restored pod is up: on the Live engine every container restored by lpm-runc, on the Image engine the
+    pod Running without a problem."""
     if plan.status.engine is Engine.LIVE:
-        return _replacement_started(plan)
+        return _replacement_runs(plan)
     rp = plan.obs.restored_pod
     return plan.restored_is_ours() and rp is not None and rp.running and not rp.problem
 
@@ -1000,10 +958,7 @@ def _checkpointing(plan: MigrationPlan) -> None:
     pc = plan.obs.pod_checkpoint
     st = plan.status
     if st.engine is Engine.LIVE and st.post_copy_above_bytes:
-        runs = _replacement_started(plan)
-        if runs is None:
-            return None
-        if runs:
+        if _replacement_runs(plan):
             # Post-copy's commit point is the last page, and the target is the one that knows: the source's
             # agent may have died while its page server went on serving.
             return _pages_arrived(plan)
@@ -1015,10 +970,7 @@ def _checkpointing(plan: MigrationPlan) -> None:
                 f"checkpoint failed with post-copy ({reason}: {pc.status.message or 'no details'}); the target's "
                 "copy holds no memory, so the replacement is deleted and the source, still whole, thawed",
             )
-    runs = _replacement_started(plan) if st.engine is Engine.LIVE else False
-    if runs is None:
-        return None
-    if runs:
+    if plan.status.engine is Engine.LIVE and _replacement_runs(plan):
         # The source's agent pushed each archive node to node and lpm-runc restored them, verified, before the
         # durable copy was sealed: the commit point is passed, and nothing about the store undoes it now.
         durable = pc.status.phase.value if pc is not None else "not started"
@@ -1026,7 +978,7 @@ def _checkpointing(plan: MigrationPlan) -> None:
             P.CLEANING,
             "Cleaning",
             f"pod {plan.status.restored_pod_name} runs on {plan.m.spec.target_node}, restored from the checkpoint "
-            f"its agent received node to node ({_started_by(plan)}; durable copy: {durable}); removing the source",
+            f"its agent received node to node (durable copy: {durable}); removing the source",
         )
         return _cleaning(plan)
     if pc is None:
@@ -1393,12 +1345,8 @@ def _restoring(plan: MigrationPlan) -> None:
         return _rollback(
             plan, "RestoredPodNameTaken", f"a pod named {name} exists and was not made by this migration; delete it"
         )
-    done = _restore_done(plan)
-    if done is None:
-        return None
-    if done:
-        how = f" ({_started_by(plan)})" if st.engine is Engine.LIVE else ""
-        plan.enter(P.CLEANING, "Cleaning", f"pod {name} runs on {plan.m.spec.target_node}{how}; removing the source")
+    if _restore_done(plan):
+        plan.enter(P.CLEANING, "Cleaning", f"pod {name} runs on {plan.m.spec.target_node}; removing the source")
         return _cleaning(plan)
     if rp.deleting or rp.phase in ("Failed", "Succeeded") or rp.problem:
         detail = scrub_paths(rp.problem or f"it is {'terminating' if rp.deleting else rp.phase}")
@@ -1428,8 +1376,6 @@ def _cleaning(plan: MigrationPlan) -> None:
     # The replacement exists: its manifest (the pod spec, env values included) need not stay in the status.
     st.replacement_manifest = None
     done_msg = f"pod {m.spec.pod_name} now runs as {st.restored_pod_name} on {m.spec.target_node}"
-    if st.engine is Engine.LIVE and not _replacement_runs(plan):
-        done_msg += " (its runtime runs it; the kubelet reports it at its next relist, within a second)"
     if m.spec.source_cleanup is SourceCleanup.DELETE and src is not None and not src.deleting:
         # A frozen source cannot shut down gracefully, and must not: its state now lives in the restored pod.
         grace = 0 if st.source_frozen else None
@@ -1494,10 +1440,7 @@ def _failed_after_commit(plan: MigrationPlan, reason: str, message: str) -> None
     the replacement removed (it could only fail; a StatefulSet then starts its pod afresh, which the webhook
     leaves alone once this migration has failed). Ends Failed; the checkpoint stays with the PodMigration."""
     st, rp = plan.status, plan.obs.restored_pod
-    done = _restore_done(plan)
-    if done is None:
-        return None
-    if done:
+    if _restore_done(plan):
         # The restore made it (a timeout that struck as it did): the pod runs, with its state.
         plan.enter(P.CLEANING, "Cleaning", f"pod {rp.name if rp else ''} runs on {plan.m.spec.target_node}")
         return _cleaning(plan)
