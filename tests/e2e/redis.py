@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +60,21 @@ class Setup:
 
 
 def start(name: str, tag: str) -> Setup:
-    """The server pod and its Service on lpm-node-1, the outside client on lpm-node-2; both clients counting."""
+    """The server pod and its Service on lpm-node-1, the outside client on lpm-node-2; both clients counting.
+
+    In about one full e2e run in six, before any migration, the outside client's every connection to a new
+    Service was refused for minutes (the pod itself answered on its IP). Not understood yet: the first try's
+    state is kept in a warning (the pytest summary shows it; kube-proxy logs at level 2 for it), and the setup
+    starts once more under other names. A second refusal fails the test with the same evidence."""
+    try:
+        return _start(name, tag, patience=60)
+    except AssertionError as first:
+        warnings.warn(f"redis setup {name}: {first}; starting again as {name}-again", stacklevel=2)
+        stop(Setup(name, f"{name}-client", ""))
+        return _start(f"{name}-again", tag, patience=120)
+
+
+def _start(name: str, tag: str, patience: float) -> Setup:
     svc = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -75,6 +90,7 @@ def start(name: str, tag: str) -> Setup:
     k.wait_for(
         "both clients counting",
         lambda: len(ints(name, "inpod")) > 20 and len(acked(client)) > 20,
+        timeout=patience,
         explain=lambda: _why_not_counting(name, client, ip),
     )
     return Setup(name, client, ip)
@@ -83,7 +99,13 @@ def start(name: str, tag: str) -> Setup:
 def _why_not_counting(server: str, client: str, ip: str) -> str:
     """What the two clients printed and where their pods are: the setup timed out twice in full-suite runs."""
     pods = k.kubectl("-n", k.NAMESPACE, "get", "pods", "-o", "wide", check=False).stdout
-    slices = k.kubectl("-n", k.NAMESPACE, "get", "endpointslices", "-o", "wide", check=False).stdout
+    endpoints = (
+        "{range .items[*].endpoints[*]}{.addresses} ready={.conditions.ready} serving={.conditions.serving}\n{end}"
+    )
+    slices = k.kubectl(
+        "-n", k.NAMESPACE, "get", "endpointslices", "-l", f"kubernetes.io/service-name={server}",
+        "-o", f"jsonpath={endpoints}", check=False,
+    ).stdout  # fmt: skip
     events = k.kubectl("-n", k.NAMESPACE, "get", "events", "--sort-by=.lastTimestamp", check=False).stdout
     client_log = k.kubectl("-n", k.NAMESPACE, "logs", client, "--tail=5", check=False)
     probe = (
@@ -95,12 +117,18 @@ def _why_not_counting(server: str, client: str, ip: str) -> str:
         node_view = k.cluster("exec", k.NODE_2, "--", "sh", "-c", probe + " 2>&1")
     except Exception as exc:  # the diagnosis must not hide the failure it explains
         node_view = f"cannot look: {exc}"
+    proxy_log = Path(k.ENV.get("LPM_LOCAL_STATE", "/nonexistent")) / "logs" / f"{k.NODE_2}-kube-proxy.log"
+    try:
+        said = [line for line in proxy_log.read_text(errors="replace").splitlines() if server in line or ip in line]
+    except OSError as exc:
+        said = [f"cannot read {proxy_log}: {exc}"]
     direct = k.kubectl("-n", k.NAMESPACE, "exec", client, "--", "redis-cli", "-h", _pod_ip(server), "PING", check=False)
     return (
         f"the outside client's PING to the server's pod IP (no Service): {direct.stdout.strip()}{direct.stderr}\n"
         f"in-pod values: {len(ints(server, 'inpod'))}, outside acks: {len(acked(client))} (Service {ip})\n"
         f"outside client's last lines: {client_log.stdout[-800:]}{client_log.stderr[-400:]}\n"
         f"{k.NODE_2}'s view (the Service's rules, its addresses, the route to the server):\n{node_view}\n"
+        f"{k.NODE_2}'s kube-proxy about it (last 15 lines):\n" + "\n".join(said[-15:]) + "\n"
         f"pods:\n{pods}\nendpoint slices:\n{slices}\nevents (last 30):\n" + "\n".join(events.splitlines()[-30:])
     )
 

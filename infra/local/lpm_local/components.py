@@ -195,7 +195,9 @@ def start_node(name: str, b: Bins) -> None:
         [
             str(b.k8s / "kube-proxy"),
             "--config=/etc/kubernetes/kube-proxy.yaml",
-            "--v=1",
+            # Level 2: each rule sync and each Service and endpoint change it saw, the evidence when a Service
+            # does not answer (a redis e2e setup once found its ClusterIP refusing for two minutes).
+            "--v=2",
         ],
         netns=name,
         mntns=mnt,
