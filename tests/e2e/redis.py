@@ -109,9 +109,18 @@ def _why_not_counting(server: str, client: str, ip: str) -> str:
     events = k.kubectl("-n", k.NAMESPACE, "get", "events", "--sort-by=.lastTimestamp", check=False).stdout
     client_log = k.kubectl("-n", k.NAMESPACE, "logs", client, "--tail=5", check=False)
     probe = (
-        f"iptables-save | grep -F -- '{ip}' ; ip -o addr show | grep -v ' inet6 ' ; "
+        # The Service's rules, and where its chain sends a connection (the endpoints' DNAT rules).
+        f"rules=$(iptables-save); svc=$(printf '%s\\n' \"$rules\" | grep -F -- '{ip}/32' | grep -o 'KUBE-SVC-[A-Z0-9]*' | "
+        f"head -1); printf '%s\\n' \"$rules\" | grep -F -e '{ip}' -e \"${{svc:-none}}\"; "
+        f"for sep in $(printf '%s\\n' \"$rules\" | grep -F -- \"-A ${{svc:-none}} \" | grep -o 'KUBE-SEP-[A-Z0-9]*'); do "
+        f'printf \'%s\\n\' "$rules" | grep -F -- "-A $sep "; done; '
+        f"ip -o addr show | grep -v ' inet6 ' ; "
         f"ip route get {_pod_ip(server)} ; "
-        f"timeout 3 bash -c 'echo > /dev/tcp/{_pod_ip(server)}/6379' && echo reached {server} directly"
+        f"timeout 3 bash -c 'echo > /dev/tcp/{_pod_ip(server)}/6379' && echo reached {server} directly; "
+        # kube-proxy's own counters: a partial iptables restore that failed is kube-proxy issue #121362's trail.
+        'python3 -c \'import urllib.request as u; print(u.urlopen("http://127.0.0.1:10249/metrics", timeout=3)'
+        ".read().decode())' | grep -E '^kubeproxy_sync_proxy_rules_(iptables_partial_restore_failures_total|"
+        "last_timestamp_seconds|iptables_last)'"
     )
     try:
         node_view = k.cluster("exec", k.NODE_2, "--", "sh", "-c", probe + " 2>&1")
