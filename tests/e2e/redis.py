@@ -110,10 +110,11 @@ def _why_not_counting(server: str, client: str, ip: str) -> str:
     client_log = k.kubectl("-n", k.NAMESPACE, "logs", client, "--tail=5", check=False)
     probe = (
         # The Service's rules, and where its chain sends a connection (the endpoints' DNAT rules).
-        f"rules=$(iptables-save); svc=$(printf '%s\\n' \"$rules\" | grep -F -- '{ip}/32' | grep -o 'KUBE-SVC-[A-Z0-9]*' | "
-        f"head -1); printf '%s\\n' \"$rules\" | grep -F -e '{ip}' -e \"${{svc:-none}}\"; "
-        f"for sep in $(printf '%s\\n' \"$rules\" | grep -F -- \"-A ${{svc:-none}} \" | grep -o 'KUBE-SEP-[A-Z0-9]*'); do "
-        f'printf \'%s\\n\' "$rules" | grep -F -- "-A $sep "; done; '
+        "rules=$(iptables-save); "
+        f"svc=$(printf '%s\\n' \"$rules\" | grep -F -- '{ip}/32' | grep -o 'KUBE-SVC-[A-Z0-9]*' | head -1); "
+        f"printf '%s\\n' \"$rules\" | grep -F -e '{ip}' -e \"${{svc:-none}}\"; "
+        "for sep in $(printf '%s\\n' \"$rules\" | grep -F -- \"-A ${svc:-none} \" | grep -o 'KUBE-SEP-[A-Z0-9]*'); "
+        'do printf \'%s\\n\' "$rules" | grep -F -- "-A $sep "; done; '
         f"ip -o addr show | grep -v ' inet6 ' ; "
         f"ip route get {_pod_ip(server)} ; "
         f"timeout 3 bash -c 'echo > /dev/tcp/{_pod_ip(server)}/6379' && echo reached {server} directly; "
