@@ -118,6 +118,10 @@ def _why_not_counting(server: str, client: str, ip: str) -> str:
         f"ip -o addr show | grep -v ' inet6 ' ; "
         f"ip route get {_pod_ip(server)} ; "
         f"timeout 3 bash -c 'echo > /dev/tcp/{_pod_ip(server)}/6379' && echo reached {server} directly; "
+        f"timeout 3 bash -c 'echo > /dev/tcp/{ip}/6379' && echo the node itself reached the Service; "
+        # The connections the node's conntrack holds to the Service and to the server (NAT state, TCP state).
+        f"conntrack -L -p tcp -d {ip} 2>/dev/null | tail -4; "
+        f"conntrack -L -p tcp --reply-src {_pod_ip(server)} 2>/dev/null | tail -4; "
         # kube-proxy's own counters: a partial iptables restore that failed is kube-proxy issue #121362's trail.
         'python3 -c \'import urllib.request as u; print(u.urlopen("http://127.0.0.1:10249/metrics", timeout=3)'
         ".read().decode())' | grep -E '^kubeproxy_sync_proxy_rules_(iptables_partial_restore_failures_total|"
