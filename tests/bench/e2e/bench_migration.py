@@ -12,7 +12,8 @@ For each workload (the analytics counter, and the same with 256 MiB of in-memory
   Completed. Reports end-to-end time (`kubectl lpm migrate --wait` start -> Completed), downtime (the largest gap
   between two consecutive state updates, minus the tick: the counter ticks every --tick seconds, 10 ms by default,
   from the workload's own timestamps), whether any update was lost or repeated (sequence numbers), and the phase
-  breakdown from the PodMigration's status.
+  breakdown from the PodMigration's status, and when the kubelet reported the replacement Running (the commit
+  waits for that report, which comes at its next PLEG relist).
 - Baseline: delete the pod and create it again on lpm-node-2 (what a StatefulSet does). Downtime = last update
   of the old pod -> first update of the new one; the state lost = every event the old pod had processed.
 Prints medians and the LPM/baseline ratios. Not a test: nothing here asserts a time.
