@@ -97,7 +97,8 @@ def _start(name: str, tag: str, patience: float) -> Setup:
 
 
 def _why_not_counting(server: str, client: str, ip: str) -> str:
-    """What the two clients printed and where their pods are: the setup timed out twice in full-suite runs."""
+    """What the two clients printed, where their pods are, and how lpm-node-2 routes to the Service."""
+    server_ip = _pod_ip(server)
     pods = k.kubectl("-n", k.NAMESPACE, "get", "pods", "-o", "wide", check=False).stdout
     endpoints = (
         "{range .items[*].endpoints[*]}{.addresses} ready={.conditions.ready} serving={.conditions.serving}\n{end}"
@@ -116,12 +117,12 @@ def _why_not_counting(server: str, client: str, ip: str) -> str:
         "for sep in $(printf '%s\\n' \"$rules\" | grep -F -- \"-A ${svc:-none} \" | grep -o 'KUBE-SEP-[A-Z0-9]*'); "
         'do printf \'%s\\n\' "$rules" | grep -F -- "-A $sep "; done; '
         f"ip -o addr show | grep -v ' inet6 ' ; "
-        f"ip route get {_pod_ip(server)} ; "
-        f"timeout 3 bash -c 'echo > /dev/tcp/{_pod_ip(server)}/6379' && echo reached {server} directly; "
+        f"ip route get {server_ip} ; "
+        f"timeout 3 bash -c 'echo > /dev/tcp/{server_ip}/6379' && echo reached {server} directly; "
         f"timeout 3 bash -c 'echo > /dev/tcp/{ip}/6379' && echo the node itself reached the Service; "
         # The connections the node's conntrack holds to the Service and to the server (NAT state, TCP state).
         f"conntrack -L -p tcp -d {ip} 2>/dev/null | tail -4; "
-        f"conntrack -L -p tcp --reply-src {_pod_ip(server)} 2>/dev/null | tail -4; "
+        f"conntrack -L -p tcp --reply-src {server_ip} 2>/dev/null | tail -4; "
         # kube-proxy's own counters: a partial iptables restore that failed is kube-proxy issue #121362's trail.
         'python3 -c \'import urllib.request as u; print(u.urlopen("http://127.0.0.1:10249/metrics", timeout=3)'
         ".read().decode())' | grep -E '^kubeproxy_sync_proxy_rules_(iptables_partial_restore_failures_total|"
@@ -136,7 +137,7 @@ def _why_not_counting(server: str, client: str, ip: str) -> str:
         said = [line for line in proxy_log.read_text(errors="replace").splitlines() if server in line or ip in line]
     except OSError as exc:
         said = [f"cannot read {proxy_log}: {exc}"]
-    direct = k.kubectl("-n", k.NAMESPACE, "exec", client, "--", "redis-cli", "-h", _pod_ip(server), "PING", check=False)
+    direct = k.kubectl("-n", k.NAMESPACE, "exec", client, "--", "redis-cli", "-h", server_ip, "PING", check=False)
     return (
         f"the outside client's PING to the server's pod IP (no Service): {direct.stdout.strip()}{direct.stderr}\n"
         f"in-pod values: {len(ints(server, 'inpod'))}, outside acks: {len(acked(client))} (Service {ip})\n"
