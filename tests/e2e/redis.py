@@ -98,7 +98,7 @@ def _start(name: str, tag: str, patience: float) -> Setup:
 
 def _why_not_counting(server: str, client: str, ip: str) -> str:
     """What the two clients printed, where their pods are, and how lpm-node-2 routes to the Service."""
-    server_ip = _pod_ip(server)
+    server_ip, client_ip = _pod_ip(server), _pod_ip(client)
     pods = k.kubectl("-n", k.NAMESPACE, "get", "pods", "-o", "wide", check=False).stdout
     endpoints = (
         "{range .items[*].endpoints[*]}{.addresses} ready={.conditions.ready} serving={.conditions.serving}\n{end}"
@@ -123,6 +123,10 @@ def _why_not_counting(server: str, client: str, ip: str) -> str:
         # The connections the node's conntrack holds to the Service and to the server (NAT state, TCP state).
         f"conntrack -L -p tcp -d {ip} 2>/dev/null | tail -4; "
         f"conntrack -L -p tcp --reply-src {server_ip} 2>/dev/null | tail -4; "
+        # Every connection of the client pod the node tracks (one with the ClusterIP in its reply direction was
+        # never DNATed), and the hooks that send pods' traffic through kube-proxy's rules.
+        f"conntrack -L -p tcp -s {client_ip} 2>/dev/null | tail -6; "
+        "iptables-save -t nat | grep -E '^-A (PREROUTING|OUTPUT) '; nft list tables; "
         # kube-proxy's own counters: a partial iptables restore that failed is kube-proxy issue #121362's trail.
         'python3 -c \'import urllib.request as u; print(u.urlopen("http://127.0.0.1:10249/metrics", timeout=3)'
         ".read().decode())' | grep -E '^kubeproxy_sync_proxy_rules_(iptables_partial_restore_failures_total|"
