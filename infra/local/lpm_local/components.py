@@ -195,8 +195,8 @@ def start_node(name: str, b: Bins) -> None:
         [
             str(b.k8s / "kube-proxy"),
             "--config=/etc/kubernetes/kube-proxy.yaml",
-            # Level 2: each rule sync and each Service and endpoint change it saw, the evidence when a Service does
-            # not answer (the redis e2e setup sometimes finds a new ClusterIP refusing for minutes: tests/e2e/redis.py).
+            # Level 2: each rule sync with its time, full or partial, and its Service and endpoint counts: when a
+            # new ClusterIP does not answer (tests/e2e/redis.py), whether its rules came before the client did.
             "--v=2",
         ],
         netns=name,
