@@ -352,6 +352,7 @@ def running_on(app: str, node: str, count: int) -> list[dict[str, Any]]:
 
 
 def last_seq(pod: str) -> int:
+    """The last count the pod printed, 0 before its first (a live-engine replacement's own log starts empty)."""
     return int((states(pod) or [{}])[-1].get("seq", 0))
 
 

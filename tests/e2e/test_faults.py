@@ -48,7 +48,7 @@ def _assert_no_restored_pod(name: str) -> None:
 
 def _assert_source_continues(pod: str, seen_before: int) -> float:
     """The source counts on with no gap or repeat; returns its longest pause (seconds, its own view)."""
-    k.wait_for(f"{pod} counting again", lambda: k.states(pod)[-1]["seq"] > seen_before + 10, timeout=60)
+    k.wait_for(f"{pod} counting again", lambda: k.last_seq(pod) > seen_before + 10, timeout=60)
     lines = k.states(pod)
     seqs = [s["seq"] for s in lines]
     assert seqs == list(range(1, len(seqs) + 1)), "updates lost or repeated in the source"
@@ -215,7 +215,7 @@ def test_the_target_agent_killed_before_the_restore_never_loses_the_source() -> 
     assert final["phase"] in ("Completed", "Failed"), out + err
     if final["phase"] == "Completed":
         restored = final["restoredPodName"]
-        k.wait_for("the restored pod counting", lambda: k.states(restored)[-1]["seq"] > before[-1]["seq"] + 5)
+        k.wait_for("the restored pod counting", lambda: k.last_seq(restored) > before[-1]["seq"] + 5)
         seqs = [s["seq"] for s in k.states(restored)]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "updates lost or repeated"
         print(f"[fault-matrix] target agent killed: downtime {k.longest_pause(k.states(restored)):.2f}s")
@@ -258,7 +258,7 @@ def test_the_source_agent_killed_while_post_copy_streams_pages_does_not_stop_the
     assert final["phase"] == "Completed", out + err
     restored = final["restoredPodName"]
     last = source.lines()[-1]["seq"]
-    k.wait_for("the restored pod counting", lambda: k.states(restored)[-1]["seq"] > last + 5, timeout=60)
+    k.wait_for("the restored pod counting", lambda: k.last_seq(restored) > last + 5, timeout=60)
     seqs = [s["seq"] for s in k.states(restored)]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))) and seqs[0] <= last + 1, (last, seqs[:5])
     k.wait_for(

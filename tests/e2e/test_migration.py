@@ -284,7 +284,7 @@ def test_migration_to_a_notready_node_is_refused_before_anything_is_frozen() -> 
 
 def _assert_source_kept_counting(pod: str) -> None:
     seen = k.states(pod)[-1]["seq"]
-    k.wait_for(f"{pod} still counting", lambda: k.states(pod)[-1]["seq"] > seen + 5, timeout=30)
+    k.wait_for(f"{pod} still counting", lambda: k.last_seq(pod) > seen + 5, timeout=30)
     pod_obj = k.kubectl_json("-n", k.NAMESPACE, "get", "pod", pod)
     assert pod_obj["spec"]["nodeName"] == k.NODE_1 and pod_obj["status"]["phase"] == "Running"
 

@@ -63,6 +63,21 @@ def checkpoint_dir(name: str) -> Path | None:
     return export_dir() / st["podUID"] / st["checkpointID"]
 
 
+def why_not_writing(name: str) -> str:
+    """The migration's status and events, what the export holds for it, and whether the server answers."""
+    res = k.kubectl("-n", k.NAMESPACE, "get", "podmigration", name, "-o", "json", check=False)
+    status = json.loads(res.stdout).get("status") if res.returncode == 0 else res.stderr
+    events = k.kubectl(
+        "-n", k.NAMESPACE, "get", "events", "--field-selector", f"involvedObject.name={name}", check=False
+    )
+    directory = checkpoint_dir(name)
+    listing = sorted(str(p) for p in directory.rglob("*")) if directory and directory.exists() else []
+    return (
+        f"status: {json.dumps(status, indent=1)}\nevents:\n{events.stdout}{events.stderr}"
+        f"export ({directory}): {listing}\nnfs-ganesha answering: {nfs_answering()}"
+    )
+
+
 def assert_failed_and_rolled_back(pod: str, name: str, proc: subprocess.Popen[str], seen: int, what: str) -> dict:
     out, err = proc.communicate(timeout=330)
     st = dict(k.migration(name).get("status") or {})
@@ -102,6 +117,7 @@ def test_the_nfs_server_killed_mid_write_never_restores_a_partial_copy_and_its_l
             lambda: (d := checkpoint_dir(name)) is not None and d.exists() and temp_files(d),
             timeout=120,
             interval=0.05,
+            explain=lambda: why_not_writing(name),
         )
         killed = podman("kill", NFS_CONTAINER)
         assert killed.returncode == 0, killed.stderr
@@ -118,7 +134,7 @@ def test_the_nfs_server_killed_mid_write_never_restores_a_partial_copy_and_its_l
         durable = next(x for x in st["conditions"] if x["type"] == "DurableCopy")
         assert durable["status"] != "True", f"a durable copy cut short was reported stored: {durable}"
         restored = st["restoredPodName"]
-        k.wait_for("the restored pod counting", lambda: k.states(restored)[-1]["seq"] > seen + 5)
+        k.wait_for("the restored pod counting", lambda: k.last_seq(restored) > seen + 5)
         seqs = [s["seq"] for s in k.states(restored)]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "updates lost or repeated"
         assert seqs[0] > seen, "the replacement started from scratch instead of the checkpoint"
@@ -176,7 +192,7 @@ def test_a_full_export_never_leaves_a_partial_file_and_fails_only_a_migration_th
             print(f"[nfs-faults] export full (Live): Completed, DurableCopy={durable['status']}: {durable['message']}")
             assert durable["status"] in ("False", "Unknown"), durable
             restored = st["restoredPodName"]
-            k.wait_for("the restored pod counting", lambda: k.states(restored)[-1]["seq"] > seen + 5)
+            k.wait_for("the restored pod counting", lambda: k.last_seq(restored) > seen + 5)
             seqs = [s["seq"] for s in k.states(restored)]
             assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "updates lost or repeated"
             assert seqs[0] > seen, "the replacement started from scratch instead of the checkpoint"
