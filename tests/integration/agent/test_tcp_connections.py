@@ -28,6 +28,8 @@ from pathlib import Path
 import pytest
 from integration.agent.harness import wait_for
 
+from lpm.agent.freezer import Freezer
+
 ACTION = Path(__file__).resolve().parents[3] / "deploy" / "node" / "lpm-criu-action"
 PEER_PORT = 7001
 
@@ -336,3 +338,79 @@ def test_a_restore_with_nothing_recorded_spawns_nothing_before_the_pod_resumes(t
     (images / "lpm-addresses").write_text("10.213.1.2\n")
     subprocess.run(["sh", str(ACTION)], env=env, check=True, capture_output=True)
     assert calls.exists(), "an address recorded at the dump is looked for in the pod's namespace"
+
+
+SERVER = "import socket; s = socket.create_server(('0.0.0.0', 7000))\nwhile True: s.accept()[0].sendall(b'hi')"
+
+
+def _answer(address: str) -> str:
+    """What a new connection to the pod's server gets within 2 s: its greeting, "refused", or "no answer"."""
+    try:
+        with socket.create_connection((address, 7000), timeout=2) as conn:
+            return conn.recv(2).decode() or "closed"
+    except ConnectionRefusedError:
+        return "refused"
+    except TimeoutError:
+        return "no answer"
+
+
+def test_a_source_frozen_for_a_migration_refuses_new_connections_until_a_rollback_thaws_it(
+    tmp_path: Path, netns: tuple[str, str]
+) -> None:
+    """pre-dump: the agent froze the pod for a migration (its real Freezer, on a real freezer cgroup) and CRIU
+    dumps it, leaving it frozen. A frozen pod's kernel would still accept a new connection that nobody
+    answers; instead it is refused at once (a RST), so the client retries, until the rollback's thaw, after which
+    the pod answers again. A dump of a pod the agent did not freeze (a `kubectl checkpoint`) fences nothing."""
+    src, _ = netns
+    uid = str(uuid.uuid4())
+    group = Path("/sys/fs/cgroup/freezer") / f"lpm-test-{uid[:8]}" / f"pod{uid}"
+    state = tmp_path / "agent-state"
+    action, conf, images = tmp_path / "lpm-criu-action", tmp_path / "runc.conf", tmp_path / "images"
+    shutil.copyfile(ACTION, action)
+    action.chmod(0o755)
+    # As on the nodes (deploy/node/lpm-runc-node.sh): the connection the frozen pod's kernel accepted below is
+    # in flight (never accepted by the application); it is not dumped.
+    conf.write_text(f"tcp-established\nskip-in-flight\nnetwork-lock skip\naction-script {action}\n")
+    images.mkdir()
+    env = {**os.environ, "LPM_AGENT_STATE_DIR": str(state)}
+    argv = ["setsid", "nsenter", f"--net=/run/netns/{src}", sys.executable, "-c", SERVER]
+    server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    group.mkdir(parents=True)
+    try:
+        (group / "cgroup.procs").write_text(str(server.pid))
+        wait_for(lambda: _answer("10.213.1.2") == "hi", "the pod's server")
+        freezer = Freezer(lambda _uid, _name: group, state)
+        freezer.freeze("20261205t000000z-fence", uid, ["server"])
+        assert _answer("10.213.1.2") == "no answer", "a frozen pod's kernel accepts, nobody answers"
+
+        ino = os.stat(f"/run/netns/{src}").st_ino
+        argv = ["criu", "dump", "-t", str(server.pid), "-D", str(images), "-o", "dump.log", "--config", str(conf)]
+        argv += ["--external", f"net[{ino}]:extnet", "--leave-running", "--freeze-cgroup", str(group)]
+        dump = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+        assert dump.returncode == 0, (images / "dump.log").read_text()[-3000:]
+        assert (group / "freezer.state").read_text().strip() == "FROZEN", "the source stays frozen after its dump"
+        assert "new connections to it are refused" in (images / "dump.log").read_text()
+        assert [_answer("10.213.1.2") for _ in range(3)] == ["refused"] * 3
+
+        freezer.thaw("20261205t000000z-fence", uid, ["server"])  # the rollback
+        wait_for(lambda: _answer("10.213.1.2") == "hi", "the thawed pod answering new connections")
+        tables = subprocess.run(
+            ["ip", "netns", "exec", src, "nft", "list", "tables"], capture_output=True, text=True, check=True
+        ).stdout
+        assert "lpm_frozen" not in tables, tables
+
+        # Not frozen by the agent (no freeze record names the pod): the dump's pre-dump fences nothing.
+        pre_dump = {**env, "CRTOOLS_SCRIPT_ACTION": "pre-dump", "CRTOOLS_INIT_PID": str(server.pid)}
+        subprocess.run([str(action)], env=pre_dump, check=True, capture_output=True)
+        tables = subprocess.run(
+            ["ip", "netns", "exec", src, "nft", "list", "tables"], capture_output=True, text=True, check=True
+        ).stdout
+        assert "lpm_frozen" not in tables, tables
+    finally:
+        if (group / "freezer.state").exists():
+            (group / "freezer.state").write_text("THAWED")
+        server.kill()
+        server.wait()
+        wait_for(lambda: not (group / "cgroup.procs").read_text().strip(), "the server gone from its cgroup")
+        group.rmdir()
+        group.parent.rmdir()

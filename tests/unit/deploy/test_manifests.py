@@ -373,3 +373,18 @@ def test_users_get_migrations_through_the_builtin_roles_and_never_checkpoint_sto
     for granted in users:
         assert not any("contents" in res or res.endswith("/status") for res in granted)
         assert "secrets" not in granted
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_the_node_action_script_reads_the_agents_freeze_records_where_the_agent_writes_them(name: str) -> None:
+    """deploy/node/lpm-criu-action fences a pod the agent froze by finding the agent's freeze record on the node:
+    the agent's state directory must be the node's directory of that name, at the same path."""
+    ds = one(render(name), "DaemonSet", "lpm-agent")
+    spec = _pod_spec(ds)
+    agent = _container(ds, "agent")
+    state_dir = next(e["value"] for e in agent["env"] if e["name"] == "LPM_AGENT_STATE_DIR")
+    mount = next(m for m in agent["volumeMounts"] if m["mountPath"] == state_dir)
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    script = (repo_root() / "deploy" / "node" / "lpm-criu-action").read_text()
+    assert f"agent_state=${{LPM_AGENT_STATE_DIR:-{state_dir}}}" in script
+    assert volume["hostPath"]["path"] == state_dir
