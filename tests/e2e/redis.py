@@ -21,7 +21,7 @@ from e2e import lpmctl as k
 BUILD = Path(__file__).resolve().parents[2] / "src" / "docker" / "redis" / "build.sh"
 OUTSIDE_LOOP = (
     'while true; do if v=$(redis-cli -h "$REDIS" INCR ext 2>&1); then echo "ok $v $(date +%s.%N)"; '
-    'else echo "err $v"; fi; sleep 0.01; done'
+    'else echo "err $(date +%s.%N) $v"; fi; sleep 0.01; done'
 )
 WAIT_FOR_SERVER = "until redis-cli PING >/dev/null 2>&1; do sleep 0.1; done; exec "
 
@@ -179,6 +179,21 @@ def acks(pod: str) -> list[tuple[int, float]]:
         parts = line.split()
         if len(parts) == 3 and parts[0] == "ok" and parts[1].isdigit():
             found.append((int(parts[1]), float(parts[2])))
+    return found
+
+
+def attempts(pod: str) -> list[tuple[float, bool]]:
+    """(the client's clock as the attempt ended, whether it was acknowledged) of every INCR the outside client
+    tried: a failed one ended in an error (a refused connection, say), not in a hang."""
+    out = k.kubectl("-n", k.NAMESPACE, "logs", pod, check=False).stdout
+    found = []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] in ("ok", "err"):
+            try:
+                found.append((float(parts[2] if parts[0] == "ok" else parts[1]), parts[0] == "ok"))
+            except ValueError:
+                continue
     return found
 
 

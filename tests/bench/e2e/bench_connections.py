@@ -17,6 +17,7 @@ Prints medians over the runs. Not a test: nothing here asserts a time.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import time
@@ -48,6 +49,7 @@ def lpm_run(i: int, engine: str, tag: str) -> dict[str, float]:
     k.wait_for("writes after the move", lambda: len(redis.acked(setup.client)) > before + 100)
     clock = _pairs(source_tick.lines()) + redis.server_clock(restored)
     acks = redis.acks(setup.client)
+    tried = redis.attempts(setup.client)
     final = int(redis.cli(restored, "GET", "ext"))
     lost = sum(1 for v, _ in acks if v > final)
     redis.stop(setup, restored)
@@ -56,7 +58,20 @@ def lpm_run(i: int, engine: str, tag: str) -> dict[str, float]:
         "total_s": total,
         "downtime_s": redis.largest_gap(clock) - TICK,
         "outage_s": redis.largest_gap([t for _, t in acks]) - TICK,
+        **_waits(tried),
         "lost": lost,
+    }
+
+
+def _waits(tried: list[tuple[float, bool]]) -> dict[str, float]:
+    """Within the outage: the longest single attempt (a connection that hung) and the failed attempts (each one
+    an error the client got at once, e.g. a refused connection, and retried)."""
+    ok = [t for t, acked in tried if acked]
+    start, end = max(itertools.pairwise(sorted(ok)), key=lambda p: p[1] - p[0], default=(0.0, 0.0))
+    inside = sorted(t for t, _ in tried if start <= t <= end)
+    return {
+        "hang_s": redis.largest_gap(inside) - TICK,
+        "failed": float(sum(1 for t, acked in tried if start < t < end and not acked)),
     }
 
 
@@ -70,8 +85,9 @@ def baseline_run(i: int, tag: str) -> dict[str, float]:
     k.wait_for("writes after the re-creation", lambda: len(redis.acked(setup.client)) > before + 100, timeout=180)
     total = time.monotonic() - t0
     acks = redis.acks(setup.client)
+    tried = redis.attempts(setup.client)
     redis.stop(setup)
-    return {"total_s": total, "outage_s": redis.largest_gap([t for _, t in acks]) - TICK}
+    return {"total_s": total, "outage_s": redis.largest_gap([t for _, t in acks]) - TICK, **_waits(tried)}
 
 
 def main() -> None:
@@ -87,22 +103,32 @@ def main() -> None:
             runs.setdefault(engine, []).append(lpm_run(i, engine, tag))
         runs.setdefault("baseline", []).append(baseline_run(i, tag))
     print(f"Redis, medians of {args.runs} runs; outside client writes through a ClusterIP Service every ~10 ms")
+    print("(longest hang: the longest single attempt within the outage; failed: attempts that failed at once)")
     print(
-        f"{'method':>9} {'total':>8} {'pod downtime':>13} {'client outage':>14} {'beyond':>8}  acknowledged writes lost"
+        f"{'method':>9} {'total':>8} {'pod downtime':>13} {'client outage':>14} {'beyond':>8} {'longest hang':>13} "
+        f"{'failed':>7}  acknowledged writes lost"
     )
     for engine in args.engines:
         rs = runs[engine]
-        med = {key: statistics.median(r[key] for r in rs) for key in ("total_s", "downtime_s", "outage_s")}
+        med = {key: statistics.median(r[key] for r in rs) for key in ("total_s", "downtime_s", "outage_s", "hang_s")}
         beyond = statistics.median(r["outage_s"] - r["downtime_s"] for r in rs)
         print(
             f"{engine:>9} {med['total_s']:7.2f}s {med['downtime_s']:12.3f}s {med['outage_s']:13.3f}s "
-            f"{beyond:7.3f}s  {sum(int(r['lost']) for r in rs)} in {len(rs)} runs"
+            f"{beyond:7.3f}s {med['hang_s']:12.3f}s {statistics.median(r['failed'] for r in rs):7.0f}  "
+            f"{sum(int(r['lost']) for r in rs)} in {len(rs)} runs"
         )
     base = runs["baseline"]
     print(
         f"{'baseline':>9} {statistics.median(r['total_s'] for r in base):7.2f}s {'-':>13} "
-        f"{statistics.median(r['outage_s'] for r in base):13.3f}s {'-':>8}  every write (the data is lost)"
+        f"{statistics.median(r['outage_s'] for r in base):13.3f}s {'-':>8} "
+        f"{statistics.median(r['hang_s'] for r in base):12.3f}s {statistics.median(r['failed'] for r in base):7.0f}  "
+        "every write (the data is lost)"
     )
+    for method, rs in runs.items():  # every run: the medians hide which runs hung
+        print(
+            f"{method}: "
+            + "; ".join(f"outage {r['outage_s']:.2f}s hang {r['hang_s']:.2f}s failed {r['failed']:.0f}" for r in rs)
+        )
 
 
 if __name__ == "__main__":

@@ -340,7 +340,18 @@ def test_a_restore_with_nothing_recorded_spawns_nothing_before_the_pod_resumes(t
     assert calls.exists(), "an address recorded at the dump is looked for in the pod's namespace"
 
 
-SERVER = "import socket; s = socket.create_server(('0.0.0.0', 7000))\nwhile True: s.accept()[0].sendall(b'hi')"
+# A server as real ones are: a connection its client reset before it was taken fails on first use, and is dropped.
+SERVER = """
+import socket
+s = socket.create_server(('0.0.0.0', 7000))
+while True:
+    conn = s.accept()[0]
+    try:
+        conn.sendall(b'hi')
+    except OSError:
+        pass
+    conn.close()
+"""
 
 
 def _answer(address: str) -> str:
@@ -360,7 +371,8 @@ def test_a_source_frozen_for_a_migration_refuses_new_connections_until_a_rollbac
     """pre-dump: the agent froze the pod for a migration (its real Freezer, on a real freezer cgroup) and CRIU
     dumps it, leaving it frozen. A frozen pod's kernel would still accept a new connection that nobody
     answers; instead it is refused at once (a RST), so the client retries, until the rollback's thaw, after which
-    the pod answers again. A dump of a pod the agent did not freeze (a `kubectl checkpoint`) fences nothing."""
+    the pod answers again; a connection accepted before the dump that the application never took is reset. A
+    dump of a pod the agent did not freeze (a `kubectl checkpoint`) fences nothing."""
     src, _ = netns
     uid = str(uuid.uuid4())
     group = Path("/sys/fs/cgroup/freezer") / f"lpm-test-{uid[:8]}" / f"pod{uid}"
@@ -381,7 +393,9 @@ def test_a_source_frozen_for_a_migration_refuses_new_connections_until_a_rollbac
         wait_for(lambda: _answer("10.213.1.2") == "hi", "the pod's server")
         freezer = Freezer(lambda _uid, _name: group, state)
         freezer.freeze("20261205t000000z-fence", uid, ["server"])
-        assert _answer("10.213.1.2") == "no answer", "a frozen pod's kernel accepts, nobody answers"
+        waiting = socket.create_connection(("10.213.1.2", 7000), timeout=1)  # the frozen pod's kernel accepts it
+        with pytest.raises(TimeoutError):
+            waiting.recv(2)  # and nobody answers
 
         ino = os.stat(f"/run/netns/{src}").st_ino
         argv = ["criu", "dump", "-t", str(server.pid), "-D", str(images), "-o", "dump.log", "--config", str(conf)]
@@ -389,8 +403,15 @@ def test_a_source_frozen_for_a_migration_refuses_new_connections_until_a_rollbac
         dump = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
         assert dump.returncode == 0, (images / "dump.log").read_text()[-3000:]
         assert (group / "freezer.state").read_text().strip() == "FROZEN", "the source stays frozen after its dump"
-        assert "new connections to it are refused" in (images / "dump.log").read_text()
+        # The fence comes up beside the dump (pre-dump starts it in the background).
+        wait_for(lambda: _answer("10.213.1.2") == "refused", "new connections refused")
         assert [_answer("10.213.1.2") for _ in range(3)] == ["refused"] * 3
+        # The connection the kernel accepted before is not in the checkpoint (skip-in-flight): reset, so its
+        # client retries instead of waiting until the source is gone.
+        waiting.settimeout(5)
+        with pytest.raises(ConnectionResetError):
+            waiting.recv(2)
+        wait_for(lambda: "(1 waiting connection(s) reset)" in (images / "dump.log").read_text(), "the fence logged")
 
         freezer.thaw("20261205t000000z-fence", uid, ["server"])  # the rollback
         wait_for(lambda: _answer("10.213.1.2") == "hi", "the thawed pod answering new connections")
