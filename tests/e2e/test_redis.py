@@ -66,3 +66,46 @@ def test_redis_keeps_its_in_pod_clients_and_loses_no_acknowledged_write(engine: 
     assert acked == sorted(set(acked)), "an acknowledged value repeated or went back: a write was lost"
     assert int(redis.cli(restored, "GET", "ext")) >= acked[-1]
     redis.stop(setup, restored)
+
+
+def test_a_rolled_back_migration_leaves_the_source_serving_its_outside_client(redis_image: str) -> None:
+    """While its source is frozen for a migration, new connections to it are refused at once
+    (deploy/node/lpm-criu-action), so the outside client retries instead of waiting for an answer. A rollback
+    lifts that with the thaw: the same client writes to the source again, through the Service, and no
+    acknowledged write is lost."""
+    setup = redis.start("redis-rollback", redis_image)
+    # 300 MB in the server: its checkpoint and transfer take seconds, so the migration is deleted before its
+    # commit point (the restore on the target), which rolls it back.
+    fill = "head -c 300000000 /dev/urandom | redis-cli -x SET ballast >/dev/null && redis-cli STRLEN ballast"
+    size = k.kubectl("-n", k.NAMESPACE, "exec", setup.server, "-c", "redis", "--", "sh", "-c", fill).stdout
+    assert int(size) == 300_000_000, size
+    mig = "mig-redis-rollback"
+    started = time.time()  # the client's clock is this machine's (the nodes share its kernel)
+    k.apply(
+        {
+            "apiVersion": "lpm.my.domain/v1",
+            "kind": "PodMigration",
+            "metadata": {"name": mig, "namespace": k.NAMESPACE},
+            "spec": {"podName": setup.server, "targetNode": k.NODE_2, "engine": "Live"},
+        }
+    )
+    k.wait_for(f"{mig} past its freeze", lambda: k.phase(mig) in ("Checkpointing", "Transferring"), 120, 0.05)
+    k.kubectl("-n", k.NAMESPACE, "delete", "podmigration", mig, "--wait=true", "--timeout=120s")
+    rolled_back = time.time()
+    pod = k.kubectl_json("-n", k.NAMESPACE, "get", "pod", setup.server)
+    assert pod["spec"]["nodeName"] == k.NODE_1 and not pod["metadata"].get("deletionTimestamp")
+
+    def acked_since_the_rollback() -> int:
+        return sum(1 for _, at in redis.acks(setup.client) if at > rolled_back)
+
+    k.wait_for("the outside client writing to the thawed source", lambda: acked_since_the_rollback() > 20)
+    refused = [t for t, ok in redis.attempts(setup.client) if not ok and started < t < rolled_back]
+    assert refused, "no connection to the frozen source was refused: the client waited for it instead"
+    acked = redis.acked(setup.client)
+    assert acked == sorted(set(acked)), "an acknowledged value repeated or went back: a write was lost"
+    assert int(redis.cli(setup.server, "GET", "ext")) >= acked[-1]
+    leftovers = k.kubectl_json("-n", k.NAMESPACE, "get", "pods", "-l", "lpm.my.domain/restored")["items"]
+    assert not [
+        p for p in leftovers if p["metadata"].get("annotations", {}).get("lpm.my.domain/source-pod") == setup.server
+    ]
+    redis.stop(setup)
