@@ -365,6 +365,14 @@ def _answer(address: str) -> str:
         return "no answer"
 
 
+def _fenced_by_pre_dump(action: Path, env: dict[str, str], pid: int, netns: str) -> bool:
+    """Runs the action script's pre-dump for `pid` as CRIU would; whether the pod's namespace is fenced then."""
+    pre_dump = {**env, "CRTOOLS_SCRIPT_ACTION": "pre-dump", "CRTOOLS_INIT_PID": str(pid)}
+    subprocess.run([str(action)], env=pre_dump, check=True, capture_output=True)
+    listing = ["ip", "netns", "exec", netns, "nft", "list", "tables"]
+    return "lpm_frozen" in subprocess.run(listing, capture_output=True, text=True, check=True).stdout
+
+
 def test_a_source_frozen_for_a_migration_refuses_new_connections_until_a_rollback_thaws_it(
     tmp_path: Path, netns: tuple[str, str]
 ) -> None:
@@ -373,7 +381,7 @@ def test_a_source_frozen_for_a_migration_refuses_new_connections_until_a_rollbac
     answers; instead it is refused at once (a RST), so the client retries, until the rollback's thaw, after which
     the pod answers again; a connection accepted before the dump that the application never took is reset. A
     dump of a pod the agent did not freeze (a `kubectl checkpoint`) fences nothing."""
-    src, _ = netns
+    src, dst = netns
     uid = str(uuid.uuid4())
     group = Path("/sys/fs/cgroup/freezer") / f"lpm-test-{uid[:8]}" / f"pod{uid}"
     state = tmp_path / "agent-state"
@@ -420,13 +428,26 @@ def test_a_source_frozen_for_a_migration_refuses_new_connections_until_a_rollbac
         ).stdout
         assert "lpm_frozen" not in tables, tables
 
-        # Not frozen by the agent (no freeze record names the pod): the dump's pre-dump fences nothing.
-        pre_dump = {**env, "CRTOOLS_SCRIPT_ACTION": "pre-dump", "CRTOOLS_INIT_PID": str(server.pid)}
-        subprocess.run([str(action)], env=pre_dump, check=True, capture_output=True)
-        tables = subprocess.run(
-            ["ip", "netns", "exec", src, "nft", "list", "tables"], capture_output=True, text=True, check=True
-        ).stdout
-        assert "lpm_frozen" not in tables, tables
+        # Not frozen by the agent (no freeze record names the pod): the dump's pre-dump fences nothing. (The
+        # fence would hold the script's stderr until it is up, so run() returning means it would be there.)
+        assert not _fenced_by_pre_dump(action, env, server.pid, src)
+
+        # Frozen by the agent, but no TCP socket in the pod's namespace: nothing to refuse, no fence either.
+        quiet = subprocess.Popen(["setsid", "nsenter", f"--net=/run/netns/{dst}", "sleep", "60"])
+        other_uid = str(uuid.uuid4())
+        other = group.parent / f"pod{other_uid}"
+        other.mkdir()
+        try:
+            (other / "cgroup.procs").write_text(str(quiet.pid))
+            freezer = Freezer(lambda _uid, _name: other, state)
+            freezer.freeze("20261205t000000z-quiet", other_uid, ["sleeper"])
+            assert not _fenced_by_pre_dump(action, env, quiet.pid, dst)
+            freezer.thaw("20261205t000000z-quiet", other_uid, ["sleeper"])
+        finally:
+            quiet.kill()
+            quiet.wait()
+            wait_for(lambda: not (other / "cgroup.procs").read_text().strip(), "the sleeper gone from its cgroup")
+            other.rmdir()
     finally:
         if (group / "freezer.state").exists():
             (group / "freezer.state").write_text("THAWED")
