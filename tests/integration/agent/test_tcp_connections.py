@@ -419,6 +419,7 @@ def test_a_source_frozen_for_a_migration_refuses_new_connections_until_a_rollbac
         waiting.settimeout(5)
         with pytest.raises(ConnectionResetError):
             waiting.recv(2)
+        waiting.close()
         wait_for(lambda: "(1 waiting connection(s) reset)" in (images / "dump.log").read_text(), "the fence logged")
 
         freezer.thaw("20261205t000000z-fence", uid, ["server"])  # the rollback
