@@ -457,3 +457,30 @@ def test_a_source_frozen_for_a_migration_refuses_new_connections_until_a_rollbac
         wait_for(lambda: not (group / "cgroup.procs").read_text().strip(), "the server gone from its cgroup")
         group.rmdir()
         group.parent.rmdir()
+
+
+def test_a_fence_that_nft_refuses_is_said_in_the_dump_log_and_the_dump_goes_on(
+    tmp_path: Path, netns: tuple[str, str]
+) -> None:
+    """The fence's nft fails (here: a stand-in nft on PATH, as on a node whose kernel lacks nf_tables): the
+    script says so, with nft's words, and exits 0, so the migration goes on without a fence. Run in a throwaway
+    network namespace, whatever nft is found."""
+    src, _ = netns
+    bin_dir, uid = tmp_path / "bin", str(uuid.uuid4())
+    bin_dir.mkdir()
+    (bin_dir / "nft").write_text(
+        '#!/bin/sh\n[ "$1" = list ] && exit 1\necho "Error: Operation not supported" >&2\nexit 1\n'
+    )
+    (bin_dir / "nft").chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "CRTOOLS_SCRIPT_ACTION": "lpm-fence",
+        "LPM_FENCE_POD": uid,
+        "CRTOOLS_INIT_PID": str(os.getpid()),
+    }
+    res = subprocess.run(["ip", "netns", "exec", src, "sh", str(ACTION)], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    said = f"cannot refuse new connections to pod {uid} while it is frozen (nft: Error: Operation not supported)"
+    assert said in res.stderr, res.stderr
+    assert "waiting connection(s) reset" not in res.stderr
