@@ -78,6 +78,21 @@ func (e *env) reap() {
 }
 
 // exitRecord waits (3 s at most) for D/lazy-pages.exit, the supervisor's record of the daemon's exit.
+// supervisorLog is the supervisor's log line(s) under D/work. It writes them after the exit record (exitRecord
+// returns as soon as that exists), so this waits, briefly, for the line's end.
+func supervisorLog(t *testing.T, d string) string {
+	t.Helper()
+	path := filepath.Join(d, "work", lazyPagesSupervisorLog)
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if data, err := os.ReadFile(path); err == nil && strings.HasSuffix(string(data), "\n") {
+			return string(data)
+		}
+		if time.Now().After(deadline) {
+			return readFile(t, path)
+		}
+	}
+}
+
 func exitRecord(t *testing.T, d string) lazyExit {
 	t.Helper()
 	path := filepath.Join(d, lazyPagesExit)
@@ -401,7 +416,7 @@ func TestCreateLazyRestoreFailureKillsDaemon(t *testing.T) {
 	if rec := exitRecord(t, d); rec.Code != 137 || rec.Killed != 0 || exists(filepath.Join(d, lazyPagesVictim)) {
 		t.Errorf("exit record %+v, victim file %v", rec, exists(filepath.Join(d, lazyPagesVictim)))
 	}
-	if log := readFile(t, filepath.Join(d, "work", lazyPagesSupervisorLog)); !strings.Contains(log, "exited with 137 (killed on SIGTERM); no restored process to kill") {
+	if log := supervisorLog(t, d); !strings.Contains(log, "exited with 137 (killed on SIGTERM); no restored process to kill") {
 		t.Errorf("supervisor log %q", log)
 	}
 }
@@ -455,7 +470,7 @@ func TestLazyDaemonFailureAfterRestoreKillsTheProcess(t *testing.T) {
 	}
 	logPath := filepath.Join(d, "work", lazyPagesSupervisorLog)
 	want := "exited with 1: the page stream broke; killed the restored process (pid " + strconv.Itoa(victim) + ")"
-	if log := readFile(t, logPath); strings.Count(log, "\n") != 1 || !strings.Contains(log, want) {
+	if log := supervisorLog(t, d); strings.Count(log, "\n") != 1 || !strings.Contains(log, want) {
 		t.Errorf("supervisor log %q lacks %q", log, want)
 	}
 	if st, err := os.Stat(logPath); err != nil || st.Mode().Perm() != 0o600 {
@@ -486,7 +501,7 @@ func TestLazyDaemonDoneAfterRestoreLeavesTheProcess(t *testing.T) {
 	if !alive(victim) {
 		t.Errorf("the restored process was killed though every page arrived")
 	}
-	if log := readFile(t, filepath.Join(d, "work", lazyPagesSupervisorLog)); !strings.Contains(log, "exited with 0: every page arrived") {
+	if log := supervisorLog(t, d); !strings.Contains(log, "exited with 0: every page arrived") {
 		t.Errorf("supervisor log %q", log)
 	}
 }
@@ -507,7 +522,7 @@ func TestLazyVictimPidReusedNotKilled(t *testing.T) {
 	}
 	want := "victim pid " + strconv.Itoa(victim) + " was reused (start time " + strconv.FormatUint(st, 10) + ", not " +
 		strconv.FormatUint(st+1, 10) + "): not killed"
-	if log := readFile(t, filepath.Join(d, "work", lazyPagesSupervisorLog)); !strings.Contains(log, want) {
+	if log := supervisorLog(t, d); !strings.Contains(log, want) {
 		t.Errorf("supervisor log %q lacks %q", log, want)
 	}
 }
