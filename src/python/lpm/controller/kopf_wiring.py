@@ -40,6 +40,7 @@ TERMINAL = frozenset(p.value for p in (*MigrationPhase, *CheckpointPhase) if p.t
 TTL_CHECK_SECONDS = 5.0  # how late a ttlSecondsAfterFinished deletion may be
 PROGRESS_SECONDS = 1.0  # how often a migration's progress is refreshed while it checkpoints
 BATCH_WINDOW_SECONDS = 0.005  # see configure() below
+CANCELLATION_POLLING_SECONDS = 1.0  # see configure() below
 KINDS: tuple[Reconciler[Any], ...] = (PODMIGRATIONS, PODCHECKPOINTS, CONTAINERCHECKPOINTS)
 
 
@@ -75,6 +76,11 @@ def build_registry(
         # restored): 0.5 s of downtime spent waiting. The deciders are idempotent, so reacting to every event
         # costs only a few more reconciles when events come in bursts.
         settings.batching.batch_window = BATCH_WINDOW_SECONDS
+        # A deleted object keeps kopf's finalizer until its timers have exited. A sync tick runs in a worker thread
+        # and cannot exit at once, and kopf looks again only after cancellation_polling (60 s by default): an
+        # object deleted during a tick (a migration's 1 s progress tick, a checkpoint's retention sweep) stayed
+        # a minute. Look again every second instead (each look is one patch of the object).
+        settings.background.cancellation_polling = CANCELLATION_POLLING_SECONDS
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
         if webhook is not None:
