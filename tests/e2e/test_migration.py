@@ -430,6 +430,28 @@ def test_checkpoint_retention_delete_removes_the_stored_checkpoint_with_the_migr
     k.wait_for(f"{stored} removed", lambda: not stored.exists(), timeout=120)
 
 
+def test_a_pod_on_its_nodes_network_is_refused_up_front_and_keeps_running() -> None:
+    """hostNetwork: the pod's address and ports are its node's. The migration fails validation, naming why,
+    before any agent freezes or dumps anything; a drain refuses too (dry run); the pod goes on counting."""
+    pod = k.counter_pod("hostnet", k.NODE_1)
+    pod["spec"]["hostNetwork"] = True
+    k.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    k.wait_for("pod hostnet counting", lambda: k.last_seq("hostnet") >= 10, timeout=120)
+    res = k.lpm("migrate", "hostnet", "--to", k.NODE_2, "--name", "mig-hostnet", "--wait", "--timeout", "60")
+    assert res.returncode != 0, res.stdout + res.stderr
+    st = k.migration("mig-hostnet")["status"]
+    assert (st["phase"], st["reason"]) == ("Failed", "PodUsesHostNamespaces"), st
+    assert "(hostNetwork)" in st["message"] and f"node {k.NODE_1}" in st["message"], st["message"]
+    assert "hostNetwork" in res.stdout + res.stderr, res.stdout + res.stderr
+    assert not st.get("podCheckpointName") and not st.get("restoredPodName"), st
+    drain = k.lpm("drain", k.NODE_1, "--dry-run")
+    assert drain.returncode != 0 and "hostnet" in drain.stdout + drain.stderr, drain.stdout + drain.stderr
+    assert "cannot be migrated" in drain.stdout + drain.stderr
+    seen = k.last_seq("hostnet")
+    k.wait_for("pod hostnet still counting", lambda: k.last_seq("hostnet") > seen + 5, timeout=30)
+    k.kubectl("-n", k.NAMESPACE, "delete", "pod", "hostnet", "--wait=false")
+
+
 def test_drain_migrates_bare_pods_and_leaves_owned_ones_to_their_owner() -> None:
     """`kubectl lpm drain` cordons the node, live-migrates the pods LPM can move and leaves a ReplicaSet's pod
     alone. The selector keeps it to this test's pods: other tests' pods share the node."""

@@ -22,6 +22,7 @@ def pod(
     mirror: bool = False,
     deleting: bool = False,
     tolerations: list[dict[str, Any]] | None = None,
+    host_network: bool = False,
 ) -> PodView:
     meta: dict[str, Any] = {"name": name, "namespace": "ns", "uid": f"uid-{name}"}
     if owner:
@@ -34,7 +35,12 @@ def pod(
     return PodView.from_api(
         {
             "metadata": meta,
-            "spec": {"nodeName": node, "containers": [{"name": "c"}], "tolerations": tolerations or []},
+            "spec": {
+                "nodeName": node,
+                "containers": [{"name": "c"}],
+                "tolerations": tolerations or [],
+                "hostNetwork": host_network,
+            },
             "status": {"phase": phase},
         }
     )
@@ -62,6 +68,20 @@ def test_each_kind_of_pod_lands_in_its_bucket() -> None:
     assert sorted(x.pod.name for x in plan.skipped) == ["done", "ds", "going", "static"]
     assert [x.pod.name for x in plan.owned] == ["web"] and "kubectl drain" in plan.owned[0].why
     assert plan.ok
+
+
+def test_a_pod_on_its_nodes_network_is_left_to_its_owner_or_refuses_the_drain_when_bare() -> None:
+    opted_in = pod("edge", owner="StatefulSet/edge", host_network=True)
+    opted_in = PodView.from_api({**opted_in.raw, "metadata": {**opted_in.raw["metadata"], "labels": MIGRATABLE}})
+    plan = plan_drain(SRC, [opted_in], NODES, {})
+    assert not plan.moves and [x.pod.name for x in plan.owned] == ["edge"] and plan.ok
+    assert "(hostNetwork)" in plan.owned[0].why and "StatefulSet/edge starts it elsewhere" in plan.owned[0].why
+    bare = plan_drain(SRC, [pod("proxy", host_network=True), pod("app")], NODES, {})
+    assert [m.pod.name for m in bare.moves] == ["app"] and not bare.ok
+    assert bare.blocked[0].pod.name == "proxy" and "cannot be migrated" in bare.blocked[0].why
+
+
+MIGRATABLE = {"lpm.my.domain/migratable": "true"}
 
 
 def test_pods_are_spread_over_ready_schedulable_nodes_never_the_source() -> None:

@@ -74,10 +74,11 @@ def pod(
     problem=None,
     deleting=False,
     labels=None,
+    host=None,
 ):
     raw = {
         "metadata": {"name": name, "namespace": "ns", "uid": uid, "labels": {"app": "web", **(labels or {})}},
-        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "img"}]},
+        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "img"}], **(host or {})},
     }
     if owner:
         kind, owner_name = owner.split("/")
@@ -151,6 +152,9 @@ def test_validation_failures_have_actionable_reasons():
     cases = [
         (dict(source_pod=None, target_node=NODE_B), "PodNotFound"),
         (dict(source_pod=pod(phase="Pending"), target_node=NODE_B), "PodNotRunning"),
+        (dict(source_pod=pod(host={"hostNetwork": True}), target_node=NODE_B), "PodUsesHostNamespaces"),
+        (dict(source_pod=pod(host={"hostPID": True}), target_node=NODE_B), "PodUsesHostNamespaces"),
+        (dict(source_pod=pod(host={"hostIPC": True}), target_node=NODE_B), "PodUsesHostNamespaces"),
         (dict(source_pod=pod(owner="StatefulSet/web"), target_node=NODE_B), "PodHasController"),
         (dict(source_pod=pod(owner="DaemonSet/ds", labels=OPTED_IN), target_node=NODE_B), "OwnerNotSupported"),
         (dict(source_pod=pod(owner="ReplicaSet/web-1", labels=OPTED_IN), target_node=NODE_B), "OwnerSelectorUnknown"),
@@ -178,6 +182,18 @@ def test_validation_failures_have_actionable_reasons():
     assert {reason for _, reason in cases} | {"FrozenSourceRetained", "OwnedPodClone"} | keep_name == {
         check.reason for check in CHECKS
     }
+
+
+def test_a_pod_sharing_its_nodes_namespaces_is_refused_saying_which_and_why():
+    st = status(
+        decide(obs(migration(), source_pod=pod(host={"hostNetwork": True, "hostPID": True}), target_node=NODE_B))
+    )
+    assert (st.phase, st.reason) == (MigrationPhase.FAILED, "PodUsesHostNamespaces")
+    assert "(hostNetwork, hostPID)" in st.message and "address, ports and connections" in st.message
+    assert "node node-a" in st.message
+    explicit_false = pod(host={"hostNetwork": False, "hostPID": False, "hostIPC": False})
+    st = status(decide(obs(migration(), source_pod=explicit_false, target_node=NODE_B, outcomes=probes_ok())))
+    assert st.phase is MigrationPhase.FREEZING
 
 
 OPTED_IN = {"lpm.my.domain/migratable": "true"}

@@ -6,9 +6,10 @@ A node drained for maintenance holds four kinds of pods:
   lpm.my.domain/migratable=true): each gets a PodMigration to a target node;
 - pods with nothing to move: DaemonSet pods (their DaemonSet runs one on every node), mirror pods of static
   manifests (the kubelet owns them), finished or terminating pods;
-- pods their owner moves: owned pods that have not opted in, which LPM leaves to `kubectl drain`: it evicts
-  them and the owner starts them elsewhere, empty;
-- pods that should move but cannot: not Running yet, or no node can take them. These fail the drain.
+- pods their owner moves: owned pods that have not opted in, or that share their node's network, PID or IPC
+  namespace, which LPM leaves to `kubectl drain`: it evicts them and the owner starts them elsewhere, empty;
+- pods that should move but cannot: not Running yet, bare pods sharing their node's namespaces, or no node can
+  take them. These fail the drain.
 
 Targets: `--to NODE`, or else the Ready, schedulable nodes (not the drained one) whose NoSchedule/NoExecute
 taints the pod tolerates, spread round-robin by how many pods this drain already sent to each.
@@ -112,6 +113,12 @@ def plan_drain(
             plan.owned.append(
                 Left(pod, f"managed by {pod.controller}: kubectl drain evicts it and its owner starts it elsewhere")
             )
+        elif pod.host_namespaces and pod.controller:
+            plan.owned.append(
+                Left(pod, f"{_shares(pod)}; kubectl drain evicts it and {pod.controller} starts it elsewhere")
+            )
+        elif pod.host_namespaces:
+            plan.blocked.append(Left(pod, f"{_shares(pod)}: it cannot be migrated; delete it or move it by hand"))
         elif not pod.running:
             plan.blocked.append(Left(pod, f"{pod.phase}: only Running pods can be migrated"))
         elif explicit_problem:
@@ -132,6 +139,10 @@ def plan_drain(
             sent[target] += 1
             plan.moves.append(Move(pod, target))
     return plan
+
+
+def _shares(pod: PodView) -> str:
+    return f"shares its node's namespaces ({', '.join(pod.host_namespaces)})"
 
 
 def handed_over(pod: PodView) -> bool:

@@ -41,6 +41,12 @@ class PodView:
     def running(self) -> bool:
         return self.phase == "Running" and not self.deleting
 
+    @property
+    def host_namespaces(self) -> tuple[str, ...]:
+        """The pod spec's hostNetwork, hostPID and hostIPC that are true: namespaces it shares with its node."""
+        spec = self.raw.get("spec") or {}
+        return tuple(key for key in ("hostNetwork", "hostPID", "hostIPC") if spec.get(key) is True)
+
     @classmethod
     def from_api(cls, pod: Mapping[str, Any]) -> PodView:
         meta = pod.get("metadata") or {}

@@ -379,6 +379,13 @@ def _owner_message(s: _Subject) -> str:
     return (_owner_problem(s) or ("", ""))[1]
 
 
+_HOST_PARTS = {"hostNetwork": "address, ports and connections", "hostPID": "process IDs", "hostIPC": "shared memory"}
+
+
+def _host_parts(keys: tuple[str, ...]) -> str:
+    return "; ".join(_HOST_PARTS[k] for k in keys)
+
+
 # What makes a migration fail validation before any agent is asked, in order: a check may assume that every
 # check above it passed. The first that fails names the reason.
 CHECKS: tuple[Check, ...] = (
@@ -399,6 +406,13 @@ CHECKS: tuple[Check, ...] = (
         lambda s: not s.pod.running,
         lambda s: f"pod {s.spec.pod_name} is {'terminating' if s.pod.deleting else s.pod.phase}; only Running "
         "pods can be migrated",
+    ),
+    Check(
+        "PodUsesHostNamespaces",
+        lambda s: bool(s.pod.host_namespaces),
+        lambda s: f"pod {s.spec.pod_name} shares its node's namespaces ({', '.join(s.pod.host_namespaces)}): "
+        f"its {_host_parts(s.pod.host_namespaces)} belong to node {s.pod.node_name} and cannot move with it; LPM "
+        "migrates pods that have their own network, PID and IPC namespaces",
     ),
     *(
         Check(reason, _owner_fails(reason), _owner_message)
