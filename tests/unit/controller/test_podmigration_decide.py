@@ -802,3 +802,85 @@ def test_a_failed_post_copy_checkpoint_without_a_running_replacement_rolls_back_
     )
     st = status(decide(obs(m, source_pod=pod(), restored_pod=running, pod_checkpoint=_failed_checkpoint())))
     assert st.phase is MigrationPhase.CLEANING
+
+
+def _replacement(post_start=False, running=False):
+    """The Live engine's replacement on node-b, not yet reported running by its kubelet (unless `running`)."""
+    made = pod(name="web-12345", uid="cc", node="node-b", annotations={c.ANNOTATION_MIGRATION_UID: MUID})
+    if post_start:
+        spec = dict(made.raw["spec"])
+        spec["containers"] = [{**spec["containers"][0], "lifecycle": {"postStart": {"exec": {"command": ["true"]}}}}]
+        made = replace(made, raw={**made.raw, "spec": spec})
+    return replace(made, started=("app",) if running else ())
+
+
+def _phase(actions, m):
+    """The phase the actions write, or the migration's own when they write no status."""
+    patches = [a for a in actions if isinstance(a, PatchStatus)]
+    return patches[-1].status.phase if patches else m.status.phase
+
+
+def _target_says(m, replacement, pc, *states, aborted=""):
+    """decide() twice: the question to the target's agent, then with its answer (`states`: (state, task_running))."""
+    first = decide(obs(m, source_pod=pod(), restored_pod=replacement, pod_checkpoint=pc))
+    asks = [a for a in first if isinstance(a, GetRestoreState)]
+    if not states:
+        return first, asks
+    (ask,) = asks
+    answer = {
+        "containers": [
+            {"container_name": "app", "state": f"RESTORE_STATE_{s}", "task_running": running} for s, running in states
+        ],
+        "aborted": aborted,
+    }
+    outcomes = {ask.key: Outcome.success(answer)}
+    return decide(obs(m, source_pod=pod(), restored_pod=replacement, pod_checkpoint=pc, outcomes=outcomes)), asks
+
+
+def test_a_live_migration_commits_once_the_target_restored_every_container_and_containerd_runs_it():
+    """Before the kubelet's next relist reports the replacement Running: the target's agent says lpm-runc
+    restored it and containerd says its task runs."""
+    m = migration(MigrationPhase.CHECKPOINTING, engine=Engine.LIVE, source_frozen=True)
+    storing = _ready_checkpoint()
+    storing.status.phase = CheckpointPhase.IN_PROGRESS
+    asking, (ask,) = _target_says(m, _replacement(), storing)
+    assert ask.node == "node-b" and list(ask.request.container_names) == ["app"]
+    assert ask.request.HasField("wait_restored") and ask.request.wait_restored.ToNanoseconds() <= 1_000_000_000
+    assert not any(isinstance(a, DeletePod) for a in asking)
+    done, _ = _target_says(m, _replacement(), storing, ("RESTORED", True))
+    assert status(done).phase is MigrationPhase.CLEANING, status(done).message
+    assert "(lpm-runc restored every container and containerd runs them)" in status(done).message
+    (delete,) = (a for a in done if isinstance(a, DeletePod))
+    assert delete.name == "web" and delete.grace_period_seconds == 0
+    # Restored but not running, not restored yet, or rolled back: the source stays.
+    for states, aborted in (
+        ((("RESTORED", False),), ""),
+        ((("STAGED", False),), ""),
+        ((("WAITING", False),), ""),
+        ((("RESTORED", True),), "rolled back"),
+    ):
+        actions, _ = _target_says(m, _replacement(), storing, *states, aborted=aborted)
+        assert _phase(actions, m) is MigrationPhase.CHECKPOINTING, (states, aborted)
+        assert not any(isinstance(a, DeletePod) for a in actions), (states, aborted)
+    # Restoring (the checkpoint was Ready first): the same answer commits there too.
+    restoring = migration(MigrationPhase.RESTORING, engine=Engine.LIVE, source_frozen=True)
+    done, _ = _target_says(restoring, _replacement(), _ready_checkpoint(), ("RESTORED", True))
+    assert status(done).phase is MigrationPhase.CLEANING, status(done).message
+
+
+def test_a_replacement_with_a_post_start_hook_or_post_copy_waits_for_the_kubelets_word():
+    m = migration(MigrationPhase.CHECKPOINTING, engine=Engine.LIVE, source_frozen=True)
+    storing = _ready_checkpoint()
+    storing.status.phase = CheckpointPhase.IN_PROGRESS
+    actions, asks = _target_says(m, _replacement(post_start=True), storing)
+    assert not asks and _phase(actions, m) is MigrationPhase.CHECKPOINTING
+    restoring = migration(MigrationPhase.RESTORING, engine=Engine.LIVE, source_frozen=True)
+    actions, asks = _target_says(restoring, _replacement(post_start=True), _ready_checkpoint())
+    assert not asks and not any(isinstance(a, DeletePod) for a in actions)
+    # The kubelet's word commits it as before.
+    actions, _ = _target_says(restoring, _replacement(post_start=True, running=True), _ready_checkpoint())
+    assert status(actions).phase is MigrationPhase.CLEANING
+    # Post-copy's commit is the last page, asked without wait_restored.
+    lazy = migration(MigrationPhase.CHECKPOINTING, engine=Engine.LIVE, source_frozen=True, post_copy_above_bytes=1)
+    _, asks = _target_says(lazy, _replacement(), storing)
+    assert not any(a.request.HasField("wait_restored") for a in asks)
