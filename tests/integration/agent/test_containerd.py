@@ -321,28 +321,3 @@ def test_the_runtime_dump_takes_a_paused_tasks_images_and_overlay_changes_and_le
         subprocess.run([*base, "tasks", "rm", "-f", "dump"], capture_output=True, check=False)
         subprocess.run([*base, "containers", "rm", "dump"], capture_output=True, check=False)
         subprocess.run(["umount", "-l", str(merged)], check=False)
-
-
-def test_containerd_says_whether_a_task_runs(tmp_path: Path, containerd) -> None:
-    """The Live engine's commit asks containerd (Tasks.Get on its socket, lpm.agent.dump.RuntimeDumper) whether a
-    restored container's task runs: yes while it runs, no once paused or gone, and no for a task it never had."""
-    from lpm.agent import freezer as fz
-    from lpm.agent.dump import RuntimeDumper
-
-    ctr, sock = containerd
-    run_counter(ctr, sock, tmp_path, "runs")
-    dumper = RuntimeDumper(tmp_path / "dumps", address=str(sock), ctr=str(ctr))
-    control = fz.ContainerdControl(address=str(sock), ctr=str(ctr))
-    assert dumper.task_running("runs")
-    control.freeze("runs")
-    assert not dumper.task_running("runs")
-    control.thaw("runs")
-    assert dumper.task_running("runs")
-    subprocess.run(
-        [str(ctr), "--address", str(sock), "-n", "k8s.io", "tasks", "kill", "-s", "KILL", "runs"], check=True
-    )
-    deadline = time.monotonic() + 10
-    while dumper.task_running("runs"):
-        assert time.monotonic() < deadline, "containerd still says the killed task runs"
-        time.sleep(0.05)
-    assert not dumper.task_running("no-such-task")

@@ -360,21 +360,6 @@ class RuntimeDumper:
             return None
         return pid if pid > 0 else None
 
-    def task_running(self, container_id: str, timeout: float = 2.0) -> bool:
-        """containerd's word (Tasks.Get) that the container's task runs now; False when it does not, or when
-        containerd cannot say (no such task, no answer)."""
-        try:
-            with grpc.insecure_channel(f"unix:{self.address}") as channel:
-                got = tasks_pb2_grpc.TasksStub(channel).Get(
-                    tasks_pb2.GetRequest(container_id=container_id),
-                    timeout=timeout,
-                    metadata=(("containerd-namespace", self.namespace),),
-                )
-        except grpc.RpcError as exc:
-            log.info("containerd did not say whether task %s runs: %s", container_id, exc)
-            return False
-        return bool(got.process.status == tasks_pb2.RUNNING)
-
     def _checkpoint_task(self, container_id: str, images: Path, timeout: float) -> None:
         """containerd's Tasks.Checkpoint with an image path: the task's shim runs `runc checkpoint
         --leave-running --image-path <images>` (a paused task stays paused). One gRPC call on containerd's socket

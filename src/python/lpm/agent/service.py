@@ -705,23 +705,14 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
         def body() -> agent_pb2.RestoreStateResponse:
             handoff = self._handoff()
             names = [require_label("container name", n) for n in request.container_names]
-            restored = request.HasField("wait_restored")
-            if restored:
-                until = time.monotonic() + min(2.0, request.wait_restored.ToNanoseconds() / 1e9)
-            else:
-                until = time.monotonic() + min(5.0, request.wait.ToNanoseconds() / 1e9)
+            until = time.monotonic() + min(5.0, request.wait.ToNanoseconds() / 1e9)
             while True:
                 aborted = handoff.aborted(request.checkpoint_id) or ""
                 states = handoff.states(request.checkpoint_id, names)
-                if aborted or time.monotonic() >= until:
-                    break
-                if restored and all(s.state is ho.State.RESTORED for s in states):
-                    break
-                if not restored and all(s.state is not ho.State.ABSENT for s in states):
+                if aborted or time.monotonic() >= until or all(s.state is not ho.State.ABSENT for s in states):
                     break
                 time.sleep(0.02)
             out = agent_pb2.RestoreStateResponse(aborted=aborted)
-            dumper = self.d.dumper
             for st in states:
                 out.containers.add(
                     container_name=st.container_name,
@@ -730,11 +721,6 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                     waiting_since=st.waiting_since,
                     pages=agent_pb2.PageStream.Value(f"PAGE_STREAM_{st.pages}"),
                     pages_message=st.pages_message,
-                    task_running=restored
-                    and st.state is ho.State.RESTORED
-                    and dumper is not None
-                    and bool(st.container_id)
-                    and dumper.task_running(st.container_id),
                 )
             return out
 

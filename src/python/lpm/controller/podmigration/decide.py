@@ -143,9 +143,6 @@ PROGRESS_EVERY_SECONDS = 1.0
 PROGRESS_STAGES = ("dumping", "sending", "streaming pages", "storing", "done")
 # Preparing asks the target's agent to answer as soon as the replacement's first container waits in lpm-runc.
 REPLACEMENT_POLL = Duration(seconds=1, nanos=500_000_000)
-# The Live engine's commit asks the target's agent to answer as soon as lpm-runc restored every container (or
-# after this long): the cycle waits that long at most, so a rollback found in the same cycles waits no longer.
-RESTORED_POLL = Duration(nanos=500_000_000)
 # How long the source's agent holds the Freeze until the checkpoint's calls (created just before it) wait there:
 # they come within a few API round trips; past this it freezes all the same and they find the pod frozen.
 FREEZE_AWAITS_CHECKPOINT = Duration(seconds=3)
@@ -920,44 +917,11 @@ def _replacement_runs(plan: MigrationPlan) -> bool:
     )
 
 
-KUBELET_SAYS = "its kubelet reports it running"
-AGENT_SAYS = "lpm-runc restored every container and containerd runs them"
-
-
-def _replacement_restored(plan: MigrationPlan) -> bool | None:
-    """Live engine, without post-copy: every container of our replacement was restored by lpm-runc and its task
-    runs, in the target agent's and containerd's words; None while asking. The kubelet says the same at its next
-    relist (up to a second later); asking the node itself commits that much sooner. Not for a pod with a
-    postStart hook: the kubelet runs it after the start, and kills the container if it fails, so only the
-    kubelet's word counts there."""
-    st, rp = plan.status, plan.obs.restored_pod
-    if st.engine is not Engine.LIVE or st.post_copy_above_bytes or not st.checkpoint_id:
-        return False
-    if rp is None or not plan.restored_is_ours() or rp.deleting or rp.problem or not rp.containers:
-        return False
-    spec = rp.raw.get("spec") or {}
-    if any((ctr.get("lifecycle") or {}).get("postStart") for ctr in spec.get("containers") or []):
-        return False
-    request = pb.RestoreStateRequest(
-        checkpoint_id=st.checkpoint_id, container_names=list(rp.containers), wait_restored=RESTORED_POLL
-    )
-    out = plan.outcome(GetRestoreState(plan.m.spec.target_node, request))
-    if out is None:
-        return None
-    if not out.ok or out.value.get("aborted"):
-        return False
-    states = {str(x.get("container_name")): x for x in out.value.get("containers") or []}
-    return all(
-        str(states.get(n, {}).get("state", "")).endswith("RESTORED") and states[n].get("task_running")
-        for n in rp.containers
-    )
-
-
 def _restore_done(plan: MigrationPlan) -> bool:
-    """The restored pod is up: on the Live engine every container restored by lpm-runc (the kubelet's word, or
-    the target agent's and containerd's), on the Image engine the pod Running without a problem."""
+    """The restored pod is up: on the Live engine every container restored by lpm-runc, on the Image engine the
+    pod Running without a problem."""
     if plan.status.engine is Engine.LIVE:
-        return _replacement_runs(plan) or bool(_replacement_restored(plan))
+        return _replacement_runs(plan)
     rp = plan.obs.restored_pod
     return plan.restored_is_ours() and rp is not None and rp.running and not rp.problem
 
@@ -1020,23 +984,15 @@ def _checkpointing(plan: MigrationPlan) -> None:
                 f"checkpoint failed with post-copy ({reason}: {pc.status.message or 'no details'}); the target's "
                 "copy holds no memory, so the replacement is deleted and the source, still whole, thawed",
             )
-    said = KUBELET_SAYS if plan.status.engine is Engine.LIVE and _replacement_runs(plan) else ""
-    if not said and pc is not None and not pc.status.phase.terminal:
-        # While the checkpoint is on its way, the target's agent may have restored it already (it does not wait for
-        # the durable copy): ask it, rather than wait for the kubelet's next relist.
-        restored = _replacement_restored(plan)
-        if restored is None:
-            return None
-        said = AGENT_SAYS if restored else ""
-    if said:
+    if plan.status.engine is Engine.LIVE and _replacement_runs(plan):
         # The source's agent pushed each archive node to node and lpm-runc restored them, verified, before the
         # durable copy was sealed: the commit point is passed, and nothing about the store undoes it now.
         durable = pc.status.phase.value if pc is not None else "not started"
         plan.enter(
             P.CLEANING,
             "Cleaning",
-            f"pod {plan.status.restored_pod_name} runs on {plan.m.spec.target_node} ({said}), restored from the "
-            f"checkpoint its agent received node to node (durable copy: {durable}); removing the source",
+            f"pod {plan.status.restored_pod_name} runs on {plan.m.spec.target_node}, restored from the checkpoint "
+            f"its agent received node to node (durable copy: {durable}); removing the source",
         )
         return _cleaning(plan)
     if pc is None:
@@ -1404,8 +1360,7 @@ def _restoring(plan: MigrationPlan) -> None:
             plan, "RestoredPodNameTaken", f"a pod named {name} exists and was not made by this migration; delete it"
         )
     if _restore_done(plan):
-        how = "" if st.engine is not Engine.LIVE else f" ({KUBELET_SAYS if _replacement_runs(plan) else AGENT_SAYS})"
-        plan.enter(P.CLEANING, "Cleaning", f"pod {name} runs on {plan.m.spec.target_node}{how}; removing the source")
+        plan.enter(P.CLEANING, "Cleaning", f"pod {name} runs on {plan.m.spec.target_node}; removing the source")
         return _cleaning(plan)
     if rp.deleting or rp.phase in ("Failed", "Succeeded") or rp.problem:
         detail = scrub_paths(rp.problem or f"it is {'terminating' if rp.deleting else rp.phase}")
