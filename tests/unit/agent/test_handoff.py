@@ -6,11 +6,14 @@ import io
 import json
 import stat
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lpm.agent.handoff import Aborted, Handoff, HandoffError, State
 from lpm.agent.scratch import Scratch
@@ -232,3 +235,58 @@ def test_a_post_copy_restore_keeps_its_images_while_pages_stream_and_says_how_th
     h.stage(CKPT, "db", chunks(archive({"checkpoint/inventory.img": b"inv"})))
     (tmp_path / CKPT / "db" / "restored").write_text("{}")
     assert h.states(CKPT, ["db"])[0].pages == "NONE"
+
+
+_LEAF = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-._é", min_size=1, max_size=140).filter(
+    lambda n: n not in (".", "..")
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    files=st.dictionaries(_LEAF, st.integers(0, 3000), min_size=1, max_size=6),
+    skipped=st.integers(0, 1500),
+    fmt=st.sampled_from([tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT]),
+    piece=st.integers(1, 4096),
+)
+def test_staged_images_are_the_archives_files_whatever_its_headers_and_chunking(
+    tmp_path: Path, files: dict[str, int], skipped: int, fmt: int, piece: int
+) -> None:
+    """tarfile writes the archive (long names as PAX or GNU headers, sizes on and off block boundaries, a member
+    the restore skips); any chunking of it stages exactly the files tarfile itself extracts."""
+    if fmt == tarfile.USTAR_FORMAT:
+        files = {n: size for n, size in files.items() if len(n.encode()) <= 90 and n.isascii()}
+        if not files:
+            return
+    members = {f"checkpoint/{name}": bytes((i * 7 + n) % 251 for n in range(size)) for i, (name, size) in
+               enumerate(sorted(files.items()))}  # fmt: skip
+    members = {"spec.dump": b"s" * skipped, **members, "deleted.files": json.dumps(["/gone"]).encode()}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    raw = buf.getvalue()
+    root = Path(tempfile.mkdtemp(dir=tmp_path))
+    h = Handoff(root)
+    stream = (raw[i : i + piece] for i in range(0, len(raw), piece))
+    if not any(files.values()):
+        with pytest.raises(HandoffError, match="no CRIU images"):
+            h.stage(CKPT, "app", stream)
+        return
+    h.stage(CKPT, "app", stream)
+    ready = json.loads((root / CKPT / "app" / "ready").read_text())
+    images = Path(ready["images"])
+    assert {p.name: p.read_bytes() for p in images.iterdir()} == {
+        name.removeprefix("checkpoint/"): data for name, data in members.items() if name.startswith("checkpoint/")
+    }
+    assert ready["deleted_files"] == ["/gone"]
+
+
+def test_an_archive_cut_inside_a_member_is_refused_and_stages_nothing(tmp_path: Path) -> None:
+    h = Handoff(tmp_path)
+    cut = KUBELET_ARCHIVE[: KUBELET_ARCHIVE.index(b"p" * 100) + 2000]
+    with pytest.raises((HandoffError, tarfile.TarError)):
+        h.stage(CKPT, "app", chunks(cut))
+    assert not (tmp_path / CKPT / "app" / "ready").exists()

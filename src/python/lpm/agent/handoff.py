@@ -45,7 +45,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lpm.agent.images import IterReader
 from lpm.agent.scratch import Scratch
 
 log = logging.getLogger(__name__)
@@ -59,7 +58,6 @@ _ROOTFS_DIFF = "rootfs-diff.tar"
 _DELETED_FILES = "deleted.files"
 _VOLUMES_PREFIX = "volumes/"
 _VOLUMES = "volumes.json"
-_READ_SIZE = 128 << 10  # see _extract
 LAZY_PAGES_EXIT = "lazy-pages.exit"  # lpm-runc's supervisor: how the post-copy restore's page stream ended
 _VOLUME_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a pod volume's name (DNS-1123 label)
 
@@ -319,28 +317,29 @@ def _extract(
     """The kubelet archive's `checkpoint/*` files into `images`, `rootfs-diff.tar` to `rootfs_diff`, the
     `deleted.files` list, and (the agent's own dump) the emptyDir volumes' tars into `volumes` with their mount
     points from `volumes.json`. Only regular files are written, each 0600; a member with a path that leaves its
-    directory is refused. Reads `archive` to its end (its integrity check runs there)."""
-    reader = IterReader(archive)
+    directory is refused. Reads `archive` to its end (its integrity check runs there).
+
+    tarfile reads every header (ustar, PAX, GNU), through a forward-only reader of the chunks (ForwardReader); a
+    member's data goes from the chunks to its file without passing through tarfile. tarfile's own stream mode
+    copied each byte four to five times in Python (its buffer, the joins and slices of each read, the
+    extracted file object's buffer): staging 256 MiB took 0.67 s more than receiving it, half of the whole
+    node-to-node push (tests/bench/agent/bench_push.py)."""
+    reader = ForwardReader(archive)
     image_bytes = diff_bytes = 0
     deleted: list[str] = []
     mounted: dict[str, str] = {}
-    # Stream mode reads its source in `bufsize` pieces, and every read copies what is left of its buffer: 10 KiB
-    # (tarfile's default) reads too often, 1 MiB copies too much per small read (a member header). With 128 KiB
-    # instead of 1 MiB: 10 MiB of pages 11.5 -> 6.4 ms, 256 MiB 217 -> 167 ms (tests/bench/agent/bench_staging.py);
-    # the analytics counter's real images (24 members) 24.5 -> 7.3 ms.
-    with tarfile.open(fileobj=reader, mode="r|", bufsize=_READ_SIZE) as tar:  # type: ignore[call-overload]
-        for member in tar:
+    with tarfile.TarFile(fileobj=reader, mode="r") as tar:  # type: ignore[arg-type]
+        while (member := tar.next()) is not None:
             name = member.name.removeprefix("./")
             if name.startswith(_IMAGES_PREFIX) and member.isfile():
                 leaf = name[len(_IMAGES_PREFIX) :]
                 if not leaf or "/" in leaf or leaf in (".", ".."):
                     raise HandoffError(f"checkpoint archive member {member.name!r} is not a flat CRIU image")
-                image_bytes += _copy(tar, member, images / leaf)
+                image_bytes += _write(reader, member, images / leaf)
             elif name == _ROOTFS_DIFF and member.isfile():
-                diff_bytes += _copy(tar, member, rootfs_diff)
+                diff_bytes += _write(reader, member, rootfs_diff)
             elif name == _DELETED_FILES and member.isfile():
-                src = tar.extractfile(member)
-                data = json.loads(src.read()) if src else []
+                data = json.loads(reader.read_exactly(member.size))
                 if not isinstance(data, list) or not all(isinstance(p, str) for p in data):
                     raise HandoffError("deleted.files in the checkpoint archive is not a list of paths")
                 deleted = data
@@ -348,16 +347,16 @@ def _extract(
                 volume = name[len(_VOLUMES_PREFIX) : -len(".tar")]
                 if not _VOLUME_NAME.fullmatch(volume):
                     raise HandoffError(f"checkpoint archive member {member.name!r} is not a volume's tar")
-                diff_bytes += _copy(tar, member, volumes / f"{volume}.tar")
+                diff_bytes += _write(reader, member, volumes / f"{volume}.tar")
             elif name == _VOLUMES and member.isfile():
-                src = tar.extractfile(member)
-                data = json.loads(src.read()) if src else {}
+                data = json.loads(reader.read_exactly(member.size))
                 if not isinstance(data, dict) or not all(
                     isinstance(k, str) and k.startswith("/") and isinstance(v, str) and _VOLUME_NAME.fullmatch(v)
                     for k, v in data.items()
                 ):
                     raise HandoffError("volumes.json in the checkpoint archive is not {mount point: volume}")
                 mounted = data
+            # Anything else (config.dump, spec.dump, the stats) is skipped: tarfile's next() seeks past it.
     reader.drain()
     if not image_bytes:
         raise HandoffError("the checkpoint archive holds no CRIU images (no checkpoint/ files)")
@@ -367,10 +366,75 @@ def _extract(
     return image_bytes, diff_bytes, deleted, mounted
 
 
-def _copy(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> int:
-    src = tar.extractfile(member)
-    assert src is not None
+class ForwardReader:
+    """A chunk iterator as the file tarfile reads headers from: read, tell and forward seeks (tarfile seeks past
+    data it was not asked for); `write_to` moves a member's data to a file straight from the chunks."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = memoryview(b"")
+        self._pos = 0
+
+    def _fill(self) -> bool:
+        while not self._pending:
+            try:
+                self._pending = memoryview(next(self._chunks))
+            except StopIteration:
+                return False
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        parts: list[bytes] = []
+        while (n < 0 or n > 0) and self._fill():
+            take = len(self._pending) if n < 0 else min(n, len(self._pending))
+            parts.append(bytes(self._pending[:take]))
+            self._pending = self._pending[take:]
+            self._pos += take
+            n -= take if n > 0 else 0
+        return b"".join(parts)
+
+    def read_exactly(self, n: int) -> bytes:
+        data = self.read(n)
+        if len(data) != n:
+            raise HandoffError("the checkpoint archive ends inside a member")
+        return data
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        if whence != os.SEEK_SET or pos < self._pos:
+            raise OSError(f"the checkpoint stream only reads forward (at {self._pos}, asked for {pos})")
+        while self._pos < pos and self._fill():
+            take = min(pos - self._pos, len(self._pending))
+            self._pending = self._pending[take:]
+            self._pos += take
+        return self._pos
+
+    def write_to(self, fd: int, n: int) -> None:
+        while n > 0:
+            if not self._fill():
+                raise HandoffError("the checkpoint archive ends inside a member")
+            piece = self._pending[: min(n, len(self._pending))]
+            written = os.write(fd, piece)
+            self._pending = self._pending[written:]
+            self._pos += written
+            n -= written
+
+    def drain(self) -> None:
+        """Pull the iterator to its end so its final integrity check runs."""
+        self._pending = memoryview(b"")
+        for _ in self._chunks:
+            pass
+
+
+def _write(reader: ForwardReader, member: tarfile.TarInfo, dest: Path) -> int:
+    """The member's data (the reader is at its start: tarfile has just read its header) into a new 0600 file."""
+    if reader.tell() != member.offset_data:
+        raise HandoffError(f"checkpoint archive member {member.name!r}: its data is not where its header says")
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        shutil.copyfileobj(src, out, 1 << 20)
+    try:
+        reader.write_to(fd, member.size)
+    finally:
+        os.close(fd)
     return member.size
