@@ -388,7 +388,7 @@ class ForwardReader:
 
     def read(self, n: int = -1) -> bytes:
         parts: list[bytes] = []
-        while (n < 0 or n > 0) and self._fill():
+        while n != 0 and self._fill():
             take = len(self._pending) if n < 0 else min(n, len(self._pending))
             parts.append(bytes(self._pending[:take]))
             self._pending = self._pending[take:]

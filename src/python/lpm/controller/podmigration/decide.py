@@ -383,7 +383,7 @@ _HOST_PARTS = {"hostNetwork": "address, ports and connections", "hostPID": "proc
 
 
 def _host_parts(keys: tuple[str, ...]) -> str:
-    return "; ".join(_HOST_PARTS[k] for k in keys)
+    return "; ".join(f"its {_HOST_PARTS[k]}" for k in keys)
 
 
 # What makes a migration fail validation before any agent is asked, in order: a check may assume that every
@@ -411,7 +411,7 @@ CHECKS: tuple[Check, ...] = (
         "PodUsesHostNamespaces",
         lambda s: bool(s.pod.host_namespaces),
         lambda s: f"pod {s.spec.pod_name} shares its node's namespaces ({', '.join(s.pod.host_namespaces)}): "
-        f"its {_host_parts(s.pod.host_namespaces)} belong to node {s.pod.node_name} and cannot move with it; LPM "
+        f"{_host_parts(s.pod.host_namespaces)} belong to node {s.pod.node_name} and cannot move with it; LPM "
         "migrates pods that have their own network, PID and IPC namespaces",
     ),
     *(
