@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -119,7 +120,36 @@ def test_renewing_a_held_freeze_asks_neither_the_kubelet_nor_the_runtime(tmp_pat
     assert asked == ["locate app", "freeze cid-app"], "renewed from the record alone"
     assert (again[0].auto_thaw_at or 0) > (first[0].auto_thaw_at or 0)
     f.freeze("ck-1", POD, ["app", "sidecar"], deadline=60)  # a container it does not hold yet: asked for
-    assert asked[2:] == ["locate app", "locate sidecar", "freeze cid-app", "freeze cid-sidecar"]
+    assert asked[2:4] == ["locate app", "locate sidecar"]
+    assert sorted(asked[4:]) == ["freeze cid-app", "freeze cid-sidecar"]
+
+
+def test_a_pods_containers_are_frozen_at_once_and_a_failure_thaws_them_all(tmp_path, cgroups) -> None:
+    """Each freeze waits at a barrier the others must reach too: frozen one after the other, the first would
+    wait alone and the barrier break."""
+    barrier = threading.Barrier(2, timeout=5)
+
+    class Together(fz.CgroupControl):
+        def freeze(self, target: str) -> None:
+            barrier.wait()
+            super().freeze(target)
+
+    f = fz.Freezer(make(tmp_path, cgroups).locate, tmp_path / "state", 60.0, Together())
+    f.freeze("ck-1", POD, ["app", "sidecar"])
+    assert state(cgroups["app"]) == state(cgroups["sidecar"]) == "FROZEN"
+    f.thaw("ck-1", POD, [])
+
+    class SidecarFails(fz.CgroupControl):
+        def freeze(self, target: str) -> None:
+            if Path(target).name == "cid-sidecar":
+                raise fz.FreezerError("the runtime refused")
+            super().freeze(target)
+
+    g = fz.Freezer(make(tmp_path, cgroups).locate, tmp_path / "state2", 60.0, SidecarFails())
+    with pytest.raises(fz.FreezerError, match="refused"):
+        g.freeze("ck-2", POD, ["app", "sidecar"])
+    assert state(cgroups["app"]) == state(cgroups["sidecar"]) == "THAWED"
+    assert g.status("ck-2") is None
 
 
 def test_another_checkpoint_cannot_take_over_a_frozen_container(tmp_path, cgroups) -> None:

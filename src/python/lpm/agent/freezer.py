@@ -47,6 +47,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -580,14 +581,26 @@ class Freezer:
             self._persist(record)
             self._schedule(record)
             try:
-                for target in targets.values():
-                    self.control.freeze(target)
+                self._freeze_all(list(targets.values()))
             except BaseException:
                 self._thaw_record(record)
                 raise
             self._changed.notify_all()
             log.info("checkpoint %s: froze %s of pod %s", checkpoint_id, ", ".join(containers), pod_uid)
             return [ContainerState(n, True, record.auto_thaw_at) for n in containers]
+
+    def _freeze_all(self, targets: list[str]) -> None:
+        """A pod's containers all at once. One after the other, the first stood still while the runtime paused
+        the others (55 ms each through containerd here: 0.11 s more downtime for the first of three) and the pod
+        was not frozen at one instant. Every one is attempted; the first failure is raised (the caller thaws)."""
+        if len(targets) == 1:
+            return self.control.freeze(targets[0])
+        with ThreadPoolExecutor(len(targets), thread_name_prefix="freeze") as pool:
+            done = [pool.submit(self.control.freeze, target) for target in targets]
+        failed = [exc for exc in (f.exception() for f in done) if exc is not None]
+        if failed:
+            raise failed[0]
+        return None
 
     def _thaw_record(self, record: FreezeRecord, names: list[str] | None = None) -> None:
         errors = []
