@@ -51,6 +51,7 @@ def node(name: str, *, ready: bool = True, cordoned: bool = False) -> NodeView:
 
 
 NODES = [node(SRC), node("node-2"), node("node-3")]
+MIGRATABLE = {"lpm.my.domain/migratable": "true"}
 
 
 def test_each_kind_of_pod_lands_in_its_bucket() -> None:
@@ -79,9 +80,6 @@ def test_a_pod_on_its_nodes_network_is_left_to_its_owner_or_refuses_the_drain_wh
     bare = plan_drain(SRC, [pod("proxy", host_network=True), pod("app")], NODES, {})
     assert [m.pod.name for m in bare.moves] == ["app"] and not bare.ok
     assert bare.blocked[0].pod.name == "proxy" and "cannot be migrated" in bare.blocked[0].why
-
-
-MIGRATABLE = {"lpm.my.domain/migratable": "true"}
 
 
 def test_pods_are_spread_over_ready_schedulable_nodes_never_the_source() -> None:
