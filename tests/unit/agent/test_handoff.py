@@ -253,7 +253,7 @@ def test_staged_images_are_the_archives_files_whatever_its_headers_and_chunking(
     tmp_path: Path, files: dict[str, int], skipped: int, fmt: int, piece: int
 ) -> None:
     """tarfile writes the archive (long names as PAX or GNU headers, sizes on and off block boundaries, a member
-    the restore skips); any chunking of it stages exactly the files tarfile itself extracts."""
+    the restore skips); any chunking of it stages exactly the files written into it."""
     if fmt == tarfile.USTAR_FORMAT:
         files = {n: size for n, size in files.items() if len(n.encode()) <= 90 and n.isascii()}
         if not files:
