@@ -77,7 +77,6 @@ func (e *env) reap() {
 	})
 }
 
-// exitRecord waits (3 s at most) for D/lazy-pages.exit, the supervisor's record of the daemon's exit.
 // supervisorLog is the supervisor's log line(s) under D/work. It writes them after the exit record (exitRecord
 // returns as soon as that exists), so this waits, briefly, for the line's end.
 func supervisorLog(t *testing.T, d string) string {
@@ -93,6 +92,7 @@ func supervisorLog(t *testing.T, d string) string {
 	}
 }
 
+// exitRecord waits (3 s at most) for D/lazy-pages.exit, the supervisor's record of the daemon's exit.
 func exitRecord(t *testing.T, d string) lazyExit {
 	t.Helper()
 	path := filepath.Join(d, lazyPagesExit)
