@@ -119,7 +119,7 @@ def test_a_stream_that_does_not_match_its_trailer_is_refused_and_nothing_is_stag
     path = archive(tmp_path / "a.tar", b"p" * 3000)
     good = list(transfer.chunks(lambda: path.open("rb"), path.stat().st_size, CKPT, "app"))
     assert good[0].expected_size_bytes == path.stat().st_size, "the target is told the whole size up front"
-    tampered = [*good[:-1], agent_pb2.CheckpointChunk(last=True, raw_size_bytes=7, raw_sha256="0" * 64)]
+    tampered = [*good[:-1], agent_pb2.CheckpointChunk(last=True, raw_size_bytes=7, raw_xxh3_128=bytes(16))]
     with peer(pki).channel(f"127.0.0.1:{server.port}") as channel:
         with pytest.raises(grpc.RpcError) as refused:
             agent_pb2_grpc.CheckpointServiceStub(channel).ReceiveCheckpoint(iter(tampered), timeout=30)

@@ -1,0 +1,108 @@
+"""The push's framing and end-to-end checksum (lpm.agent.transfer): what the target accepts, on its own.
+
+The real gRPC stream between two agents over mutual TLS is tests/integration/agent/test_transfer.py; here the
+messages go from `chunks` to `received` directly, so any damage can be made to them on the way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterator
+from typing import Any, cast
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lpm.agent import transfer
+from lpm.api.agent.v1 import agent_pb2
+
+CKPT = "20260101t000000z-abcdef12"
+
+
+def pushed(data: bytes, chunk_size: int) -> list[agent_pb2.CheckpointChunk]:
+    return list(transfer.chunks(lambda: io.BytesIO(data), len(data), CKPT, "app", chunk_size=chunk_size))
+
+
+def receive(messages: list[agent_pb2.CheckpointChunk]) -> bytes:
+    rest: Iterator[agent_pb2.CheckpointChunk] = iter(messages[1:])
+    return b"".join(transfer.received(messages[0], rest))
+
+
+@given(data=st.binary(max_size=5000), chunk_size=st.integers(1, 700))
+def test_any_archive_arrives_as_it_was_sent(data: bytes, chunk_size: int) -> None:
+    messages = pushed(data, chunk_size)
+    assert messages[0].checkpoint_id == CKPT and messages[0].checksum == agent_pb2.STREAM_CHECKSUM_XXH3_128
+    assert receive(messages) == data
+
+
+@st.composite
+def damaged(draw: st.DrawFn) -> list[agent_pb2.CheckpointChunk]:
+    """A push of at least two data chunks with one kind of damage that keeps the total size: a byte changed, two
+    different chunks swapped, or one chunk's data replaced by another's."""
+    chunk_size = draw(st.integers(1, 64))
+    data = draw(st.binary(min_size=2 * chunk_size, max_size=40 * chunk_size))
+    messages = pushed(data, chunk_size)
+    full = [i for i, m in enumerate(messages) if len(m.data) == chunk_size]
+    i, j = draw(st.lists(st.sampled_from(full), min_size=2, max_size=2, unique=True))
+    match draw(st.sampled_from(["flip", "swap", "replace"])):
+        case "flip":
+            at = draw(st.integers(0, chunk_size - 1))
+            bit = 1 << draw(st.integers(0, 7))
+            d = bytearray(messages[i].data)
+            d[at] ^= bit
+            messages[i].data = bytes(d)
+        case "swap":
+            if messages[i].data == messages[j].data:
+                d = bytearray(messages[i].data)
+                d[0] ^= 0xFF
+                messages[i].data = bytes(d)  # different chunks, or the swap would change nothing
+            else:
+                messages[i].data, messages[j].data = messages[j].data, messages[i].data
+        case "replace":
+            if messages[i].data == messages[j].data:
+                d = bytearray(messages[j].data)
+                d[-1] ^= 0x01
+                messages[j].data = bytes(d)
+            messages[i].data = messages[j].data
+    return messages
+
+
+@given(messages=damaged())
+def test_a_damaged_stream_of_the_right_size_is_refused_at_its_end(messages: list[agent_pb2.CheckpointChunk]) -> None:
+    with pytest.raises(transfer.TransferError, match="XXH3-128"):
+        receive(messages)
+
+
+def test_a_cut_stream_is_refused() -> None:
+    messages = pushed(b"x" * 100, 10)
+    with pytest.raises(transfer.TransferError, match="before its last chunk"):
+        receive(messages[:-1])
+    with pytest.raises(transfer.TransferError, match="received 90 bytes"):
+        receive([*messages[:3], *messages[4:]])
+
+
+def test_an_empty_archive_is_one_chunk_that_names_everything() -> None:
+    (only,) = pushed(b"", 10)
+    assert only.last and only.checkpoint_id == CKPT and only.checksum == agent_pb2.STREAM_CHECKSUM_XXH3_128
+    assert receive([only]) == b""
+
+
+def test_an_older_source_s_sha256_stream_is_still_checked_and_accepted() -> None:
+    """During a rolling upgrade a source agent from before XXH3-128 sends SHA-256 (the field's default)."""
+    data = b"older agent" * 50
+    first = agent_pb2.CheckpointChunk(checkpoint_id=CKPT, container_name="app", data=data[:300])
+    middle = agent_pb2.CheckpointChunk(data=data[300:])
+    digest = hashlib.sha256(data).hexdigest()
+    good = agent_pb2.CheckpointChunk(last=True, raw_size_bytes=len(data), raw_sha256=digest)
+    assert receive([first, middle, good]) == data
+    bad = agent_pb2.CheckpointChunk(last=True, raw_size_bytes=len(data), raw_sha256=hashlib.sha256(b"x").hexdigest())
+    with pytest.raises(transfer.TransferError, match="sha256"):
+        receive([first, middle, bad])
+
+
+def test_a_checksum_this_agent_does_not_know_is_refused_before_anything_is_staged() -> None:
+    first = agent_pb2.CheckpointChunk(checkpoint_id=CKPT, container_name="app", data=b"abc", checksum=cast(Any, 7))
+    with pytest.raises(transfer.TransferError, match="does not know"):
+        next(transfer.received(first, iter([])))
