@@ -4,9 +4,12 @@ call to containerd's task API (a stand-in here; the real one in tests/integratio
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import tarfile
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,9 +17,11 @@ from pathlib import Path
 import grpc
 import pytest
 
+from lpm.agent import transfer
 from lpm.agent.dump import (
     DumpCriuFailed,
     DumpError,
+    DumpStream,
     LazyAlreadyStarted,
     Overlay,
     RuntimeDumper,
@@ -24,6 +29,9 @@ from lpm.agent.dump import (
     root_overlay,
     write_rootfs_diff,
 )
+from lpm.agent.handoff import Handoff
+from lpm.agent.scratch import Scratch
+from lpm.api.agent.v1 import agent_pb2
 from lpm.api.containerd.v1 import tasks_pb2, tasks_pb2_grpc
 
 MOUNTINFO = (
@@ -206,9 +214,14 @@ class StandInContainerd(tasks_pb2_grpc.TasksServicer):
     """containerd's task API on a unix socket (the runtime is the boundary broken here): a Checkpoint writes one
     CRIU image where its runc options point, or fails the way the runc shim reports a CRIU failure."""
 
-    def __init__(self, socket: Path, fail: str = "") -> None:
+    def __init__(self, socket: Path, fail: str = "", pages: list[bytes] | None = None) -> None:
         self.calls: list[tuple[tasks_pb2.CheckpointTaskRequest, tuple[tuple[str, str], ...]]] = []
         self.fail = fail
+        # CRIU's memory: appended to pages-1.img block by block; after the first, the dump waits (at most 10 s)
+        # for `first_block_seen`, so a stream that sends nothing before the dump ends is caught.
+        self.pages = pages or []
+        self.first_block_seen = threading.Event()
+        self.waited_for_the_stream = False
         self.server = grpc.server(ThreadPoolExecutor(2))
         tasks_pb2_grpc.add_TasksServicer_to_server(self, self.server)
         self.server.add_insecure_port(f"unix:{socket}")
@@ -218,10 +231,16 @@ class StandInContainerd(tasks_pb2_grpc.TasksServicer):
         self, request: tasks_pb2.CheckpointTaskRequest, context: grpc.ServicerContext
     ) -> tasks_pb2.CheckpointTaskResponse:
         self.calls.append((request, tuple(context.invocation_metadata())))
-        if self.fail:
-            context.abort(grpc.StatusCode.UNKNOWN, self.fail)
         assert request.options.type_url == "containerd.runc.v1.CheckpointOptions"
         options = tasks_pb2.RuncCheckpointOptions.FromString(request.options.value)
+        with open(Path(options.image_path) / "pages-1.img", "ab") if self.pages else io.BytesIO() as f:
+            for i, block in enumerate(self.pages):
+                f.write(block)
+                f.flush()
+                if i == 0:
+                    self.waited_for_the_stream = self.first_block_seen.wait(10)
+        if self.fail:
+            context.abort(grpc.StatusCode.UNKNOWN, self.fail)
         (Path(options.image_path) / "inventory.img").write_text("inventory\n")
         return tasks_pb2.CheckpointTaskResponse()
 
@@ -300,3 +319,108 @@ def test_a_criu_failure_is_told_apart_from_a_runtime_that_cannot_be_reached(tmp_
         RuntimeDumper(tmp_path / "dumps", proc, address=str(tmp_path / "none.sock")).dump("abc", 42, "x", timeout=2)
     assert not isinstance(raised.value, DumpCriuFailed), "no CRIU verdict: the caller dumps through the kubelet"
     assert list((tmp_path / "dumps").iterdir()) == []
+
+
+class Reader:
+    """The push's side of a DumpStream (transfer.chunks, what gRPC sends, here collected), on its own thread
+    from the moment the dump began the stream; `seen` is set once `threshold` bytes came."""
+
+    def __init__(self, seen: threading.Event, threshold: int) -> None:
+        self.messages: list[agent_pb2.CheckpointChunk] = []
+        self.error: BaseException | None = None
+        self.thread: threading.Thread | None = None
+        self.size_hint = 0
+        self._seen, self._threshold = seen, threshold
+
+    def begin(self, stream: DumpStream) -> None:
+        self.size_hint = stream.size_hint
+        self.thread = threading.Thread(target=self._read, args=(stream,))
+        self.thread.start()
+
+    def _read(self, stream: DumpStream) -> None:
+        try:
+            for message in transfer.chunks(stream.open, stream.size_hint, CKPT, "app"):
+                self.messages.append(message)
+                if sum(len(m.data) for m in self.messages) >= self._threshold:
+                    self._seen.set()
+        except BaseException as exc:
+            self.error = exc
+
+    def join(self) -> None:
+        assert self.thread is not None, "the dump never began its stream"
+        self.thread.join(10)
+
+    def received(self) -> Iterator[bytes]:
+        """What the target's agent reads from the stream (transfer.received: its checksum checked at the end)."""
+        return transfer.received(self.messages[0], iter(self.messages[1:]))
+
+
+CKPT = "20260101t000000z-abcdef12"
+BLOCK = (1 << 20) + 4096  # above DumpStream.MIN_PART and the push's 1 MiB reads: sent while the dump goes on
+
+
+def test_a_whole_dump_is_streamed_while_criu_writes_its_pages_and_arrives_as_the_archive_would(
+    tmp_path: Path,
+) -> None:
+    """CRIU's page file goes out while the runtime still dumps (the stand-in waits, mid-dump, until the reader
+    got its first block); the rest follows once the caller finishes the stream; staged, it is byte for byte what
+    the dump wrote, with the agent's own files beside it."""
+    blocks = [bytes([i]) * BLOCK for i in range(1, 4)] + [b"tail" * 100]
+    fake = StandInContainerd(tmp_path / "containerd.sock", pages=blocks)
+    upper = tmp_path / "upper"
+    (upper / "tmp").mkdir(parents=True)
+    (upper / "tmp" / "count").write_text("7")
+    reader = Reader(fake.first_block_seen, 1 << 19)
+    stream = DumpStream(reader.begin, deadline=time.monotonic() + 30)
+    dumper = RuntimeDumper(tmp_path / "dumps", _task(tmp_path, upper), address=str(tmp_path / "containerd.sock"))
+    try:
+        result = dumper.dump("abc", 42, "ck-1-app", timeout=10, stream=stream)
+    finally:
+        fake.server.stop(None)
+    assert fake.waited_for_the_stream, "the first pages were sent while the runtime was still dumping"
+    assert result.stream is stream and stream.sent["checkpoint/pages-1.img"] >= BLOCK
+    assert reader.size_hint >= 10 * 4096, "the hint covers the container's resident memory (statm: 10 pages)"
+    stream.finish(result.layout)  # type: ignore[arg-type]
+    reader.join()
+    assert reader.error is None
+    handoff = Handoff(tmp_path / "handoff", scratch=Scratch(None, tmp_path / "staging"))
+    handoff.stage(CKPT, "app", reader.received())
+    ready = json.loads((tmp_path / "handoff" / CKPT / "app" / "ready").read_text())
+    assert (Path(ready["images"]) / "pages-1.img").read_bytes() == b"".join(blocks)
+    assert (Path(ready["images"]) / "inventory.img").read_text() == "inventory\n"
+    with tarfile.open(ready["rootfs_diff"]) as diff:
+        assert diff.extractfile("tmp/count").read() == b"7"  # type: ignore[union-attr]
+    result.discard()
+
+
+def test_a_dump_that_fails_after_its_first_pages_went_ends_the_stream_with_an_error_and_nothing_is_staged(
+    tmp_path: Path,
+) -> None:
+    fake = StandInContainerd(tmp_path / "containerd.sock", fail="criu failed: type NOTIFY", pages=[b"x" * BLOCK] * 2)
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    reader = Reader(fake.first_block_seen, 1 << 19)
+    stream = DumpStream(reader.begin, deadline=time.monotonic() + 30)
+    dumper = RuntimeDumper(tmp_path / "dumps", _task(tmp_path, upper), address=str(tmp_path / "containerd.sock"))
+    try:
+        with pytest.raises(DumpCriuFailed):
+            dumper.dump("abc", 42, "ck-1-app", timeout=10, stream=stream)
+    finally:
+        fake.server.stop(None)
+    reader.join()
+    assert fake.waited_for_the_stream and isinstance(reader.error, DumpError)
+    assert "criu failed" in str(reader.error)
+    handoff = Handoff(tmp_path / "handoff", scratch=Scratch(None, tmp_path / "staging"))
+    assert reader.messages and not any(m.last for m in reader.messages), "the stream ended without its last chunk"
+    with pytest.raises(transfer.TransferError, match="before its last chunk"):
+        handoff.stage(CKPT, "app", reader.received())
+    assert not (tmp_path / "handoff" / CKPT / "app" / "ready").exists()
+    assert not list((tmp_path / "staging").rglob("*.img")), "no part of the memory is left on the target"
+
+
+def test_a_stream_nobody_finishes_gives_up_at_its_deadline(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    stream = DumpStream(lambda s: None, deadline=time.monotonic() + 0.2)
+    stream.begin(tmp_path / "images", 0)
+    with pytest.raises(DumpError, match="deadline"), stream.open() as f:
+        f.read()

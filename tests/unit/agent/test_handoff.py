@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import stat
 import tarfile
@@ -15,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lpm.agent.handoff import Aborted, Handoff, HandoffError, State
+from lpm.agent.handoff import PART_OFFSET, Aborted, Handoff, HandoffError, State
 from lpm.agent.scratch import Scratch
 
 CKPT = "20260101t000000z-abcdef12"
@@ -290,3 +291,59 @@ def test_an_archive_cut_inside_a_member_is_refused_and_stages_nothing(tmp_path: 
     with pytest.raises((HandoffError, tarfile.TarError)):
         h.stage(CKPT, "app", chunks(cut))
     assert not (tmp_path / CKPT / "app" / "ready").exists()
+
+
+def parted(data: bytes, cuts: list[int], name: str = "checkpoint/pages-1.img", order: list[int] | None = None) -> bytes:
+    """An archive that sends `data` as parts (a PAX LPM.offset each, as DumpStream does) cut at `cuts`, in
+    `order` (default: as they come), then an inventory."""
+    bounds = [0, *sorted(set(c for c in cuts if 0 < c < len(data))), len(data)]
+    pieces = list(itertools.pairwise(bounds))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for i in order if order is not None else range(len(pieces)):
+            start, end = pieces[i]
+            info = tarfile.TarInfo(name)
+            info.size, info.pax_headers = end - start, {PART_OFFSET: str(start)}
+            tar.addfile(info, io.BytesIO(data[start:end]))
+        info = tarfile.TarInfo("checkpoint/inventory.img")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"inv"))
+    return buf.getvalue()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(size=st.integers(1, 5000), cuts=st.lists(st.integers(1, 4999), max_size=8), piece=st.integers(1, 3000))
+def test_a_page_file_sent_in_parts_is_staged_whole_wherever_it_was_cut(
+    tmp_path: Path, size: int, cuts: list[int], piece: int
+) -> None:
+    data = bytes((n * 31) % 253 for n in range(size))
+    raw = parted(data, cuts)
+    root = Path(tempfile.mkdtemp(dir=tmp_path))
+    Handoff(root).stage(CKPT, "app", (raw[i : i + piece] for i in range(0, len(raw), piece)))
+    images = Path(json.loads((root / CKPT / "app" / "ready").read_text())["images"])
+    assert (images / "pages-1.img").read_bytes() == data
+    assert (images / "inventory.img").read_bytes() == b"inv"
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        (parted(b"abcdefgh", [3, 6], order=[0, 2, 1]), "a part at 6, the file ends at 3"),
+        (parted(b"abcdefgh", [3], order=[0, 0, 1]), "a part at 0, the file ends at 3"),
+        (parted(b"abcdefgh", [3], order=[1, 0]), "a part at 3, the file ends at 0"),
+        (parted(b"abcdefgh", [3], name="rootfs-diff.tar"), "is a part, but not of a CRIU image"),
+    ],
+    ids=["out of order", "repeated", "no beginning", "not an image"],
+)
+def test_parts_that_do_not_follow_each_other_are_refused_and_nothing_is_staged(
+    tmp_path: Path, raw: bytes, says: str
+) -> None:
+    with pytest.raises(HandoffError, match=says):
+        Handoff(tmp_path).stage(CKPT, "app", chunks(raw))
+    assert not (tmp_path / CKPT / "app" / "ready").exists()
+
+
+def test_a_part_offset_that_is_not_a_number_is_refused(tmp_path: Path) -> None:
+    raw = parted(b"abcdefgh", []).replace(f"{PART_OFFSET}=0".encode(), f"{PART_OFFSET}=x".encode())
+    with pytest.raises(HandoffError, match="is not a number"):
+        Handoff(tmp_path).stage(CKPT, "app", chunks(raw))

@@ -43,8 +43,9 @@ import stat
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,7 @@ import grpc
 from google.protobuf.any_pb2 import Any as AnyProto
 
 from lpm.agent import eligibility
+from lpm.agent.handoff import PART_OFFSET
 from lpm.agent.images import IterReader
 from lpm.agent.kubelet import CheckpointResult
 from lpm.agent.pages import free_port, split_host_port
@@ -99,13 +101,18 @@ class TarLayout:
     Every reader gets the same bytes (headers are built once; the files are not changed once dumped); a file
     that changed size fails the reader."""
 
-    members: tuple[tuple[bytes, Path | None, int], ...]  # (tar header, file or None for a directory, size)
+    # (tar header, file or None for a directory, bytes, from where in the file)
+    members: tuple[tuple[bytes, Path | None, int, int], ...]
     size: int
     roots: tuple[Path, ...] = ()  # the directories the files are in, which discard() removes
+    files: tuple[tuple[str, Path], ...] = ()
 
     @classmethod
-    def of(cls, files: list[tuple[str, Path]], roots: tuple[Path, ...] = ()) -> TarLayout:
-        """`files`: (name in the archive, path) in archive order."""
+    def of(
+        cls, files: list[tuple[str, Path]], roots: tuple[Path, ...] = (), sent: Mapping[str, int] | None = None
+    ) -> TarLayout:
+        """`files`: (name in the archive, path) in archive order. `sent`: names whose first bytes went before
+        (DumpStream): each is the rest of its file, a part (handoff.PART_OFFSET) from that offset on."""
         members, size = [], 0
         for name, path in files:
             st = path.stat()
@@ -113,13 +120,22 @@ class TarLayout:
             info.mtime = int(st.st_mtime)
             if stat.S_ISDIR(st.st_mode):
                 info.type, info.mode = tarfile.DIRTYPE, 0o700
-                entry: tuple[bytes, Path | None, int] = (info.tobuf(tarfile.PAX_FORMAT), None, 0)
+                entry: tuple[bytes, Path | None, int, int] = (info.tobuf(tarfile.PAX_FORMAT), None, 0, 0)
             else:
-                info.size, info.mode = st.st_size, 0o600
-                entry = (info.tobuf(tarfile.PAX_FORMAT), path, st.st_size)
+                start = (sent or {}).get(name, 0)
+                if start > st.st_size:
+                    raise OSError(f"{path} shrank after its first {start} bytes were sent")
+                info.size, info.mode = st.st_size - start, 0o600
+                if name in (sent or {}):
+                    info.pax_headers = {PART_OFFSET: str(start)}
+                entry = (info.tobuf(tarfile.PAX_FORMAT), path, info.size, start)
             members.append(entry)
             size += len(entry[0]) + _padded(entry[2])
-        return cls(tuple(members), size + len(_TAR_END), roots)
+        return cls(tuple(members), size + len(_TAR_END), roots, tuple(files))
+
+    def rest(self, sent: Mapping[str, int]) -> TarLayout:
+        """This archive without the first bytes of the files in `sent`, which a DumpStream sent before."""
+        return TarLayout.of(list(self.files), self.roots, sent)
 
     def discard(self) -> None:
         for root in self.roots:
@@ -129,11 +145,12 @@ class TarLayout:
         return cast(BinaryIO, io.BufferedReader(IterReader(self._chunks()), _CHUNK))
 
     def _chunks(self) -> Iterator[bytes]:
-        for header, path, size in self.members:
+        for header, path, size, start in self.members:
             yield header
             if path is None:
                 continue
             with open(path, "rb") as f:
+                f.seek(start)
                 left = size
                 while left:
                     data = f.read(min(_CHUNK, left))
@@ -144,6 +161,110 @@ class TarLayout:
             if _padded(size) > size:
                 yield bytes(_padded(size) - size)
         yield _TAR_END
+
+
+def _part(name: str, offset: int, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o600, int(time.time())
+    info.pax_headers = {PART_OFFSET: str(offset)}
+    return info.tobuf(tarfile.PAX_FORMAT)
+
+
+class DumpStream:
+    """A runtime dump's archive, read while CRIU writes it: the Live engine's push starts inside the dump.
+
+    CRIU writes a container's memory into its `pages-*.img` files, sequentially and only by appending (its page
+    transfer splices each batch of pages to the end of the file; nothing in them is rewritten), and those are
+    nearly all of a large container's checkpoint. So while the runtime dumps, the stream sends each page file's
+    new bytes as they appear, as parts (tar members with a PAX `LPM.offset`, which the target appends to the
+    file: lpm.agent.handoff); once the dump is complete, the rest of the archive follows (TarLayout.rest: every
+    other file, and the remainder of each page file). A dump that failed, or that must not be handed over (the
+    migration was rolled back meanwhile), ends the stream with an error: the target never receives its last
+    chunk, so it never stages it (the push's checksum and `ready` come only at the end).
+
+    The dumper calls `begin` once the images directory exists and the agent's own files are written (their
+    size, with the container's resident memory, is the `size_hint` the target stages by); then the agent's
+    service `finish`es it with the complete layout, or `fail`s it. The push reads `open()` on its own thread."""
+
+    POLL_SECONDS: Final = 0.002  # how often an idle stream looks for new pages
+    MIN_PART: Final = 256 << 10  # a part smaller than this waits for more (the tar header and a message each)
+
+    def __init__(self, on_begin: Callable[[DumpStream], None], deadline: float) -> None:
+        self._on_begin = on_begin
+        self._deadline = deadline  # time.monotonic(): a stream nobody finished or failed by then fails
+        self._cond = threading.Condition()
+        self.images: Path | None = None
+        self.size_hint = 0
+        self._final: TarLayout | None = None
+        self._failed = ""
+        self.sent: dict[str, int] = {}  # archive name -> bytes of it already sent
+
+    @property
+    def began(self) -> bool:
+        return self.images is not None
+
+    def begin(self, images: Path, size_hint: int) -> None:
+        with self._cond:
+            self.images, self.size_hint = images, size_hint
+        self._on_begin(self)
+
+    def finish(self, layout: TarLayout) -> None:
+        with self._cond:
+            self._final = layout
+            self._cond.notify_all()
+
+    def fail(self, why: str) -> None:
+        with self._cond:
+            if self._final is None:
+                self._failed = why or "the dump failed"
+            self._cond.notify_all()
+
+    def open(self) -> BinaryIO:
+        return cast(BinaryIO, io.BufferedReader(IterReader(self._chunks()), _CHUNK))
+
+    def _chunks(self) -> Iterator[bytes]:
+        assert self.images is not None
+        while True:
+            with self._cond:
+                final, failed = self._final, self._failed
+            if not failed and time.monotonic() > self._deadline:
+                failed = "neither complete nor failed by the checkpoint's deadline"
+            if failed:
+                raise DumpError(f"the dump did not complete: {failed}")
+            if final is not None:
+                yield from final.rest(self.sent)._chunks()
+                return
+            for path in sorted(self.images.glob("pages-*.img")):
+                yield from self._new_bytes(path, f"checkpoint/{path.name}")
+            with self._cond:
+                if self._final is None and not self._failed:
+                    self._cond.wait(self.POLL_SECONDS)
+
+    def _new_bytes(self, path: Path, name: str) -> Iterator[bytes]:
+        """The bytes CRIU appended to `path` since the last part, as parts of at most _CHUNK."""
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            return
+        with f:
+            while True:
+                offset = self.sent.get(name, 0)
+                available = os.fstat(f.fileno()).st_size - offset
+                if available < self.MIN_PART:
+                    return
+                n = min(available, _CHUNK)
+                f.seek(offset)
+                data = f.read(n)
+                if len(data) != n:
+                    raise OSError(f"{path} shrank while CRIU wrote it")
+                yield _part(name, offset, n)
+                yield data
+                if _padded(n) > n:
+                    yield bytes(_padded(n) - n)
+                self.sent[name] = offset + n
+                with self._cond:
+                    if self._final is not None or self._failed:
+                        return
 
 
 def _request_file(images: Path) -> Path:
@@ -399,14 +520,23 @@ class RuntimeDumper:
         return ""
 
     def dump(
-        self, container_id: str, pid: int, label: str, timeout: float, lazy_above_bytes: int = 0
+        self,
+        container_id: str,
+        pid: int,
+        label: str,
+        timeout: float,
+        lazy_above_bytes: int = 0,
+        stream: DumpStream | None = None,
     ) -> CheckpointResult:
         """Checkpoint task `container_id` (init process `pid` in the node's PID namespace) into a directory
         that reads as an archive in the kubelet's layout (`CheckpointResult.open`); the caller discards it.
 
         Post-copy when the container holds at least `lazy_above_bytes` (> 0) of resident memory: the result's
         `lazy` is the page server still running (its memory is not in the archive); None when the runtime dumped
-        it whole (a runtime that is not lpm-runc ignores the request)."""
+        it whole (a runtime that is not lpm-runc ignores the request).
+
+        `stream`: a whole dump begins it while CRIU runs (DumpStream), which the caller then finishes or fails;
+        a dump that raises fails it here. A post-copy dump never begins it."""
         started = time.monotonic()
         try:
             mountinfo = (self.proc_root / str(pid) / "mountinfo").read_text()
@@ -465,8 +595,17 @@ class RuntimeDumper:
                 # directory while the runtime dumps the memory. If reading fails, the caller dumps through the
                 # kubelet; this CRIU run, which leaves the task frozen, is then only wasted time.
                 runtime_started = time.monotonic()
+
+                def read_files_then_stream() -> tuple[list[str], int, dict[str, str]]:
+                    found = read_files()
+                    if stream is not None:
+                        # The agent's own files are final: with the memory, at most what the archive holds.
+                        written = sum(p.stat().st_size for p in work.rglob("*") if p.is_file())
+                        stream.begin(images, resident + written + (1 << 20))
+                    return found
+
                 with ThreadPoolExecutor(1, thread_name_prefix="dump-files") as pool:
-                    changes = pool.submit(read_files)
+                    changes = pool.submit(read_files_then_stream)
                     self._checkpoint_task(container_id, images, timeout)
                     deleted, entries, volumes = changes.result()
             dumped = time.monotonic()
@@ -493,8 +632,11 @@ class RuntimeDumper:
                 len(deleted),
                 f"; its {resident} bytes of memory are served from {pending.page_server}" if pending else "",
             )
-            return CheckpointResult(str(work), work, 1, time.monotonic() - started, layout, pending)
-        except BaseException:
+            began = stream if stream is not None and stream.began else None
+            return CheckpointResult(str(work), work, 1, time.monotonic() - started, layout, pending, began)
+        except BaseException as exc:
+            if stream is not None:
+                stream.fail(str(exc) or type(exc).__name__)
             if pending is not None:
                 pending.stop()
             shutil.rmtree(work, ignore_errors=True)

@@ -11,7 +11,7 @@ atomically (temporary name, then rename):
     <root>/<checkpoint id>/<container>/ready     agent: staged and verified (JSON: images, rootfs_diff,
                                                  deleted_files, volumes: the emptyDir volumes' contents and where
                                                  the container mounts each); written only after the whole archive
-                                                 was read and its sha256 matched, so a partial transfer is never
+                                                 was read and its checksum matched, so a partial transfer is never
                                                  restored; post-copy adds lazy_pages {address, port, tls}: the
                                                  source's CRIU page server, and CRIU's TLS files (lpm.agent.pages)
     <root>/<checkpoint id>/<container>/lazy-pages.exit  lpm-runc: post-copy, how the page stream ended ({"code":
@@ -59,6 +59,9 @@ _DELETED_FILES = "deleted.files"
 _VOLUMES_PREFIX = "volumes/"
 _VOLUMES = "volumes.json"
 LAZY_PAGES_EXIT = "lazy-pages.exit"  # lpm-runc's supervisor: how the post-copy restore's page stream ended
+# A PAX header key: the member is a part of a CRIU image that starts at this offset (lpm.agent.dump.DumpStream
+# sends page files while CRIU writes them). Parts of one file come in order, each where the previous ended.
+PART_OFFSET = "LPM.offset"
 _VOLUME_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a pod volume's name (DNS-1123 label)
 
 
@@ -331,11 +334,14 @@ def _extract(
     with tarfile.TarFile(fileobj=reader, mode="r") as tar:  # type: ignore[arg-type]
         while (member := tar.next()) is not None:
             name = member.name.removeprefix("./")
+            part = member.pax_headers.get(PART_OFFSET)
+            if part is not None and not (name.startswith(_IMAGES_PREFIX) and member.isfile()):
+                raise HandoffError(f"checkpoint archive member {member.name!r} is a part, but not of a CRIU image")
             if name.startswith(_IMAGES_PREFIX) and member.isfile():
                 leaf = name[len(_IMAGES_PREFIX) :]
                 if not leaf or "/" in leaf or leaf in (".", ".."):
                     raise HandoffError(f"checkpoint archive member {member.name!r} is not a flat CRIU image")
-                image_bytes += _write(reader, member, images / leaf)
+                image_bytes += _write(reader, member, images / leaf, _offset(member, part))
             elif name == _ROOTFS_DIFF and member.isfile():
                 diff_bytes += _write(reader, member, rootfs_diff)
             elif name == _DELETED_FILES and member.isfile():
@@ -428,12 +434,27 @@ class ForwardReader:
             pass
 
 
-def _write(reader: ForwardReader, member: tarfile.TarInfo, dest: Path) -> int:
-    """The member's data (the reader is at its start: tarfile has just read its header) into a new 0600 file."""
+def _offset(member: tarfile.TarInfo, part: str | None) -> int | None:
+    if part is None:
+        return None
+    if not part.isdigit():
+        raise HandoffError(f"checkpoint archive member {member.name!r}: part offset {part!r} is not a number")
+    return int(part)
+
+
+def _write(reader: ForwardReader, member: tarfile.TarInfo, dest: Path, part: int | None = None) -> int:
+    """The member's data (the reader is at its start: tarfile has just read its header) into a new 0600 file;
+    a part (`part`: its offset) must start where the file ends so far (a first part: at 0, the file new).
+    The staging directory is removed if anything fails, so a file a refused part created goes with it."""
     if reader.tell() != member.offset_data:
         raise HandoffError(f"checkpoint archive member {member.name!r}: its data is not where its header says")
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    if part is not None:
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    else:
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
+        if part is not None and (end := os.fstat(fd).st_size) != part:
+            raise HandoffError(f"checkpoint archive member {member.name!r}: a part at {part}, the file ends at {end}")
         reader.write_to(fd, member.size)
     finally:
         os.close(fd)

@@ -173,6 +173,8 @@ class CheckpointResult:
     layout: Layout | None = None
     # Post-copy: the runtime's page server, still serving the memory the archive lacks (lpm.agent.dump.LazyDump).
     lazy: Any = None
+    # Being sent while it was dumped (lpm.agent.dump.DumpStream), which its caller finishes or fails.
+    stream: Any = None
 
     @property
     def size(self) -> int:

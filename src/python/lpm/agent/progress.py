@@ -46,6 +46,13 @@ class Progress:
             if step is not None and step.stage == stage:
                 step.done += n
 
+    def resize(self, checkpoint_id: str, container: str, stage: str, total: int) -> None:
+        """`stage` turns out to move `total` bytes (it began with an estimate); what it moved so far stays."""
+        with self._lock:
+            step = self._steps.get((checkpoint_id, container))
+            if step is not None and step.stage == stage:
+                step.total = total
+
     def end(self, checkpoint_id: str, container: str) -> None:
         with self._lock:
             step = self._steps.get((checkpoint_id, container))

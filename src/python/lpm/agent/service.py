@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import NoReturn, TypeVar
+from typing import BinaryIO, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -279,34 +279,62 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
     def _checkpoint_dumped(
         self, request: agent_pb2.CheckpointRequest, ref: ArtifactRef, level: int, timeout: float, started: float
     ) -> agent_pb2.CheckpointResponse:
-        """The dump, then the archive to the target's agent (Live engine) and into the store, as one slot."""
+        """The dump, then the archive to the target's agent (Live engine) and into the store, as one slot. A
+        runtime dump's archive starts towards the target while CRIU writes it (DumpStream)."""
         opts, progress, ckpt, ctr = request.options, self.d.progress, request.checkpoint_id, request.container_name
-        result, dumped_by = self._dump(request, timeout - (time.monotonic() - started))
-        if not opts.leave_running and self.d.freezer.fenced(request.checkpoint_id):
-            # Rolled back while the kubelet worked: this archive must never be stored, let alone restored.
-            result.discard()
-            self.d.freezer.refuse_if_fenced(request.checkpoint_id)
-        checkpointed_at = time.time()
-        kubelet_seconds = time.monotonic() - started
-        if result.lazy is not None:
-            return self._post_copy(request, result, timeout - kubelet_seconds, checkpointed_at, kubelet_seconds)
-        push = None
-        size = result.size
-        if opts.stage_on_address:
-            # Live engine: the target's agent gets the archive now; then it is compressed and stored.
+        deadline = started + timeout
+        pushes: dict[dp.DumpStream, transfer.Push] = {}
+
+        def start_push(source: Callable[[], BinaryIO], size: int) -> transfer.Push:
+            # Live engine: the target's agent gets the archive first; then it is compressed and stored.
             progress.stage(ckpt, ctr, "sending", size)
-            push = transfer.Push(
+            return transfer.Push(
                 opts.stage_on_address,
                 request.checkpoint_id,
                 request.container_name,
-                result.open,
+                source,
                 size,
                 self.d.peer_tls,
-                timeout=max(1.0, timeout - kubelet_seconds),
+                timeout=max(1.0, deadline - time.monotonic()),
                 sent=lambda n: progress.moved(ckpt, ctr, "sending", n),
             ).start()
-        else:
-            progress.stage(ckpt, ctr, "storing", size)
+
+        def stream() -> dp.DumpStream | None:
+            # Each runtime dump attempt gets its own stream; its push starts once the dump began it.
+            if not opts.stage_on_address:
+                return None
+            return dp.DumpStream(lambda s: pushes.__setitem__(s, start_push(s.open, s.size_hint)), deadline)
+
+        result, dumped_by = self._dump(request, timeout - (time.monotonic() - started), stream)
+        try:
+            for failed in (p for s, p in pushes.items() if s is not result.stream):
+                failed.wait(5.0)  # its stream failed with its dump: gone before another push of this container
+            if not opts.leave_running and self.d.freezer.fenced(request.checkpoint_id):
+                # Rolled back while the kubelet worked: this archive must never be stored, let alone restored (a
+                # stream that began ends without its last chunk, which the target needs before it stages).
+                if result.stream is not None:
+                    result.stream.fail("the migration was rolled back")
+                    pushes[result.stream].wait(5.0)
+                result.discard()
+                self.d.freezer.refuse_if_fenced(request.checkpoint_id)
+            checkpointed_at = time.time()
+            kubelet_seconds = time.monotonic() - started
+            if result.lazy is not None:
+                return self._post_copy(request, result, timeout - kubelet_seconds, checkpointed_at, kubelet_seconds)
+            size = result.size
+            push: transfer.Push | None = None
+            if result.stream is not None:
+                result.stream.finish(result.layout)  # the rest follows what went while CRIU wrote
+                progress.resize(ckpt, ctr, "sending", size)
+                push = pushes[result.stream]
+            elif opts.stage_on_address:
+                push = start_push(result.open, size)
+            else:
+                progress.stage(ckpt, ctr, "storing", size)
+        except BaseException:
+            if result.stream is not None:
+                result.stream.fail("the agent gave up on this checkpoint")  # nothing if it was finished
+            raise
 
         def store() -> Manifest:
             with result.open() as raw:
@@ -414,14 +442,19 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             pages_message=message,
         )
 
-    def _dump(self, request: agent_pb2.CheckpointRequest, timeout: float) -> tuple[CheckpointResult, str]:
+    def _dump(
+        self,
+        request: agent_pb2.CheckpointRequest,
+        timeout: float,
+        stream: Callable[[], dp.DumpStream | None] = lambda: None,
+    ) -> tuple[CheckpointResult, str]:
         """The dump, and who made it. A CRIU failure is repeated at most once, and not at all when its reason
         fails for certain (an open TCP connection); then it is CheckpointRefused with CRIU's own words."""
         deadline = time.monotonic() + timeout
         ns, pod, ctr = request.pod_namespace, request.pod_name, request.container_name
         for attempt in (1, 2):
             try:
-                return self._dump_once(request, deadline - time.monotonic())
+                return self._dump_once(request, deadline - time.monotonic(), stream)
             except (KubeletCriuFailed, dp.DumpCriuFailed) as exc:
                 failure = criu_log.read_failure(str(exc), self.d.runtime_node_task_dir, self.d.runtime_task_dir)
                 log.warning("checkpoint of %s/%s/%s: %s (attempt %d)", ns, pod, ctr, failure.summary(), attempt)
@@ -432,7 +465,12 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                 self.d.freezer.refuse_if_fenced(request.checkpoint_id)
         raise AssertionError("unreachable")
 
-    def _dump_once(self, request: agent_pb2.CheckpointRequest, timeout: float) -> tuple[CheckpointResult, str]:
+    def _dump_once(
+        self,
+        request: agent_pb2.CheckpointRequest,
+        timeout: float,
+        stream: Callable[[], dp.DumpStream | None] = lambda: None,
+    ) -> tuple[CheckpointResult, str]:
         """The Live engine's source (frozen, its archive going to a target's agent) is dumped through
         containerd when this agent can; anything else, or a runtime dump that fails for a reason other than
         CRIU's, goes through the kubelet. The container stays frozen either way."""
@@ -449,7 +487,7 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                     self.d.criu_tls.install()  # the node's runc.conf has CRIU's page server read them
                 else:
                     lazy_above = 0
-                dumped = self.d.dumper.dump(target, pid, label, timeout, lazy_above)
+                dumped = self.d.dumper.dump(target, pid, label, timeout, lazy_above, stream())
                 return dumped, "containerd"
             except (dp.DumpCriuFailed, dp.LazyAlreadyStarted):
                 raise
