@@ -371,7 +371,8 @@ def test_a_whole_dump_is_streamed_while_criu_writes_its_pages_and_arrives_as_the
     (upper / "tmp").mkdir(parents=True)
     (upper / "tmp" / "count").write_text("7")
     reader = Reader(fake.first_block_seen, 1 << 19)
-    stream = DumpStream(reader.begin, deadline=time.monotonic() + 30)
+    totals: list[int] = []
+    stream = DumpStream(reader.begin, deadline=time.monotonic() + 30, on_total=totals.append)
     dumper = RuntimeDumper(tmp_path / "dumps", _task(tmp_path, upper), address=str(tmp_path / "containerd.sock"))
     try:
         result = dumper.dump("abc", 42, "ck-1-app", timeout=10, stream=stream)
@@ -383,6 +384,7 @@ def test_a_whole_dump_is_streamed_while_criu_writes_its_pages_and_arrives_as_the
     stream.finish(result.layout)  # type: ignore[arg-type]
     reader.join()
     assert reader.error is None
+    assert totals == [sum(len(m.data) for m in reader.messages)], "the progress total is what the stream carried"
     handoff = Handoff(tmp_path / "handoff", scratch=Scratch(None, tmp_path / "staging"))
     handoff.stage(CKPT, "app", reader.received())
     ready = json.loads((tmp_path / "handoff" / CKPT / "app" / "ready").read_text())

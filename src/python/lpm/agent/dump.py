@@ -189,8 +189,15 @@ class DumpStream:
     POLL_SECONDS: Final = 0.002  # how often an idle stream looks for new pages
     MIN_PART: Final = 256 << 10  # a part smaller than this waits for more (the tar header and a message each)
 
-    def __init__(self, on_begin: Callable[[DumpStream], None], deadline: float) -> None:
+    def __init__(
+        self,
+        on_begin: Callable[[DumpStream], None],
+        deadline: float,
+        on_total: Callable[[int], None] = lambda n: None,
+    ) -> None:
         self._on_begin = on_begin
+        self._on_total = on_total  # the stream's whole size, once the dump is complete (the begin's is a hint)
+        self._yielded = 0
         self._deadline = deadline  # time.monotonic(): a stream nobody finished or failed by then fails
         self._cond = threading.Condition()
         self.images: Path | None = None
@@ -232,10 +239,14 @@ class DumpStream:
             if failed:
                 raise DumpError(f"the dump did not complete: {failed}")
             if final is not None:
-                yield from final.rest(self.sent)._chunks()
+                rest = final.rest(self.sent)
+                self._on_total(self._yielded + rest.size)
+                yield from rest._chunks()
                 return
             for path in sorted(self.images.glob("pages-*.img")):
-                yield from self._new_bytes(path, f"checkpoint/{path.name}")
+                for data in self._new_bytes(path, f"checkpoint/{path.name}"):
+                    self._yielded += len(data)
+                    yield data
             with self._cond:
                 if self._final is None and not self._failed:
                     self._cond.wait(self.POLL_SECONDS)

@@ -303,7 +303,11 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             # Each runtime dump attempt gets its own stream; its push starts once the dump began it.
             if not opts.stage_on_address:
                 return None
-            return dp.DumpStream(lambda s: pushes.__setitem__(s, start_push(s.open, s.size_hint)), deadline)
+            return dp.DumpStream(
+                lambda s: pushes.__setitem__(s, start_push(s.open, s.size_hint)),
+                deadline,
+                on_total=lambda n: progress.resize(ckpt, ctr, "sending", n),
+            )
 
         result, dumped_by = self._dump(request, timeout - (time.monotonic() - started), stream)
         try:
@@ -325,7 +329,6 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             push: transfer.Push | None = None
             if result.stream is not None:
                 result.stream.finish(result.layout)  # the rest follows what went while CRIU wrote
-                progress.resize(ckpt, ctr, "sending", size)
                 push = pushes[result.stream]
             elif opts.stage_on_address:
                 push = start_push(result.open, size)

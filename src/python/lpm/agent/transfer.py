@@ -1,11 +1,12 @@
 """Node to node: the source's agent streams a container's checkpoint archive to the target's agent.
 
 The live engine's critical path. The archive goes over the agents' own mutual TLS (each agent's certificate is
-both its serving and its client certificate, one CA signs them all); once it arrived, the same bytes are
-compressed into the shared store, which stays the durable copy. The target stages it for lpm-runc as it
-arrives (in memory when it fits: lpm.agent.scratch) and writes the
-container's `ready` marker only once the stream's size and checksum match what the source counted; a push that
-fails leaves the target to fetch the archive from the store (StageRestore).
+both its serving and its client certificate, one CA signs them all), a runtime dump's while CRIU still writes
+it (lpm.agent.dump.DumpStream: the source is frozen meanwhile, so that time is downtime); once it arrived, the
+same bytes are compressed into the shared store, which stays the durable copy. The target stages it for
+lpm-runc as it arrives (in memory when it fits: lpm.agent.scratch) and writes the container's `ready` marker
+only once the stream's size and checksum match what the source counted; a push that fails leaves the target to
+fetch the archive from the store (StageRestore).
 
 The end-to-end checksum is XXH3-128 (agent.proto's StreamChecksum says why a non-cryptographic one is enough
 inside mutual TLS): on this project's two-core test machine SHA-256 on both ends took 0.2 s of a 256 MiB push's
