@@ -170,6 +170,9 @@ def _part(name: str, offset: int, size: int) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT)
 
 
+MIN_PART: Final = 256 << 10  # a DumpStream part smaller than this waits for more (a tar header and a message each)
+
+
 class DumpStream:
     """A runtime dump's archive, read while CRIU writes it: the Live engine's push starts inside the dump.
 
@@ -187,15 +190,16 @@ class DumpStream:
     service `finish`es it with the complete layout, or `fail`s it. The push reads `open()` on its own thread."""
 
     POLL_SECONDS: Final = 0.002  # how often an idle stream looks for new pages
-    MIN_PART: Final = 256 << 10  # a part smaller than this waits for more (the tar header and a message each)
 
     def __init__(
         self,
         on_begin: Callable[[DumpStream], None],
         deadline: float,
         on_total: Callable[[int], None] = lambda n: None,
+        min_part: int = MIN_PART,
     ) -> None:
         self._on_begin = on_begin
+        self._min_part = min_part
         self._on_total = on_total  # the stream's whole size, once the dump is complete (the begin's is a hint)
         self._yielded = 0
         self._deadline = deadline  # time.monotonic(): a stream nobody finished or failed by then fails
@@ -261,7 +265,7 @@ class DumpStream:
             while True:
                 offset = self.sent.get(name, 0)
                 available = os.fstat(f.fileno()).st_size - offset
-                if available < self.MIN_PART:
+                if available < self._min_part:
                     return
                 n = min(available, _CHUNK)
                 f.seek(offset)
