@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lpm.agent import transfer
 from lpm.agent.dump import (
@@ -379,7 +382,7 @@ def test_a_whole_dump_is_streamed_while_criu_writes_its_pages_and_arrives_as_the
     finally:
         fake.server.stop(None)
     assert fake.waited_for_the_stream, "the first pages were sent while the runtime was still dumping"
-    assert result.stream is stream and stream.sent["checkpoint/pages-1.img"] >= BLOCK
+    assert result.stream is stream and stream.sent["checkpoint/pages-1.img"] >= 1 << 19
     assert reader.size_hint >= 10 * 4096, "the hint covers the container's resident memory (statm: 10 pages)"
     stream.finish(result.layout)  # type: ignore[arg-type]
     reader.join()
@@ -426,3 +429,61 @@ def test_a_stream_nobody_finishes_gives_up_at_its_deadline(tmp_path: Path) -> No
     stream.begin(tmp_path / "images", 0)
     with pytest.raises(DumpError, match="deadline"), stream.open() as f:
         f.read()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    writes=st.lists(st.tuples(st.integers(1, 2), st.integers(1, 20000), st.booleans()), min_size=1, max_size=15),
+    min_part=st.integers(1, 8192),
+    fails=st.booleans(),
+)
+def test_whatever_went_while_criu_wrote_the_target_stages_what_it_wrote_or_nothing(
+    tmp_path: Path, writes: list[tuple[int, int, bool]], min_part: int, fails: bool
+) -> None:
+    """Any interleaving of CRIU's appends to its page files (here a writer, pausing now and then so that the
+    stream's poll sees a file mid-write) with the stream's reads: finished, the target stages exactly the files;
+    failed, the stream ends without its last chunk and nothing is staged."""
+    root = Path(tempfile.mkdtemp(dir=tmp_path))
+    images = root / "checkpoint"
+    images.mkdir()
+    messages: list[agent_pb2.CheckpointChunk] = []
+    errors: list[BaseException] = []
+
+    def read(stream: DumpStream) -> None:
+        try:
+            messages.extend(transfer.chunks(stream.open, stream.size_hint, CKPT, "app", chunk_size=4096))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads: list[threading.Thread] = []
+
+    def begin(s: DumpStream) -> None:
+        threads.append(threading.Thread(target=read, args=(s,)))
+        threads[-1].start()
+
+    stream = DumpStream(begin, deadline=time.monotonic() + 30, min_part=min_part)
+    stream.begin(images, 0)
+    for n, (page_file, size, pause) in enumerate(writes):
+        with open(images / f"pages-{page_file}.img", "ab") as f:
+            f.write(bytes([n % 251]) * size)
+        if pause:
+            time.sleep(0.003)
+    (images / "inventory.img").write_bytes(b"inv")
+    if fails:
+        stream.fail("criu failed")
+    else:
+        files = [("checkpoint", images), *((f"checkpoint/{p.name}", p) for p in sorted(images.iterdir()))]
+        stream.finish(TarLayout.of(files, roots=(images,)))
+    threads[0].join(10)
+    staging = Handoff(root / "handoff", scratch=Scratch(None, root / "staging"))
+    if fails:
+        assert [type(e) for e in errors] == [DumpError] and not any(m.last for m in messages)
+        if messages:  # else the target never heard of it
+            with pytest.raises(transfer.TransferError):
+                staging.stage(CKPT, "app", transfer.received(messages[0], iter(messages[1:])))
+        assert not (root / "handoff" / CKPT / "app" / "ready").exists()
+        return
+    assert not errors
+    staging.stage(CKPT, "app", transfer.received(messages[0], iter(messages[1:])))
+    staged = Path(json.loads((root / "handoff" / CKPT / "app" / "ready").read_text())["images"])
+    assert {p.name: p.read_bytes() for p in staged.iterdir()} == {p.name: p.read_bytes() for p in images.iterdir()}

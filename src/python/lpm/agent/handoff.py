@@ -437,7 +437,7 @@ class ForwardReader:
 def _offset(member: tarfile.TarInfo, part: str | None) -> int | None:
     if part is None:
         return None
-    if not part.isdigit():
+    if not (part.isascii() and part.isdigit()):
         raise HandoffError(f"checkpoint archive member {member.name!r}: part offset {part!r} is not a number")
     return int(part)
 
