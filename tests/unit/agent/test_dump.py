@@ -359,7 +359,7 @@ class Reader:
 
 
 CKPT = "20260101t000000z-abcdef12"
-BLOCK = (1 << 20) + 4096  # above DumpStream.MIN_PART and the push's 1 MiB reads: sent while the dump goes on
+BLOCK = (1 << 20) + 4096  # above dump.MIN_PART and the push's 1 MiB reads: sent while the dump goes on
 
 
 def test_a_whole_dump_is_streamed_while_criu_writes_its_pages_and_arrives_as_the_archive_would(

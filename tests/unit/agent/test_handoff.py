@@ -347,3 +347,20 @@ def test_a_part_offset_that_is_not_a_number_is_refused(tmp_path: Path) -> None:
     raw = parted(b"abcdefgh", []).replace(f"{PART_OFFSET}=0".encode(), f"{PART_OFFSET}=x".encode())
     with pytest.raises(HandoffError, match="is not a number"):
         Handoff(tmp_path).stage(CKPT, "app", chunks(raw))
+
+
+def test_a_rollback_in_the_middle_of_a_transfer_is_reported_as_the_abort_it_is(tmp_path: Path) -> None:
+    """The agent's abort removes what is being staged while the push still writes into it (seen on the
+    cluster: a cancelled migration's target answered NOT_FOUND for a CRIU image); the stager says aborted."""
+    root, memory = tmp_path / "root", tmp_path / "memory"
+    h = Handoff(root, scratch=Scratch(memory, root, reserve_fraction=0.0, reserve_min_bytes=0, headroom=lambda: None))
+
+    def aborted_midway() -> Iterator[bytes]:
+        for i, chunk in enumerate(chunks(KUBELET_ARCHIVE)):
+            if i == 1:
+                h.abort(CKPT, "migration cancelled")  # in memory, the staging directory goes with it
+            yield chunk
+
+    with pytest.raises(Aborted, match="aborted while it was staged: migration cancelled"):
+        h.stage(CKPT, "app", aborted_midway(), size_bytes=len(KUBELET_ARCHIVE))
+    assert not (root / CKPT / "app" / "ready").exists() and not (memory / CKPT).exists()

@@ -242,6 +242,12 @@ class Handoff:
             image_bytes, diff_bytes, deleted, mounted = _extract(archive, images, work / _ROOTFS_DIFF, volumes)
             final = tier / "staged"
             os.rename(work, final)
+        except OSError as exc:
+            shutil.rmtree(work, ignore_errors=True)
+            if (why := self.aborted(checkpoint_id)) is not None:
+                # A rollback during the transfer removed what was being staged: say that, not the missing file.
+                raise Aborted(f"checkpoint {checkpoint_id} was aborted while it was staged: {why}") from exc
+            raise
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
