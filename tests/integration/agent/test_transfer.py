@@ -7,6 +7,8 @@ import io
 import json
 import stat
 import tarfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,6 +87,57 @@ def test_a_pushed_archive_is_staged_verified_on_the_target(tmp_path: Path, pki: 
     assert push.ok, push.message
     ready = json.loads((tmp_path / "handoff" / CKPT / "app" / "ready").read_text())
     assert (Path(ready["images"]) / "pages-1.img").read_bytes() == pages
+
+
+def _lpm_runc_waits(handoff_root: Path, delay: float) -> tuple[threading.Thread, list[float]]:
+    """Plays lpm-runc for container app: announces itself, and once the checkpoint is ready restores it in
+    `delay` seconds; returns when it wrote `restored`."""
+    d = handoff_root / CKPT / "app"
+    d.mkdir(parents=True)
+    (d / "waiting").write_text(json.dumps({"container_id": "c1", "since": "2026-01-01T00:00:00Z"}))
+    restored_at: list[float] = []
+
+    def run() -> None:
+        deadline = time.monotonic() + 30
+        while not (d / "ready").exists() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        time.sleep(delay)
+        (d / "restored").write_text("{}")
+        restored_at.append(time.monotonic())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, restored_at
+
+
+def test_a_push_to_a_waiting_container_returns_once_it_is_restored_so_the_durable_copy_comes_after(
+    tmp_path: Path, pki: Pki, target
+) -> None:
+    server, _ = target
+    path = archive(tmp_path / "a.tar", b"p" * 100_000)
+    thread, restored_at = _lpm_runc_waits(tmp_path / "handoff", delay=0.5)
+    push = transfer.Push(
+        f"127.0.0.1:{server.port}", CKPT, "app", lambda: path.open("rb"), path.stat().st_size, peer(pki), timeout=30
+    )
+    assert push.start().wait(30).ok, push.message
+    returned_at = time.monotonic()
+    thread.join(5)
+    assert restored_at and restored_at[0] <= returned_at, "the push returned before the restore ended"
+
+
+def test_a_post_copy_push_returns_before_the_restore_which_needs_the_pages_after_it(
+    tmp_path: Path, pki: Pki, target
+) -> None:
+    server, _ = target
+    path = archive(tmp_path / "a.tar", b"metadata only")
+    thread, restored_at = _lpm_runc_waits(tmp_path / "handoff", delay=3.0)
+    push = transfer.Push(
+        f"127.0.0.1:{server.port}", CKPT, "app", lambda: path.open("rb"), path.stat().st_size, peer(pki), timeout=30,
+        lazy_pages_from="10.0.0.7:40123",
+    )  # fmt: skip
+    assert push.start().wait(30).ok, push.message
+    assert not restored_at, "a post-copy push waited for a restore that needs the source's page server"
+    thread.join(5)
 
 
 def test_a_dump_read_as_an_archive_without_being_written_is_staged_whole_on_the_target(

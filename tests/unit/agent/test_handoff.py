@@ -8,6 +8,7 @@ import json
 import stat
 import tarfile
 import tempfile
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -364,3 +365,47 @@ def test_a_rollback_in_the_middle_of_a_transfer_is_reported_as_the_abort_it_is(t
     with pytest.raises(Aborted, match="aborted while it was staged: migration cancelled"):
         h.stage(CKPT, "app", aborted_midway(), size_bytes=len(KUBELET_ARCHIVE))
     assert not (root / CKPT / "app" / "ready").exists() and not (memory / CKPT).exists()
+
+
+def _waiting(tmp_path: Path) -> Path:
+    d = tmp_path / CKPT / "app"
+    d.mkdir(parents=True)
+    (d / "waiting").write_text(json.dumps({"container_id": "abc", "since": "2026-01-01T00:00:00Z"}))
+    return d
+
+
+@pytest.mark.parametrize("outcome", ["restored", "failed", "aborted"])
+def test_waiting_for_the_restore_ends_when_lpm_runc_says_how_it_went(tmp_path: Path, outcome: str) -> None:
+    h = Handoff(tmp_path)
+    d = _waiting(tmp_path)
+    h.stage(CKPT, "app", chunks(KUBELET_ARCHIVE))
+
+    def lpm_runc() -> None:
+        time.sleep(0.2)
+        if outcome == "aborted":
+            h.abort(CKPT, "the migration was rolled back")
+        else:
+            (d / outcome).write_text("{}")
+
+    with ThreadPoolExecutor(1) as pool:
+        started = time.monotonic()
+        pool.submit(lpm_runc)
+        assert h.wait_restore(CKPT, "app", timeout=30) == outcome
+        waited = time.monotonic() - started
+    assert 0.2 <= waited < 10, f"returned after {waited:.2f}s"
+
+
+def test_no_restore_is_waited_for_when_no_lpm_runc_waits_and_a_silent_one_is_waited_for_until_the_timeout(
+    tmp_path: Path,
+) -> None:
+    h = Handoff(tmp_path)
+    h.stage(CKPT, "app", chunks(KUBELET_ARCHIVE))  # e.g. a pod's next container, created after the first started
+    started = time.monotonic()
+    assert h.wait_restore(CKPT, "app", timeout=30) == "not waiting"
+    assert time.monotonic() - started < 1
+    _waiting(tmp_path / "other")
+    h2 = Handoff(tmp_path / "other")
+    h2.stage(CKPT, "app", chunks(KUBELET_ARCHIVE))
+    started = time.monotonic()
+    assert h2.wait_restore(CKPT, "app", timeout=0.3) == "timeout"
+    assert time.monotonic() - started >= 0.3

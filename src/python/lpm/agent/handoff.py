@@ -278,6 +278,28 @@ class Handoff:
         )
         return Staged(container, image_bytes, diff_bytes, seconds)
 
+    def wait_restore(self, checkpoint_id: str, container: str, timeout: float, poll: float = 0.005) -> str:
+        """After `stage`: if an lpm-runc waits for this container, wait (at most `timeout` seconds) until it
+        restored it ("restored"), its restore failed ("failed") or the checkpoint was aborted ("aborted"); else
+        "not waiting" at once (a container created later, e.g. the next one of the pod, is not waited for), or
+        "timeout". The Live engine's source starts the durable copy when the push returns: so that it does not
+        take CPU from the restore, which the frozen workload waits for (on one machine, or a node shared with
+        the source's store traffic), the push returns once the restore is over."""
+        d = self._dir(checkpoint_id, container)
+        if not (d / "waiting").exists():
+            return "not waiting"
+        deadline = time.monotonic() + timeout
+        while True:
+            if (d / "restored").exists():
+                return "restored"
+            if (d / "failed").exists():
+                return "failed"
+            if self.aborted(checkpoint_id) is not None:
+                return "aborted"
+            if time.monotonic() >= deadline:
+                return "timeout"
+            time.sleep(poll)
+
     def _drop_staged(self, checkpoint_id: str, container: str) -> None:
         shutil.rmtree(self._dir(checkpoint_id, container) / "staged", ignore_errors=True)
         if self.scratch.memory is not None:

@@ -83,6 +83,15 @@ REASON_KEY = "lpm-reason"
 # Checkpoints within a few API round trips of it.
 AWAIT_FREEZE_SECONDS = 30.0
 MAX_AWAIT_CHECKPOINTS_SECONDS = 10.0
+# A Live push returns once the target's waiting lpm-runc restored the container (Handoff.wait_restore), at most
+# this long after staging: the source's durable copy, which starts then, stays off the restore's CPUs.
+AWAIT_RESTORE_SECONDS = 5.0
+_RESTORE_OUTCOMES = {
+    "restored": "lpm-runc restored it",
+    "failed": "lpm-runc's restore failed",
+    "aborted": "the checkpoint was aborted",
+    "timeout": "lpm-runc had not restored it",
+}
 T = TypeVar("T")
 
 
@@ -830,6 +839,19 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
                 size_bytes=first.expected_size_bytes,
                 lazy_pages=lazy,
             )
+            if lazy is None:  # post-copy: the restore needs the source's pages, which come after this returns
+                remaining = context.time_remaining()
+                limit = AWAIT_RESTORE_SECONDS if remaining is None else min(AWAIT_RESTORE_SECONDS, remaining - 1.0)
+                waited = time.monotonic()
+                outcome = handoff.wait_restore(first.checkpoint_id, name, limit)
+                if outcome != "not waiting":
+                    log.info(
+                        "checkpoint %s/%s: %s %.2fs after staging; the push returns",
+                        first.checkpoint_id,
+                        name,
+                        _RESTORE_OUTCOMES[outcome],
+                        time.monotonic() - waited,
+                    )
             return agent_pb2.StageRestoreResponse(
                 image_bytes=staged.image_bytes,
                 rootfs_diff_bytes=staged.rootfs_diff_bytes,
