@@ -371,9 +371,10 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
             if push is None:
                 manifest = store()
             else:
-                # The durable copy must not slow the push, which the frozen source waits for: it starts once the
-                # target has the checkpoint, at the lowest CPU priority (on a fresh thread, with its zstd workers:
-                # an unprivileged agent cannot raise a priority again), beside the restore.
+                # The durable copy must not slow the push or the restore, which the frozen source waits for: it
+                # starts once the target has restored the checkpoint (ReceiveCheckpoint returns then, or after
+                # AWAIT_RESTORE_SECONDS), at the lowest CPU priority (on a fresh thread, with its zstd workers: an
+                # unprivileged agent cannot raise a priority again; it counts only within the agent's cgroup).
                 push.wait(timeout - (time.monotonic() - started))
                 progress.stage(ckpt, ctr, "storing", size)
                 with ThreadPoolExecutor(1, thread_name_prefix="store", initializer=_lowest_cpu_priority) as pool:

@@ -1415,7 +1415,7 @@ def _cleaning(plan: MigrationPlan) -> None:
 
 
 def _note_durable_copy(plan: MigrationPlan) -> None:
-    """Live engine: the durable copy is written beside the restore and may still be under way at the end; the
+    """Live engine: the durable copy is written once the restore is done and may still be under way at the end; the
     DurableCopy condition says what was seen then (the PodCheckpoint says how it ended)."""
     st, pc = plan.status, plan.obs.pod_checkpoint
     old = next((x for x in st.conditions if x.type == c.CONDITION_DURABLE_COPY), None)
