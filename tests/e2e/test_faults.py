@@ -129,6 +129,28 @@ def test_a_restore_that_criu_fails_on_the_target_rolls_back_and_the_source_keeps
     assert pause < 20.0
 
 
+def test_a_live_restore_that_criu_fails_on_the_target_rolls_back_and_the_source_keeps_its_state() -> None:
+    # A file held open in a hostPath directory that exists on the source's node only (each local node has its own
+    # /tmp): the Live engine does not carry hostPath volumes, so lpm-runc's `runc restore` fails on the target
+    # (CRIU cannot reopen the file) while the frozen source waits; the push to the waiting container returns on
+    # that failure, and the migration rolls back.
+    pod = k.counter_pod("file-2", k.NODE_1, extra_args=("--hold-open", "/data/events.log"))
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
+    pod["spec"]["volumes"] = [
+        {"name": "data", "hostPath": {"path": "/tmp/lpm-e2e-file-2", "type": "DirectoryOrCreate"}}
+    ]
+    k.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    k.wait_for("pod file-2 Ready", lambda: k.pod_ready("file-2"), timeout=120)
+    k.wait_for("file-2 counting", lambda: k.last_seq("file-2") >= 10, timeout=60)
+    seen = k.states("file-2")[-1]["seq"]
+    st, took = _forced_migration_fails("file-2", "mig-file-2", "--engine", "Live", "--post-copy", "Never")
+    assert st["phase"] == "Failed" and st["reason"] == "RestoreFailed", st
+    assert "events.log" in st["message"], st["message"]
+    assert "THAWED" in st.get("sourceState", "")
+    pause = _assert_rolled_back("file-2", "mig-file-2", seen, "lpm-runc's restore fails (Live)", took)
+    assert pause < 20.0
+
+
 def test_a_restore_that_fails_after_a_keep_name_commit_point_says_the_state_is_lost_and_keeps_the_checkpoint() -> None:
     # Keeping the name, the frozen source is deleted once its checkpoint is on the target (the commit point). The
     # Image engine's checkpoint does not carry the emptyDir, so CRIU then fails the restore: nothing can be thawed.
