@@ -91,7 +91,7 @@ def test_a_pushed_archive_is_staged_verified_on_the_target(tmp_path: Path, pki: 
 
 def _lpm_runc_waits(handoff_root: Path, delay: float) -> tuple[threading.Thread, list[float]]:
     """Plays lpm-runc for container app: announces itself, and once the checkpoint is ready restores it in
-    `delay` seconds; returns when it wrote `restored`."""
+    `delay` seconds: when it did goes into the list."""
     d = handoff_root / CKPT / "app"
     d.mkdir(parents=True)
     (d / "waiting").write_text(json.dumps({"container_id": "c1", "since": "2026-01-01T00:00:00Z"}))
@@ -102,8 +102,8 @@ def _lpm_runc_waits(handoff_root: Path, delay: float) -> tuple[threading.Thread,
         while not (d / "ready").exists() and time.monotonic() < deadline:
             time.sleep(0.002)
         time.sleep(delay)
+        restored_at.append(time.monotonic())  # before the marker: the push may return the moment it appears
         (d / "restored").write_text("{}")
-        restored_at.append(time.monotonic())
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
