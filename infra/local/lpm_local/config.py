@@ -58,6 +58,9 @@ NODE_MOUNTS = [
     ("/var/log/containers", "log-containers"),
     ("/tmp", None),  # containerd's restore scratch mounts live here; gone with the node
     ("/var/lib/lpm", "lpm"),  # the node's hand-off root with lpm-runc (/var/lib/lpm/restore)
+    # The agent's freeze records and fences (hostPath /var/lib/lpm-agent): shared, each node's agent reloaded
+    # the other's records after a restart and, at their deadline, dropped them as "gone" from its own runtime.
+    ("/var/lib/lpm-agent", "lpm-agent"),
     ("/run/lpm", None),  # LPM's memory-backed dumps and staged checkpoints: /run is a tmpfs on a systemd host
     ("/etc/criu", "etc-criu"),  # runc.conf: the CRIU options of every runc checkpoint and restore on the node
 ]

@@ -279,7 +279,8 @@ def test_checkpoint_on_node1_restore_on_node2(kube, namespace, tmp_path):
 
 
 def test_nodes_daemonset_hostpath_and_in_cluster_api(kube, namespace):
-    """What the LPM agent DaemonSet relies on: per-node hostPath, the node PKI, the kubelet and the apiserver."""
+    """What the LPM agent DaemonSet relies on: per-node hostPath (the agent's state too), the node PKI, the kubelet
+    and the apiserver."""
     from kubernetes import client
 
     ns = namespace
@@ -292,7 +293,7 @@ def test_nodes_daemonset_hostpath_and_in_cluster_api(kube, namespace):
         assert NODE_IPS[name] in ips
     marker = f"/var/lib/kubelet/checkpoints/lpm-substrate-{ns}"
     script = (
-        f'echo "$NODE" > {marker}; '
+        f'echo "$NODE" > {marker}; echo "$NODE" > /agent-state/lpm-substrate-{ns}; '
         # in-cluster apiserver address injected by the kubelet (ClusterIP via kube-proxy in the node netns)
         "wget -q -O /tmp/v --no-check-certificate https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/version "
         '&& echo "api-ok $(grep gitVersion /tmp/v)"; '
@@ -321,12 +322,18 @@ def test_nodes_daemonset_hostpath_and_in_cluster_api(kube, namespace):
                             "volumeMounts": [
                                 {"name": "ckpt", "mountPath": "/var/lib/kubelet/checkpoints"},
                                 {"name": "pki", "mountPath": "/etc/kubernetes/pki", "readOnly": True},
+                                {"name": "agent-state", "mountPath": "/agent-state"},
                             ],
                         }
                     ],
                     "volumes": [
                         {"name": "ckpt", "hostPath": {"path": "/var/lib/kubelet/checkpoints"}},
                         {"name": "pki", "hostPath": {"path": "/etc/kubernetes/pki"}},
+                        # the agent's freeze records: one node's agent must never see another's
+                        {
+                            "name": "agent-state",
+                            "hostPath": {"path": "/var/lib/lpm-agent", "type": "DirectoryOrCreate"},
+                        },
                     ],
                 },
             },
@@ -357,6 +364,9 @@ def test_nodes_daemonset_hostpath_and_in_cluster_api(kube, namespace):
         on_host = STATE / "nodes" / node / "kubelet" / "checkpoints" / f"lpm-substrate-{ns}"
         assert on_host.read_text().strip() == node
         on_host.unlink()
+        agent_state = STATE / "nodes" / node / "lpm-agent" / f"lpm-substrate-{ns}"
+        assert agent_state.read_text().strip() == node
+        agent_state.unlink()
         assert "ca.crt" in outputs[node] and "v1.34" in outputs[node]
 
 

@@ -49,6 +49,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -429,7 +430,15 @@ class Freezer:
             with self._lock:
                 self._records[record.checkpoint_id] = record
                 self._schedule(record)
-            log.info("resumed freeze of checkpoint %s (auto-thaw at %.0f)", record.checkpoint_id, record.auto_thaw_at)
+            # Not "frozen": a completed migration's record stays until its deadline (its pod is gone by then).
+            log.info(
+                "checkpoint %s: reloaded the freeze record of pod %s (%s); what is still frozen of it at %s is "
+                "thawed then",
+                record.checkpoint_id,
+                f"{record.pod_namespace}/{record.pod_name}" if record.pod_name else record.pod_uid,
+                ", ".join(record.containers),
+                datetime.fromtimestamp(record.auto_thaw_at, UTC).isoformat(timespec="seconds"),
+            )
 
     def stop(self) -> None:
         """Cancel timers (records stay on disk: the next agent enforces them)."""
