@@ -153,7 +153,11 @@ def test_a_dump_read_as_an_archive_without_being_written_is_staged_whole_on_the_
     (dump / "volumes.json").write_text("{}")
     names = ["checkpoint", "checkpoint/inventory.img", "checkpoint/pages-1.img", "deleted.files", "volumes.json"]
     layout = TarLayout.of([(n, dump / n) for n in names])
-    assert [c.expected_size_bytes for c in transfer.chunks(layout.open, layout.size, CKPT, "app")][:2] == [
+    sent = [
+        agent_pb2.CheckpointChunk.FromString(transfer.encode(c))
+        for c in transfer.chunks(layout.open, layout.size, CKPT, "app")
+    ]
+    assert [c.expected_size_bytes for c in sent][:2] == [
         layout.size,
         0,
     ], "the first chunk, and only the first, tells the target how large the archive is"
@@ -171,11 +175,13 @@ def test_a_stream_that_does_not_match_its_trailer_is_refused_and_nothing_is_stag
     server, _ = target
     path = archive(tmp_path / "a.tar", b"p" * 3000)
     good = list(transfer.chunks(lambda: path.open("rb"), path.stat().st_size, CKPT, "app"))
-    assert good[0].expected_size_bytes == path.stat().st_size, "the target is told the whole size up front"
+    first = good[0]
+    assert isinstance(first, agent_pb2.CheckpointChunk)
+    assert first.expected_size_bytes == path.stat().st_size, "the target is told the whole size up front"
     tampered = [*good[:-1], agent_pb2.CheckpointChunk(last=True, raw_size_bytes=7, raw_xxh3_128=bytes(16))]
     with peer(pki).channel(f"127.0.0.1:{server.port}") as channel:
         with pytest.raises(grpc.RpcError) as refused:
-            agent_pb2_grpc.CheckpointServiceStub(channel).ReceiveCheckpoint(iter(tampered), timeout=30)
+            transfer.receive_checkpoint(channel)(iter(tampered), timeout=30)
     assert refused.value.code() == grpc.StatusCode.DATA_LOSS
     assert not (tmp_path / "handoff" / CKPT / "app" / "ready").exists()
 

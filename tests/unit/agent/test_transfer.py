@@ -1,7 +1,8 @@
 """The push's framing and end-to-end checksum (lpm.agent.transfer): what the target accepts, on its own.
 
 The real gRPC stream between two agents over mutual TLS is tests/integration/agent/test_transfer.py; here the
-messages go from `chunks` to `received` directly, so any damage can be made to them on the way.
+messages go from `chunks` through their wire encoding (`encode`, then protobuf's parser, as the target's gRPC
+server does) to `received` directly, so any damage can be made to them on the way.
 """
 
 from __future__ import annotations
@@ -22,7 +23,32 @@ CKPT = "20260101t000000z-abcdef12"
 
 
 def pushed(data: bytes, chunk_size: int) -> list[agent_pb2.CheckpointChunk]:
-    return list(transfer.chunks(lambda: io.BytesIO(data), len(data), CKPT, "app", chunk_size=chunk_size))
+    sent = transfer.chunks(lambda: io.BytesIO(data), len(data), CKPT, "app", chunk_size=chunk_size)
+    return [agent_pb2.CheckpointChunk.FromString(transfer.encode(c)) for c in sent]
+
+
+# Lengths around the varint's byte boundaries (1, 2, 3 and 4 bytes of length), and a whole chunk.
+_EDGES = [0, 1, 127, 128, 16383, 16384, transfer.CHUNK - 1, transfer.CHUNK, (1 << 21) - 1, 1 << 21]
+
+
+@given(
+    data=st.binary(max_size=3000)
+    | st.sampled_from(_EDGES).map(lambda n: bytes(range(256)) * (n // 256) + b"x" * (n % 256))
+)
+def test_a_data_chunk_goes_on_the_wire_exactly_as_protobuf_would_send_it(data: bytes) -> None:
+    """The source frames data-only chunks itself; a target (of any version) must parse them as protobuf's own."""
+    message = agent_pb2.CheckpointChunk(data=data)
+    assert transfer.encode(data) == message.SerializeToString()
+    assert agent_pb2.CheckpointChunk.FromString(transfer.encode(data)) == message
+
+
+@given(data=st.binary(min_size=1, max_size=3000), chunk_size=st.integers(1, 700))
+def test_only_the_first_and_the_last_chunk_are_messages(data: bytes, chunk_size: int) -> None:
+    sent = list(transfer.chunks(lambda: io.BytesIO(data), len(data), CKPT, "app", chunk_size=chunk_size))
+    first, *middle, last = sent
+    assert isinstance(first, agent_pb2.CheckpointChunk) and isinstance(last, agent_pb2.CheckpointChunk)
+    assert all(isinstance(c, bytes) for c in middle) and b"".join([first.data, *middle]) == data
+    assert transfer.encode(first) == first.SerializeToString()
 
 
 def receive(messages: list[agent_pb2.CheckpointChunk]) -> bytes:

@@ -12,6 +12,12 @@ The end-to-end checksum is XXH3-128 (agent.proto's StreamChecksum says why a non
 inside mutual TLS): on this project's two-core test machine SHA-256 on both ends took 0.2 s of a 256 MiB push's
 0.63 s (tests/bench/agent/bench_push.py); XXH3 hashes 256 MiB in 5 ms. A target still checks the SHA-256 an older
 source sends.
+
+The chunks between the first and the last carry only data, and the source puts them on the wire itself (`encode`:
+the field's tag, its length, the bytes): protobuf's Python encoder (upb, protobuf 5.29) spends 1.4 ms per MiB
+sizing and copying such a message, 0.37 s of a 256 MiB push's sending thread, against 0.03 s for the same bytes
+framed by hand. The bytes are exactly what protobuf would send (tests/unit/agent/test_transfer.py), so either end
+may be an older agent.
 """
 
 from __future__ import annotations
@@ -28,12 +34,18 @@ from typing import BinaryIO, Protocol
 import grpc
 import xxhash
 
-from lpm.api.agent.v1 import agent_pb2, agent_pb2_grpc
+from lpm.api.agent.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 PEER_NAME = "lpm-agent"  # the agents' certificate name (deploy/certs/generate.sh); a peer agent's client CN
+_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["CheckpointService"]
+_RECEIVE_CHECKPOINT = f"/{_SERVICE.full_name}/{_SERVICE.methods_by_name['ReceiveCheckpoint'].name}"
+_DATA_TAG = bytes([agent_pb2.CheckpointChunk.DATA_FIELD_NUMBER << 3 | 2])  # field 3, length-delimited
+
+Chunk = agent_pb2.CheckpointChunk | bytes
+"""One message of a ReceiveCheckpoint stream as `chunks` makes it: bytes stand for a message with only `data` set."""
 
 
 class TransferError(Exception):
@@ -65,6 +77,32 @@ class PeerTLS:
         return grpc.secure_channel(address, creds, options=[*options, ("grpc.ssl_target_name_override", PEER_NAME)])
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def encode(chunk: Chunk) -> bytes:
+    """A chunk as protobuf puts it on the wire; a data-only one framed here, without protobuf's slow encoder."""
+    if isinstance(chunk, agent_pb2.CheckpointChunk):
+        return chunk.SerializeToString()
+    return b"".join((_DATA_TAG, _varint(len(chunk)), chunk)) if chunk else b""
+
+
+def receive_checkpoint(channel: grpc.Channel) -> grpc.StreamUnaryMultiCallable:
+    """The target agent's ReceiveCheckpoint, fed with `chunks` (the generated stub would encode every chunk with
+    protobuf)."""
+    return channel.stream_unary(
+        _RECEIVE_CHECKPOINT,
+        request_serializer=encode,
+        response_deserializer=agent_pb2.StageRestoreResponse.FromString,
+    )
+
+
 def chunks(
     source: Callable[[], BinaryIO],
     expected_size: int,
@@ -73,10 +111,10 @@ def chunks(
     sent: Callable[[int], None] | None = None,
     lazy_pages_from: str = "",
     chunk_size: int = CHUNK,
-) -> Iterator[agent_pb2.CheckpointChunk]:
+) -> Iterator[Chunk]:
     """The archive as a stream: ids, the expected size and the checksum's kind on the first chunk, size and
-    checksum on the last; `sent` hears of each chunk as gRPC takes it. `lazy_pages_from`: post-copy, the page
-    server with the memory."""
+    checksum on the last, only data between them; `sent` hears of each chunk as gRPC takes it.
+    `lazy_pages_from`: post-copy, the page server with the memory."""
     digest, size = xxhash.xxh3_128(), 0
     first = True
     with source() as f:
@@ -96,7 +134,7 @@ def chunks(
                 )
                 first = False
             else:
-                yield agent_pb2.CheckpointChunk(data=data)
+                yield data
     tail = agent_pb2.CheckpointChunk(last=True, raw_size_bytes=size, raw_xxh3_128=digest.digest())
     if first:
         tail.checkpoint_id, tail.container_name = checkpoint_id, container
@@ -160,8 +198,7 @@ class Push:
         started = time.monotonic()
         try:
             with self.tls.channel(self.address) as channel:
-                stub = agent_pb2_grpc.CheckpointServiceStub(channel)
-                reply = stub.ReceiveCheckpoint(
+                reply = receive_checkpoint(channel)(
                     chunks(self.source, self.size, self.checkpoint_id, self.container, self.sent, self.lazy_pages_from),
                     timeout=self.timeout,
                 )
