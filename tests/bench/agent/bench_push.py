@@ -43,13 +43,16 @@ MEMORY = Path("/dev/shm")
 
 
 class Receiver(agent_pb2_grpc.CheckpointServiceServicer):
+    """The agent's ReceiveCheckpoint without the rest of the agent, registered as the agent registers it."""
+
     def __init__(self, handoff: Handoff) -> None:
         self.handoff = handoff
 
     def ReceiveCheckpoint(
-        self, request_iterator: Iterator[agent_pb2.CheckpointChunk], context: grpc.ServicerContext
+        self, request_iterator: Iterator[transfer.Received], context: grpc.ServicerContext
     ) -> agent_pb2.StageRestoreResponse:
         first = next(request_iterator)
+        assert isinstance(first, agent_pb2.CheckpointChunk)
         staged = self.handoff.stage(
             first.checkpoint_id,
             first.container_name,
@@ -65,7 +68,7 @@ def serve_grpc(pki_dir: Path, root: Path, port_file: Path) -> None:
         futures.ThreadPoolExecutor(max_workers=4), options=[("grpc.max_receive_message_length", 8 << 20)]
     )
     receiver = Receiver(Handoff(root, scratch=Scratch(root, root)))  # type: ignore[abstract]  # the one call it takes
-    agent_pb2_grpc.add_CheckpointServiceServicer_to_server(receiver, server)
+    transfer.add_to_server(receiver, server)
     creds = grpc.ssl_server_credentials(
         [((pki_dir / "tls.key").read_bytes(), (pki_dir / "tls.crt").read_bytes())],
         root_certificates=(pki_dir / "ca.crt").read_bytes(),

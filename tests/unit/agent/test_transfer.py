@@ -10,14 +10,17 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Iterator
+from concurrent import futures
 from typing import Any, cast
 
+import grpc
 import pytest
+from google.protobuf.message import DecodeError
 from hypothesis import given
 from hypothesis import strategies as st
 
 from lpm.agent import transfer
-from lpm.api.agent.v1 import agent_pb2
+from lpm.api.agent.v1 import agent_pb2, agent_pb2_grpc
 
 CKPT = "20260101t000000z-abcdef12"
 
@@ -40,6 +43,42 @@ def test_a_data_chunk_goes_on_the_wire_exactly_as_protobuf_would_send_it(data: b
     message = agent_pb2.CheckpointChunk(data=data)
     assert transfer.encode(data) == message.SerializeToString()
     assert agent_pb2.CheckpointChunk.FromString(transfer.encode(data)) == message
+
+
+@given(data=st.binary(max_size=3000), chunk_size=st.integers(1, 700))
+def test_the_target_s_server_takes_data_chunks_as_views_and_parses_the_rest(data: bytes, chunk_size: int) -> None:
+    sent = list(transfer.chunks(lambda: io.BytesIO(data), len(data), CKPT, "app", chunk_size=chunk_size))
+    taken = [transfer.decode(transfer.encode(c)) for c in sent]
+    for chunk, got in zip(sent, taken, strict=True):
+        if isinstance(chunk, bytes):
+            assert isinstance(got, memoryview) and got == chunk
+        else:
+            assert got == chunk
+    first = taken[0]
+    assert isinstance(first, agent_pb2.CheckpointChunk)
+    assert b"".join(transfer.received(first, iter(taken[1:]))) == data
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        agent_pb2.CheckpointChunk(data=b"abc", last=True),
+        agent_pb2.CheckpointChunk(data=b"abc", checkpoint_id=CKPT),
+        agent_pb2.CheckpointChunk(raw_xxh3_128=b"\x1a" * 16),
+        agent_pb2.CheckpointChunk(),
+    ],
+)
+def test_a_message_with_more_than_data_is_parsed_whole(message: agent_pb2.CheckpointChunk) -> None:
+    got = transfer.decode(message.SerializeToString())
+    assert isinstance(got, agent_pb2.CheckpointChunk) and got == message
+
+
+def test_a_data_field_longer_or_shorter_than_the_message_is_not_taken_as_a_view() -> None:
+    wire = transfer.encode(b"x" * 300)
+    with pytest.raises(DecodeError):
+        transfer.decode(wire[:-1])  # the field says 300 bytes, 299 follow
+    got = transfer.decode(wire + transfer.encode(agent_pb2.CheckpointChunk(last=True)))
+    assert isinstance(got, agent_pb2.CheckpointChunk) and got.last and got.data == b"x" * 300
 
 
 @given(data=st.binary(min_size=1, max_size=3000), chunk_size=st.integers(1, 700))
@@ -132,3 +171,39 @@ def test_a_checksum_this_agent_does_not_know_is_refused_before_anything_is_stage
     first = agent_pb2.CheckpointChunk(checkpoint_id=CKPT, container_name="app", data=b"abc", checksum=cast(Any, 7))
     with pytest.raises(transfer.TransferError, match="does not know"):
         next(transfer.received(first, iter([])))
+
+
+class _Recording(agent_pb2_grpc.CheckpointServiceServicer):
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+        self.data = b""
+
+    def ReceiveCheckpoint(self, request_iterator: Iterator[transfer.Received], context: object) -> Any:
+        taken = list(request_iterator)
+        self.kinds = [type(m).__name__ for m in taken]
+        first = taken[0]
+        assert isinstance(first, agent_pb2.CheckpointChunk)
+        self.data = b"".join(transfer.received(first, iter(taken[1:])))
+        return agent_pb2.StageRestoreResponse(image_bytes=len(self.data))
+
+
+def test_a_server_set_up_by_add_to_server_hands_data_chunks_over_as_views_and_answers_the_rest() -> None:
+    """Over a real (local, plaintext) gRPC connection: what the agent's server does with a push."""
+    servicer = _Recording()  # type: ignore[abstract]  # the one call it takes
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    transfer.add_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        data = bytes(range(256)) * 40
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            sent = transfer.chunks(lambda: io.BytesIO(data), len(data), CKPT, "app", chunk_size=4096)
+            reply = transfer.receive_checkpoint(channel)(sent, timeout=10)
+            capabilities = agent_pb2_grpc.CheckpointServiceStub(channel).GetCapabilities
+            with pytest.raises(grpc.RpcError) as unimplemented:  # every other method is still served (by the base)
+                capabilities(agent_pb2.GetCapabilitiesRequest(), timeout=10)
+    finally:
+        server.stop(None)
+    assert reply.image_bytes == len(data) and servicer.data == data
+    assert servicer.kinds == ["CheckpointChunk", "memoryview", "memoryview", "CheckpointChunk"]  # 4096 + 4096 + 2048
+    assert unimplemented.value.code() == grpc.StatusCode.UNIMPLEMENTED

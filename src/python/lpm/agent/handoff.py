@@ -208,7 +208,7 @@ class Handoff:
         self,
         checkpoint_id: str,
         container: str,
-        archive: Iterator[bytes],
+        archive: Iterator[bytes | memoryview],
         size_bytes: int = 0,
         lazy_pages: dict[str, object] | None = None,
     ) -> Staged:
@@ -343,7 +343,7 @@ class Handoff:
 
 
 def _extract(
-    archive: Iterator[bytes], images: Path, rootfs_diff: Path, volumes: Path
+    archive: Iterator[bytes | memoryview], images: Path, rootfs_diff: Path, volumes: Path
 ) -> tuple[int, int, list[str], dict[str, str]]:
     """The kubelet archive's `checkpoint/*` files into `images`, `rootfs-diff.tar` to `rootfs_diff`, the
     `deleted.files` list, and (the agent's own dump) the emptyDir volumes' tars into `volumes` with their mount
@@ -404,7 +404,7 @@ class ForwardReader:
     """A chunk iterator as the file tarfile reads headers from: read, tell and forward seeks (tarfile seeks past
     data it was not asked for); `write_to` moves a member's data to a file straight from the chunks."""
 
-    def __init__(self, chunks: Iterator[bytes]) -> None:
+    def __init__(self, chunks: Iterator[bytes | memoryview]) -> None:
         self._chunks = chunks
         self._pending = memoryview(b"")
         self._pos = 0

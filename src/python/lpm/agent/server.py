@@ -14,10 +14,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from lpm.agent import transfer
 from lpm.agent.config import AgentConfig
 from lpm.agent.deps import Deps
 from lpm.agent.service import AGENT_VERSION, SERVICE_NAME, CheckpointService
-from lpm.api.agent.v1 import agent_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class AgentServer:
             futures.ThreadPoolExecutor(max_workers=deps.max_concurrent + 8, thread_name_prefix="lpm-agent"),
             maximum_concurrent_rpcs=deps.max_concurrent * 4 + 16,
         )
-        agent_pb2_grpc.add_CheckpointServiceServicer_to_server(CheckpointService(deps), self.server)
+        transfer.add_to_server(CheckpointService(deps), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

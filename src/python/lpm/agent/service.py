@@ -804,12 +804,12 @@ class CheckpointService(agent_pb2_grpc.CheckpointServiceServicer):
         return self._call(context, "StageRestore", body)
 
     def ReceiveCheckpoint(
-        self, request_iterator: Iterator[agent_pb2.CheckpointChunk], context: grpc.ServicerContext
+        self, request_iterator: Iterator[transfer.Received], context: grpc.ServicerContext
     ) -> agent_pb2.StageRestoreResponse:
         def body() -> agent_pb2.StageRestoreResponse:
             handoff = self._handoff()
             first = next(request_iterator, None)
-            if first is None or not first.checkpoint_id:
+            if not isinstance(first, agent_pb2.CheckpointChunk) or not first.checkpoint_id:
                 raise ValueError("the stream's first chunk names no checkpoint")
             name = require_label("container name", first.container_name)
             lazy = None
