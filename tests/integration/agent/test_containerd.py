@@ -295,11 +295,14 @@ def test_the_runtime_dump_takes_a_paused_tasks_images_and_overlay_changes_and_le
         # The push's stream, read as the push reads it, in small parts: the pages CRIU writes while the poll
         # looks go early (how many is up to timing, so it is printed, not asserted: tests/unit/agent/test_dump.py
         # makes it certain with a stand-in runtime); whatever went early, the target must get what CRIU wrote.
-        messages: list[agent_pb2.CheckpointChunk] = []
+        messages: list[transfer.Received] = []  # as the target's server takes them off the wire
         pushing: list[threading.Thread] = []
 
+        def send(stream: DumpStream) -> None:
+            messages.extend(transfer.decode(transfer.encode(m)) for m in transfer.chunks(stream.open, 0, "c", "a"))
+
         def push(stream: DumpStream) -> None:
-            pushing.append(threading.Thread(target=lambda: messages.extend(transfer.chunks(stream.open, 0, "c", "a"))))
+            pushing.append(threading.Thread(target=send, args=(stream,)))
             pushing[-1].start()
 
         stream = DumpStream(push, time.monotonic() + 60, min_part=4096)
@@ -312,7 +315,9 @@ def test_the_runtime_dump_takes_a_paused_tasks_images_and_overlay_changes_and_le
             pushing[0].join(30)
             print(f"{early} of {len(messages)} messages were sent before the dump was complete")
             handoff = Handoff(tmp_path / "handoff", scratch=Scratch(None, tmp_path / "staging"))
-            handoff.stage("ck-d", "app", transfer.received(messages[0], iter(messages[1:])))
+            first = messages[0]
+            assert isinstance(first, agent_pb2.CheckpointChunk)
+            handoff.stage("ck-d", "app", transfer.received(first, iter(messages[1:])))
             staged = Path(json.loads((tmp_path / "handoff" / "ck-d" / "app" / "ready").read_text())["images"])
             assert {p.name: p.read_bytes() for p in staged.iterdir()} == {
                 p.name: p.read_bytes() for p in stream.images.iterdir()

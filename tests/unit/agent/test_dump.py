@@ -325,11 +325,12 @@ def test_a_criu_failure_is_told_apart_from_a_runtime_that_cannot_be_reached(tmp_
 
 
 class Reader:
-    """The push's side of a DumpStream (transfer.chunks, what gRPC sends, here collected), on its own thread
-    from the moment the dump began the stream; `seen` is set once `threshold` bytes came."""
+    """The push's side of a DumpStream (transfer.chunks, what gRPC sends, here collected as the target's server
+    takes it), on its own thread from the moment the dump began the stream; `seen` is set once `threshold` bytes
+    came."""
 
     def __init__(self, seen: threading.Event, threshold: int) -> None:
-        self.messages: list[agent_pb2.CheckpointChunk] = []
+        self.messages: list[transfer.Received] = []
         self.error: BaseException | None = None
         self.thread: threading.Thread | None = None
         self.size_hint = 0
@@ -343,8 +344,8 @@ class Reader:
     def _read(self, stream: DumpStream) -> None:
         try:
             for message in transfer.chunks(stream.open, stream.size_hint, CKPT, "app"):
-                self.messages.append(message)
-                if sum(len(m.data) for m in self.messages) >= self._threshold:
+                self.messages.append(transfer.decode(transfer.encode(message)))
+                if sum(len(_data(m)) for m in self.messages) >= self._threshold:
                     self._seen.set()
         except BaseException as exc:
             self.error = exc
@@ -353,9 +354,18 @@ class Reader:
         assert self.thread is not None, "the dump never began its stream"
         self.thread.join(10)
 
-    def received(self) -> Iterator[bytes]:
+    def received(self) -> Iterator[bytes | memoryview]:
         """What the target's agent reads from the stream (transfer.received: its checksum checked at the end)."""
-        return transfer.received(self.messages[0], iter(self.messages[1:]))
+        return transfer.received(_first(self.messages), iter(self.messages[1:]))
+
+
+def _data(m: transfer.Received) -> bytes | memoryview:
+    return m if isinstance(m, memoryview) else m.data
+
+
+def _first(messages: list[transfer.Received]) -> agent_pb2.CheckpointChunk:
+    assert isinstance(messages[0], agent_pb2.CheckpointChunk), "a push begins with a message that names it"
+    return messages[0]
 
 
 CKPT = "20260101t000000z-abcdef12"
@@ -387,7 +397,7 @@ def test_a_whole_dump_is_streamed_while_criu_writes_its_pages_and_arrives_as_the
     stream.finish(result.layout)  # type: ignore[arg-type]
     reader.join()
     assert reader.error is None
-    assert totals == [sum(len(m.data) for m in reader.messages)], "the progress total is what the stream carried"
+    assert totals == [sum(len(_data(m)) for m in reader.messages)], "the progress total is what the stream carried"
     handoff = Handoff(tmp_path / "handoff", scratch=Scratch(None, tmp_path / "staging"))
     handoff.stage(CKPT, "app", reader.received())
     ready = json.loads((tmp_path / "handoff" / CKPT / "app" / "ready").read_text())
@@ -416,7 +426,9 @@ def test_a_dump_that_fails_after_its_first_pages_went_ends_the_stream_with_an_er
     assert fake.waited_for_the_stream and isinstance(reader.error, DumpError)
     assert "criu failed" in str(reader.error)
     handoff = Handoff(tmp_path / "handoff", scratch=Scratch(None, tmp_path / "staging"))
-    assert reader.messages and not any(m.last for m in reader.messages), "the stream ended without its last chunk"
+    assert reader.messages and not any(
+        isinstance(m, agent_pb2.CheckpointChunk) and m.last for m in reader.messages
+    ), "the stream ended without its last chunk"
     with pytest.raises(transfer.TransferError, match="before its last chunk"):
         handoff.stage(CKPT, "app", reader.received())
     assert not (tmp_path / "handoff" / CKPT / "app" / "ready").exists()
@@ -446,12 +458,13 @@ def test_whatever_went_while_criu_wrote_the_target_stages_what_it_wrote_or_nothi
     root = Path(tempfile.mkdtemp(dir=tmp_path))
     images = root / "checkpoint"
     images.mkdir()
-    messages: list[agent_pb2.CheckpointChunk] = []
+    messages: list[transfer.Received] = []
     errors: list[BaseException] = []
 
     def read(stream: DumpStream) -> None:
         try:
-            messages.extend(transfer.chunks(stream.open, stream.size_hint, CKPT, "app", chunk_size=4096))
+            for m in transfer.chunks(stream.open, stream.size_hint, CKPT, "app", chunk_size=4096):
+                messages.append(transfer.decode(transfer.encode(m)))
         except BaseException as exc:
             errors.append(exc)
 
@@ -477,13 +490,14 @@ def test_whatever_went_while_criu_wrote_the_target_stages_what_it_wrote_or_nothi
     threads[0].join(10)
     staging = Handoff(root / "handoff", scratch=Scratch(None, root / "staging"))
     if fails:
-        assert [type(e) for e in errors] == [DumpError] and not any(m.last for m in messages)
+        assert [type(e) for e in errors] == [DumpError]
+        assert not any(isinstance(m, agent_pb2.CheckpointChunk) and m.last for m in messages)
         if messages:  # else the target never heard of it
             with pytest.raises(transfer.TransferError):
-                staging.stage(CKPT, "app", transfer.received(messages[0], iter(messages[1:])))
+                staging.stage(CKPT, "app", transfer.received(_first(messages), iter(messages[1:])))
         assert not (root / "handoff" / CKPT / "app" / "ready").exists()
         return
     assert not errors
-    staging.stage(CKPT, "app", transfer.received(messages[0], iter(messages[1:])))
+    staging.stage(CKPT, "app", transfer.received(_first(messages), iter(messages[1:])))
     staged = Path(json.loads((root / "handoff" / CKPT / "app" / "ready").read_text())["images"])
     assert {p.name: p.read_bytes() for p in staged.iterdir()} == {p.name: p.read_bytes() for p in images.iterdir()}
