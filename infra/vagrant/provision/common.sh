@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Both nodes: kernel settings, CRI-O with CRIU checkpoint/restore, CRIU >= $CRIU_MIN_VERSION, kubeadm/kubelet/
-# kubectl, the NFS client, skopeo (loads LPM's image archives into CRI-O's storage). Idempotent.
+# Both nodes: kernel settings, containerd $CONTAINERD_VERSION (its release: Ubuntu 22.04 has 1.7) with runc and
+# CRIU >= $CRIU_MIN_VERSION, kubeadm/kubelet/kubectl, the NFS client, and LPM's runtime handler `lpm`
+# (deploy/node/lpm-runc-node.sh with the lpm-runc that infra/vagrant/export-images.sh built on the host), so
+# migrations between the VMs take the Live engine. Idempotent.
 set -euo pipefail
-: "${K8S_MINOR:?}" "${CRIO_MINOR:?}" "${CRIU_MIN_VERSION:?}" "${NODE_IP:?}"
+: "${K8S_MINOR:?}" "${CONTAINERD_VERSION:?}" "${CRIU_MIN_VERSION:?}" "${NODE_IP:?}"
 export DEBIAN_FRONTEND=noninteractive
 log() { echo "lpm-provision[common]: $*" >&2; }
 
@@ -19,10 +21,11 @@ SYSCTL
 sysctl --system >/dev/null
 
 apt-get update -q
+# runc from Ubuntu; nsenter, ip, ss and nft for LPM's CRIU action script (moving TCP connections).
 apt-get install -y -q apt-transport-https ca-certificates curl gpg software-properties-common \
-  nfs-common skopeo openssl
+  nfs-common openssl runc util-linux iproute2 nftables
 
-# Kubernetes and CRI-O from their official package repositories (pkgs.k8s.io, the CRI-O OBS project).
+# Kubernetes from its official package repository (pkgs.k8s.io).
 keyring=/etc/apt/keyrings
 mkdir -p "$keyring"
 if [ ! -f "$keyring/kubernetes.gpg" ]; then
@@ -30,17 +33,11 @@ if [ ! -f "$keyring/kubernetes.gpg" ]; then
 fi
 echo "deb [signed-by=$keyring/kubernetes.gpg] https://pkgs.k8s.io/core:/stable:/$K8S_MINOR/deb/ /" \
   >/etc/apt/sources.list.d/kubernetes.list
-if [ ! -f "$keyring/cri-o.gpg" ]; then
-  curl -fsSL "https://download.opensuse.org/repositories/isv:/cri-o:/stable:/$CRIO_MINOR/deb/Release.key" \
-    | gpg --dearmor -o "$keyring/cri-o.gpg"
-fi
-echo "deb [signed-by=$keyring/cri-o.gpg] https://download.opensuse.org/repositories/isv:/cri-o:/stable:/$CRIO_MINOR/deb/ /" \
-  >/etc/apt/sources.list.d/cri-o.list
 # Ubuntu 22.04 ships CRIU 3.16; the CRIU project's PPA has the 4.x series.
 add-apt-repository -y ppa:criu/ppa >/dev/null
 apt-get update -q
-apt-get install -y -q cri-o kubelet kubeadm kubectl criu
-apt-mark hold kubelet kubeadm kubectl cri-o >/dev/null
+apt-get install -y -q kubelet kubeadm kubectl criu
+apt-mark hold kubelet kubeadm kubectl >/dev/null
 
 have="$(criu --version | sed -n 's/^Version: //p')"
 if [ "$(printf '%s\n%s\n' "$CRIU_MIN_VERSION" "$have" | sort -V | head -1)" != "$CRIU_MIN_VERSION" ]; then
@@ -49,17 +46,43 @@ if [ "$(printf '%s\n%s\n' "$CRIU_MIN_VERSION" "$have" | sort -V | head -1)" != "
 fi
 criu check || log "criu check reported problems (see above); checkpoints may fail on this kernel"
 
-# CRI-O: CRIU support on (the checkpoint API and restore from checkpoint images), keep the infra container
-# (restored pods need a sandbox process). Newer CRI-O names the switch [crio.checkpoint_restore].
-mkdir -p /etc/crio/crio.conf.d
-cat >/etc/crio/crio.conf.d/10-lpm.conf <<'CRIO'
-[crio.runtime]
-enable_criu_support = true
-drop_infra_ctr = false
-CRIO
+# containerd from its release tarball (checksum checked), with its upstream systemd unit.
+if [ "$(containerd --version 2>/dev/null | awk '{print $3}')" != "v$CONTAINERD_VERSION" ]; then
+  url="https://github.com/containerd/containerd/releases/download/v$CONTAINERD_VERSION"
+  tarball="containerd-$CONTAINERD_VERSION-linux-amd64.tar.gz"
+  tmp="$(mktemp -d)"
+  curl -fsSL -o "$tmp/$tarball" "$url/$tarball"
+  curl -fsSL -o "$tmp/$tarball.sha256sum" "$url/$tarball.sha256sum"
+  (cd "$tmp" && sha256sum -c "$tarball.sha256sum" >/dev/null)
+  tar -C /usr/local -xzf "$tmp/$tarball"
+  curl -fsSL -o /etc/systemd/system/containerd.service \
+    "https://raw.githubusercontent.com/containerd/containerd/v$CONTAINERD_VERSION/containerd.service"
+  rm -rf "$tmp"
+fi
+# Config version 3; drop-ins from conf.d (LPM's handler is one); runc with the systemd cgroup driver, as the
+# kubelet (kubeadm's default).
+mkdir -p /etc/containerd/conf.d
+cat >/etc/containerd/config.toml <<'TOML'
+# Written by LPM's Vagrant provisioning (infra/vagrant/provision/common.sh).
+version = 3
+imports = ["/etc/containerd/conf.d/*.toml"]
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+    BinaryName = "/usr/sbin/runc"
+    SystemdCgroup = true
+TOML
+# LPM's runtime handler `lpm` (lpm-runc), its CRIU configuration and the post-copy sysctl: the node steps of
+# deploy/README.md, with the binary built on the host.
+lpm_runc=/lpm/infra/vagrant/.images/lpm-runc
+[ -x "$lpm_runc" ] || {
+  log "$lpm_runc missing: run infra/vagrant/export-images.sh on the host first"
+  exit 1
+}
+LPM_RUNC_RUNC=/usr/sbin/runc bash /lpm/deploy/node/lpm-runc-node.sh install "$lpm_runc"
 systemctl daemon-reload
-systemctl enable --now crio
-systemctl restart crio
+systemctl enable --now containerd
+systemctl restart containerd
 
 # The kubelet advertises the private-network address, not the NAT one Vagrant puts on eth0.
 echo "KUBELET_EXTRA_ARGS=--node-ip=$NODE_IP" >/etc/default/kubelet

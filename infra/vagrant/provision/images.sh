@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Sourced by master.sh/worker.sh: loads the image archives infra/vagrant/export-images.sh wrote on the host into
-# this node's CRI-O storage (no registry: the manifests use localhost/lpm/... with IfNotPresent).
+# Sourced by lpm.sh/worker.sh: loads the image archives infra/vagrant/export-images.sh wrote on the host into
+# this node's containerd, namespace k8s.io (no registry: the manifests use localhost/lpm/... with IfNotPresent).
 load_lpm_images() {
   local dir=/lpm/infra/vagrant/.images archive ref
   if ! ls "$dir"/*.tar >/dev/null 2>&1; then
@@ -10,7 +10,7 @@ load_lpm_images() {
   for archive in "$dir"/*.tar; do
     ref="$(basename "$archive" .tar)"
     ref="localhost/lpm/${ref%%_*}:${ref#*_}"
-    skopeo copy --quiet "docker-archive:$archive" "containers-storage:$ref"
+    ctr -n k8s.io images import --platform linux/amd64 "$archive" >/dev/null
     echo "lpm-provision: loaded $ref" >&2
   done
 }

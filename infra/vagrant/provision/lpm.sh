@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Master: LPM itself: images into CRI-O's storage, the mTLS Secrets, then the vagrant overlay.
+# Master: LPM itself: images into containerd, the mTLS Secrets, then the vagrant overlay.
 set -euo pipefail
 export KUBECONFIG=/etc/kubernetes/admin.conf
 # shellcheck source-path=SCRIPTDIR source=images.sh

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Master: kubeadm init (CRI-O, ContainerCheckpoint gate), Flannel on the private network, join command for the
+# Master: kubeadm init (containerd, ContainerCheckpoint gate), Flannel on the private network, join command for the
 # worker in /vagrant/.state. Idempotent: skips init when the cluster exists.
 set -euo pipefail
 : "${MASTER_IP:?}" "${POD_CIDR:?}"
@@ -10,16 +10,17 @@ export KUBECONFIG=/etc/kubernetes/admin.conf
 
 if [ ! -f /etc/kubernetes/admin.conf ]; then
   cat >/tmp/kubeadm.yaml <<KUBEADM
-apiVersion: kubeadm.k8s.io/v1beta3
+apiVersion: kubeadm.k8s.io/v1beta4
 kind: InitConfiguration
 localAPIEndpoint:
   advertiseAddress: $MASTER_IP
 nodeRegistration:
-  criSocket: unix:///var/run/crio/crio.sock
+  criSocket: unix:///run/containerd/containerd.sock
   kubeletExtraArgs:
-    node-ip: $MASTER_IP
+    - name: node-ip
+      value: $MASTER_IP
 ---
-apiVersion: kubeadm.k8s.io/v1beta3
+apiVersion: kubeadm.k8s.io/v1beta4
 kind: ClusterConfiguration
 networking:
   podSubnet: $POD_CIDR

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Worker: LPM's images into CRI-O's storage, then join the cluster with the master's join command.
+# Worker: LPM's images into containerd, then join the cluster with the master's join command.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=images.sh
 . /vagrant/provision/images.sh
@@ -10,6 +10,6 @@ if [ ! -f /etc/kubernetes/kubelet.conf ]; then
     echo "lpm-provision[worker]: $join missing: provision lpm-master first" >&2
     exit 1
   }
-  bash "$join" --cri-socket unix:///var/run/crio/crio.sock
+  bash "$join" --cri-socket unix:///run/containerd/containerd.sock
 fi
 echo "lpm-provision[worker]: joined" >&2
