@@ -10,6 +10,9 @@ from lpm_local.config import API_PORT, CLUSTER_CIDR, HOST_IP, LPM_CRIU_ACTION, L
 from lpm_local.namespaces import node_dir
 from lpm_local.pki import kubeconfig_text, write_secret
 
+# "true" unless LPM_LOCAL_RESTORE_VIA_CREATE says "false" (what containerd 2.4, which removes the feature, will do).
+RESTORE_VIA_CREATE = "false" if os.environ.get("LPM_LOCAL_RESTORE_VIA_CREATE", "true") == "false" else "true"
+
 
 def containerd_config(name: str) -> str:
     return f"""version = 3
@@ -38,9 +41,10 @@ oom_score = 0
   # No CAP_SYS_RESOURCE here: lowering oom_score_adj (sandbox -998, Guaranteed pods) fails with EACCES
   # inside runc ("can't get final child's PID from pipe: EOF"); clamp to containerd's own value instead.
   restrict_oom_score_adj = true
-  # containerd 2.2.x restores OCI checkpoint images in CreateContainer only with this on. Only the old restore
-  # path uses it: the lpm handler below restores in its runtime wrapper and does not need it.
-  enable_experimental_restore_via_create = true
+  # containerd 2.2.x restores OCI checkpoint images in CreateContainer only with this on (2.4 drops it). Only
+  # the Image engine uses it: the lpm handler below restores in its runtime wrapper and does not need it
+  # (LPM_LOCAL_RESTORE_VIA_CREATE=false at `cluster up` proves that; the Image engine's restores then fail).
+  enable_experimental_restore_via_create = {RESTORE_VIA_CREATE}
   netns_mounts_under_state_dir = true
   [plugins.'io.containerd.cri.v1.runtime'.containerd]
     default_runtime_name = "runc"
