@@ -1,8 +1,9 @@
 """The push's framing and end-to-end checksum (lpm.agent.transfer): what the target accepts, on its own.
 
 The real gRPC stream between two agents over mutual TLS is tests/integration/agent/test_transfer.py; here the
-messages go from `chunks` through their wire encoding (`encode`, then protobuf's parser, as the target's gRPC
-server does) to `received` directly, so any damage can be made to them on the way.
+messages go from `chunks` through their wire encoding (`encode`, then protobuf's parser, which `decode` on the
+target's server leaves to its own tests below) to `received` directly, so any damage can be made to them on
+the way.
 """
 
 from __future__ import annotations
@@ -186,6 +187,9 @@ class _Recording(agent_pb2_grpc.CheckpointServiceServicer):
         self.data = b"".join(transfer.received(first, iter(taken[1:])))
         return agent_pb2.StageRestoreResponse(image_bytes=len(self.data))
 
+    def GetCapabilities(self, request: agent_pb2.GetCapabilitiesRequest, context: object) -> Any:
+        return agent_pb2.Capabilities(node_name="recording")
+
 
 def test_a_server_set_up_by_add_to_server_hands_data_chunks_over_as_views_and_answers_the_rest() -> None:
     """Over a real (local, plaintext) gRPC connection: what the agent's server does with a push."""
@@ -199,11 +203,15 @@ def test_a_server_set_up_by_add_to_server_hands_data_chunks_over_as_views_and_an
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             sent = transfer.chunks(lambda: io.BytesIO(data), len(data), CKPT, "app", chunk_size=4096)
             reply = transfer.receive_checkpoint(channel)(sent, timeout=10)
-            capabilities = agent_pb2_grpc.CheckpointServiceStub(channel).GetCapabilities
-            with pytest.raises(grpc.RpcError) as unimplemented:  # every other method is still served (by the base)
-                capabilities(agent_pb2.GetCapabilitiesRequest(), timeout=10)
+            stub = agent_pb2_grpc.CheckpointServiceStub(channel)
+            caps = stub.GetCapabilities(agent_pb2.GetCapabilitiesRequest(), timeout=10)  # the other methods: as before
+            with pytest.raises(grpc.RpcError) as unimplemented:  # and the base's answer where there is no override
+                stub.Thaw(agent_pb2.ThawRequest(checkpoint_id=CKPT), timeout=10)
     finally:
         server.stop(None)
     assert reply.image_bytes == len(data) and servicer.data == data
     assert servicer.kinds == ["CheckpointChunk", "memoryview", "memoryview", "CheckpointChunk"]  # 4096 + 4096 + 2048
-    assert unimplemented.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert caps.node_name == "recording"
+    assert unimplemented.value.code() == grpc.StatusCode.UNIMPLEMENTED and "Method not implemented" in str(
+        unimplemented.value.details()
+    )
