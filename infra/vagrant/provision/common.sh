@@ -66,6 +66,9 @@ cat >/etc/containerd/config.toml <<'TOML'
 # Written by LPM's Vagrant provisioning (infra/vagrant/provision/common.sh).
 version = 3
 imports = ["/etc/containerd/conf.d/*.toml"]
+[plugins.'io.containerd.cri.v1.runtime']
+  # Only the Image engine (`--engine Image`) restores through CreateContainer; lpm-runc does not (2.4 drops it).
+  enable_experimental_restore_via_create = true
 [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
   runtime_type = "io.containerd.runc.v2"
   [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
